@@ -1,0 +1,131 @@
+"""Backend choice: per call (``backend=``), per block (``use_backend``) or globally.
+
+``"auto"`` picks, for the tensor's device, the fastest backend measured there that is
+available (see :data:`AUTO_ORDER`); the other names force a backend and raise
+:class:`BackendUnavailableError` with the reason when it cannot run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Iterator
+
+import torch
+
+from portrait_engine import _extension
+
+BACKENDS = ("torch", "triton", "native")
+_CHOICES = ("auto",) + BACKENDS
+
+# Preference of "auto" per device type. On the CPU the Triton interpreter is a testing tool,
+# hundreds of times slower than either alternative, so auto never picks it there.
+AUTO_ORDER = {
+    "cpu": ("native", "torch"),
+    "cuda": ("native", "triton", "torch"),
+}
+
+_state = threading.local()
+_global_backend = os.environ.get("PORTRAIT_ENGINE_BACKEND", "auto")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested that cannot run on the given device; the message says why."""
+
+
+def _check_name(name: str) -> str:
+    if name not in _CHOICES:
+        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+    return name
+
+
+def get_backend() -> str:
+    """The backend in force: the innermost ``use_backend`` block, else the global one."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else _global_backend
+
+
+def set_backend(name: str) -> None:
+    """Set the global backend (``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``)."""
+    global _global_backend
+    _global_backend = _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed block with ``name`` as the default backend of every op."""
+    _check_name(name)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+@functools.cache
+def _triton_status() -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return False, f"triton is not installed ({error})"
+    return True, ""
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def backend_status(device: torch.device | str = "cpu") -> dict[str, tuple[bool, str]]:
+    """For each backend: ``(available, reason_if_not)`` on ``device``."""
+    device = torch.device(device)
+    status: dict[str, tuple[bool, str]] = {"torch": (True, "")}
+
+    triton_ok, reason = _triton_status()
+    if triton_ok and device.type == "cpu" and not _interpreting():
+        triton_ok, reason = False, (
+            "Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1 "
+            "before importing portrait_engine"
+        )
+    elif triton_ok and device.type == "cuda" and _interpreting():
+        triton_ok, reason = False, "TRITON_INTERPRET=1 is set, so Triton cannot use the GPU"
+    elif triton_ok and device.type not in ("cpu", "cuda"):
+        triton_ok, reason = False, f"no Triton support for device type {device.type!r}"
+    status["triton"] = (triton_ok, reason)
+
+    native_ok, reason = _extension.load()
+    if native_ok and device.type == "cuda" and not _extension.has_cuda_kernels():
+        native_ok, reason = False, "the extension was built without its CUDA kernels"
+    elif native_ok and device.type not in ("cpu", "cuda"):
+        native_ok, reason = False, f"no native kernels for device type {device.type!r}"
+    status["native"] = (native_ok, reason)
+    return status
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run on ``device`` (``"torch"`` always can)."""
+    return [name for name, (ok, _) in backend_status(device).items() if ok]
+
+
+@torch.compiler.assume_constant_result
+def resolve(backend: str | None, device: torch.device) -> str:
+    """The concrete backend for one call: ``backend`` or the one in force, ``auto`` resolved.
+
+    Under ``torch.compile`` this runs once, while tracing: a compiled function keeps the
+    backend that was in force when it was compiled.
+    """
+    name = _check_name(get_backend() if backend is None else backend)
+    status = backend_status(device)
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(device.type, ("torch",)):
+            if status[candidate][0]:
+                return candidate
+        return "torch"
+    ok, reason = status[name]
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} is not available on {device}: {reason}")
+    return name

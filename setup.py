@@ -1,0 +1,75 @@
+"""Build of the ``portrait_engine._C`` extension.
+
+The CPU kernels are always built. The CUDA kernels are built too when torch itself has CUDA
+support and ``nvcc`` is found (``CUDA_HOME``); never decided from ``torch.cuda.is_available()``,
+since a build host need not have a GPU. ``PORTRAIT_ENGINE_CUDA=0|1`` forces the choice and
+``PORTRAIT_ENGINE_NO_EXTENSION=1`` skips the extension (the package then runs on its ``torch``
+and ``triton`` backends only). ``TORCH_CUDA_ARCH_LIST`` defaults to ``8.0;9.0``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = ["portrait_engine", "portrait_engine.kernels"] + [
+    "portrait_engine." + os.path.relpath(d, os.path.join(ROOT, "portrait_engine")).replace(os.sep, ".")
+    for d in sorted(glob.glob(os.path.join(ROOT, "portrait_engine", "**", ""), recursive=True))
+    if os.path.exists(os.path.join(d, "__init__.py")) and os.path.abspath(d) != os.path.join(ROOT, "portrait_engine")
+]
+PACKAGE_DIR = {"portrait_engine": "portrait_engine", "portrait_engine.kernels": "kernels"}
+
+
+def _want_cuda() -> bool:
+    forced = os.environ.get("PORTRAIT_ENGINE_CUDA")
+    if forced is not None:
+        return forced == "1"
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _extensions():
+    if os.environ.get("PORTRAIT_ENGINE_NO_EXTENSION") == "1":
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/*/*.cu"))
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    include = [os.path.join(ROOT, "csrc")]
+    if _want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        ext = CUDAExtension(
+            "portrait_engine._C",
+            cpu_sources + cuda_sources,
+            include_dirs=include,
+            define_macros=[("PORTRAIT_ENGINE_WITH_CUDA", "1")],
+            extra_compile_args={
+                "cxx": cxx,
+                "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v"],
+            },
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = CppExtension(
+            "portrait_engine._C",
+            cpu_sources,
+            include_dirs=include,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
