@@ -16,9 +16,11 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGES = ["portrait_engine", "portrait_engine.kernels"] + [
-    "portrait_engine." + os.path.relpath(d, os.path.join(ROOT, "portrait_engine")).replace(os.sep, ".")
+    "portrait_engine."
+    + os.path.relpath(d, os.path.join(ROOT, "portrait_engine")).replace(os.sep, ".")
     for d in sorted(glob.glob(os.path.join(ROOT, "portrait_engine", "**", ""), recursive=True))
-    if os.path.exists(os.path.join(d, "__init__.py")) and os.path.abspath(d) != os.path.join(ROOT, "portrait_engine")
+    if os.path.exists(os.path.join(d, "__init__.py"))
+    and os.path.abspath(d) != os.path.join(ROOT, "portrait_engine")
 ]
 PACKAGE_DIR = {"portrait_engine": "portrait_engine", "portrait_engine.kernels": "kernels"}
 

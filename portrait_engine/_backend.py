@@ -87,9 +87,12 @@ def backend_status(device: torch.device | str = "cpu") -> dict[str, tuple[bool, 
 
     triton_ok, reason = _triton_status()
     if triton_ok and device.type == "cpu" and not _interpreting():
-        triton_ok, reason = False, (
-            "Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1 "
-            "before importing portrait_engine"
+        triton_ok, reason = (
+            False,
+            (
+                "Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1 "
+                "before importing portrait_engine"
+            ),
         )
     elif triton_ok and device.type == "cuda" and _interpreting():
         triton_ok, reason = False, "TRITON_INTERPRET=1 is set, so Triton cannot use the GPU"

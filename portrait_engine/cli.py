@@ -30,15 +30,21 @@ def _gpu_details() -> list[dict]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            details.append({
-                "index": index,
-                "name": pynvml.nvmlDeviceGetName(handle),
-                "memory_gib": memory.total / 2**30,
-                "driver": driver,
-                "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
-                "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
-                "memory_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
-            })
+            details.append(
+                {
+                    "index": index,
+                    "name": pynvml.nvmlDeviceGetName(handle),
+                    "memory_gib": memory.total / 2**30,
+                    "driver": driver,
+                    "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                    "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(
+                        handle, pynvml.NVML_CLOCK_SM
+                    ),
+                    "memory_clock_mhz": pynvml.nvmlDeviceGetClockInfo(
+                        handle, pynvml.NVML_CLOCK_MEM
+                    ),
+                }
+            )
     finally:
         pynvml.nvmlShutdown()
     return details
@@ -81,12 +87,26 @@ def info(console: Console) -> int:
     gpus = _gpu_details()
     if gpus:
         table = Table(title="GPUs (NVML)")
-        for column in ("index", "name", "memory", "driver", "SM clock", "max SM clock", "mem clock"):
+        for column in (
+            "index",
+            "name",
+            "memory",
+            "driver",
+            "SM clock",
+            "max SM clock",
+            "mem clock",
+        ):
             table.add_column(column)
         for gpu in gpus:
-            table.add_row(str(gpu["index"]), gpu["name"], f"{gpu['memory_gib']:.1f} GiB",
-                          gpu["driver"], f"{gpu['sm_clock_mhz']} MHz",
-                          f"{gpu['max_sm_clock_mhz']} MHz", f"{gpu['memory_clock_mhz']} MHz")
+            table.add_row(
+                str(gpu["index"]),
+                gpu["name"],
+                f"{gpu['memory_gib']:.1f} GiB",
+                gpu["driver"],
+                f"{gpu['sm_clock_mhz']} MHz",
+                f"{gpu['max_sm_clock_mhz']} MHz",
+                f"{gpu['memory_clock_mhz']} MHz",
+            )
         console.print(table)
     else:
         console.print("GPUs: none found (no NVIDIA driver reachable through NVML)")
@@ -96,10 +116,20 @@ def info(console: Console) -> int:
 def _results_table(result: dict) -> Table:
     env = result["environment"]
     table = Table(title=f"{env['device']} — copy bandwidth {env['copy_bandwidth_gbps']:.1f} GB/s")
-    for column, justify in (("op", "left"), ("shape", "left"), ("dtype", "left"),
-                            ("provider", "left"), ("mode", "left"), ("median ms", "right"),
-                            ("GB/s", "right"), ("% copy BW", "right"), ("vs eager", "right"),
-                            ("vs compile", "right"), ("peak MiB", "right"), ("status", "left")):
+    for column, justify in (
+        ("op", "left"),
+        ("shape", "left"),
+        ("dtype", "left"),
+        ("provider", "left"),
+        ("mode", "left"),
+        ("median ms", "right"),
+        ("GB/s", "right"),
+        ("% copy BW", "right"),
+        ("vs eager", "right"),
+        ("vs compile", "right"),
+        ("peak MiB", "right"),
+        ("status", "left"),
+    ):
         table.add_column(column, justify=justify)
 
     def num(value, spec, suffix=""):
@@ -108,17 +138,37 @@ def _results_table(result: dict) -> Table:
     for r in result["rows"]:
         if r["status"] == "ok":
             fraction = r["fraction_of_copy_bw"]
-            table.add_row(r["op"], r["shape"], r["dtype"], r["provider"], r["mode"],
-                          f"{r['median_ms']:.3f}", f"{r['gbps']:.1f}",
-                          num(fraction and 100 * fraction, ".1f"),
-                          num(r.get("speedup_vs_torch"), ".2f", "x"),
-                          num(r.get("speedup_vs_compile"), ".2f", "x"),
-                          num(r["peak_memory_mb"], ".0f"), "[green]ok[/green]")
+            table.add_row(
+                r["op"],
+                r["shape"],
+                r["dtype"],
+                r["provider"],
+                r["mode"],
+                f"{r['median_ms']:.3f}",
+                f"{r['gbps']:.1f}",
+                num(fraction and 100 * fraction, ".1f"),
+                num(r.get("speedup_vs_torch"), ".2f", "x"),
+                num(r.get("speedup_vs_compile"), ".2f", "x"),
+                num(r["peak_memory_mb"], ".0f"),
+                "[green]ok[/green]",
+            )
         else:
             kind = r["status"].split(":", 1)[0]
             colour = "yellow" if kind == "unavailable" else "red"
-            table.add_row(r["op"], r["shape"], r["dtype"], r["provider"], "-", "-", "-", "-",
-                          "-", "-", "-", f"[{colour}]{kind}[/{colour}]")
+            table.add_row(
+                r["op"],
+                r["shape"],
+                r["dtype"],
+                r["provider"],
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                f"[{colour}]{kind}[/{colour}]",
+            )
     return table
 
 
@@ -147,11 +197,17 @@ def bench(args: argparse.Namespace, console: Console) -> int:
         out_dir=None if args.no_save else args.out,
         check=not args.no_check,
     )
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("benchmarking", total=None)
         result = run_benchmarks(
-            config, progress=lambda text: progress.update(task, description=text))
+            config, progress=lambda text: progress.update(task, description=text)
+        )
     console.print(_results_table(result))
     for note in _status_notes(result):
         console.print(f"  [dim]{note}[/dim]")
@@ -170,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time every op on every backend against the reference")
     b.add_argument("ops", nargs="*", help="ops to time (default: all)")
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    b.add_argument("--dtype", nargs="+", default=["float32"],
-                   choices=["float32", "float16", "bfloat16"])
+    b.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"]
+    )
     b.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=list(PROVIDERS))
     size = b.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes (default on the CPU)")

@@ -13,19 +13,27 @@ TOLERANCES = {
 }
 
 
-def first_mismatches(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float,
-                     limit: int = 5) -> str:
+def first_mismatches(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, limit: int = 5
+) -> str:
     """A readable list of the first mismatching indices, NaN/inf disagreements included."""
     a, e = actual.double(), expected.double()
     bad = ~torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
     indices = bad.nonzero()[:limit]
-    parts = [f"{tuple(i.tolist())}: got {a[tuple(i)].item():.6g}, want {e[tuple(i)].item():.6g}"
-             for i in indices]
+    parts = [
+        f"{tuple(i.tolist())}: got {a[tuple(i)].item():.6g}, want {e[tuple(i)].item():.6g}"
+        for i in indices
+    ]
     return f"{int(bad.sum())} of {bad.numel()} elements differ; first: " + "; ".join(parts)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
-                 scale: float = 1.0, max_flip_fraction: float = 0.0) -> None:
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype,
+    scale: float = 1.0,
+    max_flip_fraction: float = 0.0,
+) -> None:
     """``isclose`` elementwise at the dtype's tolerance (times ``scale``).
 
     ``max_flip_fraction`` allows that fraction of elements to differ: for quantities that jump

@@ -36,11 +36,15 @@ def _compiled_triplane_reference():
     return torch.compile(triplane_sample_reference, dynamic=False)
 
 
-def _triplane_case(name: str, batch: int, channels: int, depth: int, resolution: int,
-                   rays: int, samples: int) -> Case:
+def _triplane_case(
+    name: str, batch: int, channels: int, depth: int, resolution: int, rays: int, samples: int
+) -> Case:
     n_points = rays * rays * samples
-    plane_shape = (batch, 3, channels, depth, resolution, resolution) if depth > 1 else (
-        batch, 3, channels, resolution, resolution)
+    plane_shape = (
+        (batch, 3, channels, depth, resolution, resolution)
+        if depth > 1
+        else (batch, 3, channels, resolution, resolution)
+    )
     plane_axes = "panohead" if depth > 1 else "eg3d"
     box_warp = 1.0
 
@@ -58,7 +62,8 @@ def _triplane_case(name: str, batch: int, channels: int, depth: int, resolution:
     functions = {
         "torch": lambda planes, points, **kw: triplane_sample_reference(planes, points, **kw),
         "torch_compile": lambda planes, points, **kw: _compiled_triplane_reference()(
-            planes, points, **kw),
+            planes, points, **kw
+        ),
         "triton": backend_fn("triton"),
         "native": backend_fn("native"),
     }
@@ -80,14 +85,23 @@ def _triplane_case(name: str, batch: int, channels: int, depth: int, resolution:
     return Case(
         op="triplane_sample",
         shape=name,
-        params=dict(batch=batch, channels=channels, depth=depth, resolution=resolution,
-                    rays=rays, samples=samples, points=n_points),
+        params=dict(
+            batch=batch,
+            channels=channels,
+            depth=depth,
+            resolution=resolution,
+            rays=rays,
+            samples=samples,
+            points=n_points,
+        ),
         make_inputs=make_inputs,
         functions=functions,
         bytes_moved=bytes_moved,
-        description=(f"{kind} B={batch} 3x{channels}"
-                     + (f"x{depth}" if depth > 1 else "")
-                     + f"x{resolution}^2, {rays}^2 rays x {samples} samples"),
+        description=(
+            f"{kind} B={batch} 3x{channels}"
+            + (f"x{depth}" if depth > 1 else "")
+            + f"x{resolution}^2, {rays}^2 rays x {samples} samples"
+        ),
     )
 
 

@@ -61,6 +61,18 @@ def _forward_backward(fn, inputs, kwargs, grad_out):
     return out
 
 
+def _timed_call(mode, fn, inputs, leaves, kwargs, grad_out):
+    """The function the harness times for ``mode``: forward without autograd, or both passes."""
+    if mode == "forward":
+
+        def call():
+            with torch.no_grad():
+                return fn(*inputs, **kwargs)
+
+        return call
+    return lambda: _forward_backward(fn, leaves, kwargs, grad_out)
+
+
 def _check(case: Case, provider: str, inputs, kwargs, dtype) -> str | None:
     """None when the provider agrees with the float32 reference, else what disagrees."""
     reference_inputs = [x.detach().float().requires_grad_() for x in inputs]
@@ -73,7 +85,8 @@ def _check(case: Case, provider: str, inputs, kwargs, dtype) -> str | None:
     tolerance = TOLERANCE[dtype]
     problems = []
     pairs = [("output", actual, expected)] + [
-        (f"grad[{i}]", t.grad, r.grad) for i, (t, r) in enumerate(zip(trial_inputs, reference_inputs))
+        (f"grad[{i}]", t.grad, r.grad)
+        for i, (t, r) in enumerate(zip(trial_inputs, reference_inputs, strict=True))
     ]
     for name, got, want in pairs:
         error = math.inf if got is None else relative_l2(got, want)
@@ -106,8 +119,14 @@ def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -
         grad_out = torch.randn(probe.shape, generator=generator).to(device=device, dtype=dtype)
         del probe
         for provider in config.providers:
-            base = dict(op=case.op, shape=case.shape, description=case.description,
-                        params=case.params, provider=provider, dtype=dtype_name)
+            base = dict(
+                op=case.op,
+                shape=case.shape,
+                description=case.description,
+                params=case.params,
+                provider=provider,
+                dtype=dtype_name,
+            )
             ok, reason = _provider_status(provider, device)
             if not ok:
                 rows.append({**base, "mode": "-", "status": f"unavailable: {reason}"})
@@ -123,28 +142,32 @@ def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -
                     rows.append({**base, "mode": "-", "status": f"wrong: {wrong}"})
                     continue
                 for mode in ("forward", "forward+backward"):
-                    if mode == "forward":
-                        def call(fn=fn):
-                            with torch.no_grad():
-                                return fn(*inputs, **kwargs)
-                    else:
-                        def call(fn=fn):
-                            return _forward_backward(fn, leaves, kwargs, grad_out)
+                    call = _timed_call(mode, fn, inputs, leaves, kwargs, grad_out)
                     result = timing.time_function(
-                        call, device, budget_s=config.budget_s, grad_to_none=leaves)
+                        call, device, budget_s=config.budget_s, grad_to_none=leaves
+                    )
                     peak = _peak_memory_mb(call, device)
                     moved = case.bytes_moved(dtype, mode != "forward")
                     gbps = moved / (result.median_ms * 1e-3) / 1e9
-                    rows.append({
-                        **base, "mode": mode, "status": "ok",
-                        "median_ms": result.median_ms, "p20_ms": result.p20_ms,
-                        "p80_ms": result.p80_ms, "runs": result.runs,
-                        "bytes_moved": moved, "gbps": gbps,
-                        "fraction_of_copy_bw": gbps / copy_gbps if copy_gbps else None,
-                        "peak_memory_mb": peak,
-                    })
+                    rows.append(
+                        {
+                            **base,
+                            "mode": mode,
+                            "status": "ok",
+                            "median_ms": result.median_ms,
+                            "p20_ms": result.p20_ms,
+                            "p80_ms": result.p80_ms,
+                            "runs": result.runs,
+                            "bytes_moved": moved,
+                            "gbps": gbps,
+                            "fraction_of_copy_bw": gbps / copy_gbps if copy_gbps else None,
+                            "peak_memory_mb": peak,
+                        }
+                    )
             except Exception as error:  # a failing provider is reported, not fatal
-                rows.append({**base, "mode": "-", "status": f"error: {type(error).__name__}: {error}"})
+                rows.append(
+                    {**base, "mode": "-", "status": f"error: {type(error).__name__}: {error}"}
+                )
             for leaf in leaves:
                 leaf.grad = None
     _add_speedups(rows)
@@ -154,16 +177,23 @@ def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -
 def _add_speedups(rows: list[dict]) -> None:
     def median_of(row, provider):
         for other in rows:
-            if (other["provider"] == provider and other["dtype"] == row["dtype"]
-                    and other["mode"] == row["mode"] and other["shape"] == row["shape"]
-                    and other["status"] == "ok"):
+            if (
+                other["provider"] == provider
+                and other["dtype"] == row["dtype"]
+                and other["mode"] == row["mode"]
+                and other["shape"] == row["shape"]
+                and other["status"] == "ok"
+            ):
                 return other["median_ms"]
         return None
 
     for row in rows:
         if row["status"] != "ok":
             continue
-        for provider, key in (("torch", "speedup_vs_torch"), ("torch_compile", "speedup_vs_compile")):
+        for provider, key in (
+            ("torch", "speedup_vs_torch"),
+            ("torch_compile", "speedup_vs_compile"),
+        ):
             other = median_of(row, provider)
             row[key] = other / row["median_ms"] if other else None
 
@@ -203,8 +233,11 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
     for op in config.ops:
         for case in OPS[op](config.resolved_quick()):
             rows.extend(run_case(case, config, copy_gbps, progress))
-    result = {"environment": environment(device, copy_gbps), "config": {
-        **asdict(config), "quick": config.resolved_quick()}, "rows": rows}
+    result = {
+        "environment": environment(device, copy_gbps),
+        "config": {**asdict(config), "quick": config.resolved_quick()},
+        "rows": rows,
+    }
     if config.out_dir:
         result["files"] = save(result, Path(config.out_dir))
     return result
@@ -246,12 +279,17 @@ def markdown(result: dict) -> str:
                 f"| {_fmt(r['fraction_of_copy_bw'] and 100 * r['fraction_of_copy_bw'], '.1f')} "
                 f"| {_fmt(r.get('speedup_vs_torch'), '.2f')}x "
                 f"| {_fmt(r.get('speedup_vs_compile'), '.2f')}x "
-                f"| {_fmt(r['peak_memory_mb'], '.0f')} | ok |")
+                f"| {_fmt(r['peak_memory_mb'], '.0f')} | ok |"
+            )
         else:
             status = r["status"].replace("|", "/").replace("\n", " ")[:160]
-            lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['provider']} | - "
-                         f"| - | - | - | - | - | - | - | {status} |")
+            lines.append(
+                f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['provider']} | - "
+                f"| - | - | - | - | - | - | - | {status} |"
+            )
     lines.append("")
-    lines.append("Shapes: " + "; ".join(sorted({f"{r['shape']}: {r['description']}"
-                                                 for r in result["rows"]})))
+    lines.append(
+        "Shapes: "
+        + "; ".join(sorted({f"{r['shape']}: {r['description']}" for r in result["rows"]}))
+    )
     return "\n".join(lines) + "\n"

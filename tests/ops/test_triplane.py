@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,8 +16,12 @@ from portrait_engine.ops.reference import (
 from tests.helpers import assert_close, relative_l2
 
 KERNEL_BACKENDS = [
-    pytest.param(name, marks=pytest.mark.skipif(
-        not pe.backend_status("cpu")[name][0], reason=pe.backend_status("cpu")[name][1]))
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            not pe.backend_status("cpu")[name][0], reason=pe.backend_status("cpu")[name][1]
+        ),
+    )
     for name in ("triton", "native")
 ]
 ALL_BACKENDS = [pytest.param("torch")] + KERNEL_BACKENDS
@@ -38,8 +40,9 @@ def eg3d_sample_from_planes(plane_axes, plane_features, coordinates, box_warp):
     coords = coordinates.unsqueeze(1).expand(-1, n_planes, -1, -1).reshape(n * n_planes, m, 3)
     inv = torch.linalg.inv(plane_axes).unsqueeze(0).expand(n, -1, -1, -1).reshape(-1, 3, 3)
     projected = torch.bmm(coords, inv)[..., :2].unsqueeze(1)
-    out = F.grid_sample(flat, projected.float(), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
+    out = F.grid_sample(
+        flat, projected.float(), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return out.permute(0, 3, 2, 1).reshape(n, n_planes, m, c)
 
 
@@ -53,8 +56,9 @@ def panohead_sample_from_planes(plane_axes, plane_features, coordinates, box_war
     coords = coordinates.unsqueeze(1).expand(-1, n_planes, -1, -1).reshape(n * n_planes, m, 3)
     inv = torch.linalg.inv(plane_axes).unsqueeze(0).expand(n, -1, -1, -1).reshape(-1, 3, 3)
     projected = torch.bmm(coords, inv).unsqueeze(1).unsqueeze(2)
-    out = F.grid_sample(flat, projected.float(), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
+    out = F.grid_sample(
+        flat, projected.float(), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return out.permute(0, 4, 3, 2, 1).reshape(n, n_planes, m, c)
 
 
@@ -73,8 +77,9 @@ def make_points(batch, n, box_warp, generator, resolution=8, depth=1, dtype=torc
     return points.to(dtype)
 
 
-def make_inputs(kind, batch=2, channels=5, resolution=8, n=97, box_warp=1.0, seed=0,
-                dtype=torch.float32):
+def make_inputs(
+    kind, batch=2, channels=5, resolution=8, n=97, box_warp=1.0, seed=0, dtype=torch.float32
+):
     generator = torch.Generator().manual_seed(seed)
     depth = {"triplane": 1, "trigrid1": 1, "trigrid3": 3}[kind]
     if kind == "triplane":
@@ -102,8 +107,11 @@ def test_reference_matches_eg3d_sample_from_planes(box_warp):
     expected = eg3d_sample_from_planes(axes, planes, points, box_warp)
     got = triplane_sample_reference(planes, points, box_warp=box_warp, reduce="none")
     assert_close(got, expected, torch.float32)
-    assert_close(triplane_sample_reference(planes, points, box_warp=box_warp),
-                 expected.mean(1), torch.float32)
+    assert_close(
+        triplane_sample_reference(planes, points, box_warp=box_warp),
+        expected.mean(1),
+        torch.float32,
+    )
 
 
 def test_reference_matches_panohead_trigrid():
@@ -111,8 +119,9 @@ def test_reference_matches_panohead_trigrid():
     b, p, c, d, h, w = planes.shape
     axes = torch.tensor(PANOHEAD_PLANE_AXES)
     expected = panohead_sample_from_planes(axes, planes.reshape(b, p, c * d, h, w), points, 0.9, d)
-    got = triplane_sample_reference(planes, points, box_warp=0.9, plane_axes="panohead",
-                                    reduce="none")
+    got = triplane_sample_reference(
+        planes, points, box_warp=0.9, plane_axes="panohead", reduce="none"
+    )
     assert_close(got, expected, torch.float32)
 
 
@@ -142,9 +151,17 @@ def run(backend, planes, points, **kwargs):
 
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("kind,axes", [("triplane", "eg3d"), ("triplane", "panohead"),
-                                       ("trigrid1", "panohead"), ("trigrid3", "panohead"),
-                                       ("trigrid3", "eg3d"), ("triplane", "rotation")])
+@pytest.mark.parametrize(
+    "kind,axes",
+    [
+        ("triplane", "eg3d"),
+        ("triplane", "panohead"),
+        ("trigrid1", "panohead"),
+        ("trigrid3", "panohead"),
+        ("trigrid3", "eg3d"),
+        ("triplane", "rotation"),
+    ],
+)
 @pytest.mark.parametrize("reduce", ["mean", "none"])
 def test_matches_reference_float32(backend, kind, axes, reduce):
     box_warp = 0.8
@@ -186,7 +203,9 @@ def test_matches_grid_sample_directly(backend):
     assert_close(got, expected, torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=KERNEL_BACKENDS[1].marks)])
+@pytest.mark.parametrize(
+    "backend", ["torch", pytest.param("native", marks=KERNEL_BACKENDS[1].marks)]
+)
 @pytest.mark.parametrize("kind", ["triplane", "trigrid3"])
 def test_gradcheck_float64(backend, kind):
     generator = torch.Generator().manual_seed(5)
@@ -197,8 +216,11 @@ def test_gradcheck_float64(backend, kind):
     points.requires_grad_()
     kwargs = dict(plane_axes="panohead" if kind != "triplane" else "eg3d")
     assert torch.autograd.gradcheck(
-        lambda a, b: triplane_sample(a, b, backend=backend, **kwargs), (planes, points),
-        eps=1e-6, atol=1e-7)
+        lambda a, b: triplane_sample(a, b, backend=backend, **kwargs),
+        (planes, points),
+        eps=1e-6,
+        atol=1e-7,
+    )
 
 
 # --- edge inputs -----------------------------------------------------------------------------
@@ -237,8 +259,12 @@ def test_non_finite_points_match_grid_sample(backend, kind):
         expected = eg3d_sample_from_planes(torch.tensor(EG3D_PLANE_AXES), planes, points, 1.0)
     else:
         expected = panohead_sample_from_planes(
-            torch.tensor(PANOHEAD_PLANE_AXES), planes.reshape(b, p, -1, *planes.shape[-2:]),
-            points, 1.0, planes.shape[3])
+            torch.tensor(PANOHEAD_PLANE_AXES),
+            planes.reshape(b, p, -1, *planes.shape[-2:]),
+            points,
+            1.0,
+            planes.shape[3],
+        )
     # CPU grid_sample: NaN for a tri-plane, zeros for a tri-grid; we must give the same
     assert torch.equal(got.isnan(), expected.isnan())
     assert_close(got, expected, torch.float32)
@@ -248,8 +274,13 @@ def test_non_finite_points_match_grid_sample(backend, kind):
 def test_points_outside_the_box_give_zeros(backend):
     planes, _ = make_inputs("trigrid3")
     points = torch.tensor([[[1.5, 0.0, 0.0], [0.0, -2.0, 0.0], [0.0, 0.0, 9e9]]]).expand(2, -1, -1)
-    out = triplane_sample(planes, points.contiguous(), reduce="none", backend=backend,
-                          plane_axes=torch.eye(3).expand(3, 3, 3))
+    out = triplane_sample(
+        planes,
+        points.contiguous(),
+        reduce="none",
+        backend=backend,
+        plane_axes=torch.eye(3).expand(3, 3, 3),
+    )
     assert torch.all(out == 0)
 
 
@@ -261,7 +292,7 @@ def test_non_contiguous_inputs(backend):
     assert not planes_nc.is_contiguous() and not points_nc.is_contiguous()
     got = run(backend, planes_nc, points_nc, plane_axes="panohead")
     want = run("torch", planes, points, plane_axes="panohead")
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float32)
 
 

@@ -26,8 +26,12 @@ def kernel_inputs(kind, dtype=torch.float32, requires_grad=True, n=20):
     channels_last = grid.permute(0, 1, 3, 4, 5, 2).contiguous()
     axes = torch.tensor(pe.ops.reference.EG3D_PLANE_AXES, dtype=torch.float64)
     proj = _projection(axes, 1.0, planes)
-    return [channels_last.requires_grad_(requires_grad), points.requires_grad_(requires_grad),
-            proj, trilinear]
+    return [
+        channels_last.requires_grad_(requires_grad),
+        points.requires_grad_(requires_grad),
+        proj,
+        trilinear,
+    ]
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -43,7 +47,8 @@ def test_opcheck(backend, kind, reduce_mean, requires_grad):
     grad = torch.randn_like(out)
     torch.library.opcheck(
         getattr(torch.ops.portrait_engine, backward),
-        [grad, planes.detach(), points.detach(), proj, trilinear, reduce_mean, True])
+        [grad, planes.detach(), points.detach(), proj, trilinear, reduce_mean, True],
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
@@ -51,8 +56,11 @@ def test_torch_compile_fullgraph(backend):
     planes, points = make_inputs("trigrid3", n=30)
 
     def fn(planes, points):
-        return triplane_sample(planes, points, plane_axes="panohead", box_warp=0.9,
-                               backend=backend).square().sum()
+        return (
+            triplane_sample(planes, points, plane_axes="panohead", box_warp=0.9, backend=backend)
+            .square()
+            .sum()
+        )
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     a = planes.clone().requires_grad_()
@@ -78,8 +86,9 @@ def test_use_backend_context_and_global_setter(monkeypatch):
     import portrait_engine.ops.triplane as module
 
     real = module.triplane_sample_reference
-    monkeypatch.setattr(module, "triplane_sample_reference",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        module, "triplane_sample_reference", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     planes, points = make_inputs("triplane")
     assert pe.get_backend() == "auto"
     with pe.use_backend("torch"):
@@ -106,9 +115,15 @@ def test_unknown_backend_is_refused():
 
 
 def test_unavailable_backend_says_why(monkeypatch):
-    monkeypatch.setattr(pe._backend, "backend_status", lambda device: {
-        "torch": (True, ""), "triton": (False, "triton is not installed"),
-        "native": (False, "not built")})
+    monkeypatch.setattr(
+        pe._backend,
+        "backend_status",
+        lambda device: {
+            "torch": (True, ""),
+            "triton": (False, "triton is not installed"),
+            "native": (False, "not built"),
+        },
+    )
     planes, points = make_inputs("triplane")
     with pytest.raises(pe.BackendUnavailableError, match="triton is not installed"):
         triplane_sample(planes, points, backend="triton")
@@ -122,20 +137,50 @@ def test_unavailable_backend_says_why(monkeypatch):
 def bad_cases():
     planes, points = make_inputs("triplane")
     return [
-        ("planes not a tensor", dict(planes=planes.tolist()), TypeError, "planes must be a torch.Tensor"),
+        (
+            "planes not a tensor",
+            dict(planes=planes.tolist()),
+            TypeError,
+            "planes must be a torch.Tensor",
+        ),
         ("points not a tensor", dict(points=3), TypeError, "points must be a torch.Tensor"),
-        ("planes rank 4", dict(planes=planes[0]), ValueError, r"planes must have shape \(B, P, C, H, W\)"),
-        ("points rank 2", dict(points=points[0]), ValueError, r"points must have shape \(B, N, 3\)"),
-        ("points last dim 2", dict(points=points[..., :2]), ValueError, r"points must have shape \(B, N, 3\)"),
+        (
+            "planes rank 4",
+            dict(planes=planes[0]),
+            ValueError,
+            r"planes must have shape \(B, P, C, H, W\)",
+        ),
+        (
+            "points rank 2",
+            dict(points=points[0]),
+            ValueError,
+            r"points must have shape \(B, N, 3\)",
+        ),
+        (
+            "points last dim 2",
+            dict(points=points[..., :2]),
+            ValueError,
+            r"points must have shape \(B, N, 3\)",
+        ),
         ("batch mismatch", dict(points=points[:1]), ValueError, "same batch size"),
         ("two planes", dict(planes=planes[:, :2]), ValueError, "3 planes"),
         ("empty spatial", dict(planes=planes[..., :0]), ValueError, "non-empty"),
-        ("integer planes", dict(planes=planes.long()), TypeError, "planes must be a floating-point"),
+        (
+            "integer planes",
+            dict(planes=planes.long()),
+            TypeError,
+            "planes must be a floating-point",
+        ),
         ("integer points", dict(points=points.int()), TypeError, "points must be a floating-point"),
         ("dtype mismatch", dict(points=points.double()), TypeError, "same dtype"),
         ("meta device", dict(points=points.to("meta")), ValueError, "same device"),
         ("unknown axes", dict(plane_axes="stylegan"), ValueError, "plane_axes must be one of"),
-        ("axes wrong shape", dict(plane_axes=torch.eye(3)), ValueError, r"plane_axes must have shape \(3, 3, 3\)"),
+        (
+            "axes wrong shape",
+            dict(plane_axes=torch.eye(3)),
+            ValueError,
+            r"plane_axes must have shape \(3, 3, 3\)",
+        ),
         ("singular axes", dict(plane_axes=torch.zeros(3, 3, 3)), ValueError, "invertible"),
         ("unknown reduce", dict(reduce="sum"), ValueError, "reduce must be one of"),
         ("negative box_warp", dict(box_warp=-1.0), ValueError, "box_warp must be a positive"),
