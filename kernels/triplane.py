@@ -13,7 +13,9 @@ Design:
 * One program owns ``BLOCK_N`` points of one batch element and *all* channels
   (``BLOCK_C`` = next power of two >= C, masked). Planes are channels-last
   ``(B, P, D, H, W, C)``, so each corner fetch is one contiguous run of C values per point: a
-  ``(BLOCK_N, BLOCK_C)`` gather whose rows are coalesced, instead of C strided reads.
+  ``(BLOCK_N, BLOCK_C)`` gather whose rows are coalesced, instead of C strided reads. When
+  C is a power of two (``EVEN_C``) the channel mask is a compile-time constant, so the
+  gathers and the backward atomics compile to vector instructions.
 * The coordinate math (projection, unnormalisation, floor, weights, bounds) is done once per
   point and plane on ``(BLOCK_N,)`` vectors and shared by all channels; the P planes are
   unrolled (``tl.static_range``) so the mean is a register accumulation, not a second pass.
@@ -33,11 +35,14 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from portrait_engine.kernels._alloc import empty_output
 
 # Largest finite float32: |x| <= this is false exactly for NaN and +-inf.
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
@@ -136,6 +141,7 @@ def _triplane_forward_kernel(
     nan_propagate: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
 ):
     pid_n = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
@@ -159,7 +165,12 @@ def _triplane_forward_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     mask_n = offs_n < n_points
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
-    mask_c = offs_c < n_channels
+    if EVEN_C:
+        # a compile-time all-true channel mask keeps the gathers vectorisable (a runtime
+        # mask varies along the contiguous axis, which forbids vector loads)
+        mask_c = tl.full((BLOCK_C,), 1, tl.int1)
+    else:
+        mask_c = offs_c < n_channels
     mask_nc = mask_n[:, None] & mask_c[None, :]
     col_pl = (offs_c * s_pl_c)[None, :]
     out_rows = out_ptr + b * s_o_b + (offs_n * s_o_n)[:, None] + (offs_c * s_o_c)[None, :]
@@ -209,9 +220,7 @@ def _triplane_forward_kernel(
         if reduce_mean:
             total += sample
         else:
-            tl.store(
-                out_rows + p * s_o_p, sample.to(out_ptr.dtype.element_ty), mask=mask_nc
-            )
+            tl.store(out_rows + p * s_o_p, sample.to(out_ptr.dtype.element_ty), mask=mask_nc)
 
     if reduce_mean:
         tl.store(out_rows, (total * (1.0 / P)).to(out_ptr.dtype.element_ty), mask=mask_nc)
@@ -266,6 +275,7 @@ def _triplane_backward_kernel(
     nan_propagate: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
 ):
     pid_n = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
@@ -297,7 +307,12 @@ def _triplane_backward_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     mask_n = offs_n < n_points
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
-    mask_c = offs_c < n_channels
+    if EVEN_C:
+        # a compile-time all-true channel mask keeps the gathers vectorisable (a runtime
+        # mask varies along the contiguous axis, which forbids vector loads)
+        mask_c = tl.full((BLOCK_C,), 1, tl.int1)
+    else:
+        mask_c = offs_c < n_channels
     mask_nc = mask_n[:, None] & mask_c[None, :]
     col_pl = (offs_c * s_pl_c)[None, :]
     col_gpl = (offs_c * s_gpl_c)[None, :]
@@ -419,26 +434,29 @@ def _interpreting() -> bool:
 
 
 def _blocks(n_points: int, channels: int, backward: bool) -> tuple[int, int, int]:
-    """``(BLOCK_N, BLOCK_C, num_warps)`` for one launch."""
+    """``(BLOCK_N, BLOCK_C, num_warps)`` for one launch (one fixed configuration per mode)."""
     block_c = triton.next_power_of_2(max(channels, 1))
     if _interpreting():
         # the interpreter's cost is per program instance (numpy does a tile in one call):
         # few, large programs; the cap keeps a tile's numpy temporaries small
         block_n = min(triton.next_power_of_2(max(n_points, 1)), max(16, 65536 // block_c))
         return max(block_n, 16), block_c, 4
-    # GPU: about 4096 fp32 tile elements in flight in forward (32 per thread with 4 warps);
-    # backward holds the upstream gradient tile too, so half as many points
-    budget = 2048 if backward else 4096
-    block_n = max(16, min(128, budget // block_c))
-    num_warps = 8 if block_c >= 128 else 4
-    return block_n, block_c, num_warps
+    # GPU (sizes checked with ptxas for sm_90: no spills, <= ~200 registers, trilinear): the
+    # unrolled corners keep several gathers in flight per thread, so tiles stay modest.
+    # Uneven C gathers element by element (no vector loads) and needs more registers than a
+    # power-of-two C; backward also holds the upstream-gradient tile and the atomics.
+    even = block_c == channels
+    if backward:
+        block_n = max(4, min(64, 512 // block_c))
+    else:
+        block_n = max(8, min(128, (2048 if even else 1024) // block_c))
+    return block_n, block_c, 4
 
 
 def _device_guard(tensor: torch.Tensor):
+    # Triton launches on the current CUDA device, which need not be the tensors' device
     if tensor.is_cuda:
         return torch.cuda.device(tensor.device)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
@@ -458,11 +476,11 @@ def triplane_forward(
     batch, n_planes, depth, height, width, channels = planes.shape
     n_points = points.shape[1]
     if reduce_mean:
-        out = torch.empty((batch, n_points, channels), dtype=planes.dtype, device=planes.device)
+        out = empty_output((batch, n_points, channels), dtype=planes.dtype, device=planes.device)
         s_o_b, s_o_n, s_o_c = out.stride()
         s_o_p = 0
     else:
-        out = torch.empty(
+        out = empty_output(
             (batch, n_planes, n_points, channels), dtype=planes.dtype, device=planes.device
         )
         s_o_b, s_o_p, s_o_n, s_o_c = out.stride()
@@ -495,6 +513,7 @@ def triplane_forward(
             nan_propagate=bool(nan_propagate),
             BLOCK_N=block_n,
             BLOCK_C=block_c,
+            EVEN_C=block_c == channels,
             num_warps=num_warps,
         )
     return out
@@ -515,7 +534,7 @@ def triplane_backward(
     # scatter-added from many programs: must start from zero
     grad_planes = torch.zeros(planes.shape, dtype=torch.float32, device=planes.device)
     # written in full by the kernel (every point, all three coordinates)
-    grad_points = torch.empty(points.shape, dtype=torch.float32, device=points.device)
+    grad_points = empty_output(points.shape, dtype=torch.float32, device=points.device)
     if grad_points.numel() == 0 or grad_planes.numel() == 0:
         return grad_planes, grad_points.zero_()
 
@@ -555,6 +574,7 @@ def triplane_backward(
             nan_propagate=bool(nan_propagate),
             BLOCK_N=block_n,
             BLOCK_C=block_c,
+            EVEN_C=block_c == channels,
             num_warps=num_warps,
         )
     return grad_planes, grad_points
