@@ -42,7 +42,7 @@ def _extensions():
 
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*/*.cu"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     include = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -53,7 +53,7 @@ def _extensions():
             define_macros=[("PORTRAIT_ENGINE_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx,
-                "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v"],
+                "nvcc": ["-O3", "-std=c++20", "-lineinfo", "-Xptxas=-v"],
             },
             extra_link_args=["-fopenmp"],
         )

@@ -172,7 +172,7 @@ def _projection(
         if bool((torch.linalg.inv_ex(axes.cpu())[1] != 0).any()):
             raise ValueError(f"plane_axes must hold invertible 3x3 matrices, got {axes.tolist()}")
     proj = torch.linalg.inv(axes) * (2.0 / box_warp)
-    return proj.to(device=planes.device, dtype=dtype)
+    return proj.to(device=planes.device, dtype=dtype).contiguous()
 
 
 def _validate(planes, points, box_warp, plane_axes, reduce):

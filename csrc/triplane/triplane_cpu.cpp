@@ -1,0 +1,327 @@
+// CPU kernels of portrait_engine::triplane_sample_{forward,backward}
+// (contract: docs/kernel_contract_triplane.md; per-element math: triplane.h).
+//
+// Forward: at::parallel_for over the B * N points; each point loops over the planes and the
+// corners, accumulating the channel vector in the accumulation type.
+//
+// Backward, deterministic and without atomics, in two passes:
+//   1. grad_points: at::parallel_for over the B * N points (a pure gather, like the forward).
+//   2. grad_planes: at::parallel_for over tasks (b, p, band), a band being a range of the
+//      plane's D * H rows. A task walks all N points in order and scatter-adds only the corners
+//      that fall in its band, so each texel is written by exactly one task and receives its
+//      contributions in point order, whatever the number of threads. Bands (which recompute
+//      the cheap coordinate math per band) are only used when there are fewer (b, p) pairs than
+//      about twice the number of threads.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "triplane/triplane.h"
+
+namespace portrait_engine {
+namespace triplane {
+namespace {
+
+struct Sizes {
+  int64_t B, P, N;
+  Geometry geo;
+};
+
+Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& proj) {
+  TORCH_CHECK(planes.dim() == 6, "triplane (cpu): planes must be (B, P, D, H, W, C)");
+  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3, "triplane (cpu): points must be (B, N, 3)");
+  TORCH_CHECK(proj.dim() == 3 && proj.size(0) == planes.size(1) && proj.size(1) == 3 &&
+                  proj.size(2) == 3,
+              "triplane (cpu): proj must be (P, 3, 3)");
+  TORCH_CHECK(planes.size(0) == points.size(0), "triplane (cpu): batch mismatch");
+  TORCH_CHECK(planes.is_contiguous() && points.is_contiguous() && proj.is_contiguous(),
+              "triplane (cpu): inputs must be contiguous");
+  TORCH_CHECK(points.scalar_type() == planes.scalar_type(), "triplane (cpu): dtype mismatch");
+  const auto acc = planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(proj.scalar_type() == acc, "triplane (cpu): proj must be in the accumulation dtype");
+  TORCH_CHECK(planes.device().is_cpu() && points.device().is_cpu() && proj.device().is_cpu(),
+              "triplane (cpu): tensors must be on the CPU");
+  Sizes z;
+  z.B = planes.size(0);
+  z.P = planes.size(1);
+  z.N = points.size(1);
+  z.geo = Geometry{planes.size(2), planes.size(3), planes.size(4), planes.size(5)};
+  return z;
+}
+
+// Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The gathers and scatters
+// are random accesses into planes far larger than L2, so they are latency bound; issuing the
+// next point's cache lines while the current point is processed hides most of that latency.
+constexpr int64_t kPrefetchDistance = 2;  // points ahead
+
+template <typename scalar_t, typename acc_t, bool kWrite, typename target_t>
+inline void prefetch_point(const target_t* target, const scalar_t* points_ptr, const acc_t* proj,
+                           int64_t i, int64_t N, int64_t P, int64_t p_lo, int64_t p_hi,
+                           const Geometry& geo, bool trilinear) {
+#if defined(__GNUC__)
+  const int64_t b = i / N;
+  const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
+  const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
+  const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
+  const int64_t bytes = geo.C * static_cast<int64_t>(sizeof(target_t));
+  const int ncorners = num_corners(trilinear);
+  for (int64_t p = p_lo; p < p_hi; ++p) {
+    acc_t gx, gy, gz;
+    project(px, py, pz, proj + p * 9, gx, gy, gz);
+    const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
+    if (f.nonfinite) continue;
+    const char* base = reinterpret_cast<const char*>(target + (b * P + p) * geo.plane_numel());
+    for (int k = 0; k < ncorners; ++k) {
+      const Corner<acc_t> cr = corner(f, k, geo);
+      if (!cr.valid) continue;
+      const char* at = base + cr.offset * static_cast<int64_t>(sizeof(target_t));
+      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(at + o, kWrite ? 1 : 0, 3);
+    }
+  }
+#else
+  (void)target, (void)points_ptr, (void)proj, (void)i, (void)N, (void)P, (void)p_lo,
+      (void)p_hi, (void)geo, (void)trilinear;
+#endif
+}
+
+// Points per parallel_for chunk: about 16k channel-corner products per chunk.
+int64_t point_grain(const Sizes& z, bool trilinear) {
+  const int64_t work = std::max<int64_t>(1, z.P * num_corners(trilinear) * z.geo.C);
+  return std::max<int64_t>(1, 16384 / work);
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& proj,
+                  at::Tensor& out, const Sizes& z, bool trilinear, bool reduce_mean,
+                  bool nan_propagate) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
+  const scalar_t* points_ptr = points.data_ptr<scalar_t>();
+  const acc_t* proj_ptr = proj.data_ptr<acc_t>();
+  scalar_t* out_ptr = out.data_ptr<scalar_t>();
+  const Geometry geo = z.geo;
+  const int64_t C = geo.C, P = z.P, N = z.N;
+  const int64_t plane_numel = geo.plane_numel();
+  const int ncorners = num_corners(trilinear);
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
+
+  at::parallel_for(0, z.B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc_buffer(C);
+    acc_t* acc = acc_buffer.data();
+    for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
+      prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P,
+                                             geo, trilinear);
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      if (i + kPrefetchDistance < end) {
+        prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
+                                               i + kPrefetchDistance, N, P, 0, P, geo,
+                                               trilinear);
+      }
+      const int64_t b = i / N, n = i % N;
+      const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
+      const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
+      const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
+      if (reduce_mean) fill(acc, acc_t(0), C);
+      for (int64_t p = 0; p < P; ++p) {
+        if (!reduce_mean) fill(acc, acc_t(0), C);
+        acc_t gx, gy, gz;
+        project(px, py, pz, proj_ptr + p * 9, gx, gy, gz);
+        const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
+        const scalar_t* base = planes_ptr + (b * P + p) * plane_numel;
+        if (nan_propagate && f.nonfinite) {
+          fill(acc, quiet_nan<acc_t>(), C);
+        } else {
+          for (int k = 0; k < ncorners; ++k) {
+            const Corner<acc_t> cr = corner(f, k, geo);
+            if (cr.valid) gather_axpy(acc, base + cr.offset, cr.w, C);
+          }
+        }
+        if (!reduce_mean) {
+          scalar_t* dst = out_ptr + ((b * P + p) * N + n) * C;
+          for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c]);
+        }
+      }
+      if (reduce_mean) {
+        scalar_t* dst = out_ptr + i * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c] * inv_p);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
+                   const at::Tensor& proj, at::Tensor& grad_planes, at::Tensor& grad_points,
+                   const Sizes& z, bool trilinear, bool reduce_mean, bool nan_propagate) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* go_ptr = grad_out.data_ptr<scalar_t>();
+  const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
+  const scalar_t* points_ptr = points.data_ptr<scalar_t>();
+  const acc_t* proj_ptr = proj.data_ptr<acc_t>();
+  acc_t* gplanes_ptr = grad_planes.data_ptr<acc_t>();
+  acc_t* gpoints_ptr = grad_points.data_ptr<acc_t>();
+  const Geometry geo = z.geo;
+  const int64_t C = geo.C, P = z.P, N = z.N, B = z.B;
+  const int64_t plane_numel = geo.plane_numel();
+  const int ncorners = num_corners(trilinear);
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
+  const acc_t scale = reduce_mean ? inv_p : acc_t(1);
+
+  // grad_out row of (b, n, p): (B, N, C) for mean, (B, P, N, C) for none.
+  auto go_row = [&](int64_t b, int64_t p, int64_t n) -> const scalar_t* {
+    return reduce_mean ? go_ptr + (b * N + n) * C : go_ptr + ((b * P + p) * N + n) * C;
+  };
+
+  // Pass 1: grad_points, a gather over the points.
+  at::parallel_for(0, B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g_buffer(C);
+    acc_t* g = g_buffer.data();
+    for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
+      prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P,
+                                             geo, trilinear);
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      if (i + kPrefetchDistance < end) {
+        prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
+                                               i + kPrefetchDistance, N, P, 0, P, geo,
+                                               trilinear);
+      }
+      const int64_t b = i / N, n = i % N;
+      const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
+      const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
+      const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
+      acc_t out0 = 0, out1 = 0, out2 = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        if (p == 0 || !reduce_mean) {
+          const scalar_t* row = go_row(b, p, n);
+          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<acc_t>(row[c]);
+        }
+        acc_t gx, gy, gz;
+        project(px, py, pz, proj_ptr + p * 9, gx, gy, gz);
+        const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
+        const scalar_t* base = planes_ptr + (b * P + p) * plane_numel;
+        acc_t dix = 0, diy = 0, diz = 0;
+        if (!f.nonfinite) {  // a non-finite sample has no corner in bounds
+          for (int k = 0; k < ncorners; ++k) {
+            const Corner<acc_t> cr = corner(f, k, geo);
+            if (!cr.valid) continue;
+            const acc_t d = dot(base + cr.offset, g, C);
+            dix += cr.dwx * d;
+            diy += cr.dwy * d;
+            diz += cr.dwz * d;
+          }
+        }
+        add_point_grad(dix * scale, diy * scale, diz * scale, nan_propagate && f.nonfinite,
+                       trilinear, proj_ptr + p * 9, geo, out0, out1, out2);
+      }
+      gpoints_ptr[i * 3 + 0] = out0;
+      gpoints_ptr[i * 3 + 1] = out1;
+      gpoints_ptr[i * 3 + 2] = out2;
+    }
+  });
+
+  // Pass 2: grad_planes, tasks (b, p, band), each texel owned by one task.
+  const int64_t rows = geo.D * geo.H;
+  const int64_t pairs = B * P;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t bands =
+      std::max<int64_t>(1, std::min<int64_t>(rows, (2 * threads + pairs - 1) / pairs));
+  at::parallel_for(0, pairs * bands, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t bp = t / bands, band = t % bands;
+      const int64_t b = bp / P, p = bp % P;
+      const int64_t row_lo = band * rows / bands, row_hi = (band + 1) * rows / bands;
+      const acc_t* m = proj_ptr + p * 9;
+      acc_t* gbase = gplanes_ptr + bp * plane_numel;
+      const int64_t first = b * N;  // flat point index of (b, 0)
+      for (int64_t n = 0; n < std::min(N, kPrefetchDistance); ++n) {
+        prefetch_point<scalar_t, acc_t, true>(gplanes_ptr, points_ptr, proj_ptr, first + n, N, P,
+                                              p, p + 1, geo, trilinear);
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        if (n + kPrefetchDistance < N) {
+          prefetch_point<scalar_t, acc_t, true>(gplanes_ptr, points_ptr, proj_ptr,
+                                                first + n + kPrefetchDistance, N, P, p, p + 1,
+                                                geo, trilinear);
+        }
+        const scalar_t* pt = points_ptr + (b * N + n) * 3;
+        acc_t gx, gy, gz;
+        project(static_cast<acc_t>(pt[0]), static_cast<acc_t>(pt[1]), static_cast<acc_t>(pt[2]),
+                m, gx, gy, gz);
+        const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
+        if (f.nonfinite) continue;
+        const scalar_t* row = go_row(b, p, n);
+        for (int k = 0; k < ncorners; ++k) {
+          const Corner<acc_t> cr = corner(f, k, geo);
+          if (cr.valid && cr.row >= row_lo && cr.row < row_hi) {
+            scatter_axpy(gbase + cr.offset, row, cr.w * scale, C);
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor triplane_sample_forward_cpu(const at::Tensor& planes, const at::Tensor& points,
+                                       const at::Tensor& proj_in, bool trilinear, bool reduce_mean,
+                                       bool nan_propagate) {
+  // proj is 9 numbers per plane: made contiguous here rather than trusted (torch.linalg.inv
+  // returns column-major matrices).
+  const at::Tensor proj = proj_in.contiguous();
+  const Sizes z = check_inputs(planes, points, proj);
+  at::Tensor out = reduce_mean ? at::empty({z.B, z.N, z.geo.C}, planes.options())
+                               : at::empty({z.B, z.P, z.N, z.geo.C}, planes.options());
+  if (poison_outputs()) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_sample_forward_cpu", [&] {
+        forward_impl<scalar_t>(planes, points, proj, out, z, trilinear, reduce_mean,
+                               nan_propagate);
+      });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
+    const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate) {
+  const at::Tensor proj = proj_in.contiguous();
+  const Sizes z = check_inputs(planes, points, proj);
+  TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == planes.scalar_type(),
+              "triplane (cpu): grad_out must be contiguous, in the input dtype");
+  if (reduce_mean) {
+    TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == z.B && grad_out.size(1) == z.N &&
+                    grad_out.size(2) == z.geo.C,
+                "triplane (cpu): grad_out must be (B, N, C)");
+  } else {
+    TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == z.B && grad_out.size(1) == z.P &&
+                    grad_out.size(2) == z.N && grad_out.size(3) == z.geo.C,
+                "triplane (cpu): grad_out must be (B, P, N, C)");
+  }
+  const auto acc = planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_planes = at::zeros(planes.sizes(), planes.options().dtype(acc));
+  at::Tensor grad_points = at::zeros(points.sizes(), points.options().dtype(acc));
+  if (z.N == 0 || z.geo.C == 0) return {grad_planes, grad_points};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_sample_backward_cpu", [&] {
+        backward_impl<scalar_t>(grad_out, planes, points, proj, grad_planes, grad_points, z,
+                                trilinear, reduce_mean, nan_propagate);
+      });
+  return {grad_planes, grad_points};
+}
+
+}  // namespace
+}  // namespace triplane
+}  // namespace portrait_engine
+
+TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
+  m.impl("triplane_sample_forward", &portrait_engine::triplane::triplane_sample_forward_cpu);
+  m.impl("triplane_sample_backward", &portrait_engine::triplane::triplane_sample_backward_cpu);
+}
