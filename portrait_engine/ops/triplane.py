@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from portrait_engine import _backend, _extension
+from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
+from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
 from portrait_engine.ops.reference import NAMED_PLANE_AXES, triplane_sample_reference
 
 REDUCTIONS = ("mean", "none")
@@ -22,10 +23,6 @@ REDUCTIONS = ("mean", "none")
 # --------------------------------------------------------------------------------------------
 # Kernel-level custom ops (prepared inputs; no validation)
 # --------------------------------------------------------------------------------------------
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _output_shape(planes: torch.Tensor, points: torch.Tensor, reduce_mean: bool) -> tuple:
@@ -71,7 +68,7 @@ def _fake_forward(planes, points, proj, trilinear, reduce_mean, nan_propagate):
 
 
 def _fake_backward(grad_out, planes, points, proj, trilinear, reduce_mean, nan_propagate):
-    accumulation = _accumulation_dtype(planes.dtype)
+    accumulation = accumulation_dtype(planes.dtype)
     return (
         planes.new_empty(planes.shape, dtype=accumulation),
         points.new_empty(points.shape, dtype=accumulation),
@@ -95,31 +92,16 @@ def _make_autograd(backward_op):
     return backward
 
 
-torch.library.register_fake("portrait_engine::triplane_sample_triton_forward")(_fake_forward)
-torch.library.register_fake("portrait_engine::triplane_sample_triton_backward")(_fake_backward)
-torch.library.register_autograd(
-    "portrait_engine::triplane_sample_triton_forward",
-    _make_autograd(torch.ops.portrait_engine.triplane_sample_triton_backward),
+_REGISTRATION = dict(
+    fake_forward=_fake_forward,
+    fake_backward=_fake_backward,
     setup_context=_setup_context,
+    make_backward=_make_autograd,
 )
-
-
-def _register_native() -> bool:
-    """Attach fake kernels and autograd to the C++ ops (schemas in ``csrc/ops.cpp``)."""
-    loaded, _ = _extension.load()
-    if not loaded:
-        return False
-    torch.library.register_fake("portrait_engine::triplane_sample_forward")(_fake_forward)
-    torch.library.register_fake("portrait_engine::triplane_sample_backward")(_fake_backward)
-    torch.library.register_autograd(
-        "portrait_engine::triplane_sample_forward",
-        _make_autograd(torch.ops.portrait_engine.triplane_sample_backward),
-        setup_context=_setup_context,
-    )
-    return True
-
-
-_NATIVE_REGISTERED = _register_native()
+register_pair("triplane_sample_triton_forward", "triplane_sample_triton_backward", **_REGISTRATION)
+_NATIVE_REGISTERED = register_native_pair(
+    "triplane_sample_forward", "triplane_sample_backward", **_REGISTRATION
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +126,7 @@ def _projection(
 
     Built in the accumulation dtype on the planes' device.
     """
-    dtype = _accumulation_dtype(planes.dtype)
+    dtype = accumulation_dtype(planes.dtype)
     n_planes = planes.shape[1]
     if isinstance(plane_axes, str):
         v.check_choice("plane_axes", plane_axes, tuple(NAMED_PLANE_AXES))
