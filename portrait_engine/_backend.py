@@ -80,8 +80,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def backend_status(device: torch.device | str = "cpu") -> dict[str, tuple[bool, str]]:
-    """For each backend: ``(available, reason_if_not)`` on ``device``."""
+def backend_status(
+    device: torch.device | str = "cpu", native_op: str | None = None
+) -> dict[str, tuple[bool, str]]:
+    """For each backend: ``(available, reason_if_not)`` on ``device``.
+
+    ``native_op`` names the C++ op a caller needs: an extension built from older sources that
+    lacks it counts as unavailable for that op.
+    """
     device = torch.device(device)
     status: dict[str, tuple[bool, str]] = {"torch": (True, "")}
 
@@ -105,6 +111,11 @@ def backend_status(device: torch.device | str = "cpu") -> dict[str, tuple[bool, 
         native_ok, reason = False, "the extension was built without its CUDA kernels"
     elif native_ok and device.type not in ("cpu", "cuda"):
         native_ok, reason = False, f"no native kernels for device type {device.type!r}"
+    elif native_ok and native_op is not None and not _extension.has_op(native_op):
+        native_ok, reason = False, (
+            f"the built extension has no {native_op} op (built from older sources): rebuild it "
+            "with `pip install --no-build-isolation -e .`"
+        )
     status["native"] = (native_ok, reason)
     return status
 
@@ -115,14 +126,14 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 @torch.compiler.assume_constant_result
-def resolve(backend: str | None, device: torch.device) -> str:
+def resolve(backend: str | None, device: torch.device, native_op: str | None = None) -> str:
     """The concrete backend for one call: ``backend`` or the one in force, ``auto`` resolved.
 
     Under ``torch.compile`` this runs once, while tracing: a compiled function keeps the
     backend that was in force when it was compiled.
     """
     name = _check_name(get_backend() if backend is None else backend)
-    status = backend_status(device)
+    status = backend_status(device, native_op)
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ("torch",)):
             if status[candidate][0]:

@@ -38,3 +38,15 @@ def build_info() -> dict[str, str]:
 def has_cuda_kernels() -> bool:
     """Whether the extension was compiled with its CUDA kernels."""
     return build_info().get("cuda", "0") == "1"
+
+
+@functools.cache
+def has_op(name: str) -> bool:
+    """Whether the loaded extension defines ``portrait_engine::<name>`` (a stale build may not)."""
+    if not load()[0]:
+        return False
+    try:
+        getattr(torch.ops.portrait_engine, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True

@@ -44,9 +44,8 @@ def register_pair(
 
 
 def register_native_pair(forward: str, backward: str, **kwargs) -> bool:
-    """:func:`register_pair` for C++ ops, when the extension is built; whether it was."""
-    loaded, _ = _extension.load()
-    if not loaded:
+    """:func:`register_pair` for C++ ops, when the built extension has them; whether it had."""
+    if not (_extension.has_op(forward) and _extension.has_op(backward)):
         return False
     register_pair(forward, backward, **kwargs)
     return True

@@ -214,7 +214,7 @@ def triplane_sample(
     """
     _validate(planes, points, box_warp, plane_axes, reduce)
     proj = _projection(plane_axes, box_warp, planes)
-    name = _backend.resolve(backend, planes.device)
+    name = _backend.resolve(backend, planes.device, "triplane_sample_forward")
     if name == "torch":
         return triplane_sample_reference(
             planes, points, box_warp=box_warp, plane_axes=plane_axes, reduce=reduce

@@ -118,7 +118,7 @@ def test_unavailable_backend_says_why(monkeypatch):
     monkeypatch.setattr(
         pe._backend,
         "backend_status",
-        lambda device: {
+        lambda device, native_op=None: {
             "torch": (True, ""),
             "triton": (False, "triton is not installed"),
             "native": (False, "not built"),
