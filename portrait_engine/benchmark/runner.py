@@ -49,10 +49,10 @@ def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return difference / denominator if denominator > 0 else difference
 
 
-def _provider_status(provider: str, device: torch.device) -> tuple[bool, str]:
-    if provider in ("torch", "torch_compile"):
+def _provider_status(provider: str, device: torch.device, case: Case) -> tuple[bool, str]:
+    if provider not in _backend.BACKENDS:  # eager / compiled / posed PyTorch: always runs
         return True, ""
-    return _backend.backend_status(device)[provider]
+    return _backend.backend_status(device, case.native_op)[provider]
 
 
 def _forward_backward(fn, inputs, kwargs, grad_out):
@@ -119,6 +119,8 @@ def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -
         grad_out = torch.randn(probe.shape, generator=generator).to(device=device, dtype=dtype)
         del probe
         for provider in config.providers:
+            if provider not in case.functions:
+                continue  # the provider does not apply to this op
             base = dict(
                 op=case.op,
                 shape=case.shape,
@@ -127,7 +129,7 @@ def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -
                 provider=provider,
                 dtype=dtype_name,
             )
-            ok, reason = _provider_status(provider, device)
+            ok, reason = _provider_status(provider, device, case)
             if not ok:
                 rows.append({**base, "mode": "-", "status": f"unavailable: {reason}"})
                 continue

@@ -54,7 +54,7 @@ def test_a_wrong_backend_is_flagged_not_timed(monkeypatch):
     good = case.functions["torch"]
     case.functions["native"] = lambda planes, points, **kw: good(planes, points, **kw) * 1.01
     monkeypatch.setitem(cases.OPS, "triplane_sample", lambda quick: [case])
-    monkeypatch.setattr(runner, "_provider_status", lambda provider, device: (True, ""))
+    monkeypatch.setattr(runner, "_provider_status", lambda provider, device, case: (True, ""))
     config = BenchConfig(
         ops=["triplane_sample"],
         device="cpu",
