@@ -112,9 +112,12 @@ def backend_status(
     elif native_ok and device.type not in ("cpu", "cuda"):
         native_ok, reason = False, f"no native kernels for device type {device.type!r}"
     elif native_ok and native_op is not None and not _extension.has_op(native_op):
-        native_ok, reason = False, (
-            f"the built extension has no {native_op} op (built from older sources): rebuild it "
-            "with `pip install --no-build-isolation -e .`"
+        native_ok, reason = (
+            False,
+            (
+                f"the built extension has no {native_op} op (built from older sources): rebuild it "
+                "with `pip install --no-build-isolation -e .`"
+            ),
         )
     status["native"] = (native_ok, reason)
     return status
