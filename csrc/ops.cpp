@@ -57,5 +57,9 @@ TORCH_LIBRARY(portrait_engine, m) {
   m.def(
       "triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor points, Tensor proj, "
       "bool trilinear, bool reduce_mean, bool nan_propagate) -> (Tensor, Tensor)");
+  m.def("attention_pool_forward(Tensor features, Tensor scores) -> (Tensor, Tensor)");
+  m.def(
+      "attention_pool_backward(Tensor grad_out, Tensor features, Tensor scores, Tensor lse, "
+      "Tensor out) -> (Tensor, Tensor)");
   m.def("build_info() -> str", &portrait_engine::build_info);
 }
