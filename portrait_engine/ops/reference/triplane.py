@@ -1,7 +1,4 @@
-"""Plain-PyTorch references of every op: the oracles the kernels are tested against.
-
-Readable, differentiable by autograd, and written to match the published models' semantics.
-"""
+"""Reference of tri-plane / tri-grid sampling (EG3D ``sample_from_planes``, PanoHead tri-grid)."""
 
 from __future__ import annotations
 
@@ -87,17 +84,3 @@ def triplane_sample_reference(
     if reduce == "mean":
         features = features.mean(1)
     return features.to(dtype)
-
-
-def attention_pool_reference(features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Attention-weighted pooling of a feature map (RI's perceptibility attention pooling).
-
-    ``features`` ``(B, C, H, W)``, ``scores`` ``(B, K, H, W)`` -> ``(B, K, C)``: for each of the
-    K maps, ``a = softmax(scores)`` over the H·W positions, then ``Σ_hw a[hw] · features[:, hw]``.
-    Half-precision inputs are computed in float32 and the result cast back.
-    """
-    dtype = features.dtype
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    attention = torch.softmax(scores.to(compute).flatten(2), dim=-1)  # (B, K, L)
-    pooled = torch.einsum("bkl,bcl->bkc", attention, features.to(compute).flatten(2))
-    return pooled.to(dtype)

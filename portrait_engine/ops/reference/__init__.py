@@ -1,0 +1,25 @@
+"""Plain-PyTorch references of every op: the oracles the kernels are tested against.
+
+Readable, differentiable by autograd, and written to match the published models' semantics;
+one module per op family, everything re-exported here.
+"""
+
+from portrait_engine.ops.reference.pooling import attention_pool_reference
+from portrait_engine.ops.reference.triplane import (
+    EG3D_PLANE_AXES,
+    NAMED_PLANE_AXES,
+    PANOHEAD_PLANE_AXES,
+    plane_axes_tensor,
+    project_onto_planes,
+    triplane_sample_reference,
+)
+
+__all__ = [
+    "EG3D_PLANE_AXES",
+    "NAMED_PLANE_AXES",
+    "PANOHEAD_PLANE_AXES",
+    "attention_pool_reference",
+    "plane_axes_tensor",
+    "project_onto_planes",
+    "triplane_sample_reference",
+]
