@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import portrait_engine as pe
-from portrait_engine.benchmark.cases import triplane_cases
+from portrait_engine.benchmark.cases.triplane import triplane_cases
 
 CASES = {case.shape: case for case in triplane_cases(quick=True)}
 BACKENDS = [b for b in ("torch", "native") if b in pe.available_backends("cpu")]

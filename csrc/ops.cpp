@@ -1,6 +1,6 @@
-// The schemas of every native op of portrait_engine (one TORCH_LIBRARY block for the library).
-// Device kernels register themselves with TORCH_LIBRARY_IMPL in their own files:
-// csrc/triplane/triplane_cpu.cpp (CPU) and csrc/triplane/triplane_cuda.cu (CUDA).
+// The portrait_engine library: its one TORCH_LIBRARY block (build_info). Each op family
+// declares its schemas with TORCH_LIBRARY_FRAGMENT in csrc/<family>/schema.cpp, and its device
+// kernels register with TORCH_LIBRARY_IMPL in csrc/<family>/<family>_cpu.cpp and _cuda.cu.
 
 #include <torch/headeronly/version.h>
 #include <torch/library.h>
@@ -51,15 +51,5 @@ std::string build_info() {
 }  // namespace portrait_engine
 
 TORCH_LIBRARY(portrait_engine, m) {
-  m.def(
-      "triplane_sample_forward(Tensor planes, Tensor points, Tensor proj, bool trilinear, "
-      "bool reduce_mean, bool nan_propagate) -> Tensor");
-  m.def(
-      "triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor points, Tensor proj, "
-      "bool trilinear, bool reduce_mean, bool nan_propagate) -> (Tensor, Tensor)");
-  m.def("attention_pool_forward(Tensor features, Tensor scores) -> (Tensor, Tensor)");
-  m.def(
-      "attention_pool_backward(Tensor grad_out, Tensor features, Tensor scores, Tensor lse, "
-      "Tensor out) -> (Tensor, Tensor)");
   m.def("build_info() -> str", &portrait_engine::build_info);
 }

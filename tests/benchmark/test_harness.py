@@ -7,7 +7,7 @@ import json
 import torch
 
 from portrait_engine.benchmark import BenchConfig, cases, runner
-from portrait_engine.benchmark.cases import _triplane_case
+from portrait_engine.benchmark.cases.triplane import _triplane_case
 
 
 def tiny_case():

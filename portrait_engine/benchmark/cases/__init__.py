@@ -1,0 +1,31 @@
+"""Benchmark cases: for each op, its sizes, inputs, providers and the bytes it must move.
+
+One module per op family (``triplane.py``, ``attention_pool.py``, ...) defines a function
+``quick: bool -> list[Case]``; ``OPS`` below maps each op name to it. To add an op family, add
+its module and one line to ``_FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from portrait_engine.benchmark.cases.base import PROVIDERS, Case
+
+# op name -> (module under portrait_engine.benchmark.cases, function name)
+_FAMILIES: dict[str, tuple[str, str]] = {
+    "triplane_sample": ("triplane", "triplane_cases"),
+    "attention_pool": ("attention_pool", "attention_pool_cases"),
+}
+
+
+def _load(module: str, function: str) -> Callable[[bool], list[Case]]:
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+
+OPS: dict[str, Callable[[bool], list[Case]]] = {
+    op: _load(module, function) for op, (module, function) in _FAMILIES.items()
+}
+
+
+__all__ = ["OPS", "PROVIDERS", "Case"]
