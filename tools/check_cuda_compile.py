@@ -10,7 +10,7 @@ its wheel ships the c10/ATen CUDA headers but not the CMake-generated
 ``C10_CUDA_NO_CMAKE_CONFIGURE_FILE`` instead (the generated file only sets Windows DLL export
 macros).
 
-Usage: python tools/check_cuda_compile.py [--arch 80 --arch 90] [--verbose]
+Usage: python tools/check_cuda_compile.py [--arch 80 --arch 90] [--verbose] [file.cu ...]
 """
 
 from __future__ import annotations
@@ -114,13 +114,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", default=None, help="e.g. 80, 90")
     parser.add_argument("--verbose", action="store_true", help="print all ptxas output")
+    parser.add_argument(
+        "sources", nargs="*", help="only these .cu files (default: every csrc/**/*.cu)"
+    )
     args = parser.parse_args()
 
     nvcc = find_nvcc()
     if nvcc is None:
         print("check_cuda_compile: nvcc not found (set CUDA_HOME); skipped")
         return 0
-    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))
+    sources = [os.path.abspath(s) for s in args.sources] or sorted(
+        glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True)
+    )
     if not sources:
         print("check_cuda_compile: no .cu sources under csrc/; nothing to do")
         return 0
