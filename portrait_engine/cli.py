@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 
@@ -217,6 +218,32 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     return 1 if bad else 0
 
 
+# The model commands: (command, model) -> the module that implements `portrait-engine <command>
+# <model>`. Each such module imports only light things at import time and defines
+# `add_<command>_arguments(parser)` and `<command>_main(args, console) -> int`.
+MODEL_COMMANDS: dict[tuple[str, str], str] = {}
+
+_COMMAND_HELP = {"train": "train a model", "eval": "evaluate a trained model"}
+
+
+def _add_model_commands(sub) -> None:
+    for command in sorted({command for command, _ in MODEL_COMMANDS}):
+        parser = sub.add_parser(command, help=_COMMAND_HELP.get(command, command))
+        models = parser.add_subparsers(dest="model", required=True)
+        for (cmd, model), module_name in sorted(MODEL_COMMANDS.items()):
+            if cmd != command:
+                continue
+            module = importlib.import_module(module_name)
+            doc = (module.__doc__ or "").strip().splitlines()
+            model_parser = models.add_parser(model, help=doc[0] if doc else model)
+            getattr(module, f"add_{command}_arguments")(model_parser)
+
+
+def _run_model_command(args: argparse.Namespace, console: Console) -> int:
+    module = importlib.import_module(MODEL_COMMANDS[(args.command, args.model)])
+    return getattr(module, f"{args.command}_main")(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from portrait_engine.benchmark.cases import PROVIDERS
 
@@ -237,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks/results", help="results root folder")
     b.add_argument("--no-save", action="store_true", help="print only, write no files")
     b.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    _add_model_commands(sub)
     return parser
 
 
@@ -245,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.command == "info":
         return info(console)
-    return bench(args, console)
+    if args.command == "bench":
+        return bench(args, console)
+    return _run_model_command(args, console)
 
 
 if __name__ == "__main__":
