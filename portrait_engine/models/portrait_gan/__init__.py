@@ -1,0 +1,28 @@
+"""3DPortraitGAN networks (issue 6): StyleGAN2 layers, the camera + pose conditioned mapping,
+the tri-grid backbone, the pose branches, EG3D's hybrid super-resolution and the pose-aware
+dual discriminator. The rendering modules (renderer, decoder, pose deformer) live in
+:mod:`portrait_engine.nn`.
+"""
+
+from portrait_engine.models.portrait_gan.config import PRESETS, PortraitGANConfig
+from portrait_engine.models.portrait_gan.mapping import (
+    MappingNetwork,
+    PortraitMapping,
+    conditioning_label,
+)
+from portrait_engine.models.portrait_gan.synthesis import (
+    BackgroundSynthesis,
+    SynthesisNetwork,
+    TriGridSynthesis,
+)
+
+__all__ = [
+    "PRESETS",
+    "BackgroundSynthesis",
+    "MappingNetwork",
+    "PortraitGANConfig",
+    "PortraitMapping",
+    "SynthesisNetwork",
+    "TriGridSynthesis",
+    "conditioning_label",
+]
