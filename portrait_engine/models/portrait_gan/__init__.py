@@ -5,11 +5,22 @@ dual discriminator. The rendering modules (renderer, decoder, pose deformer) liv
 """
 
 from portrait_engine.models.portrait_gan.config import PRESETS, PortraitGANConfig
+from portrait_engine.models.portrait_gan.discriminator import (
+    PoseAwareDualDiscriminator,
+    blur,
+    blur_sigma_at,
+    filtered_resizing,
+)
 from portrait_engine.models.portrait_gan.mapping import (
     MappingNetwork,
     PortraitMapping,
     conditioning_label,
 )
+from portrait_engine.models.portrait_gan.pose_branch import (
+    DiscriminatorPoseBranch,
+    GeneratorPoseBranch,
+)
+from portrait_engine.models.portrait_gan.superresolution import SuperResolution
 from portrait_engine.models.portrait_gan.synthesis import (
     BackgroundSynthesis,
     SynthesisNetwork,
@@ -19,10 +30,17 @@ from portrait_engine.models.portrait_gan.synthesis import (
 __all__ = [
     "PRESETS",
     "BackgroundSynthesis",
+    "DiscriminatorPoseBranch",
+    "GeneratorPoseBranch",
     "MappingNetwork",
     "PortraitGANConfig",
     "PortraitMapping",
+    "PoseAwareDualDiscriminator",
+    "SuperResolution",
     "SynthesisNetwork",
     "TriGridSynthesis",
+    "blur",
+    "blur_sigma_at",
     "conditioning_label",
+    "filtered_resizing",
 ]
