@@ -11,6 +11,7 @@ from portrait_engine.models.portrait_gan.discriminator import (
     blur_sigma_at,
     filtered_resizing,
 )
+from portrait_engine.models.portrait_gan.image_head import NeuralImageHead
 from portrait_engine.models.portrait_gan.mapping import (
     MappingNetwork,
     PortraitMapping,
@@ -33,6 +34,7 @@ __all__ = [
     "DiscriminatorPoseBranch",
     "GeneratorPoseBranch",
     "MappingNetwork",
+    "NeuralImageHead",
     "PortraitGANConfig",
     "PortraitMapping",
     "PoseAwareDualDiscriminator",

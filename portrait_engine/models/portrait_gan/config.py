@@ -68,6 +68,7 @@ class PortraitGANConfig:
     feature_channels: int = 32  # decoder output = super-resolution input channels
     decoder_hidden: int = 64
     decoder_lr_multiplier: float = 1.0
+    decoder_activation: str = "none"  # 3DPortraitGAN: "none" (with ToRGB raw); EG3D: "sigmoid"
     depth_resolution: int = 48
     depth_resolution_importance: int = 48
     ray_start: float = 2.25
@@ -138,6 +139,10 @@ class PortraitGANConfig:
             raise ValueError(f"feature_channels must be >= 3, got {self.feature_channels}")
         if self.sr_noise_mode not in ("random", "const", "none"):
             raise ValueError(f"sr_noise_mode must be random/const/none, got {self.sr_noise_mode!r}")
+        if self.decoder_activation not in ("none", "sigmoid", "lrelu"):
+            raise ValueError(
+                f"decoder_activation must be none/sigmoid/lrelu, got {self.decoder_activation!r}"
+            )
         if self.mbstd_group_size < 1:
             raise ValueError(f"mbstd_group_size must be >= 1, got {self.mbstd_group_size}")
 

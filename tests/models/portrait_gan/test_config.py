@@ -50,6 +50,7 @@ def test_overrides_and_presets_differ():
         ({"sr_channels": (1, 2, 3)}, "sr_channels"),
         ({"img_resolution": 512, "sr_input_resolution": 32}, "sr_input_resolution"),
         ({"sr_noise_mode": "loud"}, "sr_noise_mode"),
+        ({"decoder_activation": "tanh"}, "decoder_activation"),
     ],
 )
 def test_bad_values_are_rejected(overrides, match):
