@@ -55,7 +55,8 @@ def test_shapes_and_dtypes(disc):
 
 
 def test_paper_sizes():
-    d = PoseAwareDualDiscriminator.from_config(PortraitGANConfig.preset("paper"))
+    with torch.device("meta"):  # sizes only: no memory, no init time
+        d = PoseAwareDualDiscriminator.from_config(PortraitGANConfig.preset("paper"))
     assert d.b512.fromrgb.in_channels == 7
     assert d.pose_branch.in_features == 512 * 16
     assert d.mapping.c_dim == 31 and d.cmap_dim == 512

@@ -247,3 +247,23 @@ def test_first_synthesis_block_starts_from_the_constant():
     y, img = block(None, None, torch.randn(2, 2, 8), noise_mode="none")
     assert y.shape == (2, 6, 4, 4) and img.shape == (2, 3, 4, 4)
     assert block.num_conv == 1 and block.num_torgb == 1
+
+
+def test_modulated_conv2d_half_precision_prenormalisation():
+    # fp16 inputs take the published pre-normalised path; demodulation makes it the same
+    # function, so it must agree with float32 to half precision.
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 6, 6)
+    weight = torch.randn(4, 8, 3, 3) * 30
+    styles = torch.rand(2, 8) * 50 + 1
+    ref = modulated_conv2d(x, weight, styles, padding=1, fused_modconv=False)
+    half = modulated_conv2d(x.half(), weight.half(), styles.half(), padding=1, fused_modconv=False)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_synthesis_block_under_bfloat16_autocast():
+    block = SynthesisBlock(0, 6, w_dim=8, resolution=4, img_channels=3, is_last=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, img = block(None, None, torch.randn(2, 2, 8), noise_mode="none")
+    assert img.dtype == torch.float32 and torch.isfinite(img).all()

@@ -28,7 +28,8 @@ def cameras(yaws, pitch=0.1):
 
 
 def test_generator_branch_shapes_and_published_widths():
-    paper = GeneratorPoseBranch.from_config(PortraitGANConfig.preset("paper"))
+    with torch.device("meta"):
+        paper = GeneratorPoseBranch.from_config(PortraitGANConfig.preset("paper"))
     widths = [(m.in_features, m.out_features) for m in paper.net]
     assert widths == [(512 + 25, 128), (128, 32), (32, 6)]
     tiny = GeneratorPoseBranch.from_config(PortraitGANConfig.preset("tiny"))
@@ -55,7 +56,8 @@ def test_generator_branch_without_symmetry_is_the_plain_mlp():
 
 
 def test_discriminator_branch_published_widths():
-    branch = DiscriminatorPoseBranch(512 * 16)
+    with torch.device("meta"):
+        branch = DiscriminatorPoseBranch(512 * 16)
     widths = [(m.in_features, m.out_features) for m in branch.net]
     assert widths == [(8192 + 25, 2048), (2048, 512), (512, 128), (128, 32), (32, 6)]
 

@@ -10,7 +10,8 @@ from portrait_engine.models.portrait_gan.superresolution import SuperResolution
 
 
 def test_paper_layout_is_eg3d_8x_dc():
-    sr = SuperResolution.from_config(PortraitGANConfig.preset("paper"))
+    with torch.device("meta"):
+        sr = SuperResolution.from_config(PortraitGANConfig.preset("paper"))
     assert (sr.block0.in_channels, sr.block0.out_channels, sr.block0.resolution) == (32, 256, 256)
     assert (sr.block1.in_channels, sr.block1.out_channels, sr.block1.resolution) == (256, 128, 512)
     assert sr.block0.upsample and sr.block1.upsample
