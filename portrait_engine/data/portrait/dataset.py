@@ -78,6 +78,7 @@ class _Archive:
         self.path = Path(path)
         self.role = role
         self._zip: zipfile.ZipFile | None = None
+        self._pid = os.getpid()
         if self.path.is_dir():
             self.kind = "dir"
             root = self.path.resolve()
@@ -98,8 +99,12 @@ class _Archive:
         self.names = names
 
     def _zipfile(self) -> zipfile.ZipFile:
+        # A forked DataLoader worker must not share the parent's file offset: reopen there.
+        if self._zip is not None and self._pid != os.getpid():
+            self._zip = None
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.path)
+            self._pid = os.getpid()
         return self._zip
 
     def read(self, name: str) -> bytes:

@@ -282,11 +282,17 @@ def test_folder_symlink_escaping_the_dataset(tmp_path):
         PortraitDataset(root)
 
 
-def test_works_with_a_dataloader(entries, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_works_with_a_dataloader(entries, tmp_path, workers):
     write_dataset(tmp_path / "d.zip", entries, mask_path=tmp_path / "m.zip")
     ds = PortraitDataset(tmp_path / "d.zip", mask_path=tmp_path / "m.zip", xflip=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)
-    batch = next(iter(loader))
+    ds[0]  # open the zip in the parent before the workers fork
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False, num_workers=workers)
+    batches = list(loader)
+    assert sum(b["image"].shape[0] for b in batches) == 10
+    batch = batches[0]
     assert batch["image"].shape == (4, 3, RES, RES)
     assert batch["camera"].shape == (4, 25) and batch["pose"].shape == (4, 6)
     assert batch["mask"].shape == (4, 1, RES, RES)
+    for i in range(4):
+        torch.testing.assert_close(batch["image"][i], ds[i]["image"])

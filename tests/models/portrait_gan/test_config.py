@@ -69,3 +69,28 @@ def test_unknown_preset_and_keys():
         PortraitGANConfig.from_json("{not json")
     with pytest.raises(FileNotFoundError):
         PortraitGANConfig.from_json("/nonexistent/config.json")
+
+
+def test_tiny_preset_is_a_few_megabytes():
+    import torch
+
+    from portrait_engine.models.portrait_gan import (
+        GeneratorPoseBranch,
+        NeuralImageHead,
+        PortraitMapping,
+        PoseAwareDualDiscriminator,
+        TriGridSynthesis,
+    )
+
+    config = PortraitGANConfig.preset("tiny")
+    with torch.device("meta"):
+        nets = [
+            PortraitMapping.from_config(config),
+            TriGridSynthesis.from_config(config),
+            GeneratorPoseBranch.from_config(config),
+            NeuralImageHead(config),
+            PoseAwareDualDiscriminator.from_config(config),
+        ]
+    params = sum(p.numel() for net in nets for p in net.parameters())
+    assert params > 1e5
+    assert params * 4 < 8 * 2**20, f"{params} parameters"
