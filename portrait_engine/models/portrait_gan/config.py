@@ -9,7 +9,8 @@ Presets (:meth:`PortraitGANConfig.preset`):
 - ``paper``: the published 3DPortraitGAN model (EG3D ``full-head`` lineage, PanoHead tri-grid):
   z, w 512; mapping depth 2 (EG3D's ``--map-depth`` default); backbone 256² emitting a
   tri-grid of 3 planes x 32 channels x depth 3 (288 channels); channel base 32768, max 512;
-  neural rendering 64 -> 128 (fade), 48 + 48 samples, ray 2.25 .. 3.3, box_warp 1; EG3D's
+  neural rendering 64 -> 128 (fade), 48 + 48 samples, ray 2.25 .. 3.3, box_warp 1, the
+  corrected tri-plane axes of 3DPortraitGAN's renderer (PanoHead's, EG3D issue 67); EG3D's
   ``SuperresolutionHybrid8XDC`` (bilinear to 128, blocks of 256 and 128 channels -> 512²);
   ToRGB raw image and a background network (``--use_torgb_raw=1``, ``use_background``);
   the dual discriminator with mask channel at 512², mapping depth 8 (the StyleGAN2 default
@@ -74,6 +75,7 @@ class PortraitGANConfig:
     ray_start: float = 2.25
     ray_end: float = 3.3
     box_warp: float = 1.0
+    plane_axes: str = "panohead"  # 3DPortraitGAN's corrected tri-plane axes (= PanoHead's)
     use_torgb_raw: bool = True
     use_background: bool = True
 
@@ -139,6 +141,8 @@ class PortraitGANConfig:
             raise ValueError(f"feature_channels must be >= 3, got {self.feature_channels}")
         if self.sr_noise_mode not in ("random", "const", "none"):
             raise ValueError(f"sr_noise_mode must be random/const/none, got {self.sr_noise_mode!r}")
+        if self.plane_axes not in ("eg3d", "panohead"):
+            raise ValueError(f"plane_axes must be 'eg3d' or 'panohead', got {self.plane_axes!r}")
         if self.decoder_activation not in ("none", "sigmoid", "lrelu"):
             raise ValueError(
                 f"decoder_activation must be none/sigmoid/lrelu, got {self.decoder_activation!r}"

@@ -51,6 +51,7 @@ def test_overrides_and_presets_differ():
         ({"img_resolution": 512, "sr_input_resolution": 32}, "sr_input_resolution"),
         ({"sr_noise_mode": "loud"}, "sr_noise_mode"),
         ({"decoder_activation": "tanh"}, "decoder_activation"),
+        ({"plane_axes": "xyz"}, "plane_axes"),
     ],
 )
 def test_bad_values_are_rejected(overrides, match):
