@@ -96,3 +96,18 @@ def test_background_network(tiny):
     a = net(one, noise_mode="const")
     b = net(one.repeat(1, net.num_ws, 1), noise_mode="const")
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_planes_feed_the_triplane_sample_op(tiny, depth):
+    # The layout contract with the rendering op: (N, 3, C, D, H, W) / (N, 3, C, H, W).
+    from portrait_engine.ops import triplane_sample
+
+    config = PortraitGANConfig.preset("tiny", triplane_depth=depth)
+    planes = TriGridSynthesis.from_config(config)(torch.randn(2, config.num_ws, config.w_dim))
+    points = torch.rand(2, 5, 3) - 0.5
+    features = triplane_sample(
+        planes, points, box_warp=config.box_warp, plane_axes=config.plane_axes, backend="torch"
+    )
+    assert features.shape == (2, 5, config.triplane_channels)
+    assert torch.isfinite(features).all()
