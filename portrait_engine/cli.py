@@ -126,7 +126,8 @@ def _results_tables(result: dict) -> list[Table]:
         by_op.setdefault(row["op"], []).append(row)
     tables = []
     for op, rows in by_op.items():
-        table = Table(title=op, title_justify="left")
+        seconds = sum(r.get("wall_s") or 0 for r in rows)
+        table = Table(title=f"{op} ({seconds:.0f} s)", title_justify="left")
         for column, justify in (
             ("shape", "left"),
             ("dtype", "left"),

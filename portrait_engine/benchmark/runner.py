@@ -259,6 +259,7 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
             if progress is not None:
                 progress(f"{case.op} {case.shape} {dtype_name} {provider}")
             fn = case.functions[provider]
+            mark = time.perf_counter()  # each row's wall time includes its share of the check
             try:
                 wrong, check_error = None, None
                 if reference is not None and provider != "torch":
@@ -277,7 +278,9 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
                     row = _timed_row(
                         case, mode, fn, sets, kwargs, grad_out, dtype, config, device, ceil
                     )
-                    rows.append({**base, **row, "check_error": check_error})
+                    now = time.perf_counter()
+                    rows.append({**base, **row, "check_error": check_error, "wall_s": now - mark})
+                    mark = now
             except Exception as error:  # a failing provider is reported, not fatal
                 rows.append(
                     {**base, "mode": "-", "status": f"error: {type(error).__name__}: {error}"}

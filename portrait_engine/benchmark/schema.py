@@ -62,6 +62,7 @@ TIMED_FIELDS: dict[str, str] = {
     "check_error": "largest relative L2 error against the reference (null: not checked)",
     "speedup_vs_torch": "eager reference time / this time",
     "speedup_vs_compile": "torch.compile time / this time",
+    "wall_s": "seconds the row took in all: check, warm-up, timing, memory",
 }
 TOP_FIELDS = ("schema", "command", "environment", "ceilings", "config", "rows")
 
