@@ -121,6 +121,8 @@ def _num(value, spec: str, suffix: str = "") -> str:
 
 def _results_tables(result: dict) -> list[Table]:
     """One rich table per op: every provider, dtype and mode of its cases."""
+    from portrait_engine.benchmark.report import spread
+
     by_op: dict[str, list[dict]] = {}
     for row in result["rows"]:
         by_op.setdefault(row["op"], []).append(row)
@@ -152,7 +154,7 @@ def _results_tables(result: dict) -> list[Table]:
                     r["provider"],
                     r["mode"],
                     f"{r['median_ms']:.3f}",
-                    f"{r['p20_ms']:.3g}-{r['p80_ms']:.3g}",
+                    spread(r),
                     _num(r.get("gbps"), ".2f"),
                     _num(None if fraction is None else 100 * fraction, ".1f"),
                     _num(r.get("speedup_vs_torch"), ".2f", "x"),

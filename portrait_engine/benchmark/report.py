@@ -38,10 +38,16 @@ def environment_line(result: dict) -> str:
     )
 
 
-def _spread(row: dict) -> str:
+def short_ms(value: float) -> str:
+    """Milliseconds with three significant digits, never in exponent form."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def spread(row: dict) -> str:
+    """The 20th-80th percentile range of a timed row, e.g. ``41.1-48.0``."""
     if row.get("p20_ms") is None:
         return "-"
-    return f"{row['p20_ms']:.3g}-{row['p80_ms']:.3g}"
+    return f"{short_ms(row['p20_ms'])}-{short_ms(row['p80_ms'])}"
 
 
 def result_markdown(result: dict, plots: list[str] | None = None) -> str:
@@ -74,7 +80,7 @@ def result_markdown(result: dict, plots: list[str] | None = None) -> str:
             if r["status"] == "ok":
                 lines.append(
                     f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['mode']} "
-                    f"| {r['median_ms']:.3f} | {_spread(r)} | {_fmt(r.get('gbps'), '.2f')} "
+                    f"| {r['median_ms']:.3f} | {spread(r)} | {_fmt(r.get('gbps'), '.2f')} "
                     f"| {_percent(r.get('fraction_of_copy_bw'))} "
                     f"| {_fmt(r.get('speedup_vs_torch'), '.2f', 'x')} "
                     f"| {_fmt(r.get('speedup_vs_compile'), '.2f', 'x')} "
