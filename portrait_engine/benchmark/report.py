@@ -34,7 +34,18 @@ def environment_line(result: dict) -> str:
         f"portrait_engine {env['portrait_engine']}, torch {env['torch']}, "
         f"triton {env.get('triton')}, {env['threads']} threads, {env['date']}"
         + (f", {result['elapsed_s']:.0f} s in all" if result.get("elapsed_s") else "")
+        + _load_text(env)
         + "."
+    )
+
+
+def _load_text(env: dict) -> str:
+    before, after = env.get("load_average_before"), env.get("load_average_after")
+    if before is None or after is None:
+        return ""
+    return (
+        f"; load average {before:.1f} before and {after:.1f} after the run"
+        f" on {env.get('cpu_count')} logical CPUs"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -311,7 +312,15 @@ def add_speedups(rows: list[dict]) -> None:
             row[key] = other / row["median_ms"] if other else None
 
 
-def environment(device: torch.device, copy_gbps: float) -> dict:
+def _load_average() -> float | None:
+    """The 1-minute load average: other work on the machine slows every row alike."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def environment(device: torch.device, copy_gbps: float, load_before: float | None) -> dict:
     info = {
         "portrait_engine": __version__,
         "torch": torch.__version__,
@@ -323,6 +332,9 @@ def environment(device: torch.device, copy_gbps: float) -> dict:
         "cache_bytes": timing.cache_bytes(device.type, device.index or 0),
         "copy_bandwidth_gbps": copy_gbps,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
     }
     try:
         import triton
@@ -340,6 +352,7 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
     """Run every case of ``config.ops``; returns the result (see :mod:`.schema`), saved to
     ``config.out_dir/<device>/`` unless that is ``None``."""
     started = time.perf_counter()
+    load_before = _load_average()
     device = torch.device(config.device)
     unknown = [op for op in config.ops if op not in OPS]
     if unknown:
@@ -360,7 +373,7 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
         "schema": schema.SCHEMA,
         "command": config.command,
         "elapsed_s": time.perf_counter() - started,
-        "environment": environment(device, ceil["copy_bandwidth"]["value"]),
+        "environment": environment(device, ceil["copy_bandwidth"]["value"], load_before),
         "ceilings": ceil,
         "config": {**asdict(config), "quick": config.resolved_quick()},
         "rows": rows,
