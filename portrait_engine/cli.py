@@ -121,7 +121,7 @@ def _num(value, spec: str, suffix: str = "") -> str:
 
 def _results_tables(result: dict) -> list[Table]:
     """One rich table per op: every provider, dtype and mode of its cases."""
-    from portrait_engine.benchmark.report import spread
+    from portrait_engine.benchmark.report import short_ms, spread
 
     by_op: dict[str, list[dict]] = {}
     for row in result["rows"]:
@@ -159,7 +159,7 @@ def _results_tables(result: dict) -> list[Table]:
                     _num(None if fraction is None else 100 * fraction, ".1f"),
                     _num(r.get("speedup_vs_torch"), ".2f", "x"),
                     _num(r.get("speedup_vs_compile"), ".2f", "x"),
-                    _num(r.get("peak_memory_mb"), ".1f"),
+                    "-" if r.get("peak_memory_mb") is None else short_ms(r["peak_memory_mb"]),
                     "[green]ok[/green]",
                 )
             else:

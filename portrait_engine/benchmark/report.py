@@ -19,6 +19,10 @@ def _percent(fraction) -> str:
     return _fmt(None if fraction is None else 100 * fraction, ".1f", " %")
 
 
+def _mib(value) -> str:
+    return "-" if value is None else short_ms(value)
+
+
 def ceilings_line(result: dict) -> str:
     ceil = result["ceilings"]
     copy = ceil["copy_bandwidth"]
@@ -95,7 +99,7 @@ def result_markdown(result: dict, plots: list[str] | None = None) -> str:
                     f"| {_percent(r.get('fraction_of_copy_bw'))} "
                     f"| {_fmt(r.get('speedup_vs_torch'), '.2f', 'x')} "
                     f"| {_fmt(r.get('speedup_vs_compile'), '.2f', 'x')} "
-                    f"| {_fmt(r.get('peak_memory_mb'), '.1f')} | ok |"
+                    f"| {_mib(r.get('peak_memory_mb'))} | ok |"
                 )
             else:
                 status = r["status"].replace("|", "/").replace("\n", " ")[:160]
@@ -156,7 +160,7 @@ def summary_markdown(result: dict) -> list[str]:
             f"| {_fmt(s['eager_ms'], '.3f')} | {_fmt(s['compile_ms'], '.3f')} "
             f"| {s['best'] or '-'} | {_fmt(s['best_ms'], '.3f')} "
             f"| {_fmt(s['vs_eager'], '.2f', 'x')} | {_fmt(s['vs_compile'], '.2f', 'x')} "
-            f"| {_percent(s['fraction_of_copy_bw'])} | {_fmt(s['peak_memory_mb'], '.1f')} |"
+            f"| {_percent(s['fraction_of_copy_bw'])} | {_mib(s['peak_memory_mb'])} |"
         )
     return lines
 
