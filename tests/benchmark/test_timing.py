@@ -29,7 +29,7 @@ def test_cpu_timing_measures_a_known_delay():
     assert timed.method == "torch.utils.benchmark"
     assert timed.runs >= 3 and timed.calls_per_run == 1
     assert 4.0 <= timed.min_ms <= timed.p20_ms <= timed.median_ms <= timed.p80_ms <= timed.max_ms
-    assert timed.median_ms < 100  # a few ms, not seconds: the unit is milliseconds
+    assert timed.median_ms < 1000  # the unit is milliseconds (microseconds would read 4000+)
 
 
 def test_fast_functions_are_averaged_over_several_calls_per_repeat():
