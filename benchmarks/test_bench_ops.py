@@ -1,50 +1,60 @@
-"""pytest-benchmark entry points for every op's CPU paths (``pytest benchmarks/ --benchmark-only``).
+"""pytest-benchmark entry points of the CPU paths (``pytest benchmarks/ --benchmark-only``).
 
-One test per (op, quick case, backend, mode), generated from the harness's own case registry
-(``portrait_engine.benchmark.cases.OPS``), so an op family added to the harness shows up here
-without another file. Backends: the eager reference (``torch``) and the C++ kernels
-(``native``) where the extension has the case's op.
+One benchmark per registered case (every op family in ``portrait_engine.benchmark.cases``,
+end-to-end steps included), per CPU provider that can run it (the eager reference and the
+native C++ kernels; Triton runs on a CPU only under its interpreter) and per mode, at the
+``--quick`` sizes, so that regressions show in the usual tool (``--benchmark-compare``).
+The harness (``portrait-engine bench``) checks correctness before it times; here the
+pytest-benchmark runs time what the harness has already checked.
 """
+
+from __future__ import annotations
 
 import pytest
 import torch
 
-from portrait_engine import _extension
+from portrait_engine import _backend
 from portrait_engine.benchmark.cases import OPS
 
-CASES = {(op, case.shape): case for op, make in OPS.items() for case in make(True)}
+CPU = torch.device("cpu")
+PROVIDERS = ("torch", "native")
 
 
 def _params():
-    for (op, shape), case in sorted(CASES.items()):
-        for backend in ("torch", "native"):
-            if backend not in case.functions:
-                continue
-            marks = []
-            if backend == "native" and not (case.native_op and _extension.has_op(case.native_op)):
-                marks.append(pytest.mark.skip(reason="native kernels not built"))
-            for mode in ("forward", "forward+backward"):
-                yield pytest.param(op, shape, backend, mode, marks=marks)
+    for op, make_cases in OPS.items():
+        for case in make_cases(True):
+            status = _backend.backend_status(CPU, case.native_op)
+            for provider in PROVIDERS:
+                if provider not in case.functions:
+                    continue
+                ok, reason = status[provider]
+                marks = () if ok else (pytest.mark.skip(reason=reason),)
+                for mode in case.modes:
+                    yield pytest.param(
+                        case, provider, mode, id=f"{op}-{case.shape}-{provider}-{mode}", marks=marks
+                    )
 
 
-@pytest.mark.parametrize("op, shape, backend, mode", list(_params()))
-def test_op(benchmark, op, shape, backend, mode):
-    case = CASES[op, shape]
-    inputs, kwargs = case.make_inputs(
-        torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0)
-    )
-    fn = case.functions[backend]
-    benchmark.group = f"{op} {shape} {mode}"
+@pytest.mark.parametrize(("case", "provider", "mode"), list(_params()))
+def test_cpu_path(benchmark, case, provider, mode):
+    inputs, kwargs = case.make_inputs(CPU, torch.float32, torch.Generator().manual_seed(0))
+    fn = case.functions[provider]
+    benchmark.group = f"{case.op} {case.shape} {mode}"
+    benchmark.extra_info.update(case.params)
     if mode == "forward":
-        with torch.no_grad():
-            benchmark(fn, *inputs, **kwargs)
-        return
-    leaves = [x.requires_grad_() if x.is_floating_point() else x for x in inputs]
-    grad = torch.randn_like(fn(*leaves, **kwargs))
 
-    def step():
+        def forward():
+            with torch.no_grad():
+                return fn(*inputs, **kwargs)
+
+        benchmark(forward)
+        return
+    leaves = [x.requires_grad_() for x in inputs if x.is_floating_point()]
+    grad = torch.randn_like(fn(*inputs, **kwargs))
+
+    def forward_backward():
         for leaf in leaves:
             leaf.grad = None
-        fn(*leaves, **kwargs).backward(grad)
+        fn(*inputs, **kwargs).backward(grad)
 
-    benchmark(step)
+    benchmark(forward_backward)
