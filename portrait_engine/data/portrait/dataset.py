@@ -182,6 +182,9 @@ class PortraitDataset(torch.utils.data.Dataset):
         mask_path: folder or ``.zip`` of masks with the same names (extension may differ).
         xflip: append a mirrored copy of every image (labels mirrored as published).
         resolution: if given, the images must have this size.
+        max_size: keep at most this many images, a random subset (published: numpy
+            ``RandomState(random_seed)`` shuffle, first ``max_size``, sorted), before x-flip.
+        random_seed: seed of that subset.
     """
 
     def __init__(
@@ -190,7 +193,11 @@ class PortraitDataset(torch.utils.data.Dataset):
         mask_path: str | Path | None = None,
         xflip: bool = False,
         resolution: int | None = None,
+        max_size: int | None = None,
+        random_seed: int = 0,
     ) -> None:
+        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+            raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
         self._images = _Archive(path, "dataset")
         self._masks = _Archive(mask_path, "mask set") if mask_path is not None else None
         where = f"{self._images.path}/{LABELS_FILE}"
@@ -226,6 +233,14 @@ class PortraitDataset(torch.utils.data.Dataset):
                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                 )
             self._mask_names = [by_stem[os.path.splitext(n)[0]] for n in image_names]
+        if max_size is not None and len(self.names) > max_size:
+            keep = np.arange(len(self.names))
+            np.random.RandomState(random_seed).shuffle(keep)
+            keep = np.sort(keep[:max_size])
+            self.names = [self.names[i] for i in keep]
+            self.labels = self.labels[keep]
+            if self._mask_names is not None:
+                self._mask_names = [self._mask_names[i] for i in keep]
         first = self._load_image(0)
         c, h, w = first.shape
         if h != w:

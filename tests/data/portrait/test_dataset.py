@@ -78,6 +78,23 @@ def test_xflip_mirrors_image_mask_camera_and_pose(entries, tmp_path):
         ds[10]
 
 
+def test_max_size_keeps_a_seeded_subset(entries, tmp_path):
+    write_dataset(tmp_path / "d.zip", entries, mask_path=tmp_path / "m.zip")
+    full = PortraitDataset(tmp_path / "d.zip", mask_path=tmp_path / "m.zip")
+    a = PortraitDataset(tmp_path / "d.zip", mask_path=tmp_path / "m.zip", max_size=3, xflip=True)
+    b = PortraitDataset(tmp_path / "d.zip", max_size=3)
+    assert len(a) == 6 and a.names == b.names and a.names == sorted(a.names)
+    assert set(a.names) <= set(full.names)
+    for i in range(3):
+        j = full.names.index(a.names[i])
+        torch.testing.assert_close(a[i]["image"], full[j]["image"])
+        torch.testing.assert_close(a[i]["camera"], full[j]["camera"])
+        torch.testing.assert_close(a[i]["mask"], full[j]["mask"])
+    assert PortraitDataset(tmp_path / "d.zip", max_size=50).names == full.names
+    with pytest.raises(ValueError, match="max_size"):
+        PortraitDataset(tmp_path / "d.zip", max_size=0)
+
+
 @pytest.mark.parametrize("yaw, pitch", [(0.3, 0.1), (2.5, -0.2), (-1.7, 0.3)])
 def test_mirrored_camera_is_the_camera_at_minus_yaw(yaw, pitch):
     # Geometry, not bookkeeping: mirroring x -> -x moves a camera at yaw to -yaw.
