@@ -358,7 +358,7 @@ class PoseAwareDualDiscriminator(nn.Module):
             flat = self._backbone(self._input(images))
         label_pose = pose if pose is not None else predicted.detach()
         c = torch.cat([camera, label_pose.to(camera.dtype)], dim=1)
-        if self.disc_c_noise > 0:
+        if self.disc_c_noise > 0 and n > 1:  # [ours] batch of 1: no std, no noise (not NaN)
             c = c + torch.randn_like(c) * c.std(0) * self.disc_c_noise
         cmap = self.mapping(None, c)
         return self.b4.head(flat, cmap), predicted

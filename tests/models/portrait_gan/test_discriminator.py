@@ -150,6 +150,18 @@ def test_minibatch_std():
         MinibatchStdLayer(group_size=4)(torch.randn(6, 2, 2, 2))
 
 
+def test_conditioning_noise():
+    torch.manual_seed(0)
+    config = PortraitGANConfig.preset("tiny", disc_c_noise=1.0)
+    d = PoseAwareDualDiscriminator.from_config(config)
+    img, cam, pose = images(2), cameras([0.2, -0.2]), torch.zeros(2, 6)
+    a, _ = d(img, cam, pose=pose)
+    b, _ = d(img, cam, pose=pose)
+    assert not torch.allclose(a, b)
+    single, _ = d(images(1), cameras([0.2]), pose=torch.zeros(1, 6))
+    assert torch.isfinite(single).all()
+
+
 def test_bad_inputs(disc):
     cam = cameras([0.1, -0.1])
     with pytest.raises(ValueError, match="keys"):
