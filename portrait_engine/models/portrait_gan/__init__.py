@@ -10,6 +10,7 @@ from portrait_engine.models.portrait_gan.discriminator import (
     blur,
     blur_sigma_at,
     filtered_resizing,
+    real_inputs,
 )
 from portrait_engine.models.portrait_gan.image_head import NeuralImageHead
 from portrait_engine.models.portrait_gan.mapping import (
@@ -45,4 +46,5 @@ __all__ = [
     "blur_sigma_at",
     "conditioning_label",
     "filtered_resizing",
+    "real_inputs",
 ]

@@ -21,7 +21,11 @@ Published (StyleGAN2-ADA ``DiscriminatorBlock``/``DiscriminatorEpilogue``, EG3D
   published code gives the branch the *unmirrored* camera label there; we do the same.
 - blur fade-in (EG3D ``StyleGAN2Loss.run_D``): before the discriminator the final image (only
   it) is filtered with ``f(t) = 2^(-(t / sigma)^2)``, ``|t| <= floor(3 sigma)``, normalised;
-  ``sigma = max(1 - nimg / (fade_kimg * 1000), 0) * init_sigma`` (10 and 200 kimg published).
+  ``sigma = max(1 - nimg / (fade_kimg * 1000), 0) * init_sigma`` (10 and 200 kimg published);
+- real images (:func:`real_inputs`, EG3D ``accumulate_gradients`` / 3DPortraitGAN
+  ``get_pose_params``): uint8 images to ``x / 127.5 - 1``, masks to ``m / 255``; the raw
+  target is the image resized to the neural-rendering resolution (``filtered_resizing``) and,
+  with ``blur_raw_target`` (on in EG3D), blurred with the same sigma; the mask is resized too.
 
 Our choices: fp16 blocks are not modelled (autocast belongs to training); ``conv_clamp`` as
 published (256).
@@ -67,6 +71,36 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     f = t.div(sigma).square().neg().exp2()
     f = f / f.sum()
     return filter2d(images, f.ger(f))
+
+
+def real_inputs(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    raw_resolution: int,
+    blur_sigma: float = 0.0,
+    blur_raw_target: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The discriminator's inputs for real data: ``image`` ``(N, 3, R, R)`` and ``mask``
+    ``(N, 1, R, R)``, uint8 (scaled to [-1, 1] and [0, 1]) or already float, ->
+    ``{"image", "image_raw" (N, 3, r, r), "image_mask" (N, 1, r, r)}`` with r =
+    ``raw_resolution``."""
+    if image.ndim != 4 or mask.ndim != 4 or image.shape[0] != mask.shape[0]:
+        raise ValueError(
+            f"image and mask must be (N, C, H, W) with one batch size, got "
+            f"{tuple(image.shape)} and {tuple(mask.shape)}"
+        )
+    if image.dtype == torch.uint8:
+        image = image.to(torch.float32) / 127.5 - 1
+    if mask.dtype == torch.uint8:
+        mask = mask.to(torch.float32) / 255
+    raw = filtered_resizing(image, raw_resolution)
+    if blur_raw_target:
+        raw = blur(raw, blur_sigma)
+    return {
+        "image": image,
+        "image_raw": raw,
+        "image_mask": filtered_resizing(mask.to(image.dtype), raw_resolution),
+    }
 
 
 class MinibatchStdLayer(nn.Module):

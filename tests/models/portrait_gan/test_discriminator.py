@@ -22,6 +22,7 @@ from portrait_engine.models.portrait_gan.discriminator import (
     blur,
     blur_sigma_at,
     filtered_resizing,
+    real_inputs,
 )
 
 
@@ -136,6 +137,32 @@ def test_filtered_resizing_upsamples_raw():
     y = filtered_resizing(x, 64)
     assert y.shape == (2, 3, 64, 64)
     torch.testing.assert_close(y.mean(), x.mean(), rtol=1e-2, atol=1e-2)
+
+
+def test_real_inputs_scale_resize_and_blur_the_raw_target():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=g)
+    mask = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8, generator=g)
+    out = real_inputs(image, mask, 32)
+    torch.testing.assert_close(out["image"], image.float() / 127.5 - 1)
+    assert out["image"].min() >= -1 and out["image"].max() <= 1
+    torch.testing.assert_close(out["image_raw"], filtered_resizing(out["image"], 32))
+    torch.testing.assert_close(out["image_mask"], filtered_resizing(mask.float() / 255, 32))
+    blurred = real_inputs(image, mask, 32, blur_sigma=1.5)
+    torch.testing.assert_close(blurred["image"], out["image"])  # the final image is not
+    torch.testing.assert_close(blurred["image_raw"], blur(out["image_raw"], 1.5))
+    assert not torch.allclose(blurred["image_raw"], out["image_raw"])
+    kept = real_inputs(image, mask, 32, blur_sigma=1.5, blur_raw_target=False)
+    torch.testing.assert_close(kept["image_raw"], out["image_raw"])
+    with pytest.raises(ValueError, match="one batch size"):
+        real_inputs(image, mask[:1], 32)
+
+
+def test_real_inputs_feed_the_discriminator(disc):
+    image = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    mask = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    logits, pose = disc(real_inputs(image, mask, 32, blur_sigma=1.0), cameras([0.1, -0.1]))
+    assert logits.shape == (2, 1) and pose.shape == (2, 6)
 
 
 def test_minibatch_std():
