@@ -17,7 +17,8 @@ Similarity is the cosine of the embeddings throughout.
   the target FMR on all impostor pairs; then the lowest-quality fraction of pairs is rejected
   and the FNMR of the genuine pairs left is measured. A quality score that predicts
   recognisability makes the FNMR fall fast; the area under the curve (trapezoids over the
-  rejected fraction) summarises it (lower is better).
+  rejected fraction, leaving out fractions with no genuine pair left) summarises it (lower is
+  better).
 - quality scores to compare with RI: :func:`embedding_norm_quality` (the feature norm, as
   AdaFace/MagFace use it) and :func:`crfiqa_quality` (CR-FIQA's certainty ratio
   ``CCS / (NNCCS + 1 + ε)``, with class centres of the evaluated set standing in for the
@@ -251,7 +252,9 @@ class ErrorRejectCurve:
     area: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self.area = float(np.trapezoid(self.fnmr, self.fractions))
+        # points with no genuine pair left (NaN) are left out of the area
+        finite = np.isfinite(self.fnmr)
+        self.area = float(np.trapezoid(self.fnmr[finite], self.fractions[finite]))
 
 
 def pair_quality(quality, first, second) -> np.ndarray:
