@@ -223,6 +223,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 # `add_<command>_arguments(parser)` and `<command>_main(args, console) -> int`.
 MODEL_COMMANDS: dict[tuple[str, str], str] = {
     ("train", "ri"): "portrait_engine.models.recognizability.commands",
+    ("eval", "ri"): "portrait_engine.models.recognizability.eval_command",
 }
 
 _COMMAND_HELP = {"train": "train a model", "eval": "evaluate a trained model"}
