@@ -107,6 +107,9 @@ def save_checkpoint(
     name = f"checkpoint-{step:08d}"
     target = out_dir / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the checkpoint from others
     try:
         _write_json(tmp / CONFIG_FILE, config)
         save_file(_contiguous(model_state), str(tmp / MODEL_WEIGHTS))

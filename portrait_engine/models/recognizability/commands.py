@@ -30,6 +30,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--identities", type=int, default=200, help="synthetic: identities")
     parser.add_argument("--images-per-identity", type=int, default=16, help="synthetic: images")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)"
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -38,7 +41,9 @@ def build_dataset(spec: str, image_size: int, identities: int, images_per_identi
     if spec == "synthetic":
         from portrait_engine.data.faces import SyntheticFaces
 
-        return SyntheticFaces(identities, images_per_identity, size=image_size, seed=seed)
+        return SyntheticFaces(
+            identities, images_per_identity, size=image_size, seed=seed, cache=True
+        )
     root = Path(spec)
     if not root.exists():
         raise FileNotFoundError(f"--data {spec}: no such file or directory")
@@ -57,6 +62,9 @@ def train_main(args: argparse.Namespace, console) -> int:
 
     from portrait_engine.models.recognizability.presets import preset
     from portrait_engine.models.recognizability.train import Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model_config, train_config = preset(
         args.preset,

@@ -423,8 +423,13 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0; every rank waits for it)."""
         path = None
+        generators = [self.generator.get_state()]
+        if self.dist.enabled:  # every rank's degradation stream, so a resume is exact
+            generators = [None] * self.dist.world_size
+            dist.all_gather_object(generators, self.generator.get_state())
         if self.dist.is_main:
-            tensors = {"torch_rng": torch.get_rng_state(), "generator": self.generator.get_state()}
+            tensors = {"torch_rng": torch.get_rng_state()}
+            tensors.update({f"generator.{r}": state for r, state in enumerate(generators)})
             if self.device.type == "cuda":
                 tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
             path = ckpt.save_checkpoint(
@@ -462,7 +467,7 @@ class Trainer:
         tensors = state["trainer_tensors"]
         torch.set_rng_state(tensors["torch_rng"])
         if self.dist.world_size == state["trainer"]["world_size"]:
-            self.generator.set_state(tensors["generator"])
+            self.generator.set_state(tensors[f"generator.{self.dist.rank}"])
         if "cuda_rng" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
 

@@ -66,3 +66,6 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
     saved = load_checkpoint(out)
     assert saved["trainer"] == {"step": 4, "world_size": 2}
     assert torch.equal(saved["head"]["weight"], ranks[0]["state"]["head.weight"])
+    # each rank's degradation stream is saved, for an exact resume
+    streams = saved["trainer_tensors"]
+    assert not torch.equal(streams["generator.0"], streams["generator.1"])
