@@ -249,3 +249,48 @@ def test_train_command_on_synthetic_faces(tmp_path, capsys):
     assert code == 0
     assert "step 2" in capsys.readouterr().out
     assert load_for_inference(tmp_path).config.backbone == "tiny"
+
+
+@pytest.mark.parametrize("margin", ["cosface", "adaface"])
+def test_other_margins_train(tmp_path, margin):
+    config = small_config(margin=margin, scale=None, margin_m=None, max_steps=2)
+    trainer = make_trainer(tmp_path, config)
+    result = trainer.fit()
+    assert math.isfinite(result.metrics["loss"])
+    if margin == "adaface":  # its norm statistics moved and were saved with the head
+        assert load_checkpoint(tmp_path)["head"]["margin.batch_mean"].item() != 20.0
+
+
+def test_presets_build_their_models():
+    from portrait_engine.models.recognizability import RIModel
+    from portrait_engine.models.recognizability.presets import preset
+
+    model_config, train_config = preset("r50", batch_size=2)
+    assert train_config.batch_size == 2 and train_config.optimizer == "sgd"
+    model = RIModel(model_config).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 112, 112) * 2 - 1)
+    assert out.embedding.shape == (1, 512) and out.attention.shape == (1, 1, 7, 7)
+    r100 = RIModel(preset("r100")[0])
+    assert sum(1 for k in r100.state_dict() if k.endswith(".conv2.weight")) == 49
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset("r18")
+
+
+def test_train_command_on_an_identity_folder(tmp_path, capsys):
+    image_module = pytest.importorskip("PIL.Image")
+    from portrait_engine import cli
+
+    dataset = ClassPatterns(num_classes=3, per_class=4, size=40)
+    for index, (image, label) in enumerate(dataset):
+        folder = tmp_path / "faces" / f"id{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = ((image.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        image_module.fromarray(pixels).save(folder / f"{index}.png")
+    out = tmp_path / "run"
+    argv = ["train", "ri", "--data", str(tmp_path / "faces"), "--preset", "tiny"]
+    argv += ["--out", str(out), "--steps", "1", "--batch-size", "4", "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "3 identities" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        cli.main(["train", "ri", "--data", str(tmp_path / "missing"), "--out", str(out)])
