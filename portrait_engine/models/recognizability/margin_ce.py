@@ -20,8 +20,10 @@ and rescaled sum); the backward recomputes each chunk and forms
     ∂loss_i/∂z_ij = g_i · (exp(z_ij − lse_i) − [j = y_i])
     ∂/∂x̂ = s · P ŵ,    ∂/∂ŵ = s · Pᵀ x̂,    ∂/∂W_j = (∂/∂ŵ_j − ŵ_j ⟨∂/∂ŵ_j, ŵ_j⟩) / ‖W_j‖
 
-with ``P`` the softmax block whose target entries are zeroed: the target logit's gradient goes
-to ``t`` (``g_i · (exp(t_i − lse_i) − 1)``) and from there through ``φ`` by ordinary autograd.
+with ``P`` the softmax block whose target entries hold ``g_i · (exp(t_i − lse_i) − 1) · φ'(cos_iy)``
+(the margin's slope, taken by autograd on the ``B`` target cosines in the forward), so the
+target prototypes' gradient lands in the same single ``N × D`` weight gradient. ``φ`` acts per
+sample; the norms it may read (AdaFace) carry no gradient, as in AdaFace.
 The same pass also returns CR-FIQA's NNCCS, ``max_{j≠y} cos_ij``, at no extra cost: RI needs it.
 All arithmetic is in fp32 (fp64 for fp64 inputs), whatever the input dtype and autocast state.
 """
@@ -69,15 +71,30 @@ def _target_positions(labels: torch.Tensor, start: int, end: int):
     return rows, labels[rows] - start
 
 
+def _margin_and_slope(margin, cos_target: torch.Tensor, norms: torch.Tensor):
+    """``φ(cos)`` and ``dφ/dcos`` (elementwise: φ acts per sample, norms without gradient)."""
+    with torch.enable_grad():
+        leaf = cos_target.detach().requires_grad_()
+        phi = margin(leaf, norms.detach())
+        (slope,) = torch.autograd.grad(phi.sum(), leaf)
+    return phi.detach(), slope
+
+
 class _ChunkedMarginCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, unit_embeddings, weight, labels, target_logit, scale, chunk_size):
+    def forward(ctx, unit_embeddings, weight, labels, norms, margin, scale, chunk_size):
         dtype = _compute_dtype(unit_embeddings.dtype)
         device_type = unit_embeddings.device.type
         with torch.autocast(device_type, enabled=False):
             x = unit_embeddings.to(dtype)
-            t = target_logit.to(dtype)
             batch = x.shape[0]
+            # The target column is handled here rather than by autograd outside, so the
+            # backward writes the one N x D weight gradient (indexing W[labels] under autograd
+            # would scatter into a second one).
+            prototypes = F.normalize(weight[labels].to(dtype), dim=1, eps=_NORM_EPS)
+            cos_target = (x * prototypes).sum(dim=1)
+            phi, slope = _margin_and_slope(margin, cos_target, norms)
+            t = scale * phi.to(dtype)
             running_max = torch.full((batch,), -torch.inf, dtype=dtype, device=x.device)
             running_sum = torch.zeros(batch, dtype=dtype, device=x.device)
             negative = torch.full((batch,), -1.0, dtype=dtype, device=x.device)
@@ -101,21 +118,23 @@ class _ChunkedMarginCE(torch.autograd.Function):
                 running_max = new_max
             lse = running_max + torch.log(running_sum)
             loss = lse - t
-        ctx.save_for_backward(unit_embeddings, weight, labels, t, lse)
+        ctx.save_for_backward(unit_embeddings, weight, labels, t, lse, slope.to(dtype))
         ctx.scale = scale
         ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(negative, negative_index)
-        return loss, negative, negative_index
+        ctx.mark_non_differentiable(cos_target, negative, negative_index)
+        return loss, cos_target, negative, negative_index
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_negative, _grad_index):
-        unit_embeddings, weight, labels, t, lse = ctx.saved_tensors
+    def backward(ctx, grad_loss, _grad_cos, _grad_negative, _grad_index):
+        unit_embeddings, weight, labels, t, lse, slope = ctx.saved_tensors
         scale, chunk_size = ctx.scale, ctx.chunk_size
         dtype = t.dtype
         device_type = unit_embeddings.device.type
         with torch.autocast(device_type, enabled=False):
             x = unit_embeddings.to(dtype)
             g = grad_loss.to(dtype)
+            # ∂loss/∂cos at the target, over s: g (p_y − 1) φ'(cos_y)
+            target_coefficient = g * (torch.exp(t - lse) - 1) * slope
             grad_x = torch.zeros_like(x)
             grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
             for start in range(0, weight.shape[0], chunk_size):
@@ -124,7 +143,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
                 rows, cols = _target_positions(labels, start, end)
                 logits = (x @ unit_weight.T).mul_(scale)
                 probs = torch.exp(logits.sub_(lse[:, None])).mul_(g[:, None])
-                probs[rows, cols] = 0  # the target's gradient goes to t
+                probs[rows, cols] = target_coefficient[rows]
                 grad_x.addmm_(probs, unit_weight, alpha=scale)
                 if grad_weight is not None:
                     grad_unit = (probs.T @ x).mul_(scale)
@@ -134,15 +153,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
                         small, grad_unit / _NORM_EPS, (grad_unit - unit_weight * radial) / norm
                     )
                     grad_weight[start:end] = chunk_grad.to(weight.dtype)
-            grad_t = g * (torch.exp(t - lse) - 1)
-        return (
-            grad_x.to(unit_embeddings.dtype),
-            grad_weight,
-            None,
-            grad_t.to(t.dtype),
-            None,
-            None,
-        )
+        return grad_x.to(unit_embeddings.dtype), grad_weight, None, None, None, None, None
 
 
 def _validate(embeddings, weight, labels, chunk_size) -> None:
@@ -218,17 +229,15 @@ def margin_cross_entropy(
         embeddings = embeddings.to(dtype)
         norms = embeddings.norm(dim=1)
         unit = F.normalize(embeddings, dim=1, eps=_NORM_EPS)
+        if fused:
+            loss, cos_target, negative, index = _ChunkedMarginCE.apply(
+                unit, weight, labels, norms, margin, float(scale), chunk_size or DEFAULT_CHUNK_SIZE
+            )
+            return MarginCEOutput(loss, cos_target, negative, index)
         prototypes = F.normalize(weight[labels].to(dtype), dim=1, eps=_NORM_EPS)
         cos_target = (unit * prototypes).sum(dim=1)
         target_logit = scale * margin(cos_target, norms)
-    if fused:
-        loss, negative, index = _ChunkedMarginCE.apply(
-            unit, weight, labels, target_logit, float(scale), chunk_size or DEFAULT_CHUNK_SIZE
-        )
-    else:
-        loss, negative, index = margin_cross_entropy_unfused(
-            unit, weight, labels, target_logit, scale
-        )
+    loss, negative, index = margin_cross_entropy_unfused(unit, weight, labels, target_logit, scale)
     return MarginCEOutput(loss, cos_target.detach(), negative.to(cos_target.dtype), index)
 
 
