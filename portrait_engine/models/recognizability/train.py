@@ -6,7 +6,8 @@ One step (our reading of the paper's objective, see :mod:`.ri` for each term):
    (``degrade.VeryLowResolution``: 8–32 px and back up);
 2. the first ``ui_fraction`` of them are duplicated and made unrecognisable
    (``degrade.unrecognizable``): the UI faces, which update the UI centre per batch and are
-   left out of the classification loss;
+   left out of the classification loss (they share the forward pass, BatchNorm statistics
+   included, with the rest of the batch);
 3. ``L = L_cls + ri_weight · L_RI + id_weight · L_ID``: the margin softmax cross-entropy
    (fused, class-chunked), the smooth-L1 RI regression (all faces) and the index diversion
    loss (recognisable faces).
