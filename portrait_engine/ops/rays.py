@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from portrait_engine import _backend, _extension
+from portrait_engine._backend import get_backend
 from portrait_engine.ops import _validation as v
 from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
 from portrait_engine.ops.reference.rays import (
@@ -24,6 +25,9 @@ from portrait_engine.ops.reference.rays import (
     ray_sample_reference,
     unpack_camera_label_reference,
 )
+
+# The native CUDA ray_march keeps a ray's channels in one warp's registers (8 per lane).
+CUDA_MAX_CHANNELS = 256
 
 # --------------------------------------------------------------------------------------------
 # ray_march: kernel-level custom ops (prepared inputs; no validation)
@@ -229,6 +233,18 @@ def ray_march(
     """
     _validate_march(colors, densities, depths, white_back, scale_rgb)
     name = _backend.resolve(backend, colors.device, "ray_march_forward")
+    if name == "native" and colors.is_cuda and colors.shape[3] > CUDA_MAX_CHANNELS:
+        # the CUDA kernel keeps a ray's channels in the registers of one warp
+        if (get_backend() if backend is None else backend) == "native":
+            raise ValueError(
+                f"colors has {colors.shape[3]} channels; the native CUDA ray_march takes at "
+                f"most {CUDA_MAX_CHANNELS}: use backend='triton' or 'torch'"
+            )
+        name = "triton" if _backend.backend_status(colors.device)["triton"][0] else "torch"
+        if name == "torch":
+            return ray_march_reference(
+                colors, densities, depths, white_back=white_back, scale_rgb=scale_rgb
+            )
     if name == "torch":
         return ray_march_reference(
             colors, densities, depths, white_back=white_back, scale_rgb=scale_rgb
