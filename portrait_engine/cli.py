@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import shlex
 import sys
 
 import torch
@@ -114,63 +115,65 @@ def info(console: Console) -> int:
     return 0
 
 
-def _results_table(result: dict) -> Table:
-    env = result["environment"]
-    table = Table(title=f"{env['device']} — copy bandwidth {env['copy_bandwidth_gbps']:.1f} GB/s")
-    for column, justify in (
-        ("op", "left"),
-        ("shape", "left"),
-        ("dtype", "left"),
-        ("provider", "left"),
-        ("mode", "left"),
-        ("median ms", "right"),
-        ("GB/s", "right"),
-        ("% copy BW", "right"),
-        ("vs eager", "right"),
-        ("vs compile", "right"),
-        ("peak MiB", "right"),
-        ("status", "left"),
-    ):
-        table.add_column(column, justify=justify)
+def _num(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
 
-    def num(value, spec, suffix=""):
-        return "-" if value is None else format(value, spec) + suffix
 
-    for r in result["rows"]:
-        if r["status"] == "ok":
-            fraction = r["fraction_of_copy_bw"]
-            table.add_row(
-                r["op"],
-                r["shape"],
-                r["dtype"],
-                r["provider"],
-                r["mode"],
-                f"{r['median_ms']:.3f}",
-                f"{r['gbps']:.1f}",
-                num(fraction and 100 * fraction, ".1f"),
-                num(r.get("speedup_vs_torch"), ".2f", "x"),
-                num(r.get("speedup_vs_compile"), ".2f", "x"),
-                num(r["peak_memory_mb"], ".0f"),
-                "[green]ok[/green]",
-            )
-        else:
-            kind = r["status"].split(":", 1)[0]
-            colour = "yellow" if kind == "unavailable" else "red"
-            table.add_row(
-                r["op"],
-                r["shape"],
-                r["dtype"],
-                r["provider"],
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                f"[{colour}]{kind}[/{colour}]",
-            )
-    return table
+def _results_tables(result: dict) -> list[Table]:
+    """One rich table per op: every provider, dtype and mode of its cases."""
+    from portrait_engine.benchmark.report import short_ms, spread
+
+    by_op: dict[str, list[dict]] = {}
+    for row in result["rows"]:
+        by_op.setdefault(row["op"], []).append(row)
+    tables = []
+    for op, rows in by_op.items():
+        seconds = sum(r.get("wall_s") or 0 for r in rows)
+        table = Table(title=f"{op} ({seconds:.0f} s)", title_justify="left")
+        for column, justify in (
+            ("shape", "left"),
+            ("dtype", "left"),
+            ("provider", "left"),
+            ("mode", "left"),
+            ("median ms", "right"),
+            ("p20-p80", "right"),
+            ("GB/s", "right"),
+            ("% copy BW", "right"),
+            ("vs eager", "right"),
+            ("vs compile", "right"),
+            ("peak MiB", "right"),
+            ("status", "left"),
+        ):
+            table.add_column(column, justify=justify)
+        for r in rows:
+            if r["status"] == "ok":
+                fraction = r.get("fraction_of_copy_bw")
+                table.add_row(
+                    r["shape"],
+                    r["dtype"],
+                    r["provider"],
+                    r["mode"],
+                    f"{r['median_ms']:.3f}",
+                    spread(r),
+                    _num(r.get("gbps"), ".2f"),
+                    _num(None if fraction is None else 100 * fraction, ".1f"),
+                    _num(r.get("speedup_vs_torch"), ".2f", "x"),
+                    _num(r.get("speedup_vs_compile"), ".2f", "x"),
+                    "-" if r.get("peak_memory_mb") is None else short_ms(r["peak_memory_mb"]),
+                    "[green]ok[/green]",
+                )
+            else:
+                kind = r["status"].split(":", 1)[0]
+                colour = "yellow" if kind == "unavailable" else "red"
+                table.add_row(
+                    r["shape"],
+                    r["dtype"],
+                    r["provider"],
+                    *["-"] * 8,
+                    f"[{colour}]{kind}[/{colour}]",
+                )
+        tables.append(table)
+    return tables
 
 
 def _status_notes(result: dict) -> list[str]:
@@ -178,15 +181,76 @@ def _status_notes(result: dict) -> list[str]:
     notes = {}
     for r in result["rows"]:
         if r["status"] != "ok":
-            notes.setdefault(f"{r['provider']}: {r['status']}", None)
+            notes.setdefault(f"{r['op']} {r['provider']}: {r['status']}", None)
     return list(notes)
 
 
+def _compare_table(comparison: dict) -> Table:
+    table = Table(title=f"A: {comparison['a']}\nB: {comparison['b']}", title_justify="left")
+    for column, justify in (
+        ("op", "left"),
+        ("shape", "left"),
+        ("dtype", "left"),
+        ("provider", "left"),
+        ("mode", "left"),
+        ("A ms", "right"),
+        ("B ms", "right"),
+        ("speed-up A/B", "right"),
+        ("note", "left"),
+    ):
+        table.add_column(column, justify=justify)
+    for name, (a, b) in comparison["ceilings"].items():
+        ratio = b / a if a and b else None
+        table.add_row(
+            f"[dim]{name}[/dim]",
+            "",
+            "",
+            "",
+            "",
+            _num(a, ".3g"),
+            _num(b, ".3g"),
+            _num(ratio, ".2f"),
+            "[dim]ceiling: B / A[/dim]",
+        )
+    for r in comparison["rows"]:
+        speedup = r["speedup"]
+        colour = (
+            "green" if speedup and speedup >= 1.05 else "red" if speedup and speedup <= 0.95 else ""
+        )
+        cell = _num(speedup, ".2f", "x")
+        table.add_row(
+            r["op"],
+            r["shape"],
+            r["dtype"],
+            r["provider"],
+            r["mode"],
+            _num(r["a_ms"], ".3f"),
+            _num(r["b_ms"], ".3f"),
+            f"[{colour}]{cell}[/{colour}]" if colour else cell,
+            r["note"][:60],
+        )
+    return table
+
+
 def bench(args: argparse.Namespace, console: Console) -> int:
+    if args.compare:
+        from portrait_engine.benchmark.compare import compare_files
+
+        console.print(_compare_table(compare_files(*args.compare)))
+        return 0
+    if args.report:
+        from portrait_engine.benchmark.report import write_benchmarks_markdown
+
+        path = write_benchmarks_markdown(args.out, args.benchmarks_md)
+        console.print(f"wrote {path} from {args.out}/*/*.json")
+        return 0
+
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from portrait_engine.benchmark import BenchConfig, run_benchmarks
     from portrait_engine.benchmark.cases import OPS
+    from portrait_engine.benchmark.plots import matplotlib_available
+    from portrait_engine.benchmark.report import ceilings_line
 
     config = BenchConfig(
         ops=args.ops or list(OPS),
@@ -195,8 +259,12 @@ def bench(args: argparse.Namespace, console: Console) -> int:
         providers=args.providers,
         quick=True if args.quick else (False if args.full else None),
         budget_s=args.budget,
+        min_runs=args.min_runs,
         out_dir=None if args.no_save else args.out,
         check=not args.no_check,
+        plots=not args.no_plots,
+        rotate=not args.no_rotate,
+        command=args.command_line,
     )
     with Progress(
         SpinnerColumn(),
@@ -209,9 +277,21 @@ def bench(args: argparse.Namespace, console: Console) -> int:
         result = run_benchmarks(
             config, progress=lambda text: progress.update(task, description=text)
         )
-    console.print(_results_table(result))
+    env = result["environment"]
+    console.print(
+        f"[bold]{env['device']}[/bold]: {ceilings_line(result)} "
+        f"{'Quick' if result['config']['quick'] else 'Paper'} sizes, "
+        f"{result['elapsed_s']:.0f} s in all."
+    )
+    for table in _results_tables(result):
+        console.print(table)
     for note in _status_notes(result):
         console.print(f"  [dim]{note}[/dim]")
+    methods = sorted({r["memory_method"] for r in result["rows"] if r.get("memory_method")})
+    for method in methods:
+        console.print(f"  [dim]peak MiB: {method}[/dim]")
+    if config.out_dir and config.plots and not matplotlib_available():
+        console.print("  [dim]plots skipped: matplotlib is not installed (the `plot` extra)[/dim]")
     for path in result.get("files", []):
         console.print(f"wrote {path}")
     bad = [r for r in result["rows"] if r["status"].startswith(("wrong", "error"))]
@@ -260,16 +340,37 @@ def build_parser() -> argparse.ArgumentParser:
     size = b.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes (default on the CPU)")
     size.add_argument("--full", action="store_true", help="paper sizes (default on a GPU)")
-    b.add_argument("--budget", type=float, default=1.0, help="seconds of timing per row")
+    b.add_argument(
+        "--budget", type=float, default=None, help="seconds of timing per row (default by size)"
+    )
+    b.add_argument("--min-runs", type=int, default=None, help="repeats per row at least")
     b.add_argument("--out", default="benchmarks/results", help="results root folder")
     b.add_argument("--no-save", action="store_true", help="print only, write no files")
     b.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    b.add_argument(
+        "--no-rotate", action="store_true", help="time one input set (no cache-busting rotation)"
+    )
+    b.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="print the ratios between two result files and exit",
+    )
+    b.add_argument(
+        "--report",
+        action="store_true",
+        help="regenerate BENCHMARKS.md from the result files under --out and exit",
+    )
+    b.add_argument("--benchmarks-md", default="BENCHMARKS.md", help="where --report writes")
     _add_model_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["portrait-engine", *argv])
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.command == "info":
         return info(console)

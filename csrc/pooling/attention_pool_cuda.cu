@@ -41,7 +41,8 @@
 // reads B * (tiles * K * L + 2 * K * C) values, small next to the features.
 //
 // Index math is int64 for every tensor offset. K <= kMaxK (8) maps per launch (the contract's
-// range); the accumulators are register arrays of KC = 1, 2, 4 or 8 entries.
+// range); the accumulators are register arrays of KC = 1, 2, 4 or 8 entries. More maps are
+// pooled kMaxK at a time by the host functions (the features are then read once per group).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -55,6 +56,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "pooling/attention_pool.h"
 
@@ -395,8 +397,6 @@ Sizes check_inputs(const at::Tensor& features, const at::Tensor& scores) {
               "attention_pool (cuda): dtype mismatch");
   TORCH_CHECK(features.is_cuda() && scores.device() == features.device(),
               "attention_pool (cuda): tensors must be on the same CUDA device");
-  TORCH_CHECK(scores.size(1) <= kMaxK, "attention_pool (cuda): at most ", kMaxK,
-              " attention maps (K), got ", scores.size(1));
   Sizes z;
   z.B = features.size(0);
   z.C = features.size(1);
@@ -439,6 +439,17 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cuda(const at::Tensor&
                                                                const at::Tensor& scores) {
   const c10::cuda::CUDAGuard guard(features.device());
   const Sizes z = check_inputs(features, scores);
+  if (z.K > kMaxK) {
+    // The maps are independent: pool them kMaxK at a time (each launch reads the features once).
+    std::vector<at::Tensor> outs, lses;
+    for (int64_t k0 = 0; k0 < z.K; k0 += kMaxK) {
+      auto [o, l] = attention_pool_forward_cuda(
+          features, scores.narrow(1, k0, std::min<int64_t>(kMaxK, z.K - k0)).contiguous());
+      outs.push_back(o);
+      lses.push_back(l);
+    }
+    return {at::cat(outs, 1), at::cat(lses, 1)};
+  }
   at::Tensor out = new_output({z.B, z.K, z.C}, features.options());
   at::Tensor lse = new_output({z.B, z.K}, features.options().dtype(acc_dtype(features)));
   if (z.B == 0) return {out, lse};
@@ -492,6 +503,25 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cuda(const at::Tensor
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == z.B && lse.size(1) == z.K && lse.is_contiguous() &&
                   lse.scalar_type() == acc_dtype(features) && lse.device() == features.device(),
               "attention_pool (cuda): lse must be the forward's contiguous (B, K) output");
+  if (z.K > kMaxK) {
+    // kMaxK maps at a time: grad_features is the sum of the groups' contributions.
+    at::Tensor grad_features;
+    std::vector<at::Tensor> grad_scores;
+    for (int64_t k0 = 0; k0 < z.K; k0 += kMaxK) {
+      const int64_t n = std::min<int64_t>(kMaxK, z.K - k0);
+      auto [gf, gs] = attention_pool_backward_cuda(
+          grad_out.narrow(1, k0, n).contiguous(), features,
+          scores.narrow(1, k0, n).contiguous(), lse.narrow(1, k0, n).contiguous(),
+          out.narrow(1, k0, n).contiguous());
+      if (k0 == 0) {
+        grad_features = gf;
+      } else {
+        grad_features.add_(gf);
+      }
+      grad_scores.push_back(gs);
+    }
+    return {grad_features, at::cat(grad_scores, 1)};
+  }
   at::Tensor grad_features =
       z.channels_last ? new_output({z.B, z.L, z.C}, features.options()).permute({0, 2, 1})
                       : new_output({z.B, z.C, z.L}, features.options());

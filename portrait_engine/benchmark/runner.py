@@ -1,24 +1,34 @@
-"""Run benchmark cases for every provider and dtype; check, time, report, save."""
+"""Run benchmark cases for every provider and dtype: check, then time, then save.
+
+For each case and dtype the runner draws fresh random inputs (several sets where one is
+smaller than the cache, rotated between calls), computes the float32 reference once, checks
+each provider against it at the benchmark's size (forward and every input gradient) and
+times only those that agree; a provider that disagrees is reported ``wrong`` and not timed.
+"""
 
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from portrait_engine import __version__, _backend
-from portrait_engine.benchmark import timing
+from portrait_engine.benchmark import ceilings, memory, schema, timing
 from portrait_engine.benchmark.cases import OPS, PROVIDERS, Case
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Relative L2 error a provider may show against the float32 reference, per input dtype.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+# Seconds of timing per row, and repeats at least, when the config does not say.
+QUICK_BUDGET_S, FULL_BUDGET_S = 0.2, 1.0
+QUICK_MIN_RUNS, FULL_MIN_RUNS = 3, 10
+MAX_ROTATING_SETS = 8
 
 
 @dataclass
@@ -28,13 +38,27 @@ class BenchConfig:
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     providers: list[str] = field(default_factory=lambda: list(PROVIDERS))
     quick: bool | None = None  # None: quick on the CPU, paper sizes on a GPU
-    budget_s: float = 1.0
+    budget_s: float | None = None  # seconds of timing per row; None: by size
+    min_runs: int | None = None  # repeats per row at least; None: by size
     out_dir: str | None = "benchmarks/results"
     check: bool = True
+    plots: bool = True
+    rotate: bool = True  # rotate input sets that together exceed the cache
     seed: int = 0
+    command: str | None = None  # the command line, recorded in the result
 
     def resolved_quick(self) -> bool:
         return self.quick if self.quick is not None else torch.device(self.device).type == "cpu"
+
+    def resolved_budget_s(self) -> float:
+        if self.budget_s is not None:
+            return self.budget_s
+        return QUICK_BUDGET_S if self.resolved_quick() else FULL_BUDGET_S
+
+    def resolved_min_runs(self) -> int:
+        if self.min_runs is not None:
+            return self.min_runs
+        return QUICK_MIN_RUNS if self.resolved_quick() else FULL_MIN_RUNS
 
 
 def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -55,13 +79,84 @@ def _provider_status(provider: str, device: torch.device, case: Case) -> tuple[b
     return _backend.backend_status(device, case.native_op)[provider]
 
 
+def _differentiable(inputs: list) -> list[torch.Tensor]:
+    return [x for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def _check_random(case: Case, inputs: list) -> None:
+    """Nothing is timed on constant inputs (zeros make some kernels look faster)."""
+    for index, x in enumerate(inputs):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() > 1:
+            if x.detach().float().flatten()[:65536].std().item() == 0:
+                raise ValueError(
+                    f"case {case.op}/{case.shape}: input {index} is constant; benchmark "
+                    "inputs must be random"
+                )
+
+
+def _input_bytes(inputs: list) -> int:
+    return sum(x.numel() * x.element_size() for x in inputs if isinstance(x, torch.Tensor))
+
+
+def rotating_sets(set_bytes: int, device: torch.device, rotate: bool = True) -> int:
+    """How many input sets to rotate so that together they exceed twice the cache."""
+    if not rotate or set_bytes <= 0:
+        return 1
+    cache = timing.cache_bytes(device.type, device.index or 0)
+    return max(1, min(MAX_ROTATING_SETS, math.ceil(2 * cache / set_bytes)))
+
+
+@dataclass
+class _Reference:
+    """The float32 reference's output and input gradients on input set 0."""
+
+    output: torch.Tensor
+    grads: list[torch.Tensor | None]
+    grad_out: torch.Tensor
+
+
+def _reference(case: Case, inputs: list, kwargs: dict, grad_out: torch.Tensor) -> _Reference:
+    reference_inputs = [
+        x.detach().float().requires_grad_() if x.is_floating_point() else x for x in inputs
+    ]
+    output = case.functions["torch"](*reference_inputs, **kwargs)
+    grad_out = grad_out.float()
+    output.backward(grad_out)
+    grads = [x.grad if x.is_floating_point() else None for x in reference_inputs]
+    return _Reference(output.detach(), grads, grad_out)
+
+
+def _check(
+    case: Case, provider: str, inputs: list, kwargs: dict, dtype, reference: _Reference
+) -> tuple[str | None, float]:
+    """``(None, error)`` when the provider agrees with the float32 reference, else what
+    disagrees; ``error`` is the largest relative L2 error seen."""
+    trial_inputs = [
+        x.detach().clone().requires_grad_() if x.is_floating_point() else x for x in inputs
+    ]
+    actual = case.functions[provider](*trial_inputs, **kwargs)
+    actual.backward(reference.grad_out.to(actual.dtype))
+    tolerance = case.tolerance if case.tolerance is not None else TOLERANCE[dtype]
+    pairs = [("output", actual, reference.output)]
+    for i, (x, want) in enumerate(zip(trial_inputs, reference.grads, strict=True)):
+        if want is not None:  # the reference's gradient w.r.t. this input exists
+            pairs.append((f"grad[{i}]", x.grad, want))
+    problems, worst = [], 0.0
+    for name, got, want in pairs:
+        error = math.inf if got is None else relative_l2(got, want)
+        worst = max(worst, error)
+        if not error <= tolerance:
+            problems.append(f"{name} rel-L2 {error:.2e} > {tolerance:.0e}")
+    return ("; ".join(problems) or None), worst
+
+
 def _forward_backward(fn, inputs, kwargs, grad_out):
     out = fn(*inputs, **kwargs)
     out.backward(grad_out)
     return out
 
 
-def _timed_call(mode, fn, inputs, leaves, kwargs, grad_out):
+def _timed_call(mode, fn, inputs, kwargs, grad_out):
     """The function the harness times for ``mode``: forward without autograd, or both passes."""
     if mode == "forward":
 
@@ -70,62 +165,91 @@ def _timed_call(mode, fn, inputs, leaves, kwargs, grad_out):
                 return fn(*inputs, **kwargs)
 
         return call
-    return lambda: _forward_backward(fn, leaves, kwargs, grad_out)
+    return lambda: _forward_backward(fn, inputs, kwargs, grad_out)
 
 
-def _check(case: Case, provider: str, inputs, kwargs, dtype) -> str | None:
-    """None when the provider agrees with the float32 reference, else what disagrees."""
-    reference_inputs = [x.detach().float().requires_grad_() for x in inputs]
-    expected = case.functions["torch"](*reference_inputs, **kwargs)
-    grad_out = torch.randn_like(expected)
-    expected.backward(grad_out)
-    trial_inputs = [x.detach().clone().requires_grad_() for x in inputs]
-    actual = case.functions[provider](*trial_inputs, **kwargs)
-    actual.backward(grad_out.to(actual.dtype))
-    tolerance = TOLERANCE[dtype]
-    problems = []
-    pairs = [("output", actual, expected)] + [
-        (f"grad[{i}]", t.grad, r.grad)
-        for i, (t, r) in enumerate(zip(trial_inputs, reference_inputs, strict=True))
-    ]
-    for name, got, want in pairs:
-        error = math.inf if got is None else relative_l2(got, want)
-        if not error <= tolerance:
-            problems.append(f"{name} rel-L2 {error:.2e} > {tolerance:.0e}")
-    return "; ".join(problems) or None
+def _rate(amount: float | None, median_ms: float, scale: float) -> float | None:
+    return None if not amount else amount / (median_ms * 1e-3) / scale
 
 
-def _peak_memory_mb(fn, device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+def _timed_row(case, mode, fn, sets, kwargs, grad_out, dtype, config, device, ceil) -> dict:
+    calls = [_timed_call(mode, fn, inputs, kwargs, grad_out) for inputs in sets]
+    leaves = [x for inputs in sets for x in _differentiable(inputs)]
+    result = timing.time_function(
+        calls,
+        device,
+        budget_s=config.resolved_budget_s(),
+        min_runs=config.resolved_min_runs(),
+        grad_to_none=leaves,
+    )
+    for leaf in leaves:
+        leaf.grad = None
+    peak_mb, memory_method = memory.peak_memory(calls[0], device)
+    for leaf in leaves:
+        leaf.grad = None
+    with_backward = mode != "forward"
+    moved = case.bytes_moved(dtype, with_backward)
+    flops = case.flops(dtype, with_backward) if case.flops is not None else None
+    gbps = _rate(moved, result.median_ms, 1e9)
+    tflops = _rate(flops, result.median_ms, 1e12)
+    copy_gbps = ceil["copy_bandwidth"]["value"]
+    matmul = ceil["matmul"].get(str(dtype).removeprefix("torch."), {}).get("value")
+    return {
+        "mode": mode,
+        "status": "ok",
+        "median_ms": result.median_ms,
+        "p20_ms": result.p20_ms,
+        "p80_ms": result.p80_ms,
+        "iqr_ms": result.iqr_ms,
+        "min_ms": result.min_ms,
+        "max_ms": result.max_ms,
+        "runs": result.runs,
+        "calls_per_run": result.calls_per_run,
+        "timing_method": result.method,
+        "rotating_sets": len(sets),
+        "bytes_moved": moved,
+        "gbps": gbps,
+        "fraction_of_copy_bw": gbps / copy_gbps if gbps is not None and copy_gbps else None,
+        "flops": flops,
+        "tflops": tflops,
+        "fraction_of_matmul": tflops / matmul if tflops is not None and matmul else None,
+        "peak_memory_mb": peak_mb,
+        "memory_method": memory_method,
+    }
 
 
-def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -> list[dict]:
+def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list[dict]:
+    """Every row of one case: per dtype and provider, checked, then timed per mode."""
     device = torch.device(config.device)
     rows = []
     for dtype_name in config.dtypes:
         dtype = DTYPES[dtype_name]
         generator = torch.Generator().manual_seed(config.seed)
-        inputs, kwargs = case.make_inputs(device, dtype, generator)
-        leaves = [x.requires_grad_() for x in inputs]
+        first, kwargs = case.make_inputs(device, dtype, generator)
+        _check_random(case, first)
+        sets = [first] + [
+            case.make_inputs(device, dtype, generator)[0]
+            for _ in range(rotating_sets(_input_bytes(first), device, config.rotate) - 1)
+        ]
+        for inputs in sets:
+            for x in _differentiable(inputs):
+                x.requires_grad_()
         with torch.no_grad():
-            probe = case.functions["torch"](*[x.detach() for x in inputs], **kwargs)
+            probe = case.functions["torch"](*first, **kwargs)
         grad_out = torch.randn(probe.shape, generator=generator).to(device=device, dtype=dtype)
         del probe
+        reference = None
+        if config.check and any(p != "torch" for p in config.providers):
+            reference = _reference(case, first, kwargs, grad_out)
         for provider in config.providers:
             if provider not in case.functions:
-                continue  # the provider does not apply to this op
+                continue  # the provider does not apply to this case
             base = dict(
                 op=case.op,
                 shape=case.shape,
                 description=case.description,
                 params=case.params,
+                kind=case.kind,
                 provider=provider,
                 dtype=dtype_name,
             )
@@ -136,71 +260,67 @@ def run_case(case: Case, config: BenchConfig, copy_gbps: float, progress=None) -
             if progress is not None:
                 progress(f"{case.op} {case.shape} {dtype_name} {provider}")
             fn = case.functions[provider]
+            mark = time.perf_counter()  # each row's wall time includes its share of the check
             try:
-                wrong = None
-                if config.check and provider != "torch":
-                    wrong = _check(case, provider, inputs, kwargs, dtype)
+                wrong, check_error = None, None
+                if reference is not None and provider != "torch":
+                    wrong, check_error = _check(case, provider, first, kwargs, dtype, reference)
                 if wrong is not None:
-                    rows.append({**base, "mode": "-", "status": f"wrong: {wrong}"})
-                    continue
-                for mode in ("forward", "forward+backward"):
-                    call = _timed_call(mode, fn, inputs, leaves, kwargs, grad_out)
-                    result = timing.time_function(
-                        call, device, budget_s=config.budget_s, grad_to_none=leaves
-                    )
-                    peak = _peak_memory_mb(call, device)
-                    moved = case.bytes_moved(dtype, mode != "forward")
-                    gbps = moved / (result.median_ms * 1e-3) / 1e9
                     rows.append(
                         {
                             **base,
-                            "mode": mode,
-                            "status": "ok",
-                            "median_ms": result.median_ms,
-                            "p20_ms": result.p20_ms,
-                            "p80_ms": result.p80_ms,
-                            "runs": result.runs,
-                            "bytes_moved": moved,
-                            "gbps": gbps,
-                            "fraction_of_copy_bw": gbps / copy_gbps if copy_gbps else None,
-                            "peak_memory_mb": peak,
+                            "mode": "-",
+                            "status": f"wrong: {wrong}",
+                            "check_error": check_error,
                         }
                     )
+                    continue
+                for mode in case.modes:
+                    row = _timed_row(
+                        case, mode, fn, sets, kwargs, grad_out, dtype, config, device, ceil
+                    )
+                    now = time.perf_counter()
+                    rows.append({**base, **row, "check_error": check_error, "wall_s": now - mark})
+                    mark = now
             except Exception as error:  # a failing provider is reported, not fatal
                 rows.append(
                     {**base, "mode": "-", "status": f"error: {type(error).__name__}: {error}"}
                 )
-            for leaf in leaves:
-                leaf.grad = None
-    _add_speedups(rows)
+            for inputs in sets:
+                for leaf in _differentiable(inputs):
+                    leaf.grad = None
+    add_speedups(rows)
     return rows
 
 
-def _add_speedups(rows: list[dict]) -> None:
-    def median_of(row, provider):
-        for other in rows:
-            if (
-                other["provider"] == provider
-                and other["dtype"] == row["dtype"]
-                and other["mode"] == row["mode"]
-                and other["shape"] == row["shape"]
-                and other["status"] == "ok"
-            ):
-                return other["median_ms"]
-        return None
-
+def add_speedups(rows: list[dict]) -> None:
+    """``speedup_vs_torch`` / ``speedup_vs_compile`` of each timed row, within its group."""
+    medians = {
+        (r["op"], r["shape"], r["dtype"], r["mode"], r["provider"]): r["median_ms"]
+        for r in rows
+        if r["status"] == "ok"
+    }
     for row in rows:
         if row["status"] != "ok":
             continue
+        group = (row["op"], row["shape"], row["dtype"], row["mode"])
         for provider, key in (
             ("torch", "speedup_vs_torch"),
             ("torch_compile", "speedup_vs_compile"),
         ):
-            other = median_of(row, provider)
+            other = medians.get((*group, provider))
             row[key] = other / row["median_ms"] if other else None
 
 
-def environment(device: torch.device, copy_gbps: float) -> dict:
+def _load_average() -> float | None:
+    """The 1-minute load average: other work on the machine slows every row alike."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def environment(device: torch.device, copy_gbps: float, load_before: float | None) -> dict:
     info = {
         "portrait_engine": __version__,
         "torch": torch.__version__,
@@ -209,8 +329,12 @@ def environment(device: torch.device, copy_gbps: float) -> dict:
         "device_type": device.type,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "cache_bytes": timing.cache_bytes(device.type, device.index or 0),
         "copy_bandwidth_gbps": copy_gbps,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
     }
     try:
         import triton
@@ -225,73 +349,57 @@ def environment(device: torch.device, copy_gbps: float) -> dict:
 
 
 def run_benchmarks(config: BenchConfig, progress=None) -> dict:
-    """Run every case of ``config.ops``; returns ``{"environment", "rows"}`` and saves it."""
+    """Run every case of ``config.ops``; returns the result (see :mod:`.schema`), saved to
+    ``config.out_dir/<device>/`` unless that is ``None``."""
+    started = time.perf_counter()
+    load_before = _load_average()
     device = torch.device(config.device)
     unknown = [op for op in config.ops if op not in OPS]
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; known: {sorted(OPS)}")
-    copy_gbps = timing.copy_bandwidth_gbps(device, 64 if device.type == "cpu" else 1024)
+    bad_dtypes = [d for d in config.dtypes if d not in DTYPES]
+    if bad_dtypes:
+        raise ValueError(f"unknown dtype(s) {bad_dtypes}; known: {sorted(DTYPES)}")
+    if progress is not None:
+        progress("measuring the device's copy bandwidth and matrix rate")
+    ceil = ceilings.measure_ceilings(
+        device, [DTYPES[d] for d in config.dtypes], min(config.resolved_budget_s(), 0.5)
+    )
     rows = []
     for op in config.ops:
         for case in OPS[op](config.resolved_quick()):
-            rows.extend(run_case(case, config, copy_gbps, progress))
+            rows.extend(run_case(case, config, ceil, progress))
     result = {
-        "environment": environment(device, copy_gbps),
+        "schema": schema.SCHEMA,
+        "command": config.command,
+        "elapsed_s": time.perf_counter() - started,
+        "environment": environment(device, ceil["copy_bandwidth"]["value"], load_before),
+        "ceilings": ceil,
         "config": {**asdict(config), "quick": config.resolved_quick()},
         "rows": rows,
     }
+    schema.validate(result)
     if config.out_dir:
-        result["files"] = save(result, Path(config.out_dir))
+        result["files"] = save(result, Path(config.out_dir), plots=config.plots)
     return result
 
 
-def save(result: dict, root: Path) -> list[str]:
-    folder = root / result["environment"]["device"]
+def save(result: dict, root: Path, plots: bool = True) -> list[str]:
+    """Write ``<stem>.json``, ``<stem>.md`` and the plots under ``root/<device>/``."""
+    from portrait_engine.benchmark import report
+    from portrait_engine.benchmark.plots import write_plots
+
+    folder = Path(root) / result["environment"]["device"]
     folder.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if result["config"]["quick"] else "full"
-    json_path = folder / f"{stem}.json"
-    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    md_path = folder / f"{stem}.md"
-    md_path.write_text(markdown(result))
-    return [os.fspath(json_path), os.fspath(md_path)]
+    stem = result_stem(result)
+    written = []
+    if plots:
+        written += write_plots(result, folder, stem)
+    result["files"] = [str(folder / f"{stem}.json"), str(folder / f"{stem}.md"), *written]
+    (folder / f"{stem}.json").write_text(schema.dumps(result))
+    (folder / f"{stem}.md").write_text(report.result_markdown(result, plots=written))
+    return result["files"]
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def markdown(result: dict) -> str:
-    env = result["environment"]
-    lines = [
-        f"# Benchmarks on {env['device']}",
-        "",
-        f"portrait_engine {env['portrait_engine']}, torch {env['torch']}, "
-        f"triton {env.get('triton')}, {env['threads']} threads, {env['date']}. "
-        f"Measured copy bandwidth {env['copy_bandwidth_gbps']:.1f} GB/s.",
-        "",
-        "| op | shape | dtype | provider | mode | median ms | p20-p80 ms | GB/s | % copy BW "
-        "| vs eager | vs compile | peak MiB | status |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in result["rows"]:
-        if r["status"] == "ok":
-            lines.append(
-                f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['provider']} | {r['mode']} "
-                f"| {r['median_ms']:.3f} | {r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {r['gbps']:.1f} "
-                f"| {_fmt(r['fraction_of_copy_bw'] and 100 * r['fraction_of_copy_bw'], '.1f')} "
-                f"| {_fmt(r.get('speedup_vs_torch'), '.2f')}x "
-                f"| {_fmt(r.get('speedup_vs_compile'), '.2f')}x "
-                f"| {_fmt(r['peak_memory_mb'], '.0f')} | ok |"
-            )
-        else:
-            status = r["status"].replace("|", "/").replace("\n", " ")[:160]
-            lines.append(
-                f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['provider']} | - "
-                f"| - | - | - | - | - | - | - | {status} |"
-            )
-    lines.append("")
-    lines.append(
-        "Shapes: "
-        + "; ".join(sorted({f"{r['shape']}: {r['description']}" for r in result["rows"]}))
-    )
-    return "\n".join(lines) + "\n"
+def result_stem(result: dict) -> str:
+    return "quick" if result["config"]["quick"] else "full"

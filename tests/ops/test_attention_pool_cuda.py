@@ -21,7 +21,7 @@ def _require(backend):
 
 @pytest.mark.parametrize("backend", ["triton", "native"])
 @pytest.mark.parametrize("size", [(7, 7), (14, 14), (5, 6), (1, 1)], ids=str)
-@pytest.mark.parametrize("maps", [1, 4])
+@pytest.mark.parametrize("maps", [1, 4, 11])
 @pytest.mark.parametrize("channels", [512, 33])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

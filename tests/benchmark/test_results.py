@@ -1,0 +1,165 @@
+"""Result files: schema round trip, compare, Markdown, BENCHMARKS.md, plots, the command."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from portrait_engine import cli
+from portrait_engine.benchmark import compare, plots, report, runner, schema
+from tests.benchmark.conftest import scale_add_case, tiny_config
+
+
+@pytest.fixture
+def saved_result(use_cases, tmp_path):
+    use_cases({"scale_add": [scale_add_case("toy-a"), scale_add_case("toy-b", n=512)]})
+    result = runner.run_benchmarks(tiny_config(tmp_path, command="portrait-engine bench toy"))
+    return result, tmp_path / result["environment"]["device"]
+
+
+def test_schema_round_trip(saved_result):
+    result, folder = saved_result
+    loaded = schema.load(folder / "quick.json")
+    assert loaded == json.loads(json.dumps(result, default=str))
+    assert loaded["schema"] == schema.SCHEMA
+    assert loaded["command"] == "portrait-engine bench toy"
+    for row in loaded["rows"]:
+        assert set(schema.ROW_FIELDS) <= set(row)
+        assert set(schema.TIMED_FIELDS) <= set(row)
+
+
+def test_schema_rejects_broken_results(saved_result):
+    result, _ = saved_result
+    for breakage, message in (
+        (lambda r: r.pop("ceilings"), "lacks"),
+        (lambda r: r["rows"][0].pop("median_ms"), "median_ms"),
+        (lambda r: r["rows"][0].update(median_ms=0.0), "positive"),
+        (lambda r: r.update(schema="portrait_engine.bench/99"), "schema"),
+    ):
+        broken = copy.deepcopy(result)
+        breakage(broken)
+        with pytest.raises(schema.SchemaError, match=message):
+            schema.validate(broken)
+    with pytest.raises(schema.SchemaError, match="unknown result schema"):
+        schema.upgrade({"schema": "portrait_engine.bench/99"})
+
+
+def test_version_1_results_are_upgraded_on_load(tmp_path):
+    v1 = {
+        "environment": {"device": "cpu-x", "copy_bandwidth_gbps": 40.0, "date": "d"},
+        "config": {"quick": True},
+        "rows": [
+            {"op": "o", "shape": "s", "description": "", "params": {}, "provider": "torch",
+             "dtype": "float32", "mode": "forward", "status": "ok", "median_ms": 2.0,
+             "p20_ms": 1.0, "p80_ms": 3.0, "gbps": 1.0},
+            {"op": "o", "shape": "s", "description": "", "params": {}, "provider": "triton",
+             "dtype": "float32", "mode": "-", "status": "unavailable: no"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "quick.json"
+    path.write_text(json.dumps(v1))
+    loaded = schema.load(path)
+    assert loaded["ceilings"]["copy_bandwidth"]["value"] == 40.0
+    assert loaded["rows"][0]["median_ms"] == 2.0 and loaded["rows"][0]["iqr_ms"] is None
+    assert loaded["command"] is None
+
+
+def test_markdown_of_a_result_has_every_row_and_the_ceilings(saved_result):
+    result, folder = saved_result
+    text = (folder / "quick.md").read_text()
+    assert "Command: `portrait-engine bench toy`" in text
+    assert "copy bandwidth" in text and "float32 matrix rate" in text
+    assert "## scale_add" in text
+    timed = [r for r in result["rows"] if r["status"] == "ok"]
+    assert len([line for line in text.splitlines() if line.startswith("| toy-")]) == len(timed)
+
+
+def test_compare_gives_the_ratio_of_medians(saved_result):
+    result, _ = saved_result
+    faster = copy.deepcopy(result)
+    for row in faster["rows"]:
+        row["median_ms"] /= 2
+    faster["rows"] = [r for r in faster["rows"] if r["shape"] != "toy-b" or r["provider"] != "sdpa"]
+    comparison = compare.compare(result, faster)
+    matched = [r for r in comparison["rows"] if r["speedup"] is not None]
+    assert matched and all(r["speedup"] == pytest.approx(2.0) for r in matched)
+    missing = [r for r in comparison["rows"] if r["speedup"] is None]
+    assert {(r["shape"], r["provider"]) for r in missing} == {("toy-b", "sdpa")}
+    assert all(r["note"] == "B: absent" for r in missing)
+    assert comparison["ceilings"]["copy_bandwidth_gbps"][0] > 0
+    text = compare.compare_markdown(comparison)
+    assert "| scale_add | toy-a | float32 | torch | forward |" in text and "| 2.00 |" in text
+
+
+def test_compare_command_prints_the_ratio_table(saved_result, tmp_path, capsys):
+    result, folder = saved_result
+    slower = copy.deepcopy(result)
+    for row in slower["rows"]:
+        if row["status"] == "ok":
+            row["median_ms"] *= 4
+    (tmp_path / "slower.json").write_text(schema.dumps(slower))
+    code = cli.main(
+        ["bench", "--compare", str(folder / "quick.json"), str(tmp_path / "slower.json")]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "speed-up A/B" in out and "0.25x" in out
+
+
+def test_benchmarks_markdown_is_generated_from_the_result_files(saved_result, tmp_path):
+    result, folder = saved_result
+    target = tmp_path / "BENCHMARKS.md"
+    code = cli.main(["bench", "--report", "--out", str(tmp_path), "--benchmarks-md", str(target)])
+    assert code == 0
+    text = target.read_text()
+    device = result["environment"]["device"]
+    assert f"## {device} (quick sizes)" in text
+    assert "Command: `portrait-engine bench toy`" in text
+    assert f"[{device}/quick.md]({device}/quick.md)" in text
+    # no kernel of ours ran here, so the summary names none
+    assert "| scale_add | n=4096 | float32 | forward |" in text
+    assert "## GPU" in text and "Not yet measured" in text
+
+
+def test_plots_are_written_when_matplotlib_is_present(saved_result, tmp_path):
+    pytest.importorskip("matplotlib")
+    result, _ = saved_result
+    paths = plots.write_plots(result, tmp_path, "quick")
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["quick-scale_add.png"]
+    with open(paths[0], "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "![scale_add](quick-scale_add.png)" in report.result_markdown(result, plots=paths)
+
+
+def test_plots_are_skipped_without_matplotlib(saved_result, tmp_path, monkeypatch):
+    result, _ = saved_result
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    assert plots.write_plots(result, tmp_path, "quick") == []
+
+
+def test_bench_command_runs_checks_prints_per_op_tables_and_saves(use_cases, tmp_path, capsys):
+    use_cases({"scale_add": [scale_add_case()]})
+    code = cli.main(
+        ["bench", "--device", "cpu", "--providers", "torch", "sdpa", "--budget", "0.01",
+         "--out", str(tmp_path), "--no-plots"]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "scale_add" in out and "copy bandwidth" in out and "peak MiB" in out
+    (saved,) = tmp_path.glob("*/quick.json")
+    loaded = schema.load(saved)
+    assert loaded["command"].startswith("portrait-engine bench --device cpu")
+    assert loaded["config"]["providers"] == ["torch", "sdpa"]
+
+
+def test_bench_command_fails_when_a_provider_is_wrong(use_cases, tmp_path):
+    case = scale_add_case()
+    case.functions["sdpa"] = lambda x, y: x + y
+    use_cases({"scale_add": [case]})
+    code = cli.main(
+        ["bench", "--device", "cpu", "--providers", "torch", "sdpa", "--budget", "0.01",
+         "--no-save"]
+    )  # fmt: skip
+    assert code == 1
