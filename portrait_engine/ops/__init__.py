@@ -4,9 +4,18 @@
 |---|---|
 | :func:`triplane_sample` | tri-plane / tri-grid feature sampling (EG3D ``sample_from_planes``) |
 | :func:`attention_pool` | attention-weighted embedding pooling (RI perceptibility attention) |
+| :func:`ray_sample` | camera rays of an image (EG3D ``RaySampler``) |
+| :func:`ray_march` | volume compositing along rays (EG3D ``MipRayMarcher2``) |
 """
 
 from portrait_engine.ops.attention_pool import attention_pool
+from portrait_engine.ops.rays import ray_march, ray_sample, unpack_camera_label
 from portrait_engine.ops.triplane import triplane_sample
 
-__all__ = ["attention_pool", "triplane_sample"]
+__all__ = [
+    "attention_pool",
+    "ray_march",
+    "ray_sample",
+    "triplane_sample",
+    "unpack_camera_label",
+]
