@@ -187,3 +187,44 @@ def test_bad_inputs_raise_clear_errors(name, override, error, match):
     args.update(override)
     with pytest.raises(error, match=match):
         merge_samples(**args)
+
+
+OPS = {
+    "triton": (
+        "merge_samples_triton_index",
+        "merge_samples_triton_scatter",
+        "merge_samples_triton_gather",
+    ),
+    "native": ("merge_samples_index", "merge_samples_scatter", "merge_samples_gather"),
+}
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_opcheck(backend, requires_grad):
+    index, scatter, gather = (getattr(torch.ops.portrait_engine, name) for name in OPS[backend])
+    d1, d2, v1, v2 = make_inputs(batch=1, rays=3, first=5, second=4, channels=(3,))
+    d1, d2 = d1.reshape(3, 5), d2.reshape(3, 4)
+    torch.library.opcheck(index, (d1, d2))
+    p1, p2 = index(d1, d2)
+    a = v1[0].reshape(3, 5, 3).requires_grad_(requires_grad)
+    b = v2[0].reshape(3, 4, 3).requires_grad_(requires_grad)
+    torch.library.opcheck(scatter, (a, b, p1, p2))
+    torch.library.opcheck(gather, (torch.randn(3, 9, 3), p1, p2))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    d1, d2, v1, v2 = make_inputs(channels=(3,))
+
+    def fn(d1, d2, a, b):
+        depths, (values,) = merge_samples(d1, d2, (a,), (b,), backend=backend)
+        return (depths * values).square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    a, b = v1[0].clone().requires_grad_(), v2[0].clone().requires_grad_()
+    compiled(d1, d2, a, b).backward()
+    c, e = v1[0].clone().requires_grad_(), v2[0].clone().requires_grad_()
+    fn(d1, d2, c, e).backward()
+    torch.testing.assert_close(a.grad, c.grad)
+    torch.testing.assert_close(b.grad, e.grad)

@@ -220,3 +220,72 @@ def test_dtypes(backend, dtype):
     assert got.dtype == dtype
     u = importance_uniforms(10, 12, generator=torch.Generator().manual_seed(2))
     assert_close(got, eg3d_oracle(depths, weights, u), dtype)
+
+
+OPS = {"triton": "sample_importance_triton", "native": "sample_importance"}
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("sort", [False, True])
+def test_opcheck(backend, sort):
+    depths, weights = make_inputs(batch=1, rays=3, samples=8)
+    u = importance_uniforms(3, 5, generator=torch.Generator().manual_seed(0))
+    op = getattr(torch.ops.portrait_engine, OPS[backend])
+    torch.library.opcheck(op, (depths.reshape(3, 8), weights.reshape(3, 7), u, sort))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    depths, weights = make_inputs(samples=10)
+
+    def fn(depths, weights):
+        return sample_importance(depths, weights, 6, deterministic=True, sort=True, backend=backend)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(depths, weights), fn(depths, weights))
+
+
+def bad_cases():
+    depths, weights = make_inputs()
+    with_nan = weights.clone()
+    with_nan[0, 1, 2, 0] = float("nan")
+    return [
+        ("depths not a tensor", dict(depths=[1.0]), TypeError, "depths must be a torch.Tensor"),
+        ("weights not a tensor", dict(weights=None), TypeError, "weights must be a torch.Tensor"),
+        ("depths rank", dict(depths=depths[0]), ValueError, r"depths must have shape \(B, R, S, 1"),
+        ("depths last dim", dict(depths=depths.expand(-1, -1, -1, 2)), ValueError, "depths must"),
+        (
+            "too few samples",
+            dict(depths=depths[:, :, :3], weights=weights[:, :, :2]),
+            ValueError,
+            "at least 4",
+        ),
+        (
+            "weights length",
+            dict(weights=weights[:, :, :-1]),
+            ValueError,
+            r"weights must have shape \(B, R, S-1, 1\)",
+        ),
+        ("weights rays", dict(weights=weights[:, :2]), ValueError, "weights must have shape"),
+        ("integer depths", dict(depths=depths.long()), TypeError, "depths must be a floating"),
+        ("dtype mismatch", dict(weights=weights.double()), TypeError, "same dtype"),
+        ("n not int", dict(n_importance=4.0), TypeError, "n_importance must be an int"),
+        ("n bool", dict(n_importance=True), TypeError, "n_importance must be an int"),
+        ("n negative", dict(n_importance=-1), ValueError, "n_importance must be >= 0"),
+        ("deterministic", dict(deterministic=1), TypeError, "deterministic must be a bool"),
+        ("sort", dict(sort="yes"), TypeError, "sort must be a bool"),
+        ("generator type", dict(generator=0), TypeError, "generator must be a torch.Generator"),
+        ("nan weights", dict(weights=with_nan), ValueError, "weights must not contain NaN"),
+        ("backend", dict(backend="cuda"), ValueError, "backend must be one of"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name,override,error,match", bad_cases(), ids=[case[0] for case in bad_cases()]
+)
+def test_bad_inputs_raise_clear_errors(name, override, error, match):
+    depths, weights = make_inputs()
+    args = dict(depths=depths, weights=weights, n_importance=4)
+    args.update(override)
+    with pytest.raises(error, match=match):
+        sample_importance(**args)
