@@ -6,8 +6,8 @@ What they compute (the contract is ``docs/kernel_contract_importance.md``, the f
 * ``sample_importance``: for each ray, EG3D's smoothed weights (max-pool 2 with -inf padding,
   avg-pool 2, + 0.01), the K = S - 3 inner bins (+ 1e-5), their cdf, and for every draw u the
   inverse-CDF sample ``m[below] + (u - cdf[below]) / denom · (m[above] - m[below])`` with
-  ``below, above`` from ``searchsorted(cdf, u, right=True)``. With ``sort`` (the draws arrive
-  sorted) a running maximum along the ray.
+  ``below, above`` from ``searchsorted(cdf, u, right=True)``. With ``sort`` (the launcher sorts
+  the draws first) a running maximum along the ray.
 * ``merge_index``: the merged position of every sample of two sorted lists per ray,
   ``i + #{j : d2[j] < d1[i]}`` and ``j + #{i : d1[i] <= d2[j]}`` (ties: the first list first).
 * ``merge_scatter`` / ``merge_gather``: copy rows of C channels to / from those positions.
@@ -218,7 +218,10 @@ def sample_importance(
     depths: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, sort: bool
 ) -> torch.Tensor:
     """``(N, n)`` samples in the dtype of ``depths`` (``(N, S)``), from ``weights`` ``(N, S-1)``
-    and the float32 draws ``u`` ``(N, n)``; all contiguous."""
+    and the float32 draws ``u`` ``(N, n)``; all contiguous. With ``sort`` each ray's draws are
+    sorted first (here, by ``torch.sort``: the kernel loops over draw blocks)."""
+    if sort:
+        u = torch.sort(u, dim=-1).values
     rays, samples = depths.shape
     draws = u.shape[1]
     out = empty_output((rays, draws), dtype=depths.dtype, device=depths.device)

@@ -110,6 +110,21 @@ HOST_DEVICE PE_INLINE acc_t inverse_cdf_sample(const scalar_t* z, const acc_t* c
   return m_below + (u - cdf_below) / denom * (m_above - m_below);
 }
 
+// Sorts values[0..n-1] in place, ascending (insertion sort: n is EG3D's 48 importance draws of
+// one ray, and a thread or task owns the ray).
+template <typename acc_t>
+HOST_DEVICE PE_INLINE void insertion_sort(acc_t* values, int64_t n) {
+  for (int64_t i = 1; i < n; ++i) {
+    const acc_t x = values[i];
+    int64_t j = i;
+    while (j > 0 && x < values[j - 1]) {
+      values[j] = values[j - 1];
+      --j;
+    }
+    values[j] = x;
+  }
+}
+
 // Merged position of sample i of the first list (ties: the first list first) ...
 template <typename scalar_t, typename acc_t>
 HOST_DEVICE PE_INLINE int64_t merged_position_first(int64_t i, acc_t depth,

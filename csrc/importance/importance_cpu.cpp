@@ -4,7 +4,8 @@
 // Every kernel is an at::parallel_for over rays: a task owns whole rays, so nothing is reduced
 // across tasks and the result does not depend on the number of threads.
 //   * sample_importance: per ray, the K + 1 cdf entries into a task-local buffer, then one
-//     binary search and interpolation per draw (and, with sort, a running maximum).
+//     binary search and interpolation per draw (with sort: the ray's draws insertion-sorted
+//     first, and a running maximum).
 //   * merge_samples_index: per ray, the merged position of every sample by binary search in
 //     the other list (the same rank formula as the CUDA kernel; no sort).
 //   * merge_samples_scatter / gather: per ray, row copies of C channels to / from the
@@ -68,17 +69,18 @@ at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& wei
         const float* u_ptr = u.data_ptr<float>();
         scalar_t* out_ptr = out.data_ptr<scalar_t>();
         at::parallel_for(0, rays, ray_grain(samples + draws), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> cdf(samples);
+          std::vector<acc_t> cdf(samples), ray_u(draws);
           for (int64_t r = begin; r < end; ++r) {
             const scalar_t* z = z_ptr + r * samples;
             const int64_t bins = build_cdf<scalar_t, acc_t>(w_ptr + r * (samples - 1),
                                                             samples - 1, cdf.data());
             const float* ur = u_ptr + r * draws;
+            for (int64_t k = 0; k < draws; ++k) ray_u[k] = static_cast<acc_t>(ur[k]);
+            if (sort) insertion_sort(ray_u.data(), draws);
             scalar_t* o = out_ptr + r * draws;
             acc_t running = acc_t(0);
             for (int64_t k = 0; k < draws; ++k) {
-              acc_t t = inverse_cdf_sample<scalar_t, acc_t>(z, cdf.data(), bins,
-                                                             static_cast<acc_t>(ur[k]));
+              acc_t t = inverse_cdf_sample<scalar_t, acc_t>(z, cdf.data(), bins, ray_u[k]);
               if (sort) {
                 running = k == 0 ? t : max_of(running, t);
                 t = running;

@@ -142,10 +142,16 @@ def _check_flag(name: str, value: object) -> bool:
     return value
 
 
-def _check_no_nan(name: str, tensor: torch.Tensor) -> None:
-    # eager only: reading the answer back is a device sync (and a graph break when compiling)
-    if not torch.compiler.is_compiling() and bool(torch.isnan(tensor).any()):
-        raise ValueError(f"{name} must not contain NaN, got {int(torch.isnan(tensor).sum())} NaNs")
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    # eager only: reading the answer back is a device sync (and a graph break when compiling).
+    # One reduction, no mask tensor: the sum is finite when every element is (an overflow of
+    # finite values to inf is confirmed element-wise before anything is raised).
+    if torch.compiler.is_compiling() or tensor.numel() == 0:
+        return
+    if not bool(torch.isfinite(tensor.sum())):
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(f"{name} must be finite (no NaN or inf), got {bad} such elements")
 
 
 def _validate_importance(depths, weights, n_importance, deterministic, generator, sort):
@@ -186,8 +192,7 @@ def _validate_importance(depths, weights, n_importance, deterministic, generator
                 f"generator must be on the device of depths, got generator on {generator.device} "
                 f"and depths on {depths.device}"
             )
-    _check_no_nan("weights", weights)
-    _check_no_nan("depths", depths)
+    _check_finite("weights", weights)
 
 
 def sample_importance(
@@ -205,7 +210,8 @@ def sample_importance(
     Args:
         depths: ``(B, R, S, 1)`` coarse sample depths of each ray, S >= 4.
         weights: ``(B, R, S-1, 1)`` the ray marcher's interval weights (``ray_march``'s third
-            output), same dtype and device; no NaN.
+            output), same dtype and device; finite. (A non-finite depth gives NaN samples on
+            its ray, on every backend.)
         n_importance: samples to draw per ray (0 gives an empty ``(B, R, 0, 1)``).
         deterministic: draw ``u = linspace(0, 1, n_importance)`` for every ray instead of
             ``U[0, 1)`` (EG3D's ``det=True``).
@@ -236,8 +242,6 @@ def sample_importance(
     name = _backend.resolve(backend, depths.device, "sample_importance")
     if name == "torch" or batch * rays * n_importance == 0:
         return sample_importance_reference(depths, weights, n_importance, sort=sort, u=u)
-    if sort:
-        u = torch.sort(u, dim=-1).values
     flat_depths = depths.detach().reshape(batch * rays, samples).contiguous()
     flat_weights = weights.detach().reshape(batch * rays, samples - 1).contiguous()
     if name == "triton":
@@ -254,12 +258,17 @@ def sample_importance(
 
 
 def _check_sorted(name: str, depths: torch.Tensor) -> None:
-    # eager only, like the NaN check: a merge needs each ray's depths non-decreasing
+    # eager only, like the finiteness check: a merge needs each ray's depths non-decreasing.
+    # One comparison pass: a NaN compares false, so it fails the test too.
     if torch.compiler.is_compiling() or depths.numel() == 0:
         return
-    if bool(torch.isnan(depths).any()):
-        raise ValueError(f"{name} must not contain NaN")
-    if depths.shape[-2] > 1 and not bool((depths[..., 1:, :] >= depths[..., :-1, :]).all()):
+    if depths.shape[-2] == 1:
+        ordered = not bool(torch.isnan(depths).any())
+    else:
+        ordered = bool((depths[..., 1:, :] >= depths[..., :-1, :]).all())
+    if not ordered:
+        if bool(torch.isnan(depths).any()):
+            raise ValueError(f"{name} must not contain NaN")
         raise ValueError(
             f"{name} must be sorted (non-decreasing) along the sample axis of each ray; "
             "sample_importance(..., sort=True) gives sorted fine depths"
