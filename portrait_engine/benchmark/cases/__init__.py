@@ -16,6 +16,9 @@ from portrait_engine.benchmark.cases.base import PROVIDERS, Case
 _FAMILIES: dict[str, tuple[str, str]] = {
     "triplane_sample": ("triplane", "triplane_cases"),
     "attention_pool": ("attention_pool", "attention_pool_cases"),
+    "sample_importance": ("importance", "importance_cases"),
+    "merge_samples": ("importance", "merge_cases"),
+    "renderer": ("importance", "renderer_cases"),
 }
 
 
