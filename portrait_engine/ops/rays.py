@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from portrait_engine import _backend, _extension
+from portrait_engine._backend import get_backend
 from portrait_engine.ops import _validation as v
 from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
 from portrait_engine.ops.reference.rays import (
@@ -24,6 +25,9 @@ from portrait_engine.ops.reference.rays import (
     ray_sample_reference,
     unpack_camera_label_reference,
 )
+
+# The native CUDA ray_march keeps a ray's channels in one warp's registers (8 per lane).
+CUDA_MAX_CHANNELS = 256
 
 # --------------------------------------------------------------------------------------------
 # ray_march: kernel-level custom ops (prepared inputs; no validation)
@@ -229,6 +233,18 @@ def ray_march(
     """
     _validate_march(colors, densities, depths, white_back, scale_rgb)
     name = _backend.resolve(backend, colors.device, "ray_march_forward")
+    if name == "native" and colors.is_cuda and colors.shape[3] > CUDA_MAX_CHANNELS:
+        # the CUDA kernel keeps a ray's channels in the registers of one warp
+        if (get_backend() if backend is None else backend) == "native":
+            raise ValueError(
+                f"colors has {colors.shape[3]} channels; the native CUDA ray_march takes at "
+                f"most {CUDA_MAX_CHANNELS}: use backend='triton' or 'torch'"
+            )
+        name = "triton" if _backend.backend_status(colors.device)["triton"][0] else "torch"
+        if name == "torch":
+            return ray_march_reference(
+                colors, densities, depths, white_back=white_back, scale_rgb=scale_rgb
+            )
     if name == "torch":
         return ray_march_reference(
             colors, densities, depths, white_back=white_back, scale_rgb=scale_rgb
@@ -268,9 +284,68 @@ def _fake_sample_forward(cam2world, intrinsics, resolution):
     return cam2world.new_empty(shape), cam2world.new_empty(shape)
 
 
-torch.library.register_fake("portrait_engine::ray_sample_triton_forward")(_fake_sample_forward)
-if _extension.has_op("ray_sample_forward"):
-    torch.library.register_fake("portrait_engine::ray_sample_forward")(_fake_sample_forward)
+def _ray_sample_backward(grad_origins, grad_directions, cam2world, intrinsics, resolution):
+    """Closed-form gradients of ``ray_sample`` w.r.t. ``cam2world`` and ``intrinsics``.
+
+    Plain torch ops over ``(B, M)`` elementwise terms and one reduction per batch element
+    (cheap next to any consumer of the rays). With ``p = (x, y, 1)``, ``d = R p``,
+    ``n = |d|``: ``∂L/∂d = (g - ô ⟨ô, g⟩) / n`` (``ô = d / n``), ``∂L/∂R = Σ_m ∂L/∂d pᵀ``,
+    ``∂L/∂t = Σ_m ∂L/∂origins`` (the directions do not depend on t), and ``∂L/∂p = Rᵀ ∂L/∂d``
+    chained through ``x(fx, sk, cx, fy, cy)`` and ``y(fy, cy)``.
+    """
+    dtype = cam2world.dtype
+    compute = accumulation_dtype(dtype)
+    m, k = cam2world.to(compute), intrinsics.to(compute)
+    g_o, g_d = grad_origins.to(compute), grad_directions.to(compute)
+    fx, sk, cx = k[:, 0, 0, None], k[:, 0, 1, None], k[:, 0, 2, None]
+    fy, cy = k[:, 1, 1, None], k[:, 1, 2, None]
+    steps = torch.arange(resolution, dtype=compute, device=m.device)
+    centres = steps * (1.0 / resolution) + (0.5 / resolution)
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    u, v = u.reshape(1, -1), v.reshape(1, -1)
+    x = (u - cx + cy * sk / fy - sk * v / fy) / fx
+    y = (v - cy) / fy
+    p = torch.stack((x, y, torch.ones_like(x)), dim=-1)  # (B, M, 3)
+    rotation = m[:, :3, :3]
+    d = p @ rotation.transpose(1, 2)
+    norm = d.norm(dim=-1, keepdim=True)
+    unit = d / norm.clamp_min(1e-12)
+    grad_d = (g_d - unit * (unit * g_d).sum(-1, keepdim=True)) / norm.clamp_min(1e-12)
+    grad_m = torch.zeros_like(m)
+    grad_m[:, :3, :3] = grad_d.transpose(1, 2) @ p
+    grad_m[:, :3, 3] = g_o.sum(1)
+    grad_p = grad_d @ rotation  # (B, M, 3)
+    gx, gy = grad_p[..., 0], grad_p[..., 1]
+    grad_k = torch.zeros_like(k)
+    grad_k[:, 0, 0] = (gx * (-x / fx)).sum(1)
+    grad_k[:, 0, 1] = (gx * (cy - v) / (fy * fx)).sum(1)
+    grad_k[:, 0, 2] = (-gx / fx).sum(1)
+    grad_k[:, 1, 1] = (gx * (-sk * (cy - v) / (fy * fy * fx)) - gy * y / fy).sum(1)
+    grad_k[:, 1, 2] = (gx * sk / (fy * fx) - gy / fy).sum(1)
+    return grad_m.to(dtype), grad_k.to(intrinsics.dtype)
+
+
+def _setup_sample_context(ctx, inputs, output):
+    cam2world, intrinsics, resolution = inputs
+    ctx.save_for_backward(cam2world, intrinsics)
+    ctx.resolution = resolution
+
+
+def _sample_autograd(ctx, grad_origins, grad_directions):
+    cam2world, intrinsics = ctx.saved_tensors
+    grad_m, grad_k = _ray_sample_backward(
+        grad_origins, grad_directions, cam2world, intrinsics, ctx.resolution
+    )
+    return grad_m, grad_k, None
+
+
+for _name in ("ray_sample_triton_forward", "ray_sample_forward"):
+    if _name == "ray_sample_forward" and not _extension.has_op(_name):
+        continue
+    torch.library.register_fake(f"portrait_engine::{_name}")(_fake_sample_forward)
+    torch.library.register_autograd(
+        f"portrait_engine::{_name}", _sample_autograd, setup_context=_setup_sample_context
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +416,9 @@ def ray_sample(
         ``(origins, directions)``, each ``(B, resolution², 3)``: the camera centre, and the
         unit direction ``normalize(R (x, y, 1))`` with ``x = (u - cx + cy·sk/fy - sk·v/fy) / fx``,
         ``y = (v - cy) / fy`` at the pixel centre ``u = (j + 0.5) / resolution``,
-        ``v = (i + 0.5) / resolution``.
+        ``v = (i + 0.5) / resolution``. Differentiable in ``cam2world`` and ``intrinsics`` on
+        every backend (the kernels compute the forward; their gradient is a closed form in
+        torch ops).
     """
     _validate_sample(cam2world, intrinsics, resolution)
     name = _backend.resolve(backend, cam2world.device, "ray_sample_forward")

@@ -128,12 +128,42 @@ def test_rows_go_down_and_columns_go_right(backend):
     assert torch.allclose(grid[0, 0, :2] / grid[0, 0, 2], torch.tensor([-0.375, -0.375]))
 
 
-def test_reference_is_differentiable_in_the_camera():
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_gradcheck_float64_in_the_camera(backend):
     cam2world, intrinsics = make_cameras(batch=2, dtype=torch.float64)
     cam2world.requires_grad_()
     intrinsics.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b: ray_sample(a, b, 3, backend="torch"), (cam2world, intrinsics)
+        lambda a, b: ray_sample(a, b, 3, backend=backend), (cam2world, intrinsics)
+    )
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_gradients_match_reference(backend):
+    cam2world, intrinsics = make_cameras(batch=3)
+    grads = []
+    for name in (backend, "torch"):
+        a = cam2world.clone().requires_grad_()
+        b = intrinsics.clone().requires_grad_()
+        origins, directions = ray_sample(a, b, 6, backend=name)
+        generator = torch.Generator().manual_seed(1)
+        (origins * torch.randn(origins.shape, generator=generator)).sum().backward(
+            retain_graph=True
+        )
+        (directions * torch.randn(directions.shape, generator=generator)).sum().backward()
+        grads.append((a.grad, b.grad))
+    for g, w in zip(grads[0], grads[1], strict=True):
+        assert_close(g, w, torch.float32, scale=10)
+        assert w.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_opcheck(backend):
+    name = "ray_sample_triton_forward" if backend == "triton" else "ray_sample_forward"
+    cam2world, intrinsics = make_cameras(batch=2)
+    torch.library.opcheck(
+        getattr(torch.ops.portrait_engine, name),
+        (cam2world.requires_grad_(), intrinsics.requires_grad_(), 3),
     )
 
 
