@@ -18,6 +18,9 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "attention_pool": ("attention_pool", "attention_pool_cases"),
     "ray_march": ("rays", "ray_march_cases"),
     "ray_sample": ("rays", "ray_sample_cases"),
+    "sample_importance": ("importance", "importance_cases"),
+    "merge_samples": ("importance", "merge_cases"),
+    "renderer": ("importance", "renderer_cases"),
 }
 
 
