@@ -4,9 +4,14 @@
 |---|---|
 | :func:`triplane_sample` | tri-plane / tri-grid feature sampling (EG3D ``sample_from_planes``) |
 | :func:`attention_pool` | attention-weighted embedding pooling (RI perceptibility attention) |
+| :func:`lbs` | SMPL linear blend skinning (``smplx.lbs.lbs``), fused kinematics and skinning |
+| :func:`skin_points` | blend per-joint transforms per point and apply or invert them |
+| :func:`mesh_deform` | 3DPortraitGAN's posed-to-canonical point transfer (nearest triangle) |
 """
 
 from portrait_engine.ops.attention_pool import attention_pool
+from portrait_engine.ops.mesh_deform import mesh_deform
+from portrait_engine.ops.skinning import lbs, skin_points
 from portrait_engine.ops.triplane import triplane_sample
 
-__all__ = ["attention_pool", "triplane_sample"]
+__all__ = ["attention_pool", "lbs", "mesh_deform", "skin_points", "triplane_sample"]

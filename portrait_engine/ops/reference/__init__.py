@@ -5,6 +5,17 @@ one module per op family, everything re-exported here.
 """
 
 from portrait_engine.ops.reference.pooling import attention_pool_reference
+from portrait_engine.ops.reference.skinning import (
+    SMPL_PARENTS,
+    batch_rodrigues_reference,
+    forward_kinematics_reference,
+    lbs_reference,
+    mesh_deform_reference,
+    nearest_faces_reference,
+    point_triangle_distance2,
+    skin_points_reference,
+    triangle_frames,
+)
 from portrait_engine.ops.reference.triplane import (
     EG3D_PLANE_AXES,
     NAMED_PLANE_AXES,
@@ -18,7 +29,16 @@ __all__ = [
     "EG3D_PLANE_AXES",
     "NAMED_PLANE_AXES",
     "PANOHEAD_PLANE_AXES",
+    "SMPL_PARENTS",
     "attention_pool_reference",
+    "batch_rodrigues_reference",
+    "forward_kinematics_reference",
+    "lbs_reference",
+    "mesh_deform_reference",
+    "nearest_faces_reference",
+    "point_triangle_distance2",
+    "skin_points_reference",
+    "triangle_frames",
     "plane_axes_tensor",
     "project_onto_planes",
     "triplane_sample_reference",
