@@ -342,6 +342,8 @@ def _validate_lbs(
         v.check_same_dtype(("betas", name), betas, tensor)
     for name, tensor in named.items():
         v.check_same_device(("betas", name), betas, tensor)
+    if torch.compiler.is_compiling():  # the tree's values are data; checked in eager mode
+        return
     parent_list = parents.tolist()
     if parent_list[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parent_list) if i > 0):
         raise ValueError(
