@@ -93,7 +93,7 @@ def _affine_weights(anchors: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     """Least-norm weights ``w`` with ``Σ w = 1`` and ``Σ w_k anchors_k = target``."""
     system = torch.cat([anchors.T, torch.ones(1, anchors.shape[0], dtype=anchors.dtype)])
     rhs = torch.cat([target, torch.ones(1, dtype=anchors.dtype)])
-    return system.T @ torch.linalg.solve(system @ system.T, rhs)
+    return torch.linalg.pinv(system) @ rhs
 
 
 def _joint_regressor(vertices: torch.Tensor, joints: torch.Tensor, nearest: int) -> torch.Tensor:
@@ -182,7 +182,8 @@ def procedural_body_model(
         v_template=vertices,
         shapedirs=_shape_directions(vertices, num_betas, generator),
         posedirs=_pose_directions(vertices, joints, generator),
-        J_regressor=_joint_regressor(vertices, joints, nearest=16),
+        # two rings' worth of nearest vertices: never all in one plane
+        J_regressor=_joint_regressor(vertices, joints, nearest=2 * around + 4),
         parents=torch.tensor(SMPL_PARENTS, dtype=torch.int64),
         lbs_weights=_skinning_weights(vertices, joints, sigma=0.07),
         faces=faces,
