@@ -16,6 +16,9 @@ from portrait_engine.benchmark.cases.base import PROVIDERS, Case
 _FAMILIES: dict[str, tuple[str, str]] = {
     "triplane_sample": ("triplane", "triplane_cases"),
     "attention_pool": ("attention_pool", "attention_pool_cases"),
+    "lbs": ("skinning", "lbs_cases"),
+    "skin_points": ("skinning", "skin_points_cases"),
+    "mesh_deform": ("skinning", "mesh_deform_cases"),
 }
 
 
