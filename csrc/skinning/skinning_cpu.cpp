@@ -221,6 +221,40 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
   const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  if (wb == 0 && B > 1) {
+    // Weights shared by the batch: per point, the B blended transforms at once, as
+    // M[n, (b, k)] = sum_j w[n, j] At[j, (b, k)] with a contiguous, vectorised inner loop over
+    // the B * 12 values (At = the transforms' top rows, joint-major); the transforms of one
+    // point live in a B * 12 buffer, never in a (B, N, 12) tensor.
+    const int64_t R = B * 12;
+    std::vector<T> At(J * R);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < J; ++j)
+        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
+    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
+      std::vector<T> M(R);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(M.begin(), M.end(), T(0));
+        const scalar_t* w = w_ptr + n * J;
+        for (int64_t j = 0; j < J; ++j) {
+          const T wj = static_cast<T>(w[j]);
+          const T* row = At.data() + j * R;
+          T* m = M.data();
+          PE_SIMD
+          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t idx = b * N + n;
+          const scalar_t* p = p_ptr + idx * 3;
+          const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2])};
+          T o[3];
+          skin_point(M.data() + b * 12, pv, inverse, o);
+          for (int c = 0; c < 3; ++c) o_ptr[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B * N, std::max<int64_t>(1, 8192 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
@@ -238,7 +272,7 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
 }
 
 // Per point: grad_points and dM (the gradient of the blended transform's 12 values), into a
-// (B, N, 12) workspace in the accumulation type.
+// workspace in the accumulation type: (B, N, 12) for batched weights, (N, B, 12) for shared.
 template <typename scalar_t>
 void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
                           const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
@@ -252,6 +286,39 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
   T* dm_ptr = dM_ws.data_ptr<T>();
+  if (wb == 0 && B > 1) {  // shared weights: the blend as in the forward
+    const int64_t R = B * 12;
+    std::vector<T> At(J * R);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < J; ++j)
+        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
+    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
+      std::vector<T> M(R);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(M.begin(), M.end(), T(0));
+        const scalar_t* w = w_ptr + n * J;
+        for (int64_t j = 0; j < J; ++j) {
+          const T wj = static_cast<T>(w[j]);
+          const T* row = At.data() + j * R;
+          T* m = M.data();
+          PE_SIMD
+          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t idx = b * N + n;
+          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
+                           static_cast<T>(p_ptr[idx * 3 + 2])};
+          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
+                           static_cast<T>(g_ptr[idx * 3 + 2])};
+          T gp[3];
+          // point-major (N, B, 12): the GEMMs below read it without a transposed copy
+          skin_point_backward(M.data() + b * 12, pv, gv, inverse, gp, dm_ptr + (n * B + b) * 12);
+          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
@@ -312,7 +379,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   const at::Tensor W = weights.to(acc.dtype());
   at::Tensor grad_weights, grad_A;
   if (weights.size(0) == 1) {
-    const at::Tensor dM_n = dM.permute({1, 0, 2}).reshape({N, B * 12});
+    // shared weights: dM is point-major (N, B, 12) (B = 1: both layouts agree)
+    const at::Tensor dM_n = dM.view({N, B * 12});
     grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
     grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
   } else {
