@@ -23,6 +23,10 @@ BACKENDS = [b for b in ("torch", "native") if b in pe.available_backends("cpu")]
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 def test_skinning(benchmark, backend, name, mode):
     case = CASES[name]
+    if case.op == "mesh_deform" and backend == "torch":
+        pytest.skip(
+            "the brute-force reference takes ~1 min per call here: see portrait-engine bench"
+        )
     inputs, kwargs = case.make_inputs(
         torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0)
     )
