@@ -6,7 +6,7 @@ frame of the same triangle of the canonical mesh. Points not within ``thickness`
 mesh stay where they are.
 
 The published code finds the nearest triangle by brute force (every point against every face,
-then a Python loop over the batch). The kernels (``kernels/mesh_deform.py``, ``csrc/mesh/``)
+then a Python loop over the batch). The C++ CPU and CUDA kernels (``csrc/mesh/``)
 bin the faces of each posed mesh into a uniform grid, each face into every cell that its
 bounding box grown by ``thickness`` touches; a point then only tests the faces of its own cell.
 That is exact, not an approximation: a face nearer than ``thickness`` has its grown box around
@@ -14,7 +14,10 @@ the point, so it is in the point's cell, and a point outside every grown box (mo
 the box culling) tests nothing and is returned unchanged. A grid rather than a BVH: it builds
 in one counting pass, its lookups are branch-free, and the faces of a cell are listed in
 ascending order, so the "ties -> lowest face index" rule needs no extra work and the result
-is deterministic. Contract: ``docs/kernel_contract_skinning.md``.
+is deterministic. The Triton kernels (``kernels/mesh_deform.py``) test whole tiles of
+Morton-sorted faces instead, skipping the tiles whose grown box misses a block of points
+(lanes stay in step, where per-lane grid cells would diverge). Contract:
+``docs/kernel_contract_skinning.md``.
 """
 
 from __future__ import annotations
