@@ -68,7 +68,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
             name: tensors[f"state.{index}.{name}"] if spec.get("tensor") else spec["value"]
             for name, spec in values.items()
         }
-    return {"state": state, "param_groups": rest["param_groups"]}
+    # JSON turns tuples (Adam's betas) into lists; only "params" is a list in torch's groups
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
+        for group in rest["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 def _write_json(path: Path, value: Any) -> None:

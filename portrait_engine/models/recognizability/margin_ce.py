@@ -212,10 +212,15 @@ def margin_cross_entropy(
     """
     _validate(embeddings, weight, labels, chunk_size)
     labels = labels.long()
-    norms = embeddings.norm(dim=1)
-    unit = F.normalize(embeddings, dim=1, eps=_NORM_EPS)
-    cos_target = (unit * F.normalize(weight[labels], dim=1, eps=_NORM_EPS)).sum(dim=1)
-    target_logit = scale * margin(cos_target, norms)
+    dtype = _compute_dtype(embeddings.dtype)
+    with torch.autocast(embeddings.device.type, enabled=False):
+        # fp32 from here on: a bf16 target logit at s = 64 would be off by a whole unit
+        embeddings = embeddings.to(dtype)
+        norms = embeddings.norm(dim=1)
+        unit = F.normalize(embeddings, dim=1, eps=_NORM_EPS)
+        prototypes = F.normalize(weight[labels].to(dtype), dim=1, eps=_NORM_EPS)
+        cos_target = (unit * prototypes).sum(dim=1)
+        target_logit = scale * margin(cos_target, norms)
     if fused:
         loss, negative, index = _ChunkedMarginCE.apply(
             unit, weight, labels, target_logit, float(scale), chunk_size or DEFAULT_CHUNK_SIZE

@@ -504,7 +504,7 @@ class Trainer:
             parts["grad_norm"] = nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        values = {k: float(v) for k, v in parts.items()}
+        values = {k: float(v.detach()) for k, v in parts.items()}
         values["lr"] = lr
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"loss is {values['loss']} at step {self.step}: {values}")
