@@ -16,6 +16,7 @@ Usage: python tools/check_cuda_compile.py [--arch 80 --arch 90] [--verbose] [fil
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import glob
 import os
 import re
@@ -114,6 +115,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", default=None, help="e.g. 80, 90")
     parser.add_argument("--verbose", action="store_true", help="print all ptxas output")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel nvcc (default: cores)")
     parser.add_argument(
         "sources", nargs="*", help="only these .cu files (default: every csrc/**/*.cu)"
     )
@@ -140,37 +142,42 @@ def main() -> int:
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     print(f"nvcc: {nvcc} ({version.strip().splitlines()[-1] if version.strip() else '?'})")
 
-    failures = 0
-    for source in sources:
+    def compile_one(source: str) -> tuple[str, subprocess.CompletedProcess, float, list[str]]:
         command = [nvcc, "-c", source, "-o", os.devnull, "-std=c++20", "-O3", "-lineinfo"]
         command += ["-Xptxas=-v", "-DPORTRAIT_ENGINE_WITH_CUDA=1"]
         for arch in archs:
             command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
         command += ["-I", os.path.join(ROOT, "csrc"), "-I", cuda_include] + flags
-        relative = os.path.relpath(source, ROOT)
-        print(f"== {relative} (sm_{', sm_'.join(archs)})")
         start = time.time()
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-        elapsed = time.time() - start
-        output = result.stdout + result.stderr
-        if result.returncode != 0:
-            failures += 1
-            errors = [line for line in output.splitlines() if "ptxas info" not in line]
-            print("\n".join(errors[-80:]))
-            print(f"FAILED ({result.returncode}) after {elapsed:.0f}s: {relative}")
-            if args.verbose:
-                print(" ".join(command))
-            continue
-        report_ptxas(output, nvcc, args.verbose)
-        # warnings from our own sources only (torch's headers warn about C++20 features)
-        warnings = [
-            line
-            for line in output.splitlines()
-            if "warning" in line.lower() and os.path.join(ROOT, "csrc") in line
-        ]
-        for line in warnings[:20]:
-            print("  " + line)
-        print(f"ok ({elapsed:.0f}s)")
+        return source, result, time.time() - start, command
+
+    # One nvcc per core (each is single-threaded); reports are printed in source order.
+    failures = 0
+    workers = max(1, min(len(sources), args.jobs or os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for source, result, elapsed, command in pool.map(compile_one, sources):
+            relative = os.path.relpath(source, ROOT)
+            print(f"== {relative} (sm_{', sm_'.join(archs)})")
+            output = result.stdout + result.stderr
+            if result.returncode != 0:
+                failures += 1
+                errors = [line for line in output.splitlines() if "ptxas info" not in line]
+                print("\n".join(errors[-80:]))
+                print(f"FAILED ({result.returncode}) after {elapsed:.0f}s: {relative}")
+                if args.verbose:
+                    print(" ".join(command))
+                continue
+            report_ptxas(output, nvcc, args.verbose)
+            # warnings from our own sources only (torch's headers warn about C++20 features)
+            warnings = [
+                line
+                for line in output.splitlines()
+                if "warning" in line.lower() and os.path.join(ROOT, "csrc") in line
+            ]
+            for line in warnings[:20]:
+                print("  " + line)
+            print(f"ok ({elapsed:.0f}s)", flush=True)
     if failures:
         print(f"check_cuda_compile: {failures} of {len(sources)} file(s) failed")
         return 1
