@@ -16,6 +16,11 @@ from portrait_engine.benchmark.cases.base import PROVIDERS, Case
 _FAMILIES: dict[str, tuple[str, str]] = {
     "triplane_sample": ("triplane", "triplane_cases"),
     "attention_pool": ("attention_pool", "attention_pool_cases"),
+    "ray_march": ("rays", "ray_march_cases"),
+    "ray_sample": ("rays", "ray_sample_cases"),
+    "sample_importance": ("importance", "importance_cases"),
+    "merge_samples": ("importance", "merge_cases"),
+    "renderer": ("importance", "renderer_cases"),
 }
 
 

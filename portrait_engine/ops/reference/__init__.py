@@ -4,7 +4,19 @@ Readable, differentiable by autograd, and written to match the published models'
 one module per op family, everything re-exported here.
 """
 
+from portrait_engine.ops.reference.importance import (
+    importance_uniforms,
+    merge_samples_reference,
+    sample_importance_reference,
+)
 from portrait_engine.ops.reference.pooling import attention_pool_reference
+from portrait_engine.ops.reference.rays import (
+    CAMERA_LABEL_SIZE,
+    TRANSMITTANCE_EPS,
+    ray_march_reference,
+    ray_sample_reference,
+    unpack_camera_label_reference,
+)
 from portrait_engine.ops.reference.triplane import (
     EG3D_PLANE_AXES,
     NAMED_PLANE_AXES,
@@ -15,11 +27,19 @@ from portrait_engine.ops.reference.triplane import (
 )
 
 __all__ = [
+    "CAMERA_LABEL_SIZE",
+    "TRANSMITTANCE_EPS",
     "EG3D_PLANE_AXES",
     "NAMED_PLANE_AXES",
     "PANOHEAD_PLANE_AXES",
     "attention_pool_reference",
+    "importance_uniforms",
+    "merge_samples_reference",
     "plane_axes_tensor",
     "project_onto_planes",
+    "ray_march_reference",
+    "ray_sample_reference",
+    "sample_importance_reference",
     "triplane_sample_reference",
+    "unpack_camera_label_reference",
 ]

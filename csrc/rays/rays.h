@@ -1,0 +1,186 @@
+// Math of ray generation and compositing (EG3D RaySampler / MipRayMarcher2), shared by the CPU
+// (rays_cpu.cpp) and CUDA (rays_cuda.cu) kernels. See docs/kernel_contract_rays.md.
+//
+// Templated on the accumulation type acc_t (at::opmath_type<scalar_t>: float for float / half /
+// bfloat16, double for double). No allocation, no validation, no tensors: plain values.
+//
+// ray_march, for one ray, over the intervals i = 0 .. S-2 between consecutive samples:
+//   δ_i = z[i+1] - z[i],  x_i = (σ̃[i] + σ̃[i+1]) / 2 - 1,  τ_i = softplus(x_i) δ_i,
+//   e_i = exp(-τ_i),  α_i = 1 - e_i,  p_i = (1 - α_i) + 1e-10,
+//   T_0 = 1, T_{i+1} = T_i p_i,  w_i = α_i T_i,
+//   rgb = Σ w_i c_mid_i,  W = Σ w_i,  N = Σ w_i z_mid_i,  depth = clamp(nan_to_num(N / W)).
+// Backward, with γ_i = ∂L/∂w_i = s ⟨g, c_mid_i⟩ + a + b z_mid_i + ∂L/∂weights_i
+// (s = 2 when the rgb is scaled, else 1; a, b from the depth and white-background terms):
+//   ∂L/∂τ_i = γ_i e_i T_i - (e_i / p_i) (G - P_i),  G = Σ_l w_l γ_l,  P_i = Σ_{l<=i} w_l γ_l,
+//   ∂L/∂x_i = ∂L/∂τ_i δ_i softplus'(x_i);  each sample gets half of its two intervals' ∂L/∂x
+//   and, per channel, s/2 (w_{i-1} + w_i) g.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common.h"
+
+namespace portrait_engine {
+namespace rays {
+
+// MipRayMarcher2's constant in (1 - alpha + 1e-10), and torch softplus's threshold.
+constexpr double kTransmittanceEps = 1e-10;
+constexpr double kSoftplusThreshold = 20.0;
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t exp_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t log1p_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::log1p(x);
+#else
+  return std::log1p(x);
+#endif
+}
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t sqrt_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE bool is_nan(acc_t x) {
+  return x != x;
+}
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE bool is_finite(acc_t x) {
+  return x == x && x - x == acc_t(0);  // false for NaN and ±inf
+}
+
+// torch.nn.functional.softplus (beta 1, threshold 20).
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t softplus(acc_t x) {
+  return x > acc_t(kSoftplusThreshold) ? x : log1p_of(exp_of(x));
+}
+
+// Its derivative as torch's softplus_backward computes it: z / (z + 1), z = exp(x); 1 above
+// the threshold.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t softplus_grad(acc_t x) {
+  if (x > acc_t(kSoftplusThreshold)) return acc_t(1);
+  const acc_t z = exp_of(x);
+  return z / (z + acc_t(1));
+}
+
+// One interval between samples (s0, z0) and (s1, z1).
+template <typename acc_t>
+struct Interval {
+  acc_t alpha;  // 1 - exp(-τ)
+  acc_t e;      // exp(-τ)
+  acc_t x;      // the softplus argument (σ̃ mid - 1)
+  acc_t delta;  // z1 - z0
+  acc_t p;      // the transmittance factor (1 - alpha) + 1e-10
+};
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE Interval<acc_t> interval(acc_t s0, acc_t s1, acc_t z0, acc_t z1) {
+  Interval<acc_t> r;
+  r.delta = z1 - z0;
+  r.x = (s0 + s1) / acc_t(2) - acc_t(1);
+  r.e = exp_of(-(softplus(r.x) * r.delta));
+  r.alpha = acc_t(1) - r.e;
+  r.p = (acc_t(1) - r.alpha) + acc_t(kTransmittanceEps);
+  return r;
+}
+
+// depth = clamp(nan_to_num(N / W, nan=+inf), low, high); ±inf land on the bounds.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t composite_depth(acc_t depth_sum, acc_t total, acc_t low, acc_t high) {
+  acc_t d = depth_sum / total;
+  if (is_nan(d)) return high;
+  d = d < low ? low : d;
+  return d > high ? high : d;
+}
+
+// The rgb of one channel from its raw composite: white background, then the (-1, 1) scaling.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t finish_rgb(acc_t raw, acc_t total, bool white_back, bool scale_rgb) {
+  acc_t v = raw;
+  if (white_back) v = v + acc_t(1) - total;
+  if (scale_rgb) v = v * acc_t(2) - acc_t(1);
+  return v;
+}
+
+// Per-ray constants of the backward: γ_i = scale ⟨g, c_mid_i⟩ + a + b z_mid_i + gw_i.
+template <typename acc_t>
+struct GradTerms {
+  acc_t scale;  // 2 when the rgb is scaled, else 1
+  acc_t a;
+  acc_t b;
+};
+
+// grad_rgb_sum = Σ_c g_c (used by the white background). The depth gradient passes
+// nan_to_num (finite N / W only) and the clamp (inclusive bounds), as torch's backward does.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE GradTerms<acc_t> grad_terms(acc_t grad_depth, acc_t grad_rgb_sum,
+                                                  acc_t total, acc_t depth_sum, acc_t low,
+                                                  acc_t high, bool white_back, bool scale_rgb) {
+  GradTerms<acc_t> t;
+  t.scale = scale_rgb ? acc_t(2) : acc_t(1);
+  const acc_t raw = depth_sum / total;
+  const bool passes = is_finite(raw) && raw >= low && raw <= high;
+  t.a = acc_t(0);
+  t.b = acc_t(0);
+  if (passes) {
+    t.b = grad_depth / total;
+    t.a = -(grad_depth * depth_sum / total) / total;
+  }
+  if (white_back) t.a -= t.scale * grad_rgb_sum;
+  return t;
+}
+
+// ∂L/∂x of one interval: gamma = γ_i, transmittance = T_i, suffix = G - P_i.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t grad_x(const Interval<acc_t>& iv, acc_t gamma, acc_t transmittance,
+                                   acc_t suffix) {
+  const acc_t grad_tau = gamma * iv.e * transmittance - (iv.e / iv.p) * suffix;
+  return grad_tau * iv.delta * softplus_grad(iv.x);
+}
+
+// ------------------------------------------------------------------------------------------
+// ray_sample
+// ------------------------------------------------------------------------------------------
+
+// The ray through pixel (row, col) of a resolution² image: unit direction of
+// R (x, y, 1) with x = (u - cx + cy sk / fy - sk v / fy) / fx, y = (v - cy) / fy at the pixel
+// centre u = (col + 0.5) / res, v = (row + 0.5) / res. m: the 12 first entries of the row-major
+// cam2world; k: fx, sk, cx, fy, cy. F.normalize: divided by max(|d|, 1e-12).
+template <typename acc_t>
+HOST_DEVICE PE_INLINE void ray_direction(const acc_t* m, acc_t fx, acc_t sk, acc_t cx, acc_t fy,
+                                         acc_t cy, int64_t row, int64_t col, int64_t res,
+                                         acc_t* out) {
+  const acc_t inv = acc_t(1) / static_cast<acc_t>(res);
+  const acc_t u = static_cast<acc_t>(col) * inv + acc_t(0.5) * inv;
+  const acc_t v = static_cast<acc_t>(row) * inv + acc_t(0.5) * inv;
+  const acc_t x = (u - cx + cy * sk / fy - sk * v / fy) / fx;
+  const acc_t y = (v - cy) / fy;
+  const acc_t d0 = m[0] * x + m[1] * y + m[2];
+  const acc_t d1 = m[4] * x + m[5] * y + m[6];
+  const acc_t d2 = m[8] * x + m[9] * y + m[10];
+  acc_t norm = sqrt_of(d0 * d0 + d1 * d1 + d2 * d2);
+  norm = norm > acc_t(1e-12) ? norm : acc_t(1e-12);
+  out[0] = d0 / norm;
+  out[1] = d1 / norm;
+  out[2] = d2 / norm;
+}
+
+}  // namespace rays
+}  // namespace portrait_engine

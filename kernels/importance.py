@@ -1,0 +1,340 @@
+"""Triton kernels of importance sampling and sample merging (``portrait_engine.ops.importance``).
+
+What they compute (the contract is ``docs/kernel_contract_importance.md``, the formulas are in
+``portrait_engine/ops/reference/importance.py``):
+
+* ``sample_importance``: for each ray, EG3D's smoothed weights (max-pool 2 with -inf padding,
+  avg-pool 2, + 0.01), the K = S - 3 inner bins (+ 1e-5), their cdf, and for every draw u the
+  inverse-CDF sample ``m[below] + (u - cdf[below]) / denom · (m[above] - m[below])`` with
+  ``below, above`` from ``searchsorted(cdf, u, right=True)``. With ``sort`` (the launcher sorts
+  the draws first) a running maximum along the ray.
+* ``merge_index``: the merged position of every sample of two sorted lists per ray,
+  ``i + #{j : d2[j] < d1[i]}`` and ``j + #{i : d1[i] <= d2[j]}`` (ties: the first list first).
+* ``merge_scatter`` / ``merge_gather``: copy rows of C channels to / from those positions.
+
+Design:
+
+* One program owns ``BLOCK_R`` whole rays (their S samples fit one ``BLOCK_S`` tile), so the
+  cdf is built in registers: the pooled neighbours are three shifted masked loads, the cdf a
+  ``tl.cumsum`` along the tile. The search is a count over a ``(BLOCK_R, BLOCK_D, BLOCK_S)``
+  broadcast (``cdf <= u``) rather than a loop of dependent loads, and the two cdf entries it
+  needs are picked from the register tile by a one-hot sum (exact: one term is non-zero).
+  The midpoints are gathered from global memory (depths are tiny and cache-resident).
+* The draws are looped in ``BLOCK_D`` blocks; the running maximum of the sorted mode carries
+  across blocks.
+* The merge rank is the same count, over a ``(BLOCK_R, S1, S2)`` broadcast: S1, S2 are the
+  48 + 48 of EG3D, so this is cheaper than a search and needs no sort.
+* The copies treat each list as ``N · S`` rows; every program moves ``BLOCK_ROWS`` rows of a
+  ``BLOCK_C`` channel block. Each destination row is written by exactly one source row (the
+  merge is a permutation): no atomics, deterministic forward and backward.
+* fp16 / bf16 / fp32 storage; all math in fp32; int64 index math; every access masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from portrait_engine.kernels._alloc import empty_output
+
+_NEG_INF = tl.constexpr(float("-inf"))
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _sample_importance_kernel(
+    depths_ptr,
+    weights_ptr,
+    u_ptr,
+    out_ptr,
+    N,
+    S,
+    D,
+    SORT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n_rays = tl.cast(N, tl.int64)
+    n_samples = tl.cast(S, tl.int64)
+    n_draws = tl.cast(D, tl.int64)
+    n_weights = n_samples - 1
+    n_bins = tl.maximum(n_samples - 3, 0)
+
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    mask_r = offs_r < n_rays
+    offs_k = tl.arange(0, BLOCK_S).to(tl.int64)  # bin k uses the smoothed weight k + 1
+    mask_k = offs_k < n_bins
+    mask_rk = mask_r[:, None] & mask_k[None, :]
+
+    # smoothed weight j = k + 1: its neighbours j - 1 = k and j + 1 = k + 2 (always in range
+    # for an inner bin, so the -inf padding of the pooling never enters a bin)
+    w_rows = weights_ptr + (offs_r * n_weights)[:, None]
+    w_left = tl.load(w_rows + offs_k[None, :], mask=mask_rk, other=0.0).to(tl.float32)
+    w_here = tl.load(w_rows + (offs_k + 1)[None, :], mask=mask_rk, other=0.0).to(tl.float32)
+    w_right = tl.load(w_rows + (offs_k + 2)[None, :], mask=mask_rk, other=0.0).to(tl.float32)
+    smoothed = (tl.maximum(w_left, w_here) + tl.maximum(w_here, w_right)) * 0.5 + 0.01
+    bin_weight = tl.where(mask_rk, smoothed + 1e-5, 0.0)
+    total = tl.sum(bin_weight, axis=1)
+    total = tl.where(total > 0.0, total, 1.0)  # rays without bins: an all-zero cdf tail
+    cdf_next = tl.cumsum(bin_weight / total[:, None], axis=1)  # cdf[k + 1]
+    cdf_next = tl.where(mask_rk, cdf_next, float("inf"))  # padded entries never <= u
+
+    z_rows = depths_ptr + (offs_r * n_samples)[:, None]
+    running = tl.full((BLOCK_R,), _NEG_INF, tl.float32)
+    arange_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    for d0 in range(0, n_draws, BLOCK_D):
+        offs_d = d0 + arange_d
+        mask_rd = mask_r[:, None] & (offs_d < n_draws)[None, :]
+        u = tl.load(u_ptr + (offs_r * n_draws)[:, None] + offs_d[None, :], mask=mask_rd, other=0.0)
+        u = u.to(tl.float32)
+        # searchsorted(cdf, u, right=True): cdf[0] = 0 <= u always counts
+        index = 1 + tl.sum((cdf_next[:, None, :] <= u[:, :, None]).to(tl.int64), axis=2)
+        below = tl.maximum(index - 1, 0)
+        above = tl.minimum(index, n_bins)
+        # cdf[e] = cdf_next[e - 1] for e >= 1, and 0 for e = 0: a one-hot pick from the tile
+        k3 = offs_k[None, None, :] + 1
+        cdf_vals = tl.where(mask_rk, cdf_next, 0.0)[:, None, :]
+        cdf_below = tl.sum(tl.where(k3 == below[:, :, None], cdf_vals, 0.0), axis=2)
+        cdf_above = tl.sum(tl.where(k3 == above[:, :, None], cdf_vals, 0.0), axis=2)
+        denom = cdf_above - cdf_below
+        denom = tl.where(denom < 1e-5, 1.0, denom)
+        z_b0 = tl.load(z_rows + below, mask=mask_rd, other=0.0).to(tl.float32)
+        z_b1 = tl.load(z_rows + below + 1, mask=mask_rd, other=0.0).to(tl.float32)
+        z_a0 = tl.load(z_rows + above, mask=mask_rd, other=0.0).to(tl.float32)
+        z_a1 = tl.load(z_rows + above + 1, mask=mask_rd, other=0.0).to(tl.float32)
+        m_below = 0.5 * (z_b0 + z_b1)
+        m_above = 0.5 * (z_a0 + z_a1)
+        t = m_below + (u - cdf_below) / denom * (m_above - m_below)
+        if SORT:
+            t = tl.maximum(tl.associative_scan(t, 1, _max_combine), running[:, None])
+            running = tl.max(tl.where(mask_rd, t, _NEG_INF), axis=1)
+        tl.store(
+            out_ptr + (offs_r * n_draws)[:, None] + offs_d[None, :],
+            t.to(out_ptr.dtype.element_ty),
+            mask=mask_rd,
+        )
+
+
+@triton.jit
+def _merge_index_kernel(
+    d1_ptr,
+    d2_ptr,
+    p1_ptr,
+    p2_ptr,
+    N,
+    S1,
+    S2,
+    BLOCK_R: tl.constexpr,
+    BLOCK_1: tl.constexpr,
+    BLOCK_2: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n_rays = tl.cast(N, tl.int64)
+    n1 = tl.cast(S1, tl.int64)
+    n2 = tl.cast(S2, tl.int64)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    mask_r = offs_r < n_rays
+    offs_1 = tl.arange(0, BLOCK_1).to(tl.int64)
+    offs_2 = tl.arange(0, BLOCK_2).to(tl.int64)
+    mask_1 = mask_r[:, None] & (offs_1 < n1)[None, :]
+    mask_2 = mask_r[:, None] & (offs_2 < n2)[None, :]
+    # padded entries: +inf, so they are never < or <= a real depth
+    d1 = tl.load(d1_ptr + (offs_r * n1)[:, None] + offs_1[None, :], mask=mask_1, other=float("inf"))
+    d2 = tl.load(d2_ptr + (offs_r * n2)[:, None] + offs_2[None, :], mask=mask_2, other=float("inf"))
+    d1 = d1.to(tl.float32)
+    d2 = d2.to(tl.float32)
+    valid_1 = (offs_1 < n1)[None, :, None]
+    valid_2 = (offs_2 < n2)[None, None, :]
+    before_first = (d2[:, None, :] < d1[:, :, None]) & valid_2  # (R, S1, S2)
+    rank1 = offs_1[None, :] + tl.sum(before_first.to(tl.int32), axis=2)
+    before_second = (d1[:, :, None] <= d2[:, None, :]) & valid_1  # (R, S1, S2)
+    rank2 = offs_2[None, :] + tl.sum(before_second.to(tl.int32), axis=1)
+    tl.store(p1_ptr + (offs_r * n1)[:, None] + offs_1[None, :], rank1.to(tl.int32), mask=mask_1)
+    tl.store(p2_ptr + (offs_r * n2)[:, None] + offs_2[None, :], rank2.to(tl.int32), mask=mask_2)
+
+
+@triton.jit
+def _copy_rows_kernel(
+    src_ptr,
+    dst_ptr,
+    positions_ptr,
+    ROWS,
+    S_LIST,
+    TOTAL,
+    C,
+    SCATTER: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Rows of one list <-> their merged rows: ``merged = (row // S_LIST) * TOTAL + pos[row]``."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_rows = tl.cast(ROWS, tl.int64)
+    per_ray = tl.cast(S_LIST, tl.int64)
+    total = tl.cast(TOTAL, tl.int64)
+    channels = tl.cast(C, tl.int64)
+    rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
+    mask_rows = rows < n_rows
+    position = tl.load(positions_ptr + rows, mask=mask_rows, other=0).to(tl.int64)
+    merged = (rows // per_ray) * total + position
+    if SCATTER:
+        src_rows, dst_rows = rows, merged
+    else:
+        src_rows, dst_rows = merged, rows
+    arange_c = tl.arange(0, BLOCK_C).to(tl.int64)
+    for c0 in range(0, channels, BLOCK_C):
+        offs_c = c0 + arange_c
+        mask = mask_rows[:, None] & (offs_c < channels)[None, :]
+        x = tl.load(src_ptr + (src_rows * channels)[:, None] + offs_c[None, :], mask=mask)
+        tl.store(dst_ptr + (dst_rows * channels)[:, None] + offs_c[None, :], x, mask=mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _device_guard(tensor: torch.Tensor):
+    # Triton launches on the current CUDA device, which need not be the tensors' device
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def sample_importance(
+    depths: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, sort: bool
+) -> torch.Tensor:
+    """``(N, n)`` samples in the dtype of ``depths`` (``(N, S)``), from ``weights`` ``(N, S-1)``
+    and the float32 draws ``u`` ``(N, n)``; all contiguous. With ``sort`` each ray's draws are
+    sorted first (here, by ``torch.sort``: the kernel loops over draw blocks)."""
+    if sort:
+        u = torch.sort(u, dim=-1).values
+    rays, samples = depths.shape
+    draws = u.shape[1]
+    out = empty_output((rays, draws), dtype=depths.dtype, device=depths.device)
+    if rays == 0 or draws == 0:
+        return out
+    block_s = triton.next_power_of_2(max(samples - 3, 1))
+    if _interpreting():
+        block_r = max(1, min(triton.next_power_of_2(rays), 16384 // (block_s * 16)))
+        block_d = min(triton.next_power_of_2(draws), max(16, 65536 // (block_r * block_s)))
+    else:
+        # (BLOCK_R, BLOCK_D, BLOCK_S) comparison tile of about 4096 elements
+        block_r = 4 if block_s <= 64 else 1
+        block_d = min(triton.next_power_of_2(draws), max(1, 4096 // (block_r * block_s)))
+    grid = (triton.cdiv(rays, block_r),)
+    with _device_guard(depths):
+        _sample_importance_kernel[grid](
+            depths,
+            weights,
+            u,
+            out,
+            rays,
+            samples,
+            draws,
+            SORT=bool(sort),
+            BLOCK_R=block_r,
+            BLOCK_S=block_s,
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    return out
+
+
+def merge_index(depths1: torch.Tensor, depths2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 merged positions ``(N, S1)`` and ``(N, S2)`` of two sorted contiguous lists."""
+    rays, first = depths1.shape
+    second = depths2.shape[1]
+    positions1 = torch.empty((rays, first), dtype=torch.int32, device=depths1.device)
+    positions2 = torch.empty((rays, second), dtype=torch.int32, device=depths1.device)
+    if rays == 0 or first + second == 0:
+        return positions1, positions2
+    block_1 = triton.next_power_of_2(max(first, 1))
+    block_2 = triton.next_power_of_2(max(second, 1))
+    budget = 65536 if _interpreting() else 8192
+    block_r = max(1, min(triton.next_power_of_2(rays), budget // (block_1 * block_2)))
+    grid = (triton.cdiv(rays, block_r),)
+    with _device_guard(depths1):
+        _merge_index_kernel[grid](
+            depths1,
+            depths2,
+            positions1,
+            positions2,
+            rays,
+            first,
+            second,
+            BLOCK_R=block_r,
+            BLOCK_1=block_1,
+            BLOCK_2=block_2,
+            num_warps=4,
+        )
+    return positions1, positions2
+
+
+def _copy_rows(src, dst, positions, per_ray, total, channels, scatter):
+    rows = positions.numel()
+    if rows == 0 or channels == 0:
+        return
+    block_c = min(triton.next_power_of_2(channels), 128)
+    if _interpreting():
+        block_rows = max(1, min(triton.next_power_of_2(rows), 65536 // block_c))
+    else:
+        block_rows = max(1, 4096 // block_c)
+    grid = (triton.cdiv(rows, block_rows),)
+    with _device_guard(src):
+        _copy_rows_kernel[grid](
+            src,
+            dst,
+            positions,
+            rows,
+            per_ray,
+            total,
+            channels,
+            SCATTER=scatter,
+            BLOCK_ROWS=block_rows,
+            BLOCK_C=block_c,
+            num_warps=4,
+        )
+
+
+def merge_scatter(
+    values1: torch.Tensor,
+    values2: torch.Tensor,
+    positions1: torch.Tensor,
+    positions2: torch.Tensor,
+) -> torch.Tensor:
+    """``(N, S1+S2, C)``: the rows of ``values1`` ``(N, S1, C)`` and ``values2`` at their
+    merged positions."""
+    rays, first, channels = values1.shape
+    second = values2.shape[1]
+    total = first + second
+    out = empty_output((rays, total, channels), dtype=values1.dtype, device=values1.device)
+    _copy_rows(values1, out, positions1, first, total, channels, True)
+    _copy_rows(values2, out, positions2, second, total, channels, True)
+    return out
+
+
+def merge_gather(
+    grad: torch.Tensor, positions1: torch.Tensor, positions2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward of :func:`merge_scatter`: ``grad`` ``(N, S1+S2, C)`` read back per list."""
+    rays, total, channels = grad.shape
+    first, second = positions1.shape[1], positions2.shape[1]
+    grad1 = empty_output((rays, first, channels), dtype=grad.dtype, device=grad.device)
+    grad2 = empty_output((rays, second, channels), dtype=grad.dtype, device=grad.device)
+    _copy_rows(grad, grad1, positions1, first, total, channels, False)
+    _copy_rows(grad, grad2, positions2, second, total, channels, False)
+    return grad1, grad2
