@@ -8,19 +8,27 @@
 | :func:`ray_march` | volume compositing along rays (EG3D ``MipRayMarcher2``) |
 | :func:`sample_importance` | EG3D importance sampling of fine depths from coarse weights |
 | :func:`merge_samples` | union of two depth-sorted sample sets per ray (EG3D ``unify_samples``) |
+| :func:`lbs` | SMPL linear blend skinning (``smplx.lbs.lbs``), fused kinematics and skinning |
+| :func:`skin_points` | blend per-joint transforms per point and apply or invert them |
+| :func:`mesh_deform` | 3DPortraitGAN's posed-to-canonical point transfer (nearest triangle) |
 """
 
 from portrait_engine.ops.attention_pool import attention_pool
 from portrait_engine.ops.importance import merge_samples, sample_importance
+from portrait_engine.ops.mesh_deform import mesh_deform
 from portrait_engine.ops.rays import ray_march, ray_sample, unpack_camera_label
+from portrait_engine.ops.skinning import lbs, skin_points
 from portrait_engine.ops.triplane import triplane_sample
 
 __all__ = [
     "attention_pool",
+    "lbs",
     "merge_samples",
+    "mesh_deform",
     "ray_march",
     "ray_sample",
     "sample_importance",
+    "skin_points",
     "triplane_sample",
     "unpack_camera_label",
 ]

@@ -1,0 +1,307 @@
+// CPU kernels of portrait_engine::mesh_deform_{forward,backward}
+// (contract: docs/kernel_contract_skinning.md; shared math: mesh_deform.h).
+//
+// Forward, per batch element: the posed faces are binned into a uniform grid (each face into
+// every cell that its bounding box grown by the thickness touches; a counting pass, a prefix
+// sum and a fill in ascending face order, so every cell lists its faces in ascending order).
+// Then, in parallel over the points, each point tests only the faces of its own cell: exact
+// (a face nearer than the thickness is always listed there), ties -> lowest face index by the
+// strict comparison in ascending order, and a point outside the grid is returned unchanged
+// without testing anything (the box culling). Cell size: the thickness, but at least 1/64 of
+// the grid's largest extent (at most 64^3 cells).
+// Backward: the gradient of each transferred point, from the face chosen by the forward (no
+// second search). Vertex gradients are scattered serially per batch element (parallel over the
+// batch), so they are deterministic.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "mesh/mesh_deform.h"
+
+namespace portrait_engine {
+namespace mesh {
+namespace {
+
+constexpr int64_t kMaxCellsPerAxis = 64;
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (poison_outputs()) {
+    if (at::isFloatingType(options.dtype().toScalarType())) {
+      t.fill_(std::numeric_limits<double>::quiet_NaN());
+    } else {
+      t.fill_(std::numeric_limits<int64_t>::min());
+    }
+  }
+  return t;
+}
+
+void check_inputs(const at::Tensor& points, const at::Tensor& posed, const at::Tensor& canonical,
+                  const at::Tensor& faces) {
+  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
+              "mesh_deform (cpu): points must be a contiguous (B, N, 3) tensor");
+  TORCH_CHECK(posed.dim() == 3 && posed.size(0) == points.size(0) && posed.size(2) == 3 &&
+                  posed.is_contiguous(),
+              "mesh_deform (cpu): posed_vertices must be a contiguous (B, V, 3) tensor");
+  TORCH_CHECK(canonical.sizes() == posed.sizes() && canonical.is_contiguous(),
+              "mesh_deform (cpu): canonical_vertices must be contiguous, shaped as posed_vertices");
+  TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3 && faces.scalar_type() == at::kLong &&
+                  faces.is_contiguous(),
+              "mesh_deform (cpu): faces must be a contiguous (F, 3) int64 tensor");
+  TORCH_CHECK(posed.scalar_type() == points.scalar_type() &&
+                  canonical.scalar_type() == points.scalar_type(),
+              "mesh_deform (cpu): dtype mismatch");
+  TORCH_CHECK(points.device().is_cpu() && posed.device().is_cpu() && canonical.device().is_cpu() &&
+                  faces.device().is_cpu(),
+              "mesh_deform (cpu): tensors must be on the CPU");
+}
+
+template <typename T>
+struct Grid {
+  GridSpec<T> spec;
+  std::vector<int64_t> start;  // cells + 1
+  std::vector<int32_t> faces;  // face ids, ascending within a cell
+  bool empty = true;
+};
+
+template <typename T, typename scalar_t>
+void build_grid(const scalar_t* verts, const int64_t* faces, int64_t F, T thickness, Grid<T>& g) {
+  std::vector<T> box(F * 6);
+  // grown a hair beyond the thickness, so rounding never drops a face within reach
+  const T grow = thickness * T(1.0001);
+  T lo[3] = {std::numeric_limits<T>::infinity(), std::numeric_limits<T>::infinity(),
+             std::numeric_limits<T>::infinity()};
+  T hi[3] = {-lo[0], -lo[1], -lo[2]};
+  for (int64_t f = 0; f < F; ++f) {
+    for (int axis = 0; axis < 3; ++axis) {
+      T mn = std::numeric_limits<T>::infinity(), mx = -mn;
+      for (int k = 0; k < 3; ++k) {
+        const T c = static_cast<T>(verts[faces[f * 3 + k] * 3 + axis]);
+        mn = std::min(mn, c);
+        mx = std::max(mx, c);
+      }
+      box[f * 6 + axis] = mn - grow;
+      box[f * 6 + 3 + axis] = mx + grow;
+      lo[axis] = std::min(lo[axis], mn - grow);
+      hi[axis] = std::max(hi[axis], mx + grow);
+    }
+  }
+  T extent = T(0);
+  for (int axis = 0; axis < 3; ++axis) extent = std::max(extent, hi[axis] - lo[axis]);
+  if (!std::isfinite(static_cast<double>(extent))) {  // non-finite vertices: no grid, no faces
+    g.empty = true;
+    return;
+  }
+  const T cell = std::max(thickness, extent / T(kMaxCellsPerAxis));
+  g.spec.inv_cell = T(1) / cell;
+  int64_t cells = 1;
+  for (int axis = 0; axis < 3; ++axis) {
+    g.spec.origin[axis] = lo[axis];
+    const int64_t d = static_cast<int64_t>(std::ceil((hi[axis] - lo[axis]) / cell));
+    g.spec.dims[axis] = std::min<int64_t>(kMaxCellsPerAxis + 1, std::max<int64_t>(1, d));
+    cells *= g.spec.dims[axis];
+  }
+  g.start.assign(cells + 1, 0);
+  auto for_cells = [&](int64_t f, auto&& fn) {
+    int64_t c0[3], c1[3];
+    for (int axis = 0; axis < 3; ++axis) {
+      c0[axis] = clamp_cell(box[f * 6 + axis], g.spec, axis);
+      c1[axis] = clamp_cell(box[f * 6 + 3 + axis], g.spec, axis);
+    }
+    for (int64_t z = c0[2]; z <= c1[2]; ++z)
+      for (int64_t y = c0[1]; y <= c1[1]; ++y)
+        for (int64_t x = c0[0]; x <= c1[0]; ++x) fn((z * g.spec.dims[1] + y) * g.spec.dims[0] + x);
+  };
+  for (int64_t f = 0; f < F; ++f) for_cells(f, [&](int64_t c) { ++g.start[c + 1]; });
+  for (int64_t c = 0; c < cells; ++c) g.start[c + 1] += g.start[c];
+  g.faces.resize(g.start[cells]);
+  std::vector<int64_t> cursor(g.start.begin(), g.start.end() - 1);
+  for (int64_t f = 0; f < F; ++f) {
+    for_cells(f, [&](int64_t c) { g.faces[cursor[c]++] = static_cast<int32_t>(f); });
+  }
+  g.empty = false;
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& points, const at::Tensor& posed, const at::Tensor& canonical,
+                  const at::Tensor& faces, double thickness, at::Tensor& out,
+                  at::Tensor& face_index) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = points.size(0), N = points.size(1), V = posed.size(1), F = faces.size(0);
+  const scalar_t* p_ptr = points.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = posed.data_ptr<scalar_t>();
+  const scalar_t* c_ptr = canonical.data_ptr<scalar_t>();
+  const int64_t* f_ptr = faces.data_ptr<int64_t>();
+  scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  int64_t* i_ptr = face_index.data_ptr<int64_t>();
+  const T thick = static_cast<T>(thickness);
+  for (int64_t b = 0; b < B; ++b) {
+    Grid<T> grid;
+    const scalar_t* verts = v_ptr + b * V * 3;
+    const scalar_t* canon = c_ptr + b * V * 3;
+    build_grid<T>(verts, f_ptr, F, thick, grid);
+    at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t idx = b * N + n;
+        const Vec3<T> p = load3<T>(p_ptr + idx * 3);
+        int64_t chosen = -1;
+        const int64_t cell = grid.empty ? -1 : point_cell(p, grid.spec);
+        if (cell >= 0) {
+          T best = std::numeric_limits<T>::infinity();
+          int64_t best_face = -1;
+          for (int64_t k = grid.start[cell]; k < grid.start[cell + 1]; ++k) {
+            const int64_t f = grid.faces[k];
+            const int64_t* tri = f_ptr + f * 3;
+            const T d2 = point_triangle_distance2(p, load3<T>(verts + tri[0] * 3),
+                                                  load3<T>(verts + tri[1] * 3),
+                                                  load3<T>(verts + tri[2] * 3));
+            if (d2 < best) {
+              best = d2;
+              best_face = f;
+            }
+          }
+          if (best_face >= 0 && sqrt_of(best) < thick) chosen = best_face;
+        }
+        Vec3<T> result = p;
+        if (chosen >= 0) {
+          const int64_t* tri = f_ptr + chosen * 3;
+          const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v1 = load3<T>(verts + tri[1] * 3),
+                        v2 = load3<T>(verts + tri[2] * 3);
+          const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c1 = load3<T>(canon + tri[1] * 3),
+                        c2 = load3<T>(canon + tri[2] * 3);
+          const Frame<T> a = triangle_frame(v0, v1, v2), bf = triangle_frame(c0, c1, c2);
+          if (a.valid && bf.valid) {
+            result = transfer(p, v0, a, c0, bf);
+          } else {
+            chosen = -1;  // no frame: the point stays where it is
+          }
+        }
+        o_ptr[idx * 3] = static_cast<scalar_t>(result.x);
+        o_ptr[idx * 3 + 1] = static_cast<scalar_t>(result.y);
+        o_ptr[idx * 3 + 2] = static_cast<scalar_t>(result.z);
+        i_ptr[idx] = chosen;
+      }
+    });
+  }
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& posed,
+                   const at::Tensor& canonical, const at::Tensor& faces,
+                   const at::Tensor& face_index, at::Tensor& grad_points, at::Tensor& grad_posed,
+                   at::Tensor& grad_canonical) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = points.size(0), N = points.size(1), V = posed.size(1);
+  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const scalar_t* p_ptr = points.data_ptr<scalar_t>();
+  const scalar_t* v_ptr = posed.data_ptr<scalar_t>();
+  const scalar_t* c_ptr = canonical.data_ptr<scalar_t>();
+  const int64_t* f_ptr = faces.data_ptr<int64_t>();
+  const int64_t* i_ptr = face_index.data_ptr<int64_t>();
+  scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
+  scalar_t* gv_ptr = grad_posed.data_ptr<scalar_t>();
+  scalar_t* gc_ptr = grad_canonical.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc_v(V * 3), acc_c(V * 3);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(acc_v.begin(), acc_v.end(), T(0));
+      std::fill(acc_c.begin(), acc_c.end(), T(0));
+      const scalar_t* verts = v_ptr + b * V * 3;
+      const scalar_t* canon = c_ptr + b * V * 3;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t idx = b * N + n;
+        const Vec3<T> g = load3<T>(g_ptr + idx * 3);
+        const int64_t f = i_ptr[idx];
+        Vec3<T> gp = g;
+        if (f >= 0) {
+          const int64_t* tri = f_ptr + f * 3;
+          const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v1 = load3<T>(verts + tri[1] * 3),
+                        v2 = load3<T>(verts + tri[2] * 3);
+          const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c1 = load3<T>(canon + tri[1] * 3),
+                        c2 = load3<T>(canon + tri[2] * 3);
+          const Frame<T> a = triangle_frame(v0, v1, v2), bf = triangle_frame(c0, c1, c2);
+          Vec3<T> gv[3], gc[3];
+          transfer_backward(load3<T>(p_ptr + idx * 3), v0, v2, a, c0, c2, bf, g, gp, gv, gc);
+          for (int k = 0; k < 3; ++k) {
+            T* av = acc_v.data() + tri[k] * 3;
+            T* ac = acc_c.data() + tri[k] * 3;
+            av[0] += gv[k].x;
+            av[1] += gv[k].y;
+            av[2] += gv[k].z;
+            ac[0] += gc[k].x;
+            ac[1] += gc[k].y;
+            ac[2] += gc[k].z;
+          }
+        }
+        gp_ptr[idx * 3] = static_cast<scalar_t>(gp.x);
+        gp_ptr[idx * 3 + 1] = static_cast<scalar_t>(gp.y);
+        gp_ptr[idx * 3 + 2] = static_cast<scalar_t>(gp.z);
+      }
+      for (int64_t k = 0; k < V * 3; ++k) {
+        gv_ptr[b * V * 3 + k] = static_cast<scalar_t>(acc_v[k]);
+        gc_ptr[b * V * 3 + k] = static_cast<scalar_t>(acc_c[k]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> mesh_deform_forward_cpu(const at::Tensor& points,
+                                                           const at::Tensor& posed,
+                                                           const at::Tensor& canonical,
+                                                           const at::Tensor& faces,
+                                                           double thickness) {
+  check_inputs(points, posed, canonical, faces);
+  TORCH_CHECK(thickness > 0, "mesh_deform (cpu): thickness must be positive");
+  at::Tensor out = new_output(points.sizes(), points.options());
+  at::Tensor face_index =
+      new_output({points.size(0), points.size(1)}, points.options().dtype(at::kLong));
+  if (points.numel() == 0) return {out, face_index};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                  "mesh_deform_forward_cpu", [&] {
+                                    forward_impl<scalar_t>(points, posed, canonical, faces,
+                                                           thickness, out, face_index);
+                                  });
+  return {out, face_index};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mesh_deform_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& posed,
+    const at::Tensor& canonical, const at::Tensor& faces, const at::Tensor& face_index) {
+  check_inputs(points, posed, canonical, faces);
+  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == points.scalar_type() && grad_out.device().is_cpu(),
+              "mesh_deform (cpu): grad_out must be a contiguous (B, N, 3) CPU tensor");
+  TORCH_CHECK(face_index.dim() == 2 && face_index.size(0) == points.size(0) &&
+                  face_index.size(1) == points.size(1) &&
+                  face_index.scalar_type() == at::kLong && face_index.is_contiguous(),
+              "mesh_deform (cpu): face_index must be the forward's (B, N) int64 output");
+  at::Tensor grad_points = new_output(points.sizes(), points.options());
+  at::Tensor grad_posed = new_output(posed.sizes(), posed.options());
+  at::Tensor grad_canonical = new_output(canonical.sizes(), canonical.options());
+  if (points.size(0) == 0) return {grad_points, grad_posed, grad_canonical};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                  "mesh_deform_backward_cpu", [&] {
+                                    backward_impl<scalar_t>(grad_out, points, posed, canonical,
+                                                            faces, face_index, grad_points,
+                                                            grad_posed, grad_canonical);
+                                  });
+  return {grad_points, grad_posed, grad_canonical};
+}
+
+}  // namespace
+}  // namespace mesh
+}  // namespace portrait_engine
+
+TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
+  m.impl("mesh_deform_forward", &portrait_engine::mesh::mesh_deform_forward_cpu);
+  m.impl("mesh_deform_backward", &portrait_engine::mesh::mesh_deform_backward_cpu);
+}

@@ -1,0 +1,19 @@
+// Schemas of the skinning kernels (contract: docs/kernel_contract_skinning.md).
+
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
+  m.def(
+      "forward_kinematics_forward(Tensor pose, Tensor joints, Tensor parents, bool pose2rot) -> "
+      "(Tensor, Tensor, Tensor)");
+  m.def(
+      "forward_kinematics_backward(Tensor grad_rot_mats, Tensor grad_posed_joints, "
+      "Tensor grad_rel_transforms, Tensor pose, Tensor joints, Tensor parents, bool pose2rot) -> "
+      "(Tensor, Tensor)");
+  m.def(
+      "skin_points_forward(Tensor points, Tensor weights, Tensor transforms, bool inverse) -> "
+      "Tensor");
+  m.def(
+      "skin_points_backward(Tensor grad_out, Tensor points, Tensor weights, Tensor transforms, "
+      "bool inverse) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,365 @@
+// CPU kernels of portrait_engine::{forward_kinematics,skin_points}_{forward,backward}
+// (contract: docs/kernel_contract_skinning.md; shared math: skinning.h).
+//
+// forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
+// (Rodrigues, chain, relative transform) in the accumulation type.
+// skin_points forward: parallel over points, the blended transform formed per point in
+// registers (never stored). Backward: the points are split into at most kMaxChunks chunks
+// whose boundaries depend only on N; each chunk accumulates its own (B, J, 12) partial of
+// grad_transforms, and the partials are summed in chunk order afterwards, so the result does
+// not depend on the thread count. Shared weights (Bw = 1) get grad_weights summed over the
+// batch inside the point loop (b innermost), again in a fixed order.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "skinning/skinning.h"
+
+namespace portrait_engine {
+namespace skinning {
+namespace {
+
+constexpr int64_t kMaxChunks = 64;
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+void check_fk(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
+              bool pose2rot) {
+  TORCH_CHECK(joints.dim() == 3 && joints.size(2) == 3 && joints.is_contiguous(),
+              "forward_kinematics (cpu): joints must be a contiguous (B, J, 3) tensor");
+  const int64_t B = joints.size(0), J = joints.size(1);
+  if (pose2rot) {
+    TORCH_CHECK(pose.dim() == 3 && pose.size(0) == B && pose.size(1) == J && pose.size(2) == 3,
+                "forward_kinematics (cpu): pose must be (B, J, 3) with pose2rot");
+  } else {
+    TORCH_CHECK(pose.dim() == 4 && pose.size(0) == B && pose.size(1) == J && pose.size(2) == 3 &&
+                    pose.size(3) == 3,
+                "forward_kinematics (cpu): pose must be (B, J, 3, 3) without pose2rot");
+  }
+  TORCH_CHECK(pose.is_contiguous() && pose.scalar_type() == joints.scalar_type(),
+              "forward_kinematics (cpu): pose must be contiguous, in the joints' dtype");
+  TORCH_CHECK(parents.dim() == 1 && parents.size(0) == J &&
+                  parents.scalar_type() == at::kLong && parents.is_contiguous(),
+              "forward_kinematics (cpu): parents must be a contiguous (J,) int64 tensor");
+  TORCH_CHECK(pose.device().is_cpu() && joints.device().is_cpu() && parents.device().is_cpu(),
+              "forward_kinematics (cpu): tensors must be on the CPU");
+}
+
+template <typename scalar_t>
+void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
+                     bool pose2rot, at::Tensor& rot_out, at::Tensor& pj_out, at::Tensor& rel_out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = joints.size(0), J = joints.size(1);
+  const scalar_t* pose_ptr = pose.data_ptr<scalar_t>();
+  const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
+  const int64_t* par = parents.data_ptr<int64_t>();
+  scalar_t* rot_ptr = rot_out.data_ptr<scalar_t>();
+  scalar_t* pj_ptr = pj_out.data_ptr<scalar_t>();
+  scalar_t* rel_ptr = rel_out.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> rot(J * 9), jnt(J * 3), G(J * 12);
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t i = 0; i < J; ++i) {
+        for (int c = 0; c < 3; ++c) jnt[i * 3 + c] = static_cast<T>(j_ptr[(b * J + i) * 3 + c]);
+        if (pose2rot) {
+          const scalar_t* r = pose_ptr + (b * J + i) * 3;
+          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+          rodrigues(rv, rot.data() + i * 9);
+        } else {
+          for (int c = 0; c < 9; ++c) rot[i * 9 + c] = static_cast<T>(pose_ptr[(b * J + i) * 9 + c]);
+        }
+      }
+      for (int64_t i = 0; i < J; ++i) {
+        chain_joint(rot.data(), jnt.data(), par, i, G.data());
+        T A[12];
+        relative_transform(G.data() + i * 12, jnt.data() + i * 3, A);
+        scalar_t* rel = rel_ptr + (b * J + i) * 16;
+        for (int k = 0; k < 12; ++k) rel[k] = static_cast<scalar_t>(A[k]);
+        rel[12] = rel[13] = rel[14] = scalar_t(0);
+        rel[15] = scalar_t(1);
+        for (int r = 0; r < 3; ++r) {
+          pj_ptr[(b * J + i) * 3 + r] = static_cast<scalar_t>(G[i * 12 + r * 4 + 3]);
+        }
+        for (int k = 0; k < 9; ++k) rot_ptr[(b * J + i) * 9 + k] = static_cast<scalar_t>(rot[i * 9 + k]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
+                      const at::Tensor& grad_rel, const at::Tensor& pose,
+                      const at::Tensor& joints, const at::Tensor& parents, bool pose2rot,
+                      at::Tensor& grad_pose, at::Tensor& grad_joints) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = joints.size(0), J = joints.size(1);
+  const scalar_t* pose_ptr = pose.data_ptr<scalar_t>();
+  const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
+  const int64_t* par = parents.data_ptr<int64_t>();
+  const scalar_t* grot = grad_rot.data_ptr<scalar_t>();
+  const scalar_t* gpj = grad_pj.data_ptr<scalar_t>();
+  const scalar_t* grel = grad_rel.data_ptr<scalar_t>();
+  scalar_t* gpose = grad_pose.data_ptr<scalar_t>();
+  scalar_t* gj = grad_joints.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> rot(J * 9), jnt(J * 3), G(J * 12), dRel(J * 12), dPJ(J * 3), dG(J * 12),
+        dRot(J * 9), dJ(J * 3);
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t i = 0; i < J; ++i) {
+        for (int c = 0; c < 3; ++c) {
+          jnt[i * 3 + c] = static_cast<T>(j_ptr[(b * J + i) * 3 + c]);
+          dPJ[i * 3 + c] = static_cast<T>(gpj[(b * J + i) * 3 + c]);
+        }
+        for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grel[(b * J + i) * 16 + k]);
+        if (pose2rot) {
+          const scalar_t* r = pose_ptr + (b * J + i) * 3;
+          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+          rodrigues(rv, rot.data() + i * 9);
+        } else {
+          for (int c = 0; c < 9; ++c) rot[i * 9 + c] = static_cast<T>(pose_ptr[(b * J + i) * 9 + c]);
+        }
+      }
+      for (int64_t i = 0; i < J; ++i) chain_joint(rot.data(), jnt.data(), par, i, G.data());
+      chain_backward(rot.data(), jnt.data(), par, J, G.data(), dRel.data(), dPJ.data(), dG.data(),
+                     dRot.data(), dJ.data());
+      for (int64_t i = 0; i < J; ++i) {
+        T dR[9];
+        for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grot[(b * J + i) * 9 + k]);
+        if (pose2rot) {
+          const scalar_t* r = pose_ptr + (b * J + i) * 3;
+          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+          T dr[3];
+          rodrigues_backward(rv, dR, dr);
+          for (int c = 0; c < 3; ++c) gpose[(b * J + i) * 3 + c] = static_cast<scalar_t>(dr[c]);
+        } else {
+          for (int k = 0; k < 9; ++k) gpose[(b * J + i) * 9 + k] = static_cast<scalar_t>(dR[k]);
+        }
+        for (int c = 0; c < 3; ++c) gj[(b * J + i) * 3 + c] = static_cast<scalar_t>(dJ[i * 3 + c]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kinematics_forward_cpu(
+    const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
+  check_fk(pose, joints, parents, pose2rot);
+  const int64_t B = joints.size(0), J = joints.size(1);
+  at::Tensor rot = new_output({B, J, 3, 3}, joints.options());
+  at::Tensor pj = new_output({B, J, 3}, joints.options());
+  at::Tensor rel = new_output({B, J, 4, 4}, joints.options());
+  if (B == 0 || J == 0) return {rot, pj, rel};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, joints.scalar_type(),
+                                  "forward_kinematics_forward_cpu", [&] {
+                                    fk_forward_impl<scalar_t>(pose, joints, parents, pose2rot, rot,
+                                                              pj, rel);
+                                  });
+  return {rot, pj, rel};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
+    const at::Tensor& grad_rot, const at::Tensor& grad_pj, const at::Tensor& grad_rel,
+    const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
+  check_fk(pose, joints, parents, pose2rot);
+  const int64_t B = joints.size(0), J = joints.size(1);
+  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J, 3, 3}) && grad_rot.is_contiguous() &&
+                  grad_pj.sizes() == joints.sizes() && grad_pj.is_contiguous() &&
+                  grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous(),
+              "forward_kinematics (cpu): gradients must be contiguous and shaped as the outputs");
+  TORCH_CHECK(grad_rot.scalar_type() == joints.scalar_type() &&
+                  grad_pj.scalar_type() == joints.scalar_type() &&
+                  grad_rel.scalar_type() == joints.scalar_type(),
+              "forward_kinematics (cpu): gradients must be in the joints' dtype");
+  at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
+  at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
+  if (B == 0 || J == 0) return {grad_pose, grad_joints};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, joints.scalar_type(),
+                                  "forward_kinematics_backward_cpu", [&] {
+                                    fk_backward_impl<scalar_t>(grad_rot, grad_pj, grad_rel, pose,
+                                                               joints, parents, pose2rot,
+                                                               grad_pose, grad_joints);
+                                  });
+  return {grad_pose, grad_joints};
+}
+
+// ------------------------------------------------------------------------------------------
+
+void check_skin(const at::Tensor& points, const at::Tensor& weights, const at::Tensor& transforms) {
+  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
+              "skin_points (cpu): points must be a contiguous (B, N, 3) tensor");
+  const int64_t B = points.size(0), N = points.size(1);
+  TORCH_CHECK(transforms.dim() == 4 && transforms.size(0) == B && transforms.size(2) == 4 &&
+                  transforms.size(3) == 4 && transforms.is_contiguous(),
+              "skin_points (cpu): transforms must be a contiguous (B, J, 4, 4) tensor");
+  const int64_t J = transforms.size(1);
+  TORCH_CHECK(weights.dim() == 3 && (weights.size(0) == 1 || weights.size(0) == B) &&
+                  weights.size(1) == N && weights.size(2) == J && weights.is_contiguous(),
+              "skin_points (cpu): weights must be a contiguous (1 or B, N, J) tensor");
+  TORCH_CHECK(weights.scalar_type() == points.scalar_type() &&
+                  transforms.scalar_type() == points.scalar_type(),
+              "skin_points (cpu): dtype mismatch");
+  TORCH_CHECK(points.device().is_cpu() && weights.device().is_cpu() &&
+                  transforms.device().is_cpu(),
+              "skin_points (cpu): tensors must be on the CPU");
+}
+
+template <typename scalar_t>
+void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
+                       const at::Tensor& transforms, bool inverse, at::Tensor& out) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
+  const int64_t wb = weights.size(0) == 1 ? 0 : N * J;
+  const scalar_t* p_ptr = points.data_ptr<scalar_t>();
+  const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
+  const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
+  scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  at::parallel_for(0, B * N, std::max<int64_t>(1, 8192 / std::max<int64_t>(J, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t idx = begin; idx < end; ++idx) {
+                       const int64_t b = idx / N, n = idx % N;
+                       T M[12];
+                       blend<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, M);
+                       const scalar_t* p = p_ptr + idx * 3;
+                       const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]),
+                                        static_cast<T>(p[2])};
+                       T o[3];
+                       skin_point(M, pv, inverse, o);
+                       for (int c = 0; c < 3; ++c) o_ptr[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+                     }
+                   });
+}
+
+template <typename scalar_t>
+void skin_backward_impl(const at::Tensor& grad_out, const at::Tensor& points,
+                        const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
+                        at::Tensor& grad_points, at::Tensor& grad_weights,
+                        at::Tensor& grad_transforms) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
+  const bool shared = weights.size(0) == 1;
+  const int64_t wb = shared ? 0 : N * J;
+  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const scalar_t* p_ptr = points.data_ptr<scalar_t>();
+  const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
+  const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
+  scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
+  scalar_t* gw_ptr = grad_weights.data_ptr<scalar_t>();
+  scalar_t* ga_ptr = grad_transforms.data_ptr<scalar_t>();
+
+  const int64_t chunk = std::max<int64_t>(1, (N + kMaxChunks - 1) / kMaxChunks);
+  const int64_t chunks = (N + chunk - 1) / chunk;
+  std::vector<T> partial(chunks * B * J * 12, T(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
+    std::vector<T> gw(J);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      T* part = partial.data() + c * B * J * 12;
+      for (int64_t n = c * chunk; n < std::min(N, (c + 1) * chunk); ++n) {
+        std::fill(gw.begin(), gw.end(), T(0));
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t idx = b * N + n;
+          const scalar_t* w = w_ptr + b * wb + n * J;
+          const scalar_t* A = a_ptr + b * J * 16;
+          T M[12];
+          blend<T>(w, A, J, M);
+          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
+                           static_cast<T>(p_ptr[idx * 3 + 2])};
+          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
+                           static_cast<T>(g_ptr[idx * 3 + 2])};
+          T gp[3], dM[12];
+          skin_point_backward(M, pv, gv, inverse, gp, dM);
+          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+          for (int64_t j = 0; j < J; ++j) {
+            const scalar_t* a = A + j * 16;
+            const T wj = static_cast<T>(w[j]);
+            T* pa = part + (b * J + j) * 12;
+            T s = T(0);
+            for (int k = 0; k < 12; ++k) {
+              s += static_cast<T>(a[k]) * dM[k];
+              pa[k] += wj * dM[k];
+            }
+            if (shared) {
+              gw[j] += s;
+            } else {
+              gw_ptr[idx * J + j] = static_cast<scalar_t>(s);
+            }
+          }
+        }
+        if (shared) {
+          for (int64_t j = 0; j < J; ++j) gw_ptr[n * J + j] = static_cast<scalar_t>(gw[j]);
+        }
+      }
+    }
+  });
+  at::parallel_for(0, B * J, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bj = begin; bj < end; ++bj) {
+      T sum[12] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const T* pa = partial.data() + (c * B * J + bj) * 12;
+        for (int k = 0; k < 12; ++k) sum[k] += pa[k];
+      }
+      scalar_t* ga = ga_ptr + bj * 16;
+      for (int k = 0; k < 12; ++k) ga[k] = static_cast<scalar_t>(sum[k]);
+      ga[12] = ga[13] = ga[14] = ga[15] = scalar_t(0);
+    }
+  });
+}
+
+at::Tensor skin_points_forward_cpu(const at::Tensor& points, const at::Tensor& weights,
+                                   const at::Tensor& transforms, bool inverse) {
+  check_skin(points, weights, transforms);
+  at::Tensor out = new_output(points.sizes(), points.options());
+  if (points.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                  "skin_points_forward_cpu", [&] {
+                                    skin_forward_impl<scalar_t>(points, weights, transforms,
+                                                                inverse, out);
+                                  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& weights,
+    const at::Tensor& transforms, bool inverse) {
+  check_skin(points, weights, transforms);
+  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == points.scalar_type() && grad_out.device().is_cpu(),
+              "skin_points (cpu): grad_out must be a contiguous (B, N, 3) CPU tensor");
+  at::Tensor grad_points = new_output(points.sizes(), points.options());
+  at::Tensor grad_weights = new_output(weights.sizes(), weights.options());
+  at::Tensor grad_transforms = new_output(transforms.sizes(), transforms.options());
+  if (points.size(0) == 0 || points.size(1) == 0) {
+    grad_weights.zero_();
+    grad_transforms.zero_();
+    return {grad_points, grad_weights, grad_transforms};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                  "skin_points_backward_cpu", [&] {
+                                    skin_backward_impl<scalar_t>(grad_out, points, weights,
+                                                                 transforms, inverse, grad_points,
+                                                                 grad_weights, grad_transforms);
+                                  });
+  return {grad_points, grad_weights, grad_transforms};
+}
+
+}  // namespace
+}  // namespace skinning
+}  // namespace portrait_engine
+
+TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
+  m.impl("forward_kinematics_forward", &portrait_engine::skinning::forward_kinematics_forward_cpu);
+  m.impl("forward_kinematics_backward",
+         &portrait_engine::skinning::forward_kinematics_backward_cpu);
+  m.impl("skin_points_forward", &portrait_engine::skinning::skin_points_forward_cpu);
+  m.impl("skin_points_backward", &portrait_engine::skinning::skin_points_backward_cpu);
+}

@@ -1,0 +1,426 @@
+"""Linear blend skinning: the public ops ``lbs`` and ``skin_points``, registration, autograd.
+
+``lbs`` is ``smplx.lbs.lbs`` (same arguments, results and gradients) built from two fused
+kernels under the dense blend-shape products (which stay ``torch.matmul``: GEMMs that BLAS /
+cuBLAS already run at peak):
+
+* ``forward_kinematics``: Rodrigues of every joint, the chain of global transforms along the
+  kinematic tree and the relative transforms, in one launch (one program per batch element
+  walks the J joints; smplx launches a few kernels per joint);
+* ``skin_points``: per point, ``Σ_j w_j A_j`` blended and applied on the fly; smplx
+  materialises the ``(B, V, 4, 4)`` per-vertex transforms, these kernels never do.
+
+Kernels: ``kernels/skinning.py`` (Triton), ``csrc/skinning/`` (C++ CPU and CUDA); contract in
+``docs/kernel_contract_skinning.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from portrait_engine import _backend
+from portrait_engine.ops import _validation as v
+from portrait_engine.ops._library import register_native_pair, register_pair
+from portrait_engine.ops.reference.skinning import lbs_reference, skin_points_reference
+
+# --------------------------------------------------------------------------------------------
+# Kernel-level custom ops (prepared inputs; no validation)
+#
+# skin_points: points (B, N, 3), weights (Bw, N, J) with Bw in {1, B}, transforms (B, J, 4, 4),
+#   all contiguous and of one dtype. The forward returns (B, N, 3); the backward (which
+#   recomputes the blended transforms in the accumulation dtype) returns (grad_points,
+#   grad_weights (Bw, N, J), grad_transforms) with a zero bottom row (only the affine rows
+#   are read).
+# forward_kinematics: pose (B, J, 3) axis-angle (pose2rot) or (B, J, 3, 3) rotations, joints
+#   (B, J, 3), parents (J,) int64 with parents[0] = -1 and parents[i] < i. Returns
+#   (rot_mats (B, J, 3, 3), posed_joints (B, J, 3), rel_transforms (B, J, 4, 4)).
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("portrait_engine::skin_points_triton_forward", mutates_args=())
+def _skin_triton_forward(
+    points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor, inverse: bool
+) -> torch.Tensor:
+    from portrait_engine.kernels import skinning as kernels
+
+    return kernels.skin_points_forward(points, weights, transforms, inverse)
+
+
+@torch.library.custom_op("portrait_engine::skin_points_triton_backward", mutates_args=())
+def _skin_triton_backward(
+    grad_out: torch.Tensor,
+    points: torch.Tensor,
+    weights: torch.Tensor,
+    transforms: torch.Tensor,
+    inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from portrait_engine.kernels import skinning as kernels
+
+    return kernels.skin_points_backward(grad_out, points, weights, transforms, inverse)
+
+
+def _skin_fake_forward(points, weights, transforms, inverse):
+    return points.new_empty(points.shape)
+
+
+def _skin_fake_backward(grad_out, points, weights, transforms, inverse):
+    return (
+        points.new_empty(points.shape),
+        weights.new_empty(weights.shape),
+        transforms.new_empty(transforms.shape),
+    )
+
+
+def _skin_setup_context(ctx, inputs, output):
+    points, weights, transforms, inverse = inputs
+    ctx.save_for_backward(points, weights, transforms)
+    ctx.inverse = inverse
+
+
+def _skin_make_autograd(backward_op):
+    def backward(ctx, grad_out):
+        points, weights, transforms = ctx.saved_tensors
+        grads = backward_op(grad_out.contiguous(), points, weights, transforms, ctx.inverse)
+        return (*grads, None)
+
+    return backward
+
+
+_SKIN_REGISTRATION = dict(
+    fake_forward=_skin_fake_forward,
+    fake_backward=_skin_fake_backward,
+    setup_context=_skin_setup_context,
+    make_backward=_skin_make_autograd,
+)
+register_pair("skin_points_triton_forward", "skin_points_triton_backward", **_SKIN_REGISTRATION)
+_SKIN_NATIVE = register_native_pair(
+    "skin_points_forward", "skin_points_backward", **_SKIN_REGISTRATION
+)
+
+
+@torch.library.custom_op("portrait_engine::forward_kinematics_triton_forward", mutates_args=())
+def _fk_triton_forward(
+    pose: torch.Tensor, joints: torch.Tensor, parents: torch.Tensor, pose2rot: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from portrait_engine.kernels import skinning as kernels
+
+    return kernels.forward_kinematics_forward(pose, joints, parents, pose2rot)
+
+
+@torch.library.custom_op("portrait_engine::forward_kinematics_triton_backward", mutates_args=())
+def _fk_triton_backward(
+    grad_rot_mats: torch.Tensor,
+    grad_posed_joints: torch.Tensor,
+    grad_rel_transforms: torch.Tensor,
+    pose: torch.Tensor,
+    joints: torch.Tensor,
+    parents: torch.Tensor,
+    pose2rot: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from portrait_engine.kernels import skinning as kernels
+
+    return kernels.forward_kinematics_backward(
+        grad_rot_mats, grad_posed_joints, grad_rel_transforms, pose, joints, parents, pose2rot
+    )
+
+
+def _fk_fake_forward(pose, joints, parents, pose2rot):
+    batch, num_joints = joints.shape[:2]
+    return (
+        joints.new_empty((batch, num_joints, 3, 3)),
+        joints.new_empty((batch, num_joints, 3)),
+        joints.new_empty((batch, num_joints, 4, 4)),
+    )
+
+
+def _fk_fake_backward(grad_rot, grad_joints, grad_rel, pose, joints, parents, pose2rot):
+    return pose.new_empty(pose.shape), joints.new_empty(joints.shape)
+
+
+def _fk_setup_context(ctx, inputs, output):
+    pose, joints, parents, pose2rot = inputs
+    ctx.save_for_backward(pose, joints, parents)
+    ctx.pose2rot = pose2rot
+
+
+def _fk_make_autograd(backward_op):
+    def backward(ctx, grad_rot, grad_joints, grad_rel):
+        pose, joints, parents = ctx.saved_tensors
+        # an output that did not reach the loss arrives as None (or zeros, under compile)
+        grad_rot = torch.zeros_like(grad_rot) if grad_rot is None else grad_rot
+        grad_joints = torch.zeros_like(grad_joints) if grad_joints is None else grad_joints
+        grad_rel = torch.zeros_like(grad_rel) if grad_rel is None else grad_rel
+        grad_pose, grad_joints = backward_op(
+            grad_rot.contiguous(),
+            grad_joints.contiguous(),
+            grad_rel.contiguous(),
+            pose,
+            joints,
+            parents,
+            ctx.pose2rot,
+        )
+        return grad_pose, grad_joints, None, None
+
+    return backward
+
+
+_FK_REGISTRATION = dict(
+    fake_forward=_fk_fake_forward,
+    fake_backward=_fk_fake_backward,
+    setup_context=_fk_setup_context,
+    make_backward=_fk_make_autograd,
+)
+register_pair(
+    "forward_kinematics_triton_forward", "forward_kinematics_triton_backward", **_FK_REGISTRATION
+)
+_FK_NATIVE = register_native_pair(
+    "forward_kinematics_forward", "forward_kinematics_backward", **_FK_REGISTRATION
+)
+
+
+def _skin_op(name: str):
+    if name == "triton":
+        return torch.ops.portrait_engine.skin_points_triton_forward
+    return torch.ops.portrait_engine.skin_points_forward
+
+
+def _fk_op(name: str):
+    if name == "triton":
+        return torch.ops.portrait_engine.forward_kinematics_triton_forward
+    return torch.ops.portrait_engine.forward_kinematics_forward
+
+
+# --------------------------------------------------------------------------------------------
+# skin_points
+# --------------------------------------------------------------------------------------------
+
+
+def _check_size(name: str, tensor: torch.Tensor, dim: int, size: int, what: str) -> None:
+    if tensor.shape[dim] != size:
+        raise ValueError(
+            f"{name} must have {what} = {size} (dimension {dim}), got shape {tuple(tensor.shape)}"
+        )
+
+
+def _validate_skin(points, weights, transforms) -> None:
+    v.check_tensor("points", points)
+    v.check_tensor("weights", weights)
+    v.check_tensor("transforms", transforms)
+    v.check_rank("points", points, (3,), "(B, N, 3)")
+    v.check_rank("weights", weights, (2, 3), "(N, J) or (B, N, J)")
+    v.check_rank("transforms", transforms, (4,), "(B, J, 4, 4)")
+    _check_size("points", points, 2, 3, "3 coordinates")
+    if tuple(transforms.shape[2:]) != (4, 4):
+        raise ValueError(f"transforms must have shape (B, J, 4, 4), got {tuple(transforms.shape)}")
+    batch, count = points.shape[:2]
+    _check_size("transforms", transforms, 0, batch, "the batch size B of points")
+    _check_size("weights", weights, -2, count, "the point count N of points")
+    _check_size("weights", weights, -1, transforms.shape[1], "the joint count J of transforms")
+    if weights.dim() == 3:
+        _check_size("weights", weights, 0, batch, "the batch size B of points")
+    if transforms.shape[1] == 0:
+        raise ValueError(f"transforms must hold at least one joint, got {tuple(transforms.shape)}")
+    for name, tensor in (("points", points), ("weights", weights), ("transforms", transforms)):
+        v.check_float(name, tensor)
+    v.check_same_device(("points", "weights"), points, weights)
+    v.check_same_device(("points", "transforms"), points, transforms)
+    v.check_same_dtype(("points", "weights"), points, weights)
+    v.check_same_dtype(("points", "transforms"), points, transforms)
+
+
+def skin_points(
+    points: torch.Tensor,
+    weights: torch.Tensor,
+    transforms: torch.Tensor,
+    *,
+    inverse: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Blend per-joint transforms by per-point weights and apply them (the LBS core).
+
+    Args:
+        points: ``(B, N, 3)``.
+        weights: ``(N, J)`` shared by the batch, or ``(B, N, J)`` (skinning weights; they need
+            not sum to one).
+        transforms: ``(B, J, 4, 4)`` per-joint affine transforms (the bottom row is not read;
+            its gradient is zero), e.g. the relative transforms of forward kinematics.
+        inverse: apply the inverse of each point's blended transform (posed -> rest space).
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``; ``None``: the one in
+            force.
+
+    Returns:
+        ``(B, N, 3)``: with ``M = Σ_j w_j T_j[:3, :3]`` and ``t = Σ_j w_j T_j[:3, 3]``,
+        ``M p + t`` (``inverse=False``) or ``M⁻¹ (p − t)``. fp16 / bf16 accumulate in fp32.
+        Gradients flow to all three inputs. A singular blended matrix with ``inverse=True``
+        gives inf / NaN for that point, as ``torch.linalg.solve`` raises for it.
+    """
+    _validate_skin(points, weights, transforms)
+    if not isinstance(inverse, bool):
+        raise TypeError(f"inverse must be a bool, got {type(inverse).__name__}")
+    name = _backend.resolve(backend, points.device, "skin_points_forward")
+    if name == "torch":
+        return skin_points_reference(points, weights, transforms, inverse)
+    if points.shape[1] == 0 and points.shape[0] > 0:
+        # nothing to skin, but keep the graph connected to the inputs
+        return points + 0 * transforms.sum() + 0 * weights.sum()
+    w = weights.unsqueeze(0) if weights.dim() == 2 else weights
+    return _skin_op(name)(points.contiguous(), w.contiguous(), transforms.contiguous(), inverse)
+
+
+# --------------------------------------------------------------------------------------------
+# lbs
+# --------------------------------------------------------------------------------------------
+
+
+def _validate_lbs(
+    betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, pose2rot
+):
+    named = dict(
+        betas=betas,
+        pose=pose,
+        v_template=v_template,
+        shapedirs=shapedirs,
+        posedirs=posedirs,
+        J_regressor=J_regressor,
+        parents=parents,
+        lbs_weights=lbs_weights,
+    )
+    for name, tensor in named.items():
+        v.check_tensor(name, tensor)
+    if not isinstance(pose2rot, bool):
+        raise TypeError(f"pose2rot must be a bool, got {type(pose2rot).__name__}")
+    v.check_rank("betas", betas, (2,), "(B, NB)")
+    v.check_rank("v_template", v_template, (2, 3), "(V, 3) or (B, V, 3)")
+    v.check_rank("shapedirs", shapedirs, (3,), "(V, 3, NB)")
+    v.check_rank("posedirs", posedirs, (2,), "((J - 1) * 9, V * 3)")
+    v.check_rank("J_regressor", J_regressor, (2,), "(J, V)")
+    v.check_rank("parents", parents, (1,), "(J,)")
+    v.check_rank("lbs_weights", lbs_weights, (2,), "(V, J)")
+    num_joints, num_verts = J_regressor.shape
+    if num_joints == 0:
+        raise ValueError(
+            f"J_regressor must hold at least one joint, got {tuple(J_regressor.shape)}"
+        )
+    _check_size("v_template", v_template, -2, num_verts, "the vertex count V of J_regressor")
+    _check_size("v_template", v_template, -1, 3, "3 coordinates")
+    _check_size("shapedirs", shapedirs, 0, num_verts, "the vertex count V of J_regressor")
+    _check_size("shapedirs", shapedirs, 1, 3, "3 coordinates")
+    _check_size("shapedirs", shapedirs, 2, betas.shape[1], "the shape count NB of betas")
+    _check_size("posedirs", posedirs, 0, (num_joints - 1) * 9, "(J - 1) * 9 pose features")
+    _check_size("posedirs", posedirs, 1, num_verts * 3, "V * 3")
+    _check_size("parents", parents, 0, num_joints, "the joint count J of J_regressor")
+    _check_size("lbs_weights", lbs_weights, 0, num_verts, "the vertex count V of J_regressor")
+    _check_size("lbs_weights", lbs_weights, 1, num_joints, "the joint count J of J_regressor")
+    if pose2rot:
+        if pose.dim() != 2 or pose.shape[1] != num_joints * 3:
+            raise ValueError(
+                f"pose must have shape (B, J * 3) = (B, {num_joints * 3}) of axis-angle "
+                f"rotations with pose2rot=True, got {tuple(pose.shape)}"
+            )
+    elif pose.numel() != pose.shape[0] * num_joints * 9 or pose.dim() not in (2, 3, 4):
+        raise ValueError(
+            f"pose must hold (B, J, 3, 3) = (B, {num_joints}, 3, 3) rotation matrices with "
+            f"pose2rot=False, got {tuple(pose.shape)}"
+        )
+    batch = max(betas.shape[0], pose.shape[0])
+    for tensor in (betas, pose):
+        if tensor.shape[0] not in (1, batch):
+            raise ValueError(
+                f"betas and pose must have the same batch size (or 1), got betas "
+                f"{tuple(betas.shape)} and pose {tuple(pose.shape)}"
+            )
+    if v_template.dim() == 3 and v_template.shape[0] not in (1, batch):
+        raise ValueError(
+            f"v_template must have batch size 1 or B = {batch}, got {tuple(v_template.shape)}"
+        )
+    if parents.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"parents must be an integer tensor (int32 or int64), got {parents.dtype}")
+    floats = {k: t for k, t in named.items() if k != "parents"}
+    for name, tensor in floats.items():
+        v.check_float(name, tensor)
+    for name, tensor in floats.items():
+        v.check_same_dtype(("betas", name), betas, tensor)
+    for name, tensor in named.items():
+        v.check_same_device(("betas", name), betas, tensor)
+    if torch.compiler.is_compiling():  # the tree's values are data; checked in eager mode
+        return
+    parent_list = parents.tolist()
+    if parent_list[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parent_list) if i > 0):
+        raise ValueError(
+            "parents must describe a kinematic tree in topological order (parents[0] = -1, "
+            f"0 <= parents[i] < i), got {parent_list}"
+        )
+
+
+def lbs(
+    betas: torch.Tensor,
+    pose: torch.Tensor,
+    v_template: torch.Tensor,
+    shapedirs: torch.Tensor,
+    posedirs: torch.Tensor,
+    J_regressor: torch.Tensor,
+    parents: torch.Tensor,
+    lbs_weights: torch.Tensor,
+    *,
+    pose2rot: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SMPL linear blend skinning: ``smplx.lbs.lbs`` with fused kernels.
+
+    Args (smplx's order and shapes):
+        betas: ``(B, NB)`` shape coefficients.
+        pose: ``(B, J·3)`` axis-angle per joint (``pose2rot=True``) or ``(B, J, 3, 3)``
+            rotation matrices (``pose2rot=False``).
+        v_template: ``(V, 3)`` (or ``(B, V, 3)``) template vertices.
+        shapedirs: ``(V, 3, NB)`` shape blend shapes.
+        posedirs: ``((J−1)·9, V·3)`` pose blend shapes.
+        J_regressor: ``(J, V)`` joint regressor.
+        parents: ``(J,)`` integer kinematic tree, ``parents[0] = -1``, ``parents[i] < i``.
+        lbs_weights: ``(V, J)`` skinning weights.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``.
+
+    Returns:
+        ``(vertices (B, V, 3), joints (B, J, 3))`` as smplx:
+        ``v_shaped = T + Σ β_l S_l``, ``J = 𝒥 v_shaped``, Rodrigues rotations,
+        ``v_posed = v_shaped + P vec(R_{1:} − I)``, forward kinematics, and
+        ``v = Σ_j w_j A_j (v_posed, 1)``. Differentiable w.r.t. every float input.
+    """
+    _validate_lbs(
+        betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, pose2rot
+    )
+    # the skinning schema file defines forward_kinematics and skin_points together
+    name = _backend.resolve(backend, betas.device, "forward_kinematics_forward")
+    batch = max(betas.shape[0], pose.shape[0])
+    num_joints = J_regressor.shape[0]
+    if batch == 0 or min(betas.shape[0], pose.shape[0]) == 0:
+        # smplx's reshapes fail on an empty batch; the result is simply empty
+        empty = betas.new_empty(0, 3)
+        return empty.new_empty(0, v_template.shape[-2], 3), empty.new_empty(0, num_joints, 3)
+    if name == "torch":
+        return lbs_reference(
+            betas,
+            pose,
+            v_template,
+            shapedirs,
+            posedirs,
+            J_regressor,
+            parents,
+            lbs_weights,
+            pose2rot,
+        )
+    v_shaped = v_template + torch.einsum("bl,mkl->bmk", betas, shapedirs)
+    joints = torch.einsum("bik,ji->bjk", v_shaped, J_regressor).expand(batch, -1, -1)
+    if pose2rot:
+        kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)
+    else:
+        kernel_pose = pose.reshape(pose.shape[0], num_joints, 3, 3).expand(batch, -1, -1, -1)
+    rot_mats, posed_joints, transforms = _fk_op(name)(
+        kernel_pose.contiguous(), joints.contiguous(), parents.to(torch.int64), pose2rot
+    )
+    ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
+    pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
+    v_posed = v_shaped + torch.matmul(pose_feature, posedirs).view(batch, -1, 3)
+    vertices = _skin_op(name)(
+        v_posed.contiguous(), lbs_weights.unsqueeze(0).contiguous(), transforms, False
+    )
+    return vertices, posed_joints

@@ -1,0 +1,137 @@
+"""skin_points: every backend against the reference and against per-point 4x4 matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import portrait_engine as pe
+from portrait_engine.ops import skin_points
+from portrait_engine.ops.reference import forward_kinematics_reference, skin_points_reference
+from portrait_engine.ops.reference.skinning import batch_rodrigues_reference
+from tests.helpers import assert_close
+
+NATIVE_OP = "skin_points_forward"
+
+
+def _backend_param(name):
+    ok, reason = pe.backend_status("cpu", NATIVE_OP)[name]
+    return pytest.param(name, marks=pytest.mark.skipif(not ok, reason=reason))
+
+
+KERNEL_BACKENDS = [_backend_param("triton"), _backend_param("native")]
+ALL_BACKENDS = [pytest.param("torch")] + KERNEL_BACKENDS
+
+
+def make_inputs(batch=2, count=37, joints=5, shared=True, dtype=torch.float32, seed=0):
+    """Rigid-ish per-joint transforms from random rotations (well conditioned blends)."""
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.randn(batch, count, 3, generator=generator)
+    shape = (count, joints) if shared else (batch, count, joints)
+    weights = torch.softmax(2 * torch.randn(shape, generator=generator), dim=-1)
+    rot = batch_rodrigues_reference(0.4 * torch.randn(batch * joints, 3, generator=generator))
+    rest = torch.randn(batch, joints, 3, generator=generator)
+    parents = torch.tensor([-1] + list(range(joints - 1)))
+    _, transforms = forward_kinematics_reference(rot.view(batch, joints, 3, 3), rest, parents)
+    # a little scale and shear, so M is a general affine map rather than a rotation
+    transforms = transforms.clone()
+    transforms[:, :, :3, :3] += 0.1 * torch.randn(batch, joints, 3, 3, generator=generator)
+    return points.to(dtype), weights.to(dtype), transforms.to(dtype)
+
+
+def float64_oracle(points, weights, transforms, inverse=False):
+    """Per-point 4x4 matrices materialised (smplx's way) and applied in float64."""
+    w = weights.double()
+    if w.dim() == 2:
+        w = w.expand(points.shape[0], -1, -1)
+    per_point = torch.einsum("bnj,bjrc->bnrc", w, transforms.double())
+    homogen = torch.cat([points.double(), torch.ones_like(points[..., :1]).double()], dim=-1)
+    if inverse:  # the affine map's inverse: the bottom row is not part of the transform
+        rhs = (points.double() - per_point[..., :3, 3]).unsqueeze(-1)
+        return torch.linalg.solve(per_point[..., :3, :3], rhs)[..., 0]
+    return (per_point @ homogen.unsqueeze(-1))[..., :3, 0]
+
+
+def run(backend, points, weights, transforms, inverse=False, grad_seed=3):
+    leaves = [x.detach().clone().requires_grad_() for x in (points, weights, transforms)]
+    if backend == "oracle":
+        out = float64_oracle(*leaves, inverse=inverse)
+    else:
+        out = skin_points(*leaves, inverse=inverse, backend=backend)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed))
+    out.backward(grad.to(out.dtype))
+    return [out.detach()] + [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_weights", "batched_weights"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_float64_oracle(backend, inverse, shared, dtype):
+    inputs = make_inputs(shared=shared, dtype=dtype)
+    got = run(backend, *inputs, inverse=inverse)
+    want = run("oracle", *inputs, inverse=inverse)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        assert_close(g, w.to(dtype), dtype, scale=10)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_bottom_row_is_not_read_and_gets_zero_gradient(backend):
+    points, weights, transforms = make_inputs()
+    altered = transforms.clone()
+    altered[:, :, 3] = torch.tensor([0.3, -2.0, 5.0, 7.0])
+    got = run(backend, points, weights, altered)
+    want = run(backend, points, weights, transforms)
+    assert_close(got[0], want[0], torch.float32)
+    assert (got[3][:, :, 3] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_weights", "batched_weights"])
+def test_inverse_of_forward_is_the_identity(backend, shared):
+    points, weights, transforms = make_inputs(count=200, shared=shared, dtype=torch.float64)
+    posed = skin_points(points, weights, transforms, backend=backend)
+    back = skin_points(posed, weights, transforms, inverse=True, backend=backend)
+    assert_close(back, points, torch.float64, scale=1e3)
+
+
+@pytest.mark.parametrize("backend", ["torch", _backend_param("native")])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_gradcheck_float64(backend, inverse):
+    for shared in (True, False):
+        points, weights, transforms = make_inputs(
+            batch=2, count=4, joints=3, shared=shared, dtype=torch.float64
+        )
+        leaves = [x.requires_grad_() for x in (points, weights, transforms)]
+        assert torch.autograd.gradcheck(
+            lambda p, w, t: skin_points(p, w, t, inverse=inverse, backend=backend), leaves
+        )
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    inputs = make_inputs(dtype=dtype)
+    got = run(backend, *inputs)
+    want = run("torch", *[x.float() for x in inputs])
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        assert_close(g, w, dtype, scale=4)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_empty_inputs(backend):
+    points, weights, transforms = make_inputs()
+    assert skin_points(points[:0], weights, transforms[:0], backend=backend).shape == (0, 37, 3)
+    out = skin_points(points[:, :0], weights[:0], transforms, backend=backend)
+    assert out.shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_non_contiguous_inputs(backend):
+    points, weights, transforms = make_inputs()
+    strided = points.transpose(0, 1).contiguous().transpose(0, 1)
+    got = skin_points(strided, weights.t().contiguous().t(), transforms, backend=backend)
+    assert_close(got, skin_points_reference(points, weights, transforms), torch.float32)
