@@ -302,8 +302,22 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 # <model>`. Each such module imports only light things at import time and defines
 # `add_<command>_arguments(parser)` and `<command>_main(args, console) -> int`.
 MODEL_COMMANDS: dict[tuple[str, str], str] = {}
+MODEL_COMMANDS.update(
+    {
+        (command, "portrait"): "portrait_engine.models.portrait_gan.commands"
+        for command in ("generate", "orbit", "mesh", "predict-pose")
+    }
+)
 
 _COMMAND_HELP = {"train": "train a model", "eval": "evaluate a trained model"}
+_COMMAND_HELP.update(
+    {
+        "generate": "generate images",
+        "orbit": "render a 360-degree orbit video",
+        "mesh": "extract a mesh (.ply)",
+        "predict-pose": "predict body poses of real images",
+    }
+)
 
 
 def _add_model_commands(sub) -> None:
