@@ -112,9 +112,11 @@ class OSGDecoder(nn.Module):
                 f"features must have shape (B, N, {self.n_features}) or (B, P, N, "
                 f"{self.n_features}), got {tuple(features.shape)}"
             )
-        x = self.net(features)
-        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * RGB_PADDING) - RGB_PADDING
-        return {"rgb": rgb, "sigma": x[..., 0:1]}
+        sigma, x = self.net(features).split([1, self.output_dim], dim=-1)
+        # split rather than two slices: its backward is one concatenation instead of two
+        # zero-filled scatters of the (B, N, 1 + C_out) gradient
+        rgb = torch.sigmoid(x) * (1 + 2 * RGB_PADDING) - RGB_PADDING
+        return {"rgb": rgb, "sigma": sigma}
 
 
 __all__ = ["FullyConnectedLayer", "OSGDecoder"]

@@ -109,11 +109,14 @@ def stratified_depths(
         jitter = torch.zeros(shape, device=device, dtype=dtype)
     steps = torch.linspace(0.0, 1.0, samples, device=device, dtype=dtype).reshape(1, 1, -1, 1)
     step = 1.0 / (samples - 1)
-    if disparity_space:
-        t = steps + jitter * step
-        return 1.0 / (1.0 / ray_start * (1.0 - t) + 1.0 / ray_end * t)
     if isinstance(ray_start, torch.Tensor):
         start, end = ray_start.unsqueeze(-2), ray_end.unsqueeze(-2)  # (B, R, 1, 1)
+    else:
+        start, end = ray_start, ray_end
+    if disparity_space:
+        t = steps + jitter * step
+        return 1.0 / (1.0 / start * (1.0 - t) + 1.0 / end * t)
+    if isinstance(ray_start, torch.Tensor):
         delta = (end - start) / (samples - 1)
         return start + steps * (end - start) + jitter * delta
     line = torch.linspace(ray_start, ray_end, samples, device=device, dtype=dtype)
