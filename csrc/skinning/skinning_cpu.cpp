@@ -4,11 +4,10 @@
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
 // (Rodrigues, chain, relative transform) in the accumulation type.
 // skin_points forward: parallel over points, the blended transform formed per point in
-// registers (never stored). Backward: the points are split into at most kMaxChunks chunks
-// whose boundaries depend only on N; each chunk accumulates its own (B, J, 12) partial of
-// grad_transforms, and the partials are summed in chunk order afterwards, so the result does
-// not depend on the thread count. Shared weights (Bw = 1) get grad_weights summed over the
-// batch inside the point loop (b innermost), again in a fixed order.
+// registers (never stored). Backward: per point, grad_points and the gradient dM of its
+// blended transform (a (B, N, 12) workspace); the two reductions over points and batch
+// (grad_weights, grad_transforms) are then GEMMs over dM: no atomics, and as deterministic as
+// the BLAS (fixed for a fixed thread count).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -26,8 +25,6 @@
 namespace portrait_engine {
 namespace skinning {
 namespace {
-
-constexpr int64_t kMaxChunks = 64;
 
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
@@ -224,6 +221,40 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
   const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
+  if (wb == 0 && B > 1) {
+    // Weights shared by the batch: per point, the B blended transforms at once, as
+    // M[n, (b, k)] = sum_j w[n, j] At[j, (b, k)] with a contiguous, vectorised inner loop over
+    // the B * 12 values (At = the transforms' top rows, joint-major); the transforms of one
+    // point live in a B * 12 buffer, never in a (B, N, 12) tensor.
+    const int64_t R = B * 12;
+    std::vector<T> At(J * R);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < J; ++j)
+        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
+    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
+      std::vector<T> M(R);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(M.begin(), M.end(), T(0));
+        const scalar_t* w = w_ptr + n * J;
+        for (int64_t j = 0; j < J; ++j) {
+          const T wj = static_cast<T>(w[j]);
+          const T* row = At.data() + j * R;
+          T* m = M.data();
+          PE_SIMD
+          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t idx = b * N + n;
+          const scalar_t* p = p_ptr + idx * 3;
+          const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2])};
+          T o[3];
+          skin_point(M.data() + b * 12, pv, inverse, o);
+          for (int c = 0; c < 3; ++c) o_ptr[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B * N, std::max<int64_t>(1, 8192 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
@@ -240,79 +271,71 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
                    });
 }
 
+// Per point: grad_points and dM (the gradient of the blended transform's 12 values), into a
+// workspace in the accumulation type: (B, N, 12) for batched weights, (N, B, 12) for shared.
 template <typename scalar_t>
-void skin_backward_impl(const at::Tensor& grad_out, const at::Tensor& points,
-                        const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
-                        at::Tensor& grad_points, at::Tensor& grad_weights,
-                        at::Tensor& grad_transforms) {
+void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
+                          const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
+                          at::Tensor& grad_points, at::Tensor& dM_ws) {
   using T = at::opmath_type<scalar_t>;
   const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
-  const bool shared = weights.size(0) == 1;
-  const int64_t wb = shared ? 0 : N * J;
+  const int64_t wb = weights.size(0) == 1 ? 0 : N * J;
   const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
   const scalar_t* p_ptr = points.data_ptr<scalar_t>();
   const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
-  scalar_t* gw_ptr = grad_weights.data_ptr<scalar_t>();
-  scalar_t* ga_ptr = grad_transforms.data_ptr<scalar_t>();
-
-  const int64_t chunk = std::max<int64_t>(1, (N + kMaxChunks - 1) / kMaxChunks);
-  const int64_t chunks = (N + chunk - 1) / chunk;
-  std::vector<T> partial(chunks * B * J * 12, T(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<T> gw(J);
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      T* part = partial.data() + c * B * J * 12;
-      for (int64_t n = c * chunk; n < std::min(N, (c + 1) * chunk); ++n) {
-        std::fill(gw.begin(), gw.end(), T(0));
+  T* dm_ptr = dM_ws.data_ptr<T>();
+  if (wb == 0 && B > 1) {  // shared weights: the blend as in the forward
+    const int64_t R = B * 12;
+    std::vector<T> At(J * R);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < J; ++j)
+        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
+    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
+      std::vector<T> M(R);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(M.begin(), M.end(), T(0));
+        const scalar_t* w = w_ptr + n * J;
+        for (int64_t j = 0; j < J; ++j) {
+          const T wj = static_cast<T>(w[j]);
+          const T* row = At.data() + j * R;
+          T* m = M.data();
+          PE_SIMD
+          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
+        }
         for (int64_t b = 0; b < B; ++b) {
           const int64_t idx = b * N + n;
-          const scalar_t* w = w_ptr + b * wb + n * J;
-          const scalar_t* A = a_ptr + b * J * 16;
-          T M[12];
-          blend<T>(w, A, J, M);
           const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
                            static_cast<T>(p_ptr[idx * 3 + 2])};
           const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
                            static_cast<T>(g_ptr[idx * 3 + 2])};
-          T gp[3], dM[12];
-          skin_point_backward(M, pv, gv, inverse, gp, dM);
+          T gp[3];
+          // point-major (N, B, 12): the GEMMs below read it without a transposed copy
+          skin_point_backward(M.data() + b * 12, pv, gv, inverse, gp, dm_ptr + (n * B + b) * 12);
           for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
-          for (int64_t j = 0; j < J; ++j) {
-            const scalar_t* a = A + j * 16;
-            const T wj = static_cast<T>(w[j]);
-            T* pa = part + (b * J + j) * 12;
-            T s = T(0);
-            for (int k = 0; k < 12; ++k) {
-              s += static_cast<T>(a[k]) * dM[k];
-              pa[k] += wj * dM[k];
-            }
-            if (shared) {
-              gw[j] += s;
-            } else {
-              gw_ptr[idx * J + j] = static_cast<scalar_t>(s);
-            }
-          }
-        }
-        if (shared) {
-          for (int64_t j = 0; j < J; ++j) gw_ptr[n * J + j] = static_cast<scalar_t>(gw[j]);
         }
       }
-    }
-  });
-  at::parallel_for(0, B * J, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bj = begin; bj < end; ++bj) {
-      T sum[12] = {};
-      for (int64_t c = 0; c < chunks; ++c) {
-        const T* pa = partial.data() + (c * B * J + bj) * 12;
-        for (int k = 0; k < 12; ++k) sum[k] += pa[k];
-      }
-      scalar_t* ga = ga_ptr + bj * 16;
-      for (int k = 0; k < 12; ++k) ga[k] = static_cast<scalar_t>(sum[k]);
-      ga[12] = ga[13] = ga[14] = ga[15] = scalar_t(0);
-    }
-  });
+    });
+    return;
+  }
+  at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(J, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t idx = begin; idx < end; ++idx) {
+                       const int64_t b = idx / N, n = idx % N;
+                       T M[12];
+                       blend<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, M);
+                       const T pv[3] = {static_cast<T>(p_ptr[idx * 3]),
+                                        static_cast<T>(p_ptr[idx * 3 + 1]),
+                                        static_cast<T>(p_ptr[idx * 3 + 2])};
+                       const T gv[3] = {static_cast<T>(g_ptr[idx * 3]),
+                                        static_cast<T>(g_ptr[idx * 3 + 1]),
+                                        static_cast<T>(g_ptr[idx * 3 + 2])};
+                       T gp[3];
+                       skin_point_backward(M, pv, gv, inverse, gp, dm_ptr + idx * 12);
+                       for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+                     }
+                   });
 }
 
 at::Tensor skin_points_forward_cpu(const at::Tensor& points, const at::Tensor& weights,
@@ -336,20 +359,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
                   grad_out.scalar_type() == points.scalar_type() && grad_out.device().is_cpu(),
               "skin_points (cpu): grad_out must be a contiguous (B, N, 3) CPU tensor");
   at::Tensor grad_points = new_output(points.sizes(), points.options());
-  at::Tensor grad_weights = new_output(weights.sizes(), weights.options());
-  at::Tensor grad_transforms = new_output(transforms.sizes(), transforms.options());
-  if (points.size(0) == 0 || points.size(1) == 0) {
-    grad_weights.zero_();
-    grad_transforms.zero_();
-    return {grad_points, grad_weights, grad_transforms};
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
+  if (B == 0 || N == 0) {
+    return {grad_points, at::zeros_like(weights), at::zeros_like(transforms)};
   }
+  // The reductions over points are two GEMMs over dM (deterministic, BLAS speed):
+  //   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]   (per b when the weights are batched)
+  //   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
+  const auto acc = points.options().dtype(
+      points.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor dM = at::empty({B, N, 12}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "skin_points_backward_cpu", [&] {
-                                    skin_backward_impl<scalar_t>(grad_out, points, weights,
-                                                                 transforms, inverse, grad_points,
-                                                                 grad_weights, grad_transforms);
+                                    skin_backward_points<scalar_t>(grad_out, points, weights,
+                                                                   transforms, inverse,
+                                                                   grad_points, dM);
                                   });
-  return {grad_points, grad_weights, grad_transforms};
+  const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(acc.dtype());
+  const at::Tensor W = weights.to(acc.dtype());
+  at::Tensor grad_weights, grad_A;
+  if (weights.size(0) == 1) {
+    // shared weights: dM is point-major (N, B, 12) (B = 1: both layouts agree)
+    const at::Tensor dM_n = dM.view({N, B * 12});
+    grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
+    grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
+  } else {
+    grad_weights = at::bmm(dM, A12.transpose(1, 2));
+    grad_A = at::bmm(W.transpose(1, 2), dM);
+  }
+  at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
+  grad_transforms.narrow(2, 0, 3).copy_(grad_A.reshape({B, J, 3, 4}));
+  return {grad_points, grad_weights.to(weights.scalar_type()).contiguous(),
+          grad_transforms.to(transforms.scalar_type())};
 }
 
 }  // namespace

@@ -408,8 +408,14 @@ def lbs(
             lbs_weights,
             pose2rot,
         )
-    v_shaped = v_template + torch.einsum("bl,mkl->bmk", betas, shapedirs)
-    joints = torch.einsum("bik,ji->bjk", v_shaped, J_regressor).expand(batch, -1, -1)
+    num_verts = J_regressor.shape[1]
+    # the blend shapes and the joint regression as two plain GEMMs (smplx's einsums become
+    # batched products with badly strided operands, the larger cost on the CPU)
+    offsets = torch.mm(shapedirs.reshape(num_verts * 3, -1), betas.t())  # (V·3, B)
+    v_shaped = v_template + offsets.t().reshape(-1, num_verts, 3)
+    shaped_batch = v_shaped.shape[0]
+    joints = torch.mm(J_regressor, v_shaped.transpose(0, 1).reshape(num_verts, shaped_batch * 3))
+    joints = joints.view(num_joints, shaped_batch, 3).transpose(0, 1).expand(batch, -1, -1)
     if pose2rot:
         kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)
     else:

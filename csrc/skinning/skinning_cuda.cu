@@ -1,0 +1,385 @@
+// CUDA kernels of portrait_engine::{forward_kinematics,skin_points}_{forward,backward}
+// (contract: docs/kernel_contract_skinning.md; shared math: skinning.h, the same functions the
+// CPU kernels call).
+//
+// forward_kinematics: one thread per batch element walks its J joints (the chain is serial;
+// B = 32 threads is a single warp, and the whole launch is a few microseconds, replacing
+// smplx's ~5 kernels per joint). Rotations, global transforms and their gradients live in
+// global-memory workspaces in the accumulation type (J is not bounded at compile time).
+// skin_points forward: one thread per (b, n); M = sum_j w_j A_j in registers.
+// skin_points backward: one thread per (b, n) writes grad_points and the per-point grad_weights
+// (to a (B, N, J) workspace summed over b afterwards when the weights are shared); each block
+// reduces sum_points w_j dM for every (j, k) by warp shuffles, then across its warps in a fixed
+// order, into a (B, blocks, J, 12) partial that at::sum reduces: no atomics, deterministic.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+#include "skinning/skinning.h"
+
+namespace portrait_engine {
+namespace skinning {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+at::ScalarType acc_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <typename scalar_t, typename T>
+__global__ void fk_forward_kernel(const scalar_t* __restrict__ pose,
+                                  const scalar_t* __restrict__ joints,
+                                  const int64_t* __restrict__ parents, int64_t B, int64_t J,
+                                  bool pose2rot, T* __restrict__ rot_ws, T* __restrict__ jnt_ws,
+                                  T* __restrict__ g_ws, scalar_t* __restrict__ rot_out,
+                                  scalar_t* __restrict__ pj_out, scalar_t* __restrict__ rel_out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  T* rot = rot_ws + b * J * 9;
+  T* jnt = jnt_ws + b * J * 3;
+  T* G = g_ws + b * J * 12;
+  for (int64_t i = 0; i < J; ++i) {
+    for (int c = 0; c < 3; ++c) jnt[i * 3 + c] = static_cast<T>(joints[(b * J + i) * 3 + c]);
+    if (pose2rot) {
+      const scalar_t* r = pose + (b * J + i) * 3;
+      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+      rodrigues(rv, rot + i * 9);
+    } else {
+      for (int k = 0; k < 9; ++k) rot[i * 9 + k] = static_cast<T>(pose[(b * J + i) * 9 + k]);
+    }
+  }
+  for (int64_t i = 0; i < J; ++i) {
+    chain_joint(rot, jnt, parents, i, G);
+    T A[12];
+    relative_transform(G + i * 12, jnt + i * 3, A);
+    scalar_t* rel = rel_out + (b * J + i) * 16;
+    for (int k = 0; k < 12; ++k) rel[k] = static_cast<scalar_t>(A[k]);
+    rel[12] = rel[13] = rel[14] = scalar_t(0);
+    rel[15] = scalar_t(1);
+    for (int r = 0; r < 3; ++r) pj_out[(b * J + i) * 3 + r] = static_cast<scalar_t>(G[i * 12 + r * 4 + 3]);
+    for (int k = 0; k < 9; ++k) rot_out[(b * J + i) * 9 + k] = static_cast<scalar_t>(rot[i * 9 + k]);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void fk_backward_kernel(const scalar_t* __restrict__ grad_rot,
+                                   const scalar_t* __restrict__ grad_pj,
+                                   const scalar_t* __restrict__ grad_rel,
+                                   const scalar_t* __restrict__ pose,
+                                   const scalar_t* __restrict__ joints,
+                                   const int64_t* __restrict__ parents, int64_t B, int64_t J,
+                                   bool pose2rot, T* __restrict__ ws, scalar_t* __restrict__ gpose,
+                                   scalar_t* __restrict__ gjoints) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  // per batch element: rot 9J, jnt 3J, G 12J, dRel 12J, dPJ 3J, dG 12J, dRot 9J, dJ 3J
+  T* rot = ws + b * J * 63;
+  T* jnt = rot + 9 * J;
+  T* G = jnt + 3 * J;
+  T* dRel = G + 12 * J;
+  T* dPJ = dRel + 12 * J;
+  T* dG = dPJ + 3 * J;
+  T* dRot = dG + 12 * J;
+  T* dJ = dRot + 9 * J;
+  for (int64_t i = 0; i < J; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      jnt[i * 3 + c] = static_cast<T>(joints[(b * J + i) * 3 + c]);
+      dPJ[i * 3 + c] = static_cast<T>(grad_pj[(b * J + i) * 3 + c]);
+    }
+    for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grad_rel[(b * J + i) * 16 + k]);
+    if (pose2rot) {
+      const scalar_t* r = pose + (b * J + i) * 3;
+      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+      rodrigues(rv, rot + i * 9);
+    } else {
+      for (int k = 0; k < 9; ++k) rot[i * 9 + k] = static_cast<T>(pose[(b * J + i) * 9 + k]);
+    }
+  }
+  for (int64_t i = 0; i < J; ++i) chain_joint(rot, jnt, parents, i, G);
+  chain_backward(rot, jnt, parents, J, G, dRel, dPJ, dG, dRot, dJ);
+  for (int64_t i = 0; i < J; ++i) {
+    T dR[9];
+    for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grad_rot[(b * J + i) * 9 + k]);
+    if (pose2rot) {
+      const scalar_t* r = pose + (b * J + i) * 3;
+      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+      T dr[3];
+      rodrigues_backward(rv, dR, dr);
+      for (int c = 0; c < 3; ++c) gpose[(b * J + i) * 3 + c] = static_cast<scalar_t>(dr[c]);
+    } else {
+      for (int k = 0; k < 9; ++k) gpose[(b * J + i) * 9 + k] = static_cast<scalar_t>(dR[k]);
+    }
+    for (int c = 0; c < 3; ++c) gjoints[(b * J + i) * 3 + c] = static_cast<scalar_t>(dJ[i * 3 + c]);
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void skin_forward_kernel(const scalar_t* __restrict__ points,
+                                    const scalar_t* __restrict__ weights,
+                                    const scalar_t* __restrict__ transforms, int64_t N, int64_t J,
+                                    int64_t weights_batch_stride, bool inverse,
+                                    scalar_t* __restrict__ out) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t b = blockIdx.y;
+  if (n >= N) return;
+  T M[12];
+  blend<T>(weights + b * weights_batch_stride + n * J, transforms + b * J * 16, J, M);
+  const int64_t idx = b * N + n;
+  const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
+                  static_cast<T>(points[idx * 3 + 2])};
+  T o[3];
+  skin_point(M, p, inverse, o);
+  for (int c = 0; c < 3; ++c) out[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(kFullMask, v, offset);
+  return v;
+}
+
+template <typename scalar_t, typename T>
+__global__ void skin_backward_kernel(const scalar_t* __restrict__ grad_out,
+                                     const scalar_t* __restrict__ points,
+                                     const scalar_t* __restrict__ weights,
+                                     const scalar_t* __restrict__ transforms, int64_t N, int64_t J,
+                                     int64_t weights_batch_stride, bool inverse,
+                                     scalar_t* __restrict__ grad_points,
+                                     T* __restrict__ grad_weights_ws, scalar_t* __restrict__ grad_weights,
+                                     bool shared, T* __restrict__ partial) {
+  __shared__ T warp_sums[kWarps][12];
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t b = blockIdx.y;
+  const bool active = n < N;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const scalar_t* w = weights + b * weights_batch_stride + (active ? n : 0) * J;
+  const scalar_t* A = transforms + b * J * 16;
+  T dM[12];
+  for (int k = 0; k < 12; ++k) dM[k] = T(0);
+  if (active) {
+    T M[12];
+    blend<T>(w, A, J, M);
+    const int64_t idx = b * N + n;
+    const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
+                    static_cast<T>(points[idx * 3 + 2])};
+    const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
+                    static_cast<T>(grad_out[idx * 3 + 2])};
+    T gp[3];
+    skin_point_backward(M, p, g, inverse, gp, dM);
+    for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
+  }
+  const int64_t blocks = gridDim.x;
+  for (int64_t j = 0; j < J; ++j) {
+    const T wj = active ? static_cast<T>(w[j]) : T(0);
+    if (active) {
+      T s = T(0);
+      for (int k = 0; k < 12; ++k) s += static_cast<T>(A[j * 16 + k]) * dM[k];
+      const int64_t gi = (b * N + n) * J + j;
+      if (shared) {
+        grad_weights_ws[gi] = s;
+      } else {
+        grad_weights[gi] = static_cast<scalar_t>(s);
+      }
+    }
+    for (int k = 0; k < 12; ++k) {
+      const T v = warp_sum(wj * dM[k]);
+      if (lane == 0) warp_sums[warp][k] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < 12) {
+      T total = T(0);
+      for (int i = 0; i < kWarps; ++i) total += warp_sums[i][threadIdx.x];
+      partial[((b * blocks + blockIdx.x) * J + j) * 12 + threadIdx.x] = total;
+    }
+    __syncthreads();
+  }
+}
+
+void check_fk(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
+              bool pose2rot) {
+  TORCH_CHECK(joints.dim() == 3 && joints.size(2) == 3 && joints.is_contiguous(),
+              "forward_kinematics (cuda): joints must be a contiguous (B, J, 3) tensor");
+  const int64_t B = joints.size(0), J = joints.size(1);
+  TORCH_CHECK(pose.is_contiguous() && pose.scalar_type() == joints.scalar_type() &&
+                  pose.size(0) == B && pose.size(1) == J &&
+                  (pose2rot ? (pose.dim() == 3 && pose.size(2) == 3)
+                            : (pose.dim() == 4 && pose.size(2) == 3 && pose.size(3) == 3)),
+              "forward_kinematics (cuda): pose must be a contiguous (B, J, 3) or (B, J, 3, 3) "
+              "tensor in the joints' dtype");
+  TORCH_CHECK(parents.dim() == 1 && parents.size(0) == J && parents.scalar_type() == at::kLong &&
+                  parents.is_contiguous(),
+              "forward_kinematics (cuda): parents must be a contiguous (J,) int64 tensor");
+  TORCH_CHECK(pose.is_cuda() && joints.is_cuda() && parents.is_cuda() &&
+                  pose.device() == joints.device() && parents.device() == joints.device(),
+              "forward_kinematics (cuda): tensors must be on one CUDA device");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kinematics_forward_cuda(
+    const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
+  check_fk(pose, joints, parents, pose2rot);
+  const c10::cuda::CUDAGuard guard(joints.device());
+  const int64_t B = joints.size(0), J = joints.size(1);
+  at::Tensor rot = new_output({B, J, 3, 3}, joints.options());
+  at::Tensor pj = new_output({B, J, 3}, joints.options());
+  at::Tensor rel = new_output({B, J, 4, 4}, joints.options());
+  if (B == 0 || J == 0) return {rot, pj, rel};
+  at::Tensor ws = at::empty({B, J, 24}, joints.options().dtype(acc_type(joints)));
+  const int threads = 64;
+  const int blocks = static_cast<int>((B + threads - 1) / threads);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, joints.scalar_type(),
+                                  "forward_kinematics_forward_cuda", [&] {
+                                    using T = at::opmath_type<scalar_t>;
+                                    T* w = ws.data_ptr<T>();
+                                    fk_forward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
+                                        pose.data_ptr<scalar_t>(), joints.data_ptr<scalar_t>(),
+                                        parents.data_ptr<int64_t>(), B, J, pose2rot, w,
+                                        w + B * J * 9, w + B * J * 12, rot.data_ptr<scalar_t>(),
+                                        pj.data_ptr<scalar_t>(), rel.data_ptr<scalar_t>());
+                                  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {rot, pj, rel};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cuda(
+    const at::Tensor& grad_rot, const at::Tensor& grad_pj, const at::Tensor& grad_rel,
+    const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
+  check_fk(pose, joints, parents, pose2rot);
+  const c10::cuda::CUDAGuard guard(joints.device());
+  const int64_t B = joints.size(0), J = joints.size(1);
+  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J, 3, 3}) && grad_rot.is_contiguous() &&
+                  grad_pj.sizes() == joints.sizes() && grad_pj.is_contiguous() &&
+                  grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous() &&
+                  grad_rot.scalar_type() == joints.scalar_type() &&
+                  grad_pj.scalar_type() == joints.scalar_type() &&
+                  grad_rel.scalar_type() == joints.scalar_type(),
+              "forward_kinematics (cuda): gradients must be contiguous, shaped as the outputs");
+  at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
+  at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
+  if (B == 0 || J == 0) return {grad_pose, grad_joints};
+  at::Tensor ws = at::empty({B, J, 63}, joints.options().dtype(acc_type(joints)));
+  const int threads = 64;
+  const int blocks = static_cast<int>((B + threads - 1) / threads);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, joints.scalar_type(), "forward_kinematics_backward_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        fk_backward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
+            grad_rot.data_ptr<scalar_t>(), grad_pj.data_ptr<scalar_t>(),
+            grad_rel.data_ptr<scalar_t>(), pose.data_ptr<scalar_t>(), joints.data_ptr<scalar_t>(),
+            parents.data_ptr<int64_t>(), B, J, pose2rot, ws.data_ptr<T>(),
+            grad_pose.data_ptr<scalar_t>(), grad_joints.data_ptr<scalar_t>());
+      });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {grad_pose, grad_joints};
+}
+
+void check_skin(const at::Tensor& points, const at::Tensor& weights, const at::Tensor& transforms) {
+  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
+              "skin_points (cuda): points must be a contiguous (B, N, 3) tensor");
+  const int64_t B = points.size(0), N = points.size(1);
+  TORCH_CHECK(transforms.dim() == 4 && transforms.size(0) == B && transforms.size(2) == 4 &&
+                  transforms.size(3) == 4 && transforms.is_contiguous(),
+              "skin_points (cuda): transforms must be a contiguous (B, J, 4, 4) tensor");
+  TORCH_CHECK(weights.dim() == 3 && (weights.size(0) == 1 || weights.size(0) == B) &&
+                  weights.size(1) == N && weights.size(2) == transforms.size(1) &&
+                  weights.is_contiguous(),
+              "skin_points (cuda): weights must be a contiguous (1 or B, N, J) tensor");
+  TORCH_CHECK(weights.scalar_type() == points.scalar_type() &&
+                  transforms.scalar_type() == points.scalar_type(),
+              "skin_points (cuda): dtype mismatch");
+  TORCH_CHECK(points.is_cuda() && weights.device() == points.device() &&
+                  transforms.device() == points.device(),
+              "skin_points (cuda): tensors must be on one CUDA device");
+}
+
+at::Tensor skin_points_forward_cuda(const at::Tensor& points, const at::Tensor& weights,
+                                    const at::Tensor& transforms, bool inverse) {
+  check_skin(points, weights, transforms);
+  const c10::cuda::CUDAGuard guard(points.device());
+  at::Tensor out = new_output(points.sizes(), points.options());
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
+  if (B == 0 || N == 0) return out;
+  const int64_t wstride = weights.size(0) == 1 ? 0 : N * J;
+  const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads), static_cast<unsigned>(B));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                  "skin_points_forward_cuda", [&] {
+                                    using T = at::opmath_type<scalar_t>;
+                                    skin_forward_kernel<scalar_t, T><<<grid, kThreads, 0, stream>>>(
+                                        points.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
+                                        transforms.data_ptr<scalar_t>(), N, J, wstride, inverse,
+                                        out.data_ptr<scalar_t>());
+                                  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& weights,
+    const at::Tensor& transforms, bool inverse) {
+  check_skin(points, weights, transforms);
+  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == points.scalar_type() &&
+                  grad_out.device() == points.device(),
+              "skin_points (cuda): grad_out must be a contiguous (B, N, 3) tensor");
+  const c10::cuda::CUDAGuard guard(points.device());
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
+  at::Tensor grad_points = new_output(points.sizes(), points.options());
+  if (B == 0 || N == 0) {
+    return {grad_points, at::zeros_like(weights), at::zeros_like(transforms)};
+  }
+  const bool shared = weights.size(0) == 1;
+  const auto acc = points.options().dtype(acc_type(points));
+  at::Tensor grad_weights = shared ? at::Tensor() : new_output(weights.sizes(), weights.options());
+  at::Tensor gw_ws = shared ? at::empty({B, N, J}, acc) : at::empty({0}, acc);
+  const int64_t blocks = (N + kThreads - 1) / kThreads;
+  at::Tensor partial = at::empty({B, blocks, J, 12}, acc);
+  const int64_t wstride = shared ? 0 : N * J;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, points.scalar_type(), "skin_points_backward_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        skin_backward_kernel<scalar_t, T><<<grid, kThreads, 0, stream>>>(
+            grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
+            weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(), N, J, wstride, inverse,
+            grad_points.data_ptr<scalar_t>(), gw_ws.data_ptr<T>(),
+            shared ? nullptr : grad_weights.data_ptr<scalar_t>(), shared, partial.data_ptr<T>());
+      });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (shared) grad_weights = gw_ws.sum(0, /*keepdim=*/true).to(weights.scalar_type());
+  at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
+  grad_transforms.narrow(2, 0, 3).copy_(partial.sum(1).view({B, J, 3, 4}));
+  return {grad_points, grad_weights, grad_transforms.to(transforms.scalar_type())};
+}
+
+}  // namespace
+}  // namespace skinning
+}  // namespace portrait_engine
+
+TORCH_LIBRARY_IMPL(portrait_engine, CUDA, m) {
+  m.impl("forward_kinematics_forward", &portrait_engine::skinning::forward_kinematics_forward_cuda);
+  m.impl("forward_kinematics_backward",
+         &portrait_engine::skinning::forward_kinematics_backward_cuda);
+  m.impl("skin_points_forward", &portrait_engine::skinning::skin_points_forward_cuda);
+  m.impl("skin_points_backward", &portrait_engine::skinning::skin_points_backward_cuda);
+}

@@ -1,0 +1,119 @@
+"""lbs, skin_points and mesh_deform on a GPU: CUDA and Triton kernels against the references."""
+
+from __future__ import annotations
+
+import pytest
+import smplx.lbs
+import torch
+
+import portrait_engine as pe
+from portrait_engine.ops import lbs, mesh_deform, skin_points
+from tests.helpers import assert_close, relative_l2
+from tests.ops import test_lbs, test_mesh_deform, test_skin_points
+
+pytestmark = pytest.mark.cuda
+
+
+def _require(backend, op):
+    ok, reason = pe.backend_status("cuda", op)[backend]
+    if not ok:
+        pytest.skip(reason)
+
+
+def _cuda(tensors):
+    return [t.cuda() for t in tensors]
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+@pytest.mark.parametrize("pose2rot", [True, False])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_gpu_lbs_matches_smplx(backend, pose2rot, batch):
+    _require(backend, "forward_kinematics_forward")
+    inputs = test_lbs.make_inputs(batch=batch, rings=40, around=48)
+    if not pose2rot:
+        inputs[1] = test_lbs.rotations_of(inputs[1])
+    inputs = _cuda(inputs)
+    got = test_lbs.run(backend, inputs, pose2rot)
+    want = test_lbs.run("smplx", inputs, pose2rot)
+    for g, w in zip(got, want, strict=True):
+        assert relative_l2(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_gpu_lbs_float64_and_bfloat16(backend):
+    _require(backend, "forward_kinematics_forward")
+    inputs = _cuda(test_lbs.make_inputs(dtype=torch.float64))
+    for g, w in zip(test_lbs.run(backend, inputs), test_lbs.run("smplx", inputs), strict=True):
+        assert_close(g, w, torch.float64, scale=10)
+    half = [t.to(torch.bfloat16) if t.is_floating_point() else t for t in inputs]
+    vertices, _ = lbs(*half, backend=backend)
+    want, _ = smplx.lbs.lbs(*[t.float() if t.is_floating_point() else t for t in inputs])
+    assert relative_l2(vertices.float(), want) < 2e-2
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_skin_points(backend, inverse, shared, dtype):
+    _require(backend, "skin_points_forward")
+    inputs = test_skin_points.make_inputs(batch=3, count=5000, joints=24, shared=shared)
+    inputs = [t.to(dtype).cuda() for t in inputs]
+    got = test_skin_points.run(backend, *inputs, inverse=inverse)
+    want = test_skin_points.run("oracle", *inputs, inverse=inverse)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        assert relative_l2(g, w) < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_mesh_deform_matches_reference_away_from_ties(backend, dtype):
+    _require(backend, "mesh_deform_forward")
+    inputs = test_mesh_deform.make_inputs(batch=2, count=4000, rings=40, around=48, dtype=dtype)
+    ties, _ = test_mesh_deform.tie_mask(*inputs[:2], inputs[3])
+    keep = (~ties).to(dtype)
+    cuda = _cuda(inputs)
+    got = test_mesh_deform.run(backend, *cuda, grad_mask=keep.cuda())
+    want = test_mesh_deform.run("torch", *inputs, grad_mask=keep)
+    assert_close(got[0].cpu()[~ties], want[0][~ties], dtype, scale=10)
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert relative_l2(g.cpu(), w) < (1e-4 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_gpu_mesh_deform_ray_samples_and_determinism(backend):
+    _require(backend, "mesh_deform_forward")
+    from portrait_engine.benchmark.cases.skinning import ray_samples
+    from portrait_engine.body import procedural_body_model
+
+    body = procedural_body_model(rings=100, around=100)
+    generator = torch.Generator().manual_seed(0)
+    canonical, neck = body.canonical(batch_size=2)
+    posed = body.posed(0.3 * torch.randn(2, 6, generator=generator), neck=neck)
+    points = ray_samples(2, 64, 24, generator)
+    args = [points.cuda(), posed.cuda(), canonical.cuda(), body.faces.cuda()]
+    first = mesh_deform(*args, thickness=0.05, backend=backend)
+    second = mesh_deform(*args, thickness=0.05, backend=backend)
+    assert torch.equal(first, second)
+    sample = torch.randperm(points.shape[1], generator=generator)[:3000]
+    want = mesh_deform(
+        points[:, sample], posed, canonical, body.faces, thickness=0.05, backend="torch"
+    )
+    close = torch.isclose(first[:, sample].cpu(), want, rtol=1e-4, atol=1e-5).all(-1)
+    assert close.float().mean() > 0.995  # near-ties may pick another face
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_gpu_compile_fullgraph(backend):
+    _require(backend, "mesh_deform_forward")
+    points, posed, canonical, faces = _cuda(test_mesh_deform.make_inputs(count=500))
+    points.requires_grad_()
+    compiled = torch.compile(
+        lambda p: mesh_deform(p, posed, canonical, faces, thickness=0.03, backend=backend).sum()
+        + skin_points(p, torch.ones(500, 1, device="cuda"), torch.eye(4, device="cuda").expand(
+            2, 1, 4, 4), backend=backend).sum(),
+        fullgraph=True,
+    )  # fmt: skip
+    compiled(points).backward()
+    assert torch.isfinite(points.grad).all()
