@@ -51,13 +51,20 @@ def _log1p(y):
 
 @triton.jit
 def _interval(s_prev, s_next, z_prev, z_next):
-    """``(α, e, x, δ)`` of one interval: alpha, exp(-τ), the softplus argument, the length."""
+    """``(α, e, p, ∂τ/∂x)`` of one interval: alpha, exp(-τ), (1 - α) + 1e-10, δ softplus'(x)."""
     delta = z_next - z_prev
     x = (s_prev + s_next) / 2 - 1.0
-    sigma = tl.where(x > _SOFTPLUS_THRESHOLD, x, _log1p(tl.exp(tl.minimum(x, _SOFTPLUS_THRESHOLD))))
+    # torch's softplus and softplus_backward, from one exp: x above the threshold (gradient 1),
+    # else log1p(z) with z = exp(x) (gradient z / (z + 1)); tl.where, not tl.minimum, so that a
+    # NaN density stays NaN
+    above = x > _SOFTPLUS_THRESHOLD
+    z = tl.exp(tl.where(above, 0.0, x))
+    sigma = tl.where(above, x, _log1p(z))
+    dsoftplus = tl.where(above, 1.0, z / (z + 1.0))
     e = tl.exp(-(sigma * delta))
     alpha = 1.0 - e
-    return alpha, e, x, delta
+    p = (1.0 - alpha) + _EPS
+    return alpha, e, p, delta * dsoftplus
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +115,7 @@ def _ray_march_forward_kernel(
         c_next = tl.load(color_rows + i * n_channels, mask=mask_rc, other=0.0).to(acc_ty)
         s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
         z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
-        alpha, e, x, delta = _interval(s_prev, s_next, z_prev, z_next)
+        alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
         weight = alpha * transmittance
         rgb += weight[:, None] * ((c_prev + c_next) / 2)
         total += weight
@@ -118,7 +125,7 @@ def _ray_march_forward_kernel(
             weight.to(weights_ptr.dtype.element_ty),
             mask=mask_r,
         )
-        transmittance = transmittance * ((1.0 - alpha) + _EPS)
+        transmittance = transmittance * p
         c_prev, s_prev, z_prev = c_next, s_next, z_next
 
     low = tl.load(range_ptr).to(acc_ty)
@@ -213,10 +220,10 @@ def _ray_march_backward_kernel(
     for i in range(1, n_samples):
         s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
         z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
-        alpha, e, x, delta = _interval(s_prev, s_next, z_prev, z_next)
+        alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
         gw = tl.load(grad_weights_ptr + weight_rows + (i - 1), mask=mask_r, other=0.0)
         weights_term += alpha * transmittance * gw.to(acc_ty)
-        transmittance = transmittance * ((1.0 - alpha) + _EPS)
+        transmittance = transmittance * p
         s_prev, z_prev = s_next, z_next
 
     # G = Σ_i w_i γ_i from the totals
@@ -236,18 +243,13 @@ def _ray_march_backward_kernel(
         c_next = tl.load(color_rows + i * n_channels, mask=mask_rc, other=0.0).to(acc_ty)
         s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
         z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
-        alpha, e, x, delta = _interval(s_prev, s_next, z_prev, z_next)
+        alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
         weight = alpha * transmittance
         gw = tl.load(grad_weights_ptr + weight_rows + (i - 1), mask=mask_r, other=0.0)
         gamma = scale * tl.sum(grad_rgb * ((c_prev + c_next) / 2), axis=1)
         gamma += a + b * ((z_prev + z_next) / 2) + gw.to(acc_ty)
         prefix += weight * gamma
-        p = (1.0 - alpha) + _EPS
-        grad_tau = gamma * e * transmittance - (e / p) * (grand - prefix)
-        # softplus' = sigmoid, 1 above the threshold (torch's softplus_backward)
-        z = tl.exp(tl.minimum(x, _SOFTPLUS_THRESHOLD))
-        dsoftplus = tl.where(x > _SOFTPLUS_THRESHOLD, 1.0, z / (z + 1.0))
-        gx = grad_tau * delta * dsoftplus
+        gx = (gamma * e * transmittance - (e / p) * (grand - prefix)) * dtau
 
         # sample i-1 closes: it belongs to intervals i-2 and i-1
         tl.store(

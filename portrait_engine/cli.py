@@ -301,7 +301,10 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 # The model commands: (command, model) -> the module that implements `portrait-engine <command>
 # <model>`. Each such module imports only light things at import time and defines
 # `add_<command>_arguments(parser)` and `<command>_main(args, console) -> int`.
-MODEL_COMMANDS: dict[tuple[str, str], str] = {}
+MODEL_COMMANDS: dict[tuple[str, str], str] = {
+    ("train", "ri"): "portrait_engine.models.recognizability.commands",
+    ("eval", "ri"): "portrait_engine.models.recognizability.eval_command",
+}
 MODEL_COMMANDS.update(
     {
         (command, "portrait"): "portrait_engine.models.portrait_gan.commands"

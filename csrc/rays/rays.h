@@ -65,19 +65,26 @@ HOST_DEVICE PE_INLINE bool is_finite(acc_t x) {
   return x == x && x - x == acc_t(0);  // false for NaN and ±inf
 }
 
-// torch.nn.functional.softplus (beta 1, threshold 20).
+// torch.nn.functional.softplus (beta 1, threshold 20) and its derivative as torch's
+// softplus_backward computes it (z / (z + 1), z = exp(x); 1 above the threshold), from one exp.
 template <typename acc_t>
-HOST_DEVICE PE_INLINE acc_t softplus(acc_t x) {
-  return x > acc_t(kSoftplusThreshold) ? x : log1p_of(exp_of(x));
-}
+struct Softplus {
+  acc_t value;
+  acc_t grad;
+};
 
-// Its derivative as torch's softplus_backward computes it: z / (z + 1), z = exp(x); 1 above
-// the threshold.
 template <typename acc_t>
-HOST_DEVICE PE_INLINE acc_t softplus_grad(acc_t x) {
-  if (x > acc_t(kSoftplusThreshold)) return acc_t(1);
-  const acc_t z = exp_of(x);
-  return z / (z + acc_t(1));
+HOST_DEVICE PE_INLINE Softplus<acc_t> softplus(acc_t x) {
+  Softplus<acc_t> r;
+  if (x > acc_t(kSoftplusThreshold)) {
+    r.value = x;
+    r.grad = acc_t(1);
+  } else {
+    const acc_t z = exp_of(x);
+    r.value = log1p_of(z);
+    r.grad = z / (z + acc_t(1));
+  }
+  return r;
 }
 
 // One interval between samples (s0, z0) and (s1, z1).
@@ -88,6 +95,7 @@ struct Interval {
   acc_t x;      // the softplus argument (σ̃ mid - 1)
   acc_t delta;  // z1 - z0
   acc_t p;      // the transmittance factor (1 - alpha) + 1e-10
+  acc_t dtau;   // ∂τ/∂x = δ softplus'(x)
 };
 
 template <typename acc_t>
@@ -95,7 +103,9 @@ HOST_DEVICE PE_INLINE Interval<acc_t> interval(acc_t s0, acc_t s1, acc_t z0, acc
   Interval<acc_t> r;
   r.delta = z1 - z0;
   r.x = (s0 + s1) / acc_t(2) - acc_t(1);
-  r.e = exp_of(-(softplus(r.x) * r.delta));
+  const Softplus<acc_t> sp = softplus(r.x);
+  r.e = exp_of(-(sp.value * r.delta));
+  r.dtau = r.delta * sp.grad;
   r.alpha = acc_t(1) - r.e;
   r.p = (acc_t(1) - r.alpha) + acc_t(kTransmittanceEps);
   return r;
@@ -147,12 +157,13 @@ HOST_DEVICE PE_INLINE GradTerms<acc_t> grad_terms(acc_t grad_depth, acc_t grad_r
   return t;
 }
 
-// ∂L/∂x of one interval: gamma = γ_i, transmittance = T_i, suffix = G - P_i.
+// ∂L/∂x of one interval: gamma = γ_i, transmittance = T_i, suffix = G - P_i; e, p and
+// dtau = ∂τ/∂x of the interval.
 template <typename acc_t>
-HOST_DEVICE PE_INLINE acc_t grad_x(const Interval<acc_t>& iv, acc_t gamma, acc_t transmittance,
+HOST_DEVICE PE_INLINE acc_t grad_x(acc_t e, acc_t p, acc_t dtau, acc_t gamma, acc_t transmittance,
                                    acc_t suffix) {
-  const acc_t grad_tau = gamma * iv.e * transmittance - (iv.e / iv.p) * suffix;
-  return grad_tau * iv.delta * softplus_grad(iv.x);
+  const acc_t grad_tau = gamma * e * transmittance - (e / p) * suffix;
+  return grad_tau * dtau;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 //
 // ray_march: at::parallel_for over the rays; a task owns whole rays, so there is no reduction
 // across tasks, no atomics, and the result does not depend on the number of threads. Per ray,
-// one front-to-back pass over its S samples (forward), or a short pass over the densities and
-// depths and one over everything (backward); the C-channel loops are contiguous and vectorise.
+// one front-to-back pass over its S samples (forward), or, backward, a scalar pass over the
+// densities and depths (the intervals, kept in a per-thread buffer of S values each, and the
+// total G) then one pass over the colours; the C-channel loops are contiguous and vectorise.
 // Per-sample values are converted to acc_t once per sample (the previous sample's colours are
 // kept in a small buffer, so each element is read once per pass).
 
@@ -152,6 +153,9 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
 
   at::parallel_for(0, z.B * z.R, ray_grain(z), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(C), prev(C), next(C);
+    // per-interval values of the scalar pass, reused by the channel pass: T_i, w_i, e_i, p_i,
+    // ∂τ/∂x_i (so each interval's transcendentals are evaluated once per backward)
+    std::vector<acc_t> T(S), W(S), E(S), P(S), K(S);
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* c = c_ptr + r * S * C;
       const scalar_t* s = s_ptr + r * S;
@@ -171,7 +175,7 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
       const GradTerms<acc_t> t = grad_terms(static_cast<acc_t>(gd_ptr[r]), g_sum, total,
                                             depth_sum, low, high, white_back, scale_rgb);
 
-      // pre-pass: Σ w_i ∂L/∂weights_i, from the densities and depths alone
+      // scalar pass: the intervals, and Σ w_i ∂L/∂weights_i for the total G
       acc_t weights_term = acc_t(0);
       {
         acc_t s0 = static_cast<acc_t>(s[0]), z0 = static_cast<acc_t>(d[0]);
@@ -179,7 +183,13 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
         for (int64_t i = 1; i < S; ++i) {
           const acc_t s1 = static_cast<acc_t>(s[i]), z1 = static_cast<acc_t>(d[i]);
           const Interval<acc_t> iv = interval(s0, s1, z0, z1);
-          weights_term += iv.alpha * transmittance * static_cast<acc_t>(gw[i - 1]);
+          const acc_t w = iv.alpha * transmittance;
+          T[i] = transmittance;
+          W[i] = w;
+          E[i] = iv.e;
+          P[i] = iv.p;
+          K[i] = iv.dtau;
+          weights_term += w * static_cast<acc_t>(gw[i - 1]);
           transmittance = transmittance * iv.p;
           s0 = s1;
           z0 = z1;
@@ -187,16 +197,14 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
       }
       const acc_t grand = t.scale * g_dot_rgb + t.a * total + t.b * depth_sum + weights_term;
 
+      // channel pass, front to back
       for (int64_t k = 0; k < C; ++k) prev[k] = static_cast<acc_t>(c[k]);
-      acc_t s0 = static_cast<acc_t>(s[0]), z0 = static_cast<acc_t>(d[0]);
-      acc_t transmittance = acc_t(1), prefix = acc_t(0), gx_prev = acc_t(0), w_prev = acc_t(0);
+      acc_t prefix = acc_t(0), gx_prev = acc_t(0), w_prev = acc_t(0);
       const acc_t half_scale = t.scale / acc_t(2);
       for (int64_t i = 1; i < S; ++i) {
-        const acc_t s1 = static_cast<acc_t>(s[i]), z1 = static_cast<acc_t>(d[i]);
-        const Interval<acc_t> iv = interval(s0, s1, z0, z1);
-        const acc_t w = iv.alpha * transmittance;
+        const acc_t w = W[i];
         const scalar_t* ci = c + i * C;
-        scalar_t* gci = gc + (i - 1) * C;
+        scalar_t* __restrict__ gci = gc + (i - 1) * C;
         const acc_t wc = half_scale * (w_prev + w);
         acc_t dot = acc_t(0);
         acc_t* __restrict__ p0 = prev.data();
@@ -208,17 +216,14 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
           dot += gv[k] * ((p0[k] + p1[k]) / acc_t(2));
           gci[k] = static_cast<scalar_t>(wc * gv[k]);
         }
-        const acc_t gamma =
-            t.scale * dot + t.a + t.b * ((z0 + z1) / acc_t(2)) + static_cast<acc_t>(gw[i - 1]);
+        const acc_t z_mid = (static_cast<acc_t>(d[i - 1]) + static_cast<acc_t>(d[i])) / acc_t(2);
+        const acc_t gamma = t.scale * dot + t.a + t.b * z_mid + static_cast<acc_t>(gw[i - 1]);
         prefix += w * gamma;
-        const acc_t gx = grad_x(iv, gamma, transmittance, grand - prefix);
+        const acc_t gx = grad_x(E[i], P[i], K[i], gamma, T[i], grand - prefix);
         gs[i - 1] = static_cast<scalar_t>(acc_t(0.5) * (gx_prev + gx));
-        transmittance = transmittance * iv.p;
         gx_prev = gx;
         w_prev = w;
         std::swap(prev, next);
-        s0 = s1;
-        z0 = z1;
       }
       scalar_t* last = gc + (S - 1) * C;
       const acc_t wc = half_scale * w_prev;

@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t gamma =
         t.scale * dot + t.a + t.b * ((z0 + z1) / acc_t(2)) + static_cast<acc_t>(gw[i - 1]);
     prefix += w * gamma;
-    const acc_t gx = grad_x(iv, gamma, transmittance, grand - prefix);
+    const acc_t gx = grad_x(iv.e, iv.p, iv.dtau, gamma, transmittance, grand - prefix);
     if (lane == 0) gs[i - 1] = static_cast<scalar_t>(acc_t(0.5) * (gx_prev + gx));
     transmittance = transmittance * iv.p;
     gx_prev = gx;

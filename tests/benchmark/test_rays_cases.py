@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from portrait_engine.benchmark import BenchConfig, runner
+from portrait_engine.benchmark import runner
 from portrait_engine.benchmark.cases import OPS
 from portrait_engine.benchmark.cases.rays import _march_case, _sample_case
+from tests.benchmark.conftest import tiny_config
 
 
 def test_ops_are_registered():
@@ -24,19 +25,17 @@ def test_march_bytes_moved():
     assert case.bytes_moved(torch.float32, False) == 4 * (colors + 3 * samples + rays_out)
 
 
-def test_cases_run_and_agree(tmp_path):
-    config = BenchConfig(
-        ops=[],
-        device="cpu",
-        providers=["torch", "native"],
-        budget_s=0.01,
-        out_dir=str(tmp_path),
+def test_cases_run_and_agree(use_cases):
+    """Every available provider passes the harness's check against the reference and is timed."""
+    use_cases(
+        {
+            "ray_march": [_march_case("tiny", batch=1, resolution=3, samples=5, channels=4)],
+            "ray_sample": [_sample_case("tiny", batch=2, resolution=4)],
+        }
     )
-    for case in (
-        _march_case("tiny", batch=1, resolution=3, samples=5, channels=4),
-        _sample_case("tiny", batch=2, resolution=4),
-    ):
-        rows = runner.run_case(case, config, copy_gbps=1.0)
-        statuses = {r["provider"]: r["status"] for r in rows}
-        assert statuses["torch"] == "ok"
-        assert statuses["native"] in ("ok",) or statuses["native"].startswith("unavailable")
+    config = tiny_config(ops=["ray_march", "ray_sample"], providers=["torch", "native"])
+    rows = runner.run_benchmarks(config)["rows"]
+    for op in ("ray_march", "ray_sample"):
+        statuses = {r["provider"]: r["status"] for r in rows if r["op"] == op}
+        assert statuses["torch"] == "ok", statuses
+        assert statuses["native"] == "ok" or statuses["native"].startswith("unavailable"), statuses

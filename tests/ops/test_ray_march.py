@@ -242,13 +242,30 @@ def test_reference_is_mip_ray_marcher2():
     )
 
 
-def test_depth_is_clamped_to_the_range_of_all_rays():
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_depth_is_clamped_to_the_range_of_all_rays(backend):
     """The clamp range spans the whole tensor: an empty ray gets the batch's farthest depth."""
     colors, densities, depths = make_inputs(batch=2, rays=2, samples=4)
     densities[1, 1] = -1e4
     depths[0, 0, -1] = 9.0
-    _, depth, _ = ray_march_reference(colors, densities, depths)
+    _, depth, _ = ray_march(colors, densities, depths, backend=backend)
     assert depth[1, 1].item() == 9.0
+    assert depth[0, 1].item() < 9.0
+
+
+@pytest.mark.parametrize("backend", [_backend_param("native")])
+def test_native_results_do_not_depend_on_the_thread_count(backend):
+    inputs = make_inputs(batch=3, rays=200, samples=9, channels=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(backend, *inputs)
+        torch.set_num_threads(max(2, threads))
+        many = run(backend, *inputs)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a, b)
 
 
 # --------------------------------------------------------------------------------------------
