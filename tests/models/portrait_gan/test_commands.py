@@ -216,3 +216,19 @@ def test_predict_pose_json(tmp_path):
             torch.stack([it["camera"] for it in item]).float(),
         )
     np.testing.assert_allclose(rows[0]["predicted"], pose[0].numpy(), atol=1e-5)
+
+
+def test_orbit_mp4_frames(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    out = tmp_path / "o.mp4"
+    with pytest.warns(RandomModelWarning):
+        run("orbit", "portrait", "--frames", "6", "--fps", "12", *RES, "--out", str(out))
+    reader = imageio.get_reader(out)
+    try:
+        frames = [frame for frame in reader]
+    finally:
+        reader.close()
+    assert len(frames) == 6
+    assert frames[0].shape == (64, 64, 3)

@@ -234,3 +234,29 @@ def test_config_rendering_values():
         PortraitGANConfig.preset("tiny", ray_start=3.5)
     with pytest.raises(ValueError, match="density_noise"):
         PortraitGANConfig.preset("tiny", density_noise=-1.0)
+
+
+def test_plain_triplane_option():
+    torch.manual_seed(6)
+    config = PortraitGANConfig.preset("tiny", triplane_depth=1, neural_rendering_resolution=8)
+    g = PortraitGenerator(config).eval()
+    z = torch.randn(1, config.z_dim)
+    with torch.no_grad():
+        planes = g.planes(g.map(z, cameras([0.0])), noise_mode="const")
+    assert planes.shape == (1, 3, config.triplane_channels, 32, 32)
+    out = render(g, z, cameras([0.0]), neural_rendering_resolution=None)
+    assert out["image"].shape == (1, 3, 64, 64) and torch.isfinite(out["image"]).all()
+
+
+def test_sample_density_with_pose_deforms_first(gen):
+    torch.manual_seed(7)
+    z = torch.randn(1, gen.config.z_dim)
+    pose = torch.tensor([[0.0, 0.5, 0.0, 0.0, 0.3, 0.0]])
+    with torch.no_grad():
+        planes = gen.planes(gen.map(z, cameras([0.0])), noise_mode="const")
+        points = gen.deformer.posed_vertices(pose)[:, ::2]
+        posed = gen.sample_density(planes, points, pose)
+        canonical = gen.sample_density(planes, gen.deformation(pose)(points))
+    torch.testing.assert_close(posed, canonical)
+    with pytest.raises(ValueError, match="points"):
+        gen.sample_density(planes, points[..., :2])
