@@ -305,8 +305,22 @@ MODEL_COMMANDS: dict[tuple[str, str], str] = {
     ("train", "ri"): "portrait_engine.models.recognizability.commands",
     ("eval", "ri"): "portrait_engine.models.recognizability.eval_command",
 }
+MODEL_COMMANDS.update(
+    {
+        (command, "portrait"): "portrait_engine.models.portrait_gan.commands"
+        for command in ("generate", "orbit", "mesh", "predict-pose")
+    }
+)
 
 _COMMAND_HELP = {"train": "train a model", "eval": "evaluate a trained model"}
+_COMMAND_HELP.update(
+    {
+        "generate": "generate images",
+        "orbit": "render a 360-degree orbit video",
+        "mesh": "extract a mesh (.ply)",
+        "predict-pose": "predict body poses of real images",
+    }
+)
 
 
 def _add_model_commands(sub) -> None:

@@ -21,6 +21,7 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "sample_importance": ("importance", "importance_cases"),
     "merge_samples": ("importance", "merge_cases"),
     "renderer": ("importance", "renderer_cases"),
+    "generator": ("portrait_gan", "generator_cases"),
     "lbs": ("skinning", "lbs_cases"),
     "skin_points": ("skinning", "skin_points_cases"),
     "mesh_deform": ("skinning", "mesh_deform_cases"),

@@ -1,9 +1,16 @@
 """3DPortraitGAN networks (issue 6): StyleGAN2 layers, the camera + pose conditioned mapping,
 the tri-grid backbone, the pose branches, EG3D's hybrid super-resolution and the pose-aware
-dual discriminator. The rendering modules (renderer, decoder, pose deformer) live in
+dual discriminator, assembled in ``PortraitGenerator``, and safetensors checkpoints. The
+rendering modules (renderer, decoder, pose deformer) live in
 :mod:`portrait_engine.nn`.
 """
 
+from portrait_engine.models.portrait_gan.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from portrait_engine.models.portrait_gan.config import PRESETS, PortraitGANConfig
 from portrait_engine.models.portrait_gan.discriminator import (
     PoseAwareDualDiscriminator,
@@ -12,6 +19,7 @@ from portrait_engine.models.portrait_gan.discriminator import (
     filtered_resizing,
     real_inputs,
 )
+from portrait_engine.models.portrait_gan.generator import PortraitDecoder, PortraitGenerator
 from portrait_engine.models.portrait_gan.image_head import NeuralImageHead
 from portrait_engine.models.portrait_gan.mapping import (
     MappingNetwork,
@@ -32,11 +40,14 @@ from portrait_engine.models.portrait_gan.synthesis import (
 __all__ = [
     "PRESETS",
     "BackgroundSynthesis",
+    "CheckpointError",
     "DiscriminatorPoseBranch",
     "GeneratorPoseBranch",
     "MappingNetwork",
     "NeuralImageHead",
+    "PortraitDecoder",
     "PortraitGANConfig",
+    "PortraitGenerator",
     "PortraitMapping",
     "PoseAwareDualDiscriminator",
     "SuperResolution",
@@ -46,5 +57,8 @@ __all__ = [
     "blur_sigma_at",
     "conditioning_label",
     "filtered_resizing",
+    "load_checkpoint",
+    "read_checkpoint",
     "real_inputs",
+    "save_checkpoint",
 ]

@@ -9,7 +9,11 @@ Presets (:meth:`PortraitGANConfig.preset`):
 - ``paper``: the published 3DPortraitGAN model (EG3D ``full-head`` lineage, PanoHead tri-grid):
   z, w 512; mapping depth 2 (EG3D's ``--map-depth`` default); backbone 256² emitting a
   tri-grid of 3 planes x 32 channels x depth 3 (288 channels); channel base 32768, max 512;
-  neural rendering 64 -> 128 (fade), 48 + 48 samples, ray 2.25 .. 3.3, box_warp 1, the
+  neural rendering 64 -> 128 (fade), 48 + 48 samples, 3DPortraitGAN ``full-head`` rendering
+  with its ``--radius_scale`` default 0.7: ray ``2.25 + 0.45 (1 - 0.7)`` = 2.385 ..
+  ``2.7 + 0.6 · 0.7`` = 3.12, box_warp 0.7; density noise 0 at inference (training fades it
+  from 1 over ``density_noise_fade_kimg``: the loss sets it); pose deformation thickness 0.05;
+  the
   corrected tri-plane axes of 3DPortraitGAN's renderer (PanoHead's, EG3D issue 67); EG3D's
   ``SuperresolutionHybrid8XDC`` (bilinear to 128, blocks of 256 and 128 channels -> 512²);
   ToRGB raw image and a background network (``--use_torgb_raw=1``, ``use_background``);
@@ -72,9 +76,15 @@ class PortraitGANConfig:
     decoder_activation: str = "none"  # 3DPortraitGAN: "none" (with ToRGB raw); EG3D: "sigmoid"
     depth_resolution: int = 48
     depth_resolution_importance: int = 48
-    ray_start: float = 2.25
-    ray_end: float = 3.3
-    box_warp: float = 1.0
+    ray_start: float = 2.385  # 3DPortraitGAN full-head: 2.25 + (2.7 - 2.25)(1 - radius_scale)
+    ray_end: float = 3.12  # (3.3 - 2.7) radius_scale + 2.7, radius_scale 0.7
+    box_warp: float = 0.7  # radius_scale
+    density_noise: float = 0.0  # std of the noise on raw densities (training schedule: loss)
+    triplane_crop: float = 0.0  # PanoHead's crop margin (0: off, as 3DPortraitGAN renders)
+    deform_thickness: float = 0.05  # 3DPortraitGAN's --thickness (PoseDeformer)
+    # [ours] mesh size of the procedural stand-in body used when no SMPL file is given
+    body_rings: int = 40
+    body_around: int = 48
     plane_axes: str = "panohead"  # 3DPortraitGAN's corrected tri-plane axes (= PanoHead's)
     use_torgb_raw: bool = True
     use_background: bool = True
@@ -120,6 +130,8 @@ class PortraitGANConfig:
             "disc_channel_base",
             "disc_channel_max",
             "disc_mapping_layers",
+            "body_rings",
+            "body_around",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -146,6 +158,16 @@ class PortraitGANConfig:
         if self.decoder_activation not in ("none", "sigmoid", "lrelu"):
             raise ValueError(
                 f"decoder_activation must be none/sigmoid/lrelu, got {self.decoder_activation!r}"
+            )
+        if not (0 < self.ray_start < self.ray_end) or self.box_warp <= 0:
+            raise ValueError(
+                f"need 0 < ray_start < ray_end and box_warp > 0, got {self.ray_start}, "
+                f"{self.ray_end}, {self.box_warp}"
+            )
+        if self.density_noise < 0 or self.triplane_crop < 0 or self.deform_thickness < 0:
+            raise ValueError(
+                "density_noise, triplane_crop and deform_thickness must be >= 0, got "
+                f"{self.density_noise}, {self.triplane_crop}, {self.deform_thickness}"
             )
         if self.mbstd_group_size < 1:
             raise ValueError(f"mbstd_group_size must be >= 1, got {self.mbstd_group_size}")
@@ -250,6 +272,8 @@ class PortraitGANConfig:
                 disc_channel_max=64,
                 disc_mapping_layers=2,
                 mbstd_group_size=2,
+                body_rings=6,
+                body_around=8,
             )
         values.update(overrides)
         return cls(**values)
