@@ -179,6 +179,28 @@ def test_recordio_reads_insightface_layout(tmp_path):
         assert torch.allclose(image, _as_tensor(pixels[i]), atol=1e-6)
 
 
+def test_recordio_labels_from_identity_records_are_checked_against_image_headers(tmp_path):
+    encoded = [_encode(_pixels(s)) for s in range(4)]
+    records = _insightface_records(list(zip([0, 1, 1, 1], encoded, strict=True)))
+    # identity records say identity 0 = image 1, identity 1 = images 2..4; make image 2's own
+    # header disagree (label 5): the labels come from the identity records, the item raises
+    records[2] = (2, _ir_header(5.0) + encoded[1])
+    rec, _ = _write_rec(tmp_path, records)
+    ds = RecordIO(rec)
+    assert list(ds.labels) == [0, 1, 1, 1]
+    assert ds[0][1] == 0
+    with pytest.raises(ValueError, match="labelled 5"):
+        ds[1]
+
+
+def test_recordio_identity_records_that_do_not_tile_fall_back_to_headers(tmp_path):
+    encoded = [_encode(_pixels(s)) for s in range(3)]
+    records = _insightface_records(list(zip([0, 1, 2], encoded, strict=True)))
+    records[-1] = (records[-1][0], _ir_header([2, 3]))  # overlaps identity 1's range
+    rec, _ = _write_rec(tmp_path, records)
+    assert list(RecordIO(rec).labels) == [0, 1, 2]
+
+
 def test_recordio_jpeg_and_resize(tmp_path):
     pixels = np.full((20, 20, 3), 200, dtype=np.uint8)
     rec, idx = _write_rec(tmp_path, [(0, _ir_header(7.0) + _encode(pixels, "JPEG"))])

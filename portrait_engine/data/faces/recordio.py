@@ -135,8 +135,9 @@ class RecordIO(torch.utils.data.Dataset):
         size: resize images to ``size × size`` (``None`` keeps their size: 112 in insightface).
         transform: optional callable applied to the image tensor.
 
-    Labels are read from every image header once at construction (a seek and a small read per
-    image), so ``labels`` and ``num_classes`` (largest label + 1) are known up front. Safe with
+    Labels are known up front: from insightface's identity records when the file has them (one
+    read per identity), else from every image header (one read per image); ``num_classes`` is
+    the largest label + 1. Safe with
     ``DataLoader`` workers: each process opens its own file handle.
     """
 
@@ -184,8 +185,10 @@ class RecordIO(torch.utils.data.Dataset):
         self._offsets = [offsets[k] for k in keys]
         if not self._offsets:
             raise ValueError(f"{self.rec_path}: holds no image records")
-        labels = [self._read_label(offset) for offset in self._offsets]
-        self.labels = np.array(labels, dtype=np.int64)
+        labels = self._identity_record_labels(offsets, header0) if header0 else None
+        if labels is None:
+            labels = np.array([self._read_label(o) for o in self._offsets], dtype=np.int64)
+        self.labels = labels
         if self.labels.min() < 0:
             raise ValueError(f"{self.rec_path}: negative identity label {self.labels.min()}")
         self.num_classes = int(self.labels.max()) + 1
@@ -195,6 +198,29 @@ class RecordIO(torch.utils.data.Dataset):
             self._handle = open(self.rec_path, "rb")  # noqa: SIM115 - kept open across items
             self._pid = os.getpid()
         return self._handle
+
+    def _identity_record_labels(
+        self, offsets: dict[int, int], header0: tuple[int, int]
+    ) -> np.ndarray | None:
+        """Labels from insightface's identity records (keys ``header0[0] .. header0[1] - 1``,
+        record ``n`` labelled ``(first image key, end key)`` of identity ``n``): one read per
+        identity instead of one per image. ``None`` when they are absent or do not tile the
+        images exactly (then every image header is read)."""
+        first, end = header0
+        count = header0[0] - 1
+        keys = range(first, end)
+        if not keys or any(k not in offsets for k in keys):
+            return None
+        labels = np.full(count, -1, dtype=np.int64)
+        for identity, key in enumerate(keys):
+            header, _ = unpack(read_record(self._file(), offsets[key], str(self.rec_path)))
+            if not isinstance(header.label, np.ndarray) or len(header.label) < 2:
+                return None
+            start, stop = int(header.label[0]), int(header.label[1])
+            if not 1 <= start < stop <= count + 1 or (labels[start - 1 : stop - 1] != -1).any():
+                return None
+            labels[start - 1 : stop - 1] = identity
+        return None if (labels < 0).any() else labels
 
     def _read_label(self, offset: int) -> int:
         header, _ = unpack(read_record(self._file(), offset, str(self.rec_path)))
@@ -209,7 +235,13 @@ class RecordIO(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         offset = self._offsets[index]
-        _, data = unpack(read_record(self._file(), offset, str(self.rec_path)))
+        header, data = unpack(read_record(self._file(), offset, str(self.rec_path)))
+        label = header.label[0] if isinstance(header.label, np.ndarray) else header.label
+        if int(label) != self.labels[index]:
+            raise ValueError(
+                f"{self.rec_path}: the image at byte {offset} is labelled {label:g} but the "
+                f"identity records put it in identity {self.labels[index]}"
+            )
         image = decode_image(data, self.size, name=f"{self.rec_path} record at byte {offset}")
         if self.transform is not None:
             image = self.transform(image)

@@ -230,10 +230,17 @@ def eval_main(args: argparse.Namespace, console) -> int:
         for c in sorted(set(condition.tolist()))
     }
     if "clean" in present and len(present) > 1:
+        # AUC: the probability that a score ranks a clean face above a degraded one
         clean = condition == 0
         quality["clean_vs_degraded_auc"] = {
             name: ev.roc_auc(values, clean) for name, values in sample_quality.items()
         }
+        for kind in present[1:]:
+            pick = (condition == 0) | (condition == CONDITIONS.index(kind))
+            quality[f"clean_vs_{kind}_auc"] = {
+                name: ev.roc_auc(values[pick], clean[pick])
+                for name, values in sample_quality.items()
+            }
     metrics["quality"] = quality
 
     if not args.no_plots:
@@ -289,11 +296,15 @@ def _print_summary(metrics: dict, console) -> None:
     table = Table(title=f"face quality: ERC area at FMR {quality['fmr']:g} (lower is better)")
     table.add_column("score")
     table.add_column("ERC area")
-    table.add_column("clean vs degraded AUC")
-    separation = quality.get("clean_vs_degraded_auc", {})
+    separations = {
+        key[len("clean_vs_") : -len("_auc")]: value
+        for key, value in quality.items()
+        if key.startswith("clean_vs_")
+    }
+    for kind in separations:
+        table.add_column(f"AUC clean > {kind.replace('_', ' ')}")
     for name, area in quality["erc_area"].items():
-        auc = separation.get(name)
-        table.add_row(name, f"{area:.4f}", "-" if auc is None else f"{auc:.3f}")
+        table.add_row(name, f"{area:.4f}", *(f"{sep[name]:.3f}" for sep in separations.values()))
     console.print(table)
     console.print(
         "mean RI by condition: " + ", ".join(f"{k} {v:.3f}" for k, v in quality["mean_ri"].items())

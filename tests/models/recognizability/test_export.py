@@ -180,3 +180,35 @@ def test_eval_command_missing_data(model, tmp_path):
     argv = ["eval", "ri", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "x")]
     with pytest.raises(FileNotFoundError, match="--data"):
         main(argv + ["--out", str(tmp_path / "eval")])
+
+
+def test_eval_command_on_a_tinyface_folder(model, tmp_path):
+    pytest.importorskip("safetensors")
+    from PIL import Image
+
+    from portrait_engine.cli import main
+
+    faces = SyntheticFaces(4, 4, size=24, split="test")
+    parts = {"Probe": [], "Gallery_Match": [], "Gallery_Distractor": []}
+    for i in range(len(faces)):
+        image, label = faces[i]
+        n = i % 4
+        folder = "Gallery_Match" if n == 0 else "Probe"
+        name = f"{label + 1}_{n}.jpg"
+        if label == 3:  # the last identity becomes distractors, in a sub-folder
+            folder, name = "Gallery_Distractor", f"sub/d{n}.jpg"
+        path = tmp_path / "tf" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(path, quality=95)
+        parts[folder].append(name)
+    _write_checkpoint(model, tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    argv = ["eval", "ri", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "tf")]
+    argv += ["--out", str(out), "--no-plots", "--fmr", "0.1", "--max-distractors", "3"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gallery_size"] == 3 + 3 and metrics["probes"] == 9
+    assert set(metrics["identification"]) == {"native"}
+    gallery_labels = np.load(out / "gallery_labels.npy")
+    assert sorted(gallery_labels.tolist()) == [-1, -1, -1, 1, 2, 3]
