@@ -18,6 +18,8 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "attention_pool": ("attention_pool", "attention_pool_cases"),
     "ray_march": ("rays", "ray_march_cases"),
     "ray_sample": ("rays", "ray_sample_cases"),
+    "margin_head": ("recognizability", "margin_head_cases"),
+    "ri_train_step": ("recognizability", "ri_train_step_cases"),
 }
 
 
