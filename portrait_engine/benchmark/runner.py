@@ -4,6 +4,8 @@ For each case and dtype the runner draws fresh random inputs (several sets where
 smaller than the cache, rotated between calls), computes the float32 reference once, checks
 each provider against it at the benchmark's size (forward and every input gradient) and
 times only those that agree; a provider that disagrees is reported ``wrong`` and not timed.
+A reference that cannot run (out of memory, as the plain margin head at a million classes)
+gets an ``error`` row, and the other providers are timed with an ``unchecked`` note.
 """
 
 from __future__ import annotations
@@ -218,6 +220,33 @@ def _timed_row(case, mode, fn, sets, kwargs, grad_out, dtype, config, device, ce
     }
 
 
+def _grad_out(case, inputs, kwargs, generator, device, dtype, skip=None) -> torch.Tensor:
+    """A random output gradient shaped like the case's output (from the first provider, the
+    reference unless ``skip`` names it, that runs)."""
+    error = None
+    for provider, fn in case.functions.items():
+        if provider == skip:
+            continue
+        try:
+            with torch.no_grad():
+                shape = fn(*inputs, **kwargs).shape
+        except Exception as failure:  # this provider cannot run here; try the next
+            error = failure
+            _release_memory(device)
+            continue
+        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    raise RuntimeError(f"case {case.op}/{case.shape}: no provider runs") from error
+
+
+def _release_memory(device: torch.device) -> None:
+    """Free what a failed call (an out-of-memory error) left cached."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list[dict]:
     """Every row of one case: per dtype and provider, checked, then timed per mode."""
     device = torch.device(config.device)
@@ -234,13 +263,16 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
         for inputs in sets:
             for x in _differentiable(inputs):
                 x.requires_grad_()
-        with torch.no_grad():
-            probe = case.functions["torch"](*first, **kwargs)
-        grad_out = torch.randn(probe.shape, generator=generator).to(device=device, dtype=dtype)
-        del probe
-        reference = None
-        if config.check and any(p != "torch" for p in config.providers):
-            reference = _reference(case, first, kwargs, grad_out)
+        reference, unchecked = None, None
+        try:
+            grad_out = _grad_out(case, first, kwargs, generator, device, dtype)
+            if config.check and any(p != "torch" for p in config.providers):
+                reference = _reference(case, first, kwargs, grad_out)
+        except Exception as error:  # e.g. the plain reference running out of memory
+            unchecked = f"reference failed ({type(error).__name__}: {error})"
+            reference = None
+            _release_memory(device)
+            grad_out = _grad_out(case, first, kwargs, generator, device, dtype, skip="torch")
         for provider in config.providers:
             if provider not in case.functions:
                 continue  # the provider does not apply to this case
@@ -281,11 +313,14 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
                     )
                     now = time.perf_counter()
                     rows.append({**base, **row, "check_error": check_error, "wall_s": now - mark})
+                    if unchecked is not None and provider != "torch":
+                        rows[-1]["unchecked"] = unchecked
                     mark = now
             except Exception as error:  # a failing provider is reported, not fatal
                 rows.append(
                     {**base, "mode": "-", "status": f"error: {type(error).__name__}: {error}"}
                 )
+                _release_memory(device)
             for inputs in sets:
                 for leaf in _differentiable(inputs):
                     leaf.grad = None

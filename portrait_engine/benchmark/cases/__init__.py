@@ -25,6 +25,8 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "lbs": ("skinning", "lbs_cases"),
     "skin_points": ("skinning", "skin_points_cases"),
     "mesh_deform": ("skinning", "mesh_deform_cases"),
+    "margin_head": ("recognizability", "margin_head_cases"),
+    "ri_train_step": ("recognizability", "ri_train_step_cases"),
 }
 
 

@@ -25,6 +25,18 @@ What is our reading (the paper's equations were not at hand):
   (all-reduced across DDP ranks) is folded into an EMA, which is renormalised
   (:func:`update_ui_centre`); it is a buffer of the model, saved in checkpoints.
 - ``μ_UI``, the RI level of the UI faces, is an EMA of the batch's mean RI of its UI faces.
+- The UI cluster loss ``L_UI = mean_u (1 − ⟨û_u, c_UI⟩)`` over the batch's UI faces (centre
+  detached, :func:`ui_cluster_loss`) makes the unrecognisable faces the *one* cluster that
+  Deng et al. observe and that RI's first criterion presumes. Without it the four kinds of
+  UI faces (2–5 px, wide blur, noise, tiny JPEG) stay apart (cosine about 0.3 to their mean),
+  the centre is a blurred average that encodes "noisy" more than "unresolved", and faces that
+  lose detail move *away* from it: on synthetic faces mildly down-sampled copies then got a
+  higher RI than the clean ones, and the demo's mean RI of very-low-resolution faces (0.279)
+  sat above the clean faces' (0.271). With it RI falls monotonically with the resolution
+  (``tests/models/recognizability/test_train.py``). Its weight (``TrainConfig.ui_pull_weight``)
+  is ours. The cost: UI faces now match each other (Deng et al.'s observation), so an
+  error-versus-reject curve whose threshold is set on impostor pairs that include UI–UI pairs
+  saturates.
 - The RI regression is smooth-L1 with ``β = 0.75`` between the predicted and the (detached)
   RI, over the clean, low-resolution and UI faces of the batch.
 - Index diversion: ``L_ID = mean_i max(0, μ_UI + τ − ξ_i)`` over the recognisable faces, with
@@ -134,3 +146,12 @@ def index_diversion_loss(ri: torch.Tensor, ui_level: torch.Tensor, tau: float) -
     if ri.numel() == 0:
         return ri.sum()
     return F.relu(ui_level.detach() + tau - ri).mean()
+
+
+def ui_cluster_loss(ui_unit_embeddings: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``L_UI = mean_u (1 − ⟨û_u, c_UI⟩)`` over the UI faces' unit embeddings ``(n, D)``, the
+    centre detached: draws every unrecognisable face to the one UI cluster. An empty set or an
+    uninitialised (zero) centre gives 0."""
+    if ui_unit_embeddings.numel() == 0 or not bool(centre.any()):
+        return ui_unit_embeddings.sum() * 0
+    return (1 - ui_unit_embeddings @ centre.detach().to(ui_unit_embeddings.dtype)).mean()

@@ -8,9 +8,11 @@ One step (our reading of the paper's objective, see :mod:`.ri` for each term):
    (``degrade.unrecognizable``): the UI faces, which update the UI centre per batch and are
    left out of the classification loss (they share the forward pass, BatchNorm statistics
    included, with the rest of the batch);
-3. ``L = L_cls + ri_weight · L_RI + id_weight · L_ID``: the margin softmax cross-entropy
-   (fused, class-chunked), the smooth-L1 RI regression (all faces) and the index diversion
-   loss (recognisable faces).
+3. ``L = L_cls + ri_weight · L_RI + id_weight · L_ID + ui_pull_weight · L_UI``: the margin
+   softmax cross-entropy (fused, class-chunked), the smooth-L1 RI regression (all faces: its
+   target comes from the current embeddings of the degraded batch, so the very-low-resolution
+   faces get their own, lower, RI targets), the index diversion loss (recognisable faces) and
+   the UI cluster loss (UI faces, see :mod:`.ri`: without it RI did not fall with resolution).
 
 The paper also names an MSE term on the attention module's output against a UI-diverted
 target; its definition was not at hand and it is not implemented.
@@ -77,6 +79,7 @@ class TrainConfig:
     tau: float = 0.1
     ui_fraction: float = 0.125
     ui_momentum: float = 0.1
+    ui_pull_weight: float = 5.0  # L_UI: draws the UI faces to their centre (one cluster)
     vlr_probability: float = 0.5
     vlr_min_size: int = 8
     vlr_max_size: int = 32
@@ -176,7 +179,13 @@ class RITrainingNet(nn.Module):
             cos_target, cos_negative, unit[recognisable] @ centre
         )
         loss_id = ri_lib.index_diversion_loss(ri_live, model.ui_level, cfg.tau)
-        loss = loss_cls + cfg.ri_weight * loss_ri + cfg.id_weight * loss_id
+        loss_ui = ri_lib.ui_cluster_loss(unit[is_ui], centre)
+        loss = (
+            loss_cls
+            + cfg.ri_weight * loss_ri
+            + cfg.id_weight * loss_id
+            + cfg.ui_pull_weight * loss_ui
+        )
         with torch.no_grad():
             accuracy = (ce.cos_target > ce.cos_negative)[recognisable].float().mean()
             ri_clean = target[recognisable].mean()
@@ -186,6 +195,7 @@ class RITrainingNet(nn.Module):
             "loss_cls": loss_cls.detach(),
             "loss_ri": loss_ri.detach(),
             "loss_id": loss_id.detach(),
+            "loss_ui": loss_ui.detach(),
             "accuracy": accuracy,
             "ri_recognisable": ri_clean,
             "ri_ui": ri_ui,

@@ -100,3 +100,26 @@ def test_prototype_cosines_match_the_margin_ce_by_products():
     assert embeddings.grad.abs().sum() > 0
     none = ri.prototype_cosines(unit, weight, labels, torch.full((5,), -1))[1]
     assert torch.all(none == -1)
+
+
+def test_ui_cluster_loss_hand_values_and_gradient():
+    centre = torch.tensor([1.0, 0.0])
+    # unit embeddings at 0°, 90° and 180° from the centre: 1 − cos = 0, 1, 2 → mean 1
+    ui = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], requires_grad=True)
+    centre_leaf = centre.clone().requires_grad_()
+    loss = ri.ui_cluster_loss(ui, centre_leaf)
+    assert loss.item() == pytest.approx(1.0)
+    loss.backward()
+    # d/dû_u of mean(1 − ⟨û_u, c⟩) = −c / n; the centre is a constant (detached)
+    torch.testing.assert_close(ui.grad, -centre.expand(3, 2) / 3)
+    assert centre_leaf.grad is None
+
+
+def test_ui_cluster_loss_empty_or_uninitialised_is_zero():
+    empty = torch.zeros(0, 4, requires_grad=True)
+    assert ri.ui_cluster_loss(empty, F.normalize(torch.ones(4), dim=0)).item() == 0.0
+    some = torch.randn(3, 4, requires_grad=True)
+    loss = ri.ui_cluster_loss(some, torch.zeros(4))
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph
+    torch.testing.assert_close(some.grad, torch.zeros(3, 4))
