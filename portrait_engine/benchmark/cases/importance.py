@@ -267,5 +267,5 @@ def merge_cases(quick: bool) -> list[Case]:
 
 def renderer_cases(quick: bool) -> list[Case]:
     if quick:
-        return [_renderer_case("quick", 1, 32, 64, 48)]
+        return [_renderer_case("quick", 1, 16, 64, 48)]
     return [_renderer_case("eg3d", 4, 128, 256, 48)]

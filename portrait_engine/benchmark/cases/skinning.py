@@ -233,5 +233,5 @@ def _mesh_case(name: str, batch: int, rays: int, samples: int, rings: int, aroun
 
 def mesh_deform_cases(quick: bool) -> list[Case]:
     if quick:
-        return [_mesh_case("quick-32x32x12-f3840", 1, 32, 12, 40, 48)]
+        return [_mesh_case("quick-16x16x8-f960", 1, 16, 8, 20, 24)]
     return [_mesh_case("portrait-128x128x48-f20k", 4, 128, 48, 100, 100)]
