@@ -164,7 +164,7 @@ def _results_tables(result: dict) -> list[Table]:
                 )
             else:
                 kind = r["status"].split(":", 1)[0]
-                colour = "yellow" if kind == "unavailable" else "red"
+                colour = "yellow" if kind in ("unavailable", "skipped") else "red"
                 table.add_row(
                     r["shape"],
                     r["dtype"],

@@ -289,6 +289,10 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
             if not ok:
                 rows.append({**base, "mode": "-", "status": f"unavailable: {reason}"})
                 continue
+            if config.resolved_quick() and provider in case.quick_skip:
+                why = case.quick_skip[provider]
+                rows.append({**base, "mode": "-", "status": f"skipped: {why}"})
+                continue
             if progress is not None:
                 progress(f"{case.op} {case.shape} {dtype_name} {provider}")
             fn = case.functions[provider]

@@ -15,7 +15,8 @@ A result is one JSON object::
 Every row has the ``ROW_FIELDS`` keys; a row whose ``status`` is ``"ok"`` also has the
 ``TIMED_FIELDS`` keys (a value may be ``null`` where it does not apply, e.g. GB/s of an
 end-to-end row). ``status`` is ``"ok"``, ``"wrong: <what disagreed>"`` (checked against the
-reference and not timed), ``"unavailable: <why>"`` or ``"error: <exception>"``.
+reference and not timed), ``"unavailable: <why>"``, ``"skipped: <why>"`` (not timed in a
+``--quick`` run) or ``"error: <exception>"``.
 
 Version 1 files (no ``schema`` key, written before the ceilings and spread fields existed)
 are upgraded on load, their missing values ``null``.
@@ -38,7 +39,7 @@ ROW_FIELDS: dict[str, str] = {
     "provider": "torch (eager reference), torch_compile, sdpa, triton, native",
     "dtype": "float32, float16 or bfloat16",
     "mode": 'forward, forward+backward (or "-" for a row that was not timed)',
-    "status": "ok | wrong: ... | unavailable: ... | error: ...",
+    "status": "ok | wrong: ... | unavailable: ... | skipped: ... | error: ...",
 }
 TIMED_FIELDS: dict[str, str] = {
     "median_ms": "median time per call",

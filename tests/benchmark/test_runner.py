@@ -124,6 +124,15 @@ def test_an_unavailable_backend_says_why(use_cases, monkeypatch):
     assert row["status"].startswith("unavailable: ") and len(row["status"]) > 20
 
 
+def test_a_provider_skipped_in_quick_runs_says_why_and_runs_in_full_runs(use_cases):
+    use_cases({"scale_add": [scale_add_case(quick_skip={"sdpa": "too slow to compile"})]})
+    quick = runner.run_benchmarks(tiny_config(quick=True))["rows"]
+    (row,) = [r for r in quick if r["provider"] == "sdpa"]
+    assert row["status"] == "skipped: too slow to compile" and "median_ms" not in row
+    full = runner.run_benchmarks(tiny_config(quick=False))["rows"]
+    assert {r["status"] for r in full if r["provider"] == "sdpa"} == {"ok"}
+
+
 def test_constant_inputs_are_refused(use_cases):
     def zeros(device, dtype, generator):
         return [

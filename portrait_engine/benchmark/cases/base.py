@@ -46,3 +46,6 @@ class Case:
     # relative L2 error allowed against the float32 reference (None: the harness's default
     # for the dtype); a case whose arithmetic legitimately differs more says so here
     tolerance: float | None = None
+    # provider -> why it is not timed in --quick runs (e.g. a compile time that alone exceeds
+    # the quick CPU budget); such rows are reported "skipped: <why>"
+    quick_skip: dict[str, str] = field(default_factory=dict)

@@ -245,6 +245,10 @@ def _renderer_case(
             "native": render("native"),
         },
         bytes_moved=bytes_moved,
+        quick_skip={
+            "torch_compile": "compiling the whole renderer takes about a minute on 2 CPU cores, "
+            "more than the quick suite's budget; timed in --full runs"
+        },
         description=(
             f"B={batch} {resolution}^2 rays x {samples}+{samples} samples, planes "
             f"3x{channels}x{plane_size}^2, EG3D decoder"
