@@ -211,15 +211,32 @@ def eval_main(args: argparse.Namespace, console) -> int:
         "CR-FIQA-style (labels)": ev.crfiqa_quality(q["embedding"], probe_labels),
         "random": rng.uniform(size=len(probe_labels)),
     }
+    # The threshold is fixed on impostor pairs of recognisable faces only: unrecognisable faces
+    # are trained to gather at the UI centre, so they match each other, and their impostor pairs
+    # would put the threshold at the top of the score range, where no quality score can help.
+    # Their genuine pairs still count in the FNMR: rejecting them is what a quality score is for.
+    recognisable = condition != CONDITIONS.index("unrecognizable")
+    threshold_pairs = recognisable[first] & recognisable[second]
+    n_impostors = int((~same & threshold_pairs).sum())
+    threshold_from = "impostor pairs without unrecognisable faces"
+    if n_impostors < 2:  # a tiny set: fall back on every impostor pair
+        threshold_pairs, n_impostors = None, int((~same).sum())
+        threshold_from = "all impostor pairs (too few without unrecognisable faces)"
     fmr = args.fmr
-    if (~same).sum() * fmr < 1:
-        fmr = 10 ** np.ceil(np.log10(1 / (~same).sum()))
+    if n_impostors * fmr < 1:
+        fmr = min(0.5, 10 ** np.ceil(np.log10(1 / n_impostors)))
         console.print(f"[yellow]too few impostor pairs for FMR {args.fmr:g}; using {fmr:g}[/]")
     curves = {
-        name: ev.error_versus_reject(scores, same, ev.pair_quality(values, first, second), fmr)
+        name: ev.error_versus_reject(
+            scores, same, ev.pair_quality(values, first, second), fmr, None, threshold_pairs
+        )
         for name, values in sample_quality.items()
     }
-    quality: dict = {"fmr": float(fmr), "erc_area": {k: c.area for k, c in curves.items()}}
+    quality: dict = {
+        "fmr": float(fmr),
+        "threshold_from": threshold_from,
+        "erc_area": {k: c.area for k, c in curves.items()},
+    }
     quality["fnmr"] = {
         k: {f"reject {f:.2f}": float(v) for f, v in zip(c.fractions, c.fnmr, strict=True)}
         for k, c in curves.items()

@@ -269,14 +269,28 @@ def error_versus_reject(
     quality,
     fmr: float = 1e-3,
     fractions: Sequence[float] | None = None,
+    threshold_pairs=None,
 ) -> ErrorRejectCurve:
     """ERC of pairs: ``quality`` is per pair (see :func:`pair_quality`), higher = better.
 
     ``fractions``: rejected fractions of the pairs (default 0, 0.05, …, 0.95). Pairs are
     rejected lowest quality first; at each fraction the FNMR of the genuine pairs kept is
-    measured at the threshold fixed at ``fmr`` on all impostor pairs (NaN if none kept).
+    measured at the threshold fixed at ``fmr`` on the impostor pairs (NaN if none kept).
+    ``threshold_pairs``: optional boolean mask of the pairs whose impostors fix that threshold
+    (default: every impostor pair), e.g. to leave out pairs of unrecognisable faces, which
+    match each other and would otherwise push the threshold to the top of the score range.
     """
     s, same = _pairs(scores, is_same)
+    if threshold_pairs is None:
+        impostors = ~same
+    else:
+        mask = np.asarray(threshold_pairs)
+        if mask.shape != s.shape or mask.dtype != bool:
+            raise ValueError(
+                f"threshold_pairs must be a boolean mask of shape {s.shape}, "
+                f"got {mask.dtype} {mask.shape}"
+            )
+        impostors = ~same & mask
     q = as_array(quality, "quality", 1)
     if q.shape != s.shape:
         raise ValueError(f"quality must have one value per pair {s.shape}, got {q.shape}")
@@ -285,11 +299,12 @@ def error_versus_reject(
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.ndim != 1 or (fractions < 0).any() or (fractions >= 1).any():
         raise ValueError(f"fractions must be 1-D within [0, 1), got {fractions}")
-    if (~same).sum() * fmr < 1:
+    if impostors.sum() * fmr < 1:
         raise ValueError(
-            f"fmr={fmr} needs at least {int(np.ceil(1 / fmr))} impostor pairs, got {(~same).sum()}"
+            f"fmr={fmr} needs at least {int(np.ceil(1 / fmr))} impostor pairs, "
+            f"got {impostors.sum()}"
         )
-    threshold = threshold_at_far(s[~same], fmr)
+    threshold = threshold_at_far(s[impostors], fmr)
     order = np.argsort(q, kind="mergesort")  # lowest quality first
     fnmr = []
     for fraction in fractions:

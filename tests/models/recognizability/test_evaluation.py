@@ -138,6 +138,21 @@ def test_error_versus_reject_by_hand():
     assert worst.fnmr[1] > worst.fnmr[0]
 
 
+def test_error_versus_reject_threshold_from_a_subset_of_impostors():
+    # impostors 0.1, 0.2, 0.3, 0.4 and a matching pair of unrecognisable faces at 0.99: on all
+    # five, FMR 20 % puts the threshold at 0.4; without the 0.99 pair FMR 25 % gives 0.3
+    scores = np.array([0.35, 0.9, 0.1, 0.2, 0.3, 0.4, 0.99])
+    same = np.array([True, True, False, False, False, False, False])
+    quality = np.arange(7, dtype=np.float64)
+    everything = ev.error_versus_reject(scores, same, quality, fmr=0.2, fractions=[0])
+    assert everything.threshold == 0.4 and everything.fnmr[0] == 0.5
+    mask = np.array([True] * 6 + [False])
+    subset = ev.error_versus_reject(scores, same, quality, 0.25, [0], threshold_pairs=mask)
+    assert subset.threshold == 0.3 and subset.fnmr[0] == 0.0
+    with pytest.raises(ValueError, match="threshold_pairs"):
+        ev.error_versus_reject(scores, same, quality, 0.25, [0], threshold_pairs=mask[:3])
+
+
 def test_error_versus_reject_errors():
     s, same = np.array([0.1, 0.9]), np.array([False, True])
     with pytest.raises(ValueError, match="impostor pairs"):
