@@ -49,14 +49,13 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._launch import device_guard as _device_guard
+from portrait_engine.kernels._launch import interpreting as _interpreting
 
 _NEG_INF = tl.constexpr(float("-inf"))
 # Lowest finite float32: the running max starts here rather than at -inf, so that
@@ -287,10 +286,6 @@ def _attention_pool_backward_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _blocks(maps: int, channels: int, positions: int, backward: bool) -> tuple[int, int, int, int]:
     """``(BLOCK_K, BLOCK_C, BLOCK_L, num_warps)`` for one launch (one configuration per mode)."""
     block_k = triton.next_power_of_2(max(maps, 1))
@@ -322,13 +317,6 @@ def _blocks(maps: int, channels: int, positions: int, backward: bool) -> tuple[i
     block_c = min(c_pow2, max(16, budget // (block_k * block_l)), 1024)
     block_l = min(block_l, max(16, budget // (block_k * block_c)))
     return block_k, block_c, block_l, 4
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device, which need not be the tensors' device
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
 
 
 def attention_pool_forward(

@@ -32,14 +32,13 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._launch import device_guard as _device_guard
+from portrait_engine.kernels._launch import interpreting as _interpreting
 
 _NEG_INF = tl.constexpr(float("-inf"))
 
@@ -201,17 +200,6 @@ def _copy_rows_kernel(
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device, which need not be the tensors' device
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
 
 
 def sample_importance(

@@ -27,30 +27,16 @@ Math in fp32 (fp64 for fp64 inputs); index math int64; every load and store mask
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._launch import compute_dtype as _compute_dtype
+from portrait_engine.kernels._launch import device_guard as _device_guard
+from portrait_engine.kernels._launch import interpreting as _interpreting
 
 _INF = tl.constexpr(float("inf"))
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _device_guard(tensor: torch.Tensor):
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit

@@ -27,14 +27,13 @@ its cost is per program instance.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._launch import device_guard as _device_guard
+from portrait_engine.kernels._launch import interpreting as _interpreting
 
 # MipRayMarcher2's constant in (1 - alpha + 1e-10); torch.nn.functional.softplus's threshold.
 _EPS = tl.constexpr(1e-10)
@@ -339,17 +338,6 @@ def _ray_sample_kernel(
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device, which need not be the tensors' device
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
 
 
 def _march_blocks(n_rays: int, channels: int) -> tuple[int, int, int]:

@@ -35,14 +35,13 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._launch import device_guard as _device_guard
+from portrait_engine.kernels._launch import interpreting as _interpreting
 
 # Largest finite float32: |x| <= this is false exactly for NaN and +-inf.
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
@@ -429,10 +428,6 @@ def _triplane_backward_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _blocks(n_points: int, channels: int, backward: bool) -> tuple[int, int, int]:
     """``(BLOCK_N, BLOCK_C, num_warps)`` for one launch (one fixed configuration per mode)."""
     block_c = triton.next_power_of_2(max(channels, 1))
@@ -451,13 +446,6 @@ def _blocks(n_points: int, channels: int, backward: bool) -> tuple[int, int, int
     else:
         block_n = max(8, min(128, (2048 if even else 1024) // block_c))
     return block_n, block_c, 4
-
-
-def _device_guard(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device, which need not be the tensors' device
-    if tensor.is_cuda:
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
 
 
 def triplane_forward(
