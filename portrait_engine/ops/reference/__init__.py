@@ -17,6 +17,11 @@ from portrait_engine.ops.reference.rays import (
     ray_sample_reference,
     unpack_camera_label_reference,
 )
+from portrait_engine.ops.reference.render import (
+    decode_reference,
+    decoder_effective_weights,
+    render_rays_reference,
+)
 from portrait_engine.ops.reference.skinning import (
     SMPL_PARENTS,
     batch_rodrigues_reference,
@@ -57,6 +62,9 @@ __all__ = [
     "triangle_frames",
     "plane_axes_tensor",
     "project_onto_planes",
+    "decode_reference",
+    "decoder_effective_weights",
+    "render_rays_reference",
     "ray_march_reference",
     "ray_sample_reference",
     "sample_importance_reference",
