@@ -11,7 +11,8 @@ Presets (:meth:`PortraitGANConfig.preset`):
   tri-grid of 3 planes x 32 channels x depth 3 (288 channels); channel base 32768, max 512;
   neural rendering 64 -> 128 (fade), 48 + 48 samples, 3DPortraitGAN ``full-head`` rendering
   with its ``--radius_scale`` default 0.7: ray ``2.25 + 0.45 (1 - 0.7)`` = 2.385 ..
-  ``2.7 + 0.6 · 0.7`` = 3.12, box_warp 0.7; density noise 0 at inference (training fades it
+  ``2.7 + 0.6 · 0.7`` = 3.12, box_warp 0.7, triplane crop 0.1 (the published renderer's
+  default); density noise 0 at inference (training fades it
   from 1 over ``density_noise_fade_kimg``: the loss sets it); pose deformation thickness 0.05;
   the
   corrected tri-plane axes of 3DPortraitGAN's renderer (PanoHead's, EG3D issue 67); EG3D's
@@ -80,7 +81,11 @@ class PortraitGANConfig:
     ray_end: float = 3.12  # (3.3 - 2.7) radius_scale + 2.7, radius_scale 0.7
     box_warp: float = 0.7  # radius_scale
     density_noise: float = 0.0  # std of the noise on raw densities (training schedule: loss)
-    triplane_crop: float = 0.0  # PanoHead's crop margin (0: off, as 3DPortraitGAN renders)
+    # PanoHead's crop margin. 3DPortraitGAN renders with 0.1: its
+    # training/volumetric_rendering/renderer.py ImportanceRenderer.forward defaults
+    # triplane_crop=0.1 and TriPlaneGenerator.synthesis (training/smpl_triplane.py) never
+    # overrides it; PanoHead's renderer has the same default. Applied to the deformed points.
+    triplane_crop: float = 0.1
     deform_thickness: float = 0.05  # 3DPortraitGAN's --thickness (PoseDeformer)
     # [ours] mesh size of the procedural stand-in body used when no SMPL file is given
     body_rings: int = 40
