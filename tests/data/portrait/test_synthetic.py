@@ -8,6 +8,7 @@ import pytest
 from portrait_engine.data.portrait.dataset import PortraitDataset
 from portrait_engine.data.portrait.labels import intrinsics_matrix, lookat_cam2world
 from portrait_engine.data.portrait.synthetic import (
+    LOOKAT_POINT,
     axis_angle_matrix,
     make_synthetic_dataset,
     render_portrait,
@@ -21,9 +22,11 @@ def test_cameras_are_eg3d_look_at_cameras():
     for label in labels:
         c2w = label[:16].reshape(4, 4)
         t = c2w[:3, 3]
-        np.testing.assert_allclose(np.linalg.norm(t), 2.7, rtol=1e-9)
-        # Camera z (forward) points at the origin; rotation orthonormal; OpenCV y down.
-        np.testing.assert_allclose(c2w[:3, 2], -t / np.linalg.norm(t), atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(t - LOOKAT_POINT), 2.7, rtol=1e-9)
+        # Camera z (forward) points at the published look-at point; rotation orthonormal;
+        # OpenCV y down.
+        to_target = np.asarray(LOOKAT_POINT) - t
+        np.testing.assert_allclose(c2w[:3, 2], to_target / np.linalg.norm(to_target), atol=1e-9)
         np.testing.assert_allclose(c2w[:3, :3] @ c2w[:3, :3].T, np.eye(3), atol=1e-9)
         assert c2w[1, 1] < 0
         np.testing.assert_allclose(label[16:25], intrinsics_matrix().reshape(9))
