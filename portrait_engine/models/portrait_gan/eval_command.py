@@ -178,7 +178,9 @@ def _fid(args, config, generator, dataset, device, console):
         fid_from_features,
     )
 
-    extractor = FeatureExtractor(args.fid_extractor, device=device)
+    extractor = args.fid_extractor
+    if not isinstance(extractor, FeatureExtractor):
+        extractor = FeatureExtractor(extractor, device=device)
     rng = np.random.RandomState(args.seed)
     count = min(args.num_samples, len(dataset))
     indices = rng.choice(len(dataset), count, replace=False)
@@ -260,6 +262,10 @@ def eval_main(args, console) -> int:
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.fid_extractor is not None:  # fail on a bad file before the long work
+        from portrait_engine.models.portrait_gan.evaluation import FeatureExtractor
+
+        args.fid_extractor = FeatureExtractor(args.fid_extractor, device=device)
     config, generator, discriminator, info = load_for_evaluation(args.checkpoint, device)
     console.print(f"evaluating {info['generator']} of {info['checkpoint']} ({config.preset_name})")
     metrics: dict = {"checkpoint": info, "data": args.data, "seed": args.seed}
@@ -290,7 +296,13 @@ def eval_main(args, console) -> int:
         dataset = _dataset(args, config.img_resolution, out)
         if args.fid_extractor is not None:
             fid, count = _fid(args, config, generator, dataset, device, console)
-            metrics["fid"] = {"value": fid, "samples": count, "extractor": args.fid_extractor}
+            extractor = args.fid_extractor
+            metrics["fid"] = {
+                "value": fid,
+                "samples": count,
+                "extractor": str(extractor.path),
+                "extractor_kind": extractor.kind,
+            }
             console.print(f"FID ({count} samples): {fid:.3f}")
         else:
             metrics["fid"] = None
@@ -321,6 +333,6 @@ def eval_main(args, console) -> int:
         except ImportError as err:
             console.print(f"[yellow]plot skipped: {err}[/]")
     path = out / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
     console.print(f"wrote {path}")
     return 0
