@@ -36,6 +36,9 @@ POSE_FLIP_INDICES = (1, 2, 4, 5)
 # 3DPortraitGAN's average camera: focal 6.5104 image widths, radius 2.7.
 DEFAULT_FOCAL = 6.5104
 DEFAULT_RADIUS = 2.7
+# 3DPortraitGAN's camera_lookat_point (its generation and video scripts; its average camera
+# looks there too): 6.5 cm above the neck joint, which sits at the origin.
+LOOKAT_POINT = (0.0, 0.0649, 0.0)
 
 
 def _flipped(values, indices, last_dim: int, name: str):

@@ -48,6 +48,7 @@ from portrait_engine.body import NECK_JOINT, BodyModel, procedural_body_model
 from portrait_engine.data.portrait.labels import (
     DEFAULT_FOCAL,
     DEFAULT_RADIUS,
+    LOOKAT_POINT,
     camera_label,
     intrinsics_matrix,
     lookat_cam2world,
@@ -55,9 +56,6 @@ from portrait_engine.data.portrait.labels import (
 from portrait_engine.data.portrait.raster import rasterize, vertex_normals
 from portrait_engine.data.portrait.writer import write_dataset
 
-# 3DPortraitGAN's camera_lookat_point (gen_samples / gen_videos scripts): the cameras of the
-# data look at this point above the neck joint.
-LOOKAT_POINT = (0.0, 0.0649, 0.0)
 # Mesh of the synthetic figure: rings x around of the stand-in (fine enough for a nose).
 BODY_RINGS = 80
 BODY_AROUND = 96

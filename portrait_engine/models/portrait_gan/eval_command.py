@@ -143,7 +143,6 @@ def _depth_consistency(args, config, generator, device):
     import numpy as np
     import torch
 
-    from portrait_engine.data.portrait.synthetic import LOOKAT_POINT
     from portrait_engine.models.portrait_gan.evaluation import (
         generator_depth_renderer,
         multiview_depth_consistency,
@@ -151,13 +150,13 @@ def _depth_consistency(args, config, generator, device):
     )
 
     yaws = [2 * math.pi * k / args.views - math.pi for k in range(args.views)]
-    cameras = orbit_cameras(yaws, math.radians(args.pitch), target=LOOKAT_POINT).to(device)
+    cameras = orbit_cameras(yaws, math.radians(args.pitch)).to(device)
     rng = np.random.RandomState(args.seed)
     renderers = [
         generator_depth_renderer(
             generator,
             torch.from_numpy(rng.randn(1, config.z_dim)).to(device, torch.float32),
-            conditioning_camera=orbit_cameras([0.0], target=LOOKAT_POINT).to(device),
+            conditioning_camera=orbit_cameras([0.0]).to(device),
             resolution=args.render_resolution,
             seed=args.seed + i,
         )

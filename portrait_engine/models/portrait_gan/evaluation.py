@@ -222,18 +222,21 @@ def orbit_cameras(
     *,
     radius: float | None = None,
     focal: float | None = None,
-    target: Sequence[float] = (0.0, 0.0, 0.0),
+    target: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """``(V, 25)`` EG3D look-at camera labels at ``yaws`` (radians) and one ``pitch``."""
+    """``(V, 25)`` EG3D look-at camera labels at ``yaws`` (radians) and one ``pitch``, looking
+    at ``target`` (3DPortraitGAN's look-at point by default)."""
     from portrait_engine.data.portrait.labels import (
         DEFAULT_FOCAL,
         DEFAULT_RADIUS,
+        LOOKAT_POINT,
         camera_label,
         intrinsics_matrix,
         lookat_cam2world,
     )
 
     radius = DEFAULT_RADIUS if radius is None else radius
+    target = LOOKAT_POINT if target is None else target
     k = intrinsics_matrix(DEFAULT_FOCAL if focal is None else focal)
     labels = [
         camera_label(lookat_cam2world(y, pitch, radius, target=tuple(target)), k) for y in yaws

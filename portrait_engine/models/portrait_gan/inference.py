@@ -5,7 +5,7 @@ The Python API behind ``portrait-engine generate|orbit|mesh|predict-pose portrai
 - :func:`load_networks`: a checkpoint's networks, or (no checkpoint) a randomly initialised
   model of a preset with a warning, so the commands run anywhere;
 - :func:`orbit_camera`: EG3D's look-at camera label at a yaw and pitch (radius 2.7,
-  focal 6.5104: 3DPortraitGAN's average camera, looking at the origin);
+  focal 6.5104: 3DPortraitGAN's average camera, looking at its look-at point (0, 0.0649, 0));
 - :func:`generate_images`: images for seeds at chosen cameras and body pose, or at the pose the
   generator predicts (3DPortraitGAN's ``gen_samples_with_pose_prediction``);
 - :func:`image_grid`, :func:`save_png`, :func:`write_video` (MP4 through imageio-ffmpeg when
@@ -29,6 +29,7 @@ import torch
 from portrait_engine.data.portrait.labels import (
     DEFAULT_FOCAL,
     DEFAULT_RADIUS,
+    LOOKAT_POINT,
     camera_label,
     intrinsics_matrix,
     lookat_cam2world,
@@ -84,9 +85,13 @@ def orbit_camera(
     focal: float = DEFAULT_FOCAL,
     batch: int = 1,
     device: torch.device | str = "cpu",
+    target: tuple[float, float, float] = LOOKAT_POINT,
 ) -> torch.Tensor:
-    """``(batch, 25)`` EG3D camera labels at ``yaw``, ``pitch`` (radians; yaw 0 = frontal)."""
-    label = camera_label(lookat_cam2world(yaw, pitch, radius), intrinsics_matrix(focal))
+    """``(batch, 25)`` EG3D camera labels at ``yaw``, ``pitch`` (radians; yaw 0 = frontal),
+    looking at ``target`` (3DPortraitGAN's look-at point, as the synthetic data's cameras)."""
+    label = camera_label(
+        lookat_cam2world(yaw, pitch, radius, target=target), intrinsics_matrix(focal)
+    )
     return torch.from_numpy(label).to(device=device, dtype=torch.float32).expand(batch, -1)
 
 

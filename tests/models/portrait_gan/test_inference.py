@@ -32,13 +32,19 @@ def test_orbit_camera_positions():
     front = inf.orbit_camera(0.0)
     assert front.shape == (1, 25)
     position = front[0, [3, 7, 11]]
-    torch.testing.assert_close(position, torch.tensor([0.0, 0.0, 2.7]), atol=1e-5, rtol=0)
+    # on a radius-2.7 sphere around 3DPortraitGAN's look-at point (0, 0.0649, 0)
+    target = torch.tensor([0.0, 0.0649, 0.0])
+    torch.testing.assert_close(position, torch.tensor([0.0, 0.0649, 2.7]), atol=1e-5, rtol=0)
     side = inf.orbit_camera(math.pi / 2, batch=2)
     assert side.shape == (2, 25)
     assert side[0, 3] == pytest.approx(2.7, abs=1e-5)  # yaw > 0 moves the camera to +x
-    # the camera looks at the origin: its forward axis (third column) points from it there
+    # the camera looks at the target: its forward axis (third column) points from it there
     forward = side[0, :16].reshape(4, 4)[:3, 2]
-    torch.testing.assert_close(forward, -side[0, [3, 7, 11]] / 2.7, atol=1e-5, rtol=0)
+    torch.testing.assert_close(forward, (target - side[0, [3, 7, 11]]) / 2.7, atol=1e-5, rtol=0)
+    origin = inf.orbit_camera(0.0, target=(0.0, 0.0, 0.0))
+    torch.testing.assert_close(
+        origin[0, [3, 7, 11]], torch.tensor([0.0, 0.0, 2.7]), atol=1e-5, rtol=0
+    )
 
 
 def test_image_grid_layout():
