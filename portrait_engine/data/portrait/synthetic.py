@@ -98,7 +98,7 @@ def sample_identity(rng: np.random.Generator) -> PortraitIdentity:
     betas = (
         # The stand-in's head is taller above its neck joint than SMPL's: smaller sizes and
         # shorter necks keep the crown inside the published framing (look-at point 0.0649).
-        rng.uniform(-2.5, -0.5),  # overall size
+        rng.uniform(-3.0, -1.0),  # overall size
         rng.uniform(-1.0, 1.0),  # shoulder width
         rng.uniform(-1.0, 0.5),  # head size
         rng.uniform(-2.0, 0.0),  # neck length
@@ -112,7 +112,7 @@ def sample_identity(rng: np.random.Generator) -> PortraitIdentity:
         eyes=tuple(float(v) for v in rng.uniform(0.05, 0.35, 3)),
         background=background,
         betas=tuple(float(b) for b in betas),
-        hair_volume=float(rng.uniform(0.004, 0.025)),
+        hair_volume=float(rng.uniform(0.004, 0.02)),
         hair_line=float(rng.uniform(0.2, 0.6)),
         hair_length=float(rng.uniform(-0.2, 1.6)),
         stripe_frequency=float(rng.choice([0.0, 0.0, 40.0, 70.0])),
