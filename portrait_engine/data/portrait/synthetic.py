@@ -182,7 +182,7 @@ def _hair_amount(p: torch.Tensor, identity: PortraitIdentity) -> torch.Tensor:
     """How much a template point is hair, in [0, 1] (soft at the borders)."""
     x, y, z = _head_coordinates(p)
     # Front: above a hair line that rises towards the face; back and sides: down to the
-    # hair length; nothing below the shoulders' start (y < -1.6 head radii).
+    # hair length; nothing below y = -1.45 head radii (the base of the neck).
     front = _smoothstep(0.0, 0.12, y - identity.hair_line - 0.35 * z.clamp_min(0))
     back = _smoothstep(0.0, 0.15, -z + 0.1) * _smoothstep(0.0, 0.12, y + identity.hair_length)
     side_burns = _smoothstep(0.0, 0.15, x.abs() - 0.75) * _smoothstep(0.0, 0.1, y - 0.0)
