@@ -145,12 +145,41 @@ def axis_angle_matrix(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * (kx @ kx)
 
 
+def _mirror_symmetric_faces(faces: torch.Tensor, rings: int, around: int) -> torch.Tensor:
+    """The stand-in's faces with each quad between two rings split along the diagonal that
+    makes the triangulation mirror-symmetric (x -> -x maps quad ``a`` to ``around - 1 - a``
+    and swaps the diagonals, so the two halves use opposite ones); the fans stay."""
+    quads = (rings - 1) * around
+    r = torch.arange(rings - 1)[:, None]
+    a = torch.arange(around)[None, :]
+    a1 = (a + 1) % around
+    v00, v01 = r * around + a, r * around + a1
+    v10, v11 = (r + 1) * around + a, (r + 1) * around + a1
+    left = (a < around // 2).expand(rings - 1, -1)
+    # both splits keep the loop v00 -> v01 -> v11 -> v10, so the winding stays outward
+    first = torch.where(
+        left[..., None], torch.stack([v00, v01, v11], -1), torch.stack([v00, v01, v10], -1)
+    )
+    second = torch.where(
+        left[..., None], torch.stack([v00, v11, v10], -1), torch.stack([v01, v11, v10], -1)
+    )
+    return torch.cat([first.reshape(-1, 3), second.reshape(-1, 3), faces[2 * quads :]])
+
+
 @functools.lru_cache(maxsize=2)
 def synthetic_body(rings: int = BODY_RINGS, around: int = BODY_AROUND) -> BodyModel:
-    """The figure's body model: the procedural stand-in in float64 without pose blend shapes
-    (they are random in the stand-in and would break the left-right symmetry)."""
+    """The figure's body model: the procedural stand-in in float64, made exactly left-right
+    symmetric: no pose blend shapes (random in the stand-in) and a mirror-symmetric
+    triangulation (the stand-in splits every quad along the same diagonal)."""
+    if around % 2:
+        raise ValueError(f"around must be even for a mirror-symmetric mesh, got {around}")
     body = procedural_body_model(rings, around, dtype=torch.float64)
-    return replace(body, posedirs=torch.zeros_like(body.posedirs), name=body.name + "-synthetic")
+    return replace(
+        body,
+        posedirs=torch.zeros_like(body.posedirs),
+        faces=_mirror_symmetric_faces(body.faces, rings, around),
+        name=body.name + "-synthetic",
+    )
 
 
 def template_frame(body: BodyModel) -> torch.Tensor:

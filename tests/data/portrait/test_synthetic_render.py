@@ -197,7 +197,7 @@ def test_mirrored_labels_render_the_mirrored_image(seed):
     # Pixel centres mirror onto pixel centres; floating-point rounding at an edge may flip
     # one supersample of a pixel, nothing more.
     assert np.abs(mask_m - mask[:, ::-1]).max() <= 0.25
-    assert (mask_m != mask[:, ::-1]).mean() < 0.01
+    assert (mask_m != mask[:, ::-1]).mean() < 0.005
     assert np.abs(image_m - image[:, ::-1]).mean() < 1e-3
     # The wrong flip (every pose component negated) is visibly different.
     image_w, _ = render_portrait(identity, -pose, mirrored, K, 32)
@@ -228,3 +228,32 @@ def test_rasterize_checks_its_inputs():
         rasterize(torch.zeros(3, 2), torch.zeros(1, 3, dtype=torch.long), torch.eye(3), 8)
     with pytest.raises(ValueError, match="faces"):
         rasterize(torch.zeros(3, 3), torch.zeros(1, 2, dtype=torch.long), torch.eye(3), 8)
+
+
+def test_flipped_dataset_items_are_renders_of_their_mirrored_labels(tmp_path):
+    # The x-flip augmentation of the reader mirrors image, camera and pose; for the synthetic
+    # set the flipped item must be what the renderer draws for the flipped labels.
+    from portrait_engine.data.portrait.synthetic import sample_view
+
+    seed, count, res = 4, 3, 32
+    data = make_synthetic_dataset(tmp_path / "d.zip", count, res, seed=seed)
+    dataset = PortraitDataset(data, xflip=True)
+    rng = np.random.default_rng(seed)  # replay the generator's draws: identity, pose, view
+    identities = []
+    for _ in range(count):
+        identities.append(sample_identity(rng))
+        sample_pose(rng)
+        sample_view(rng)
+    for i in range(count):
+        flipped = dataset[i + count]
+        assert flipped["xflip"] and flipped["name"] == dataset[i]["name"]
+        camera = flipped["camera"].double().numpy()
+        image, _ = render_portrait(
+            identities[i], flipped["pose"].double().numpy(), camera[:16].reshape(4, 4), K, res
+        )
+        rendered = np.round(image * 255).astype(np.int16)
+        stored = flipped["image"].permute(1, 2, 0).numpy().astype(np.int16)
+        # The reader holds labels in float32 and the mirrored pixel centres are rounded: an
+        # edge through a supersample centre may move across it, nowhere else.
+        differs = np.abs(rendered - stored).max(-1) > 1
+        assert differs.mean() < 0.005
