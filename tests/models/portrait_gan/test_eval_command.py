@@ -164,3 +164,20 @@ def test_pose_errors_are_called_when_the_metrics_module_exists(tmp_path, monkeyp
     assert (size, num_samples, batch_size, seed) == (3, 3, 2, 5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pose_errors"] == {"generator_pose_mae": 0.25}
+
+
+def test_fid_resizes_data_of_another_resolution(tmp_path):
+    from portrait_engine.data.portrait import make_synthetic_dataset
+
+    config, g = _tiny(3)
+    ckpt = save_checkpoint(tmp_path / "g.safetensors", config, {"G": g})
+    data = make_synthetic_dataset(tmp_path / "d.zip", 4, 24, seed=3)  # the model makes 64²
+    torch.jit.save(torch.jit.script(_Pool()), tmp_path / "features.pt")
+    out = tmp_path / "eval"
+    argv = ["eval", "portrait", "--checkpoint", str(ckpt), "--data", str(data)]
+    argv += ["--fid-extractor", str(tmp_path / "features.pt"), "--num-samples", "10"]
+    argv += ["--depth-latents", "1", "--views", "2", "--render-resolution", "8", "--no-plots"]
+    argv += ["--out", str(out)]
+    assert cli.main(argv) == 0
+    fid = json.loads((out / "metrics.json").read_text())["fid"]
+    assert fid["samples"] == 4 and fid["value"] > 0 and fid["extractor_kind"] == "torchscript"
