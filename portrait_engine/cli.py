@@ -304,6 +304,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 MODEL_COMMANDS: dict[tuple[str, str], str] = {
     ("train", "ri"): "portrait_engine.models.recognizability.commands",
     ("eval", "ri"): "portrait_engine.models.recognizability.eval_command",
+    ("train", "portrait"): "portrait_engine.models.portrait_gan.training.commands",
 }
 MODEL_COMMANDS.update(
     {
