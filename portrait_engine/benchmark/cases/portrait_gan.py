@@ -162,10 +162,12 @@ def _train_step_case(preset: str, batch: int) -> Case:
             ]
             render = torch.Generator(device=z.device).manual_seed(RENDER_SEED)
             with use_backend(backend):
+                # G main builds no graph into D's weights (D frozen, as in the loop); both
+                # networks then require grad, as the harness backpropagates after this returns
+                # (a leaf switched off before the backward receives no gradient)
                 G.requires_grad_(True)
                 D.requires_grad_(False)
                 g_loss = loss.generator_loss(phases[0], schedule, generator=render)["loss"]
-                G.requires_grad_(False)
                 D.requires_grad_(True)
                 real = loss.real_inputs(image, mask, schedule)
                 d_loss = loss.discriminator_loss(
