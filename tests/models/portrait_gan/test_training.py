@@ -150,3 +150,28 @@ def test_schedules_follow_the_published_formulas():
     assert schedules.ema_beta_at(10**9, 32, 10, 0.05) == pytest.approx(0.5 ** (32 / 10_000))
     lr, betas = schedules.lazy_regularisation(0.002, (0.0, 0.99), 16)
     assert lr == pytest.approx(0.002 * 16 / 17) and betas[1] == pytest.approx(0.99 ** (16 / 17))
+
+
+def test_cli_trains_and_a_rerun_resumes(tmp_path):
+    from portrait_engine import cli
+
+    out = tmp_path / "run"
+    common = ["train", "portrait", "--data", "synthetic", "--preset", "tiny", "--out", str(out)]
+    common += ["--synthetic-images", "8", "--batch-size", "2", "--no-progress", "--threads", "1"]
+    common += ["--no-samples", "--metrics-samples", "0"]
+    assert cli.main([*common, "--max-steps", "1"]) == 0
+    assert (out / "latest").read_text().strip() == "checkpoint-00000001"
+    assert cli.main([*common, "--max-steps", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "scalars.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "G/loss_adv" in r] == [1, 2]
+    config = json.loads((out / "checkpoint-00000002" / "config.json").read_text())
+    assert config["data"] == "synthetic:8x64" and config["train"]["batch_size"] == 2
+
+
+@pytest.mark.cuda
+def test_one_bf16_step_on_a_gpu(tmp_path, dataset):
+    trainer = Trainer("tiny", tiny_config(amp="auto"), dataset, tmp_path, device="cuda")
+    if torch.cuda.is_bf16_supported():
+        assert trainer.loss.autocast_dtype == torch.bfloat16
+    values = trainer.train_step()
+    assert all(math.isfinite(values[k]) for k in ("G/loss_adv", "D/loss_real", "D/r1"))

@@ -32,6 +32,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-every", type=int, default=None, help="steps between grids")
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument(
+        "--metrics-samples", type=int, default=None, help="images per pose metric (0: off)"
+    )
+    parser.add_argument("--no-samples", action="store_true", help="write no sample grids")
+    parser.add_argument(
         "--backend",
         default="auto",
         choices=["auto", "torch", "triton", "native"],
@@ -107,6 +111,8 @@ def train_main(args: argparse.Namespace, console) -> int:
         metrics_every=args.metrics_every,
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
+        metrics_samples=args.metrics_samples,
+        samples=False if args.no_samples else None,
     )
     out = Path(args.out)
     dataset, description = build_dataset(args, model_config.img_resolution, out, info.is_main)

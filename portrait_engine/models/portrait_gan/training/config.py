@@ -54,8 +54,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 0  # 0: only at the start and the end
+    samples: bool = True  # sample grids and the final orbit at all
     metrics_every: int = 0  # 0: only at the start and the end
-    metrics_samples: int = 64
+    metrics_samples: int = 64  # 0: no pose metrics
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

@@ -400,7 +400,7 @@ class Trainer:
         if main and cfg.metrics_samples > 0 and self.step < end:
             metrics = self.pose_metrics()
             self._log_scalars(metrics)
-        if main and self.step < end:
+        if main and cfg.samples and self.step < end:
             self.write_samples(f"step-{self.step:06d}")
         progress = self._progress() if (self.progress and main) else None
         task = None
@@ -432,7 +432,7 @@ class Trainer:
                     if self.step < end:
                         metrics = self.pose_metrics()
                         self._log_scalars(metrics)
-                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                if main and cfg.samples and cfg.sample_every and self.step % cfg.sample_every == 0:
                     if self.step < end:
                         self.write_samples(f"step-{self.step:06d}")
                 if self.step % cfg.checkpoint_every == 0 and self.step < end:
@@ -455,7 +455,8 @@ class Trainer:
             if cfg.metrics_samples > 0:
                 metrics = self.pose_metrics()
                 self._log_scalars(metrics)
-            self.write_samples(f"step-{self.step:06d}", orbit=True)
+            if cfg.samples:
+                self.write_samples(f"step-{self.step:06d}", orbit=True)
         if self.step > start_step:
             self.save()
         if self._writer:
