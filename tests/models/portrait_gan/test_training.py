@@ -168,6 +168,16 @@ def test_cli_trains_and_a_rerun_resumes(tmp_path):
     assert config["data"] == "synthetic:8x64" and config["train"]["batch_size"] == 2
 
 
+def test_a_bf16_autocast_step_gives_finite_losses(tmp_path, dataset):
+    # bf16 autocast on the CPU: the backbone, image head and D in bf16, the pose branch,
+    # mapping and volume rendering in float32 (their ops take one dtype)
+    trainer = make_trainer(tmp_path, dataset, amp="bf16")
+    assert trainer.loss.autocast_dtype == torch.bfloat16
+    values = trainer.train_step()
+    assert all(math.isfinite(values[k]) for k in ("G/loss_adv", "D/loss_real", "D/r1"))
+    assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
+
+
 @pytest.mark.cuda
 def test_one_bf16_step_on_a_gpu(tmp_path, dataset):
     trainer = Trainer("tiny", tiny_config(amp="auto"), dataset, tmp_path, device="cuda")

@@ -148,17 +148,21 @@ class PortraitGANLoss:
     ) -> tuple[dict, torch.Tensor]:
         """The images of this rank's rows and the poses they were rendered at ``(n, 6)``."""
         G, cfg = self.G, self.config
-        pose = G.get_pose(inputs.z, inputs.camera)
-        if not cfg.train_g_pose_branch:
-            pose = pose.detach()
-        label_camera, label_pose = inputs.camera, pose
-        if schedule.swapping_prob is not None:
-            swap = (inputs.swap < schedule.swapping_prob).unsqueeze(1)
-            label_camera = torch.where(swap, inputs.camera.roll(1, 0), inputs.camera)
-            label_pose = torch.where(swap, pose.roll(1, 0), pose)
-        else:  # no generator pose conditioning: a zero label (EG3D c_gen_conditioning_zero)
-            label_camera, label_pose = torch.zeros_like(inputs.camera), torch.zeros_like(pose)
-        ws = G.mapping(inputs.z, label_camera, label_pose, update_emas=update_emas)
+        # the pose branch and the mapping (small MLPs) in float32 whatever the autocast: the
+        # pose drives the skinning ops, which take the body model's dtype, and the mapping
+        # updates its float32 running average of w
+        with torch.autocast(inputs.z.device.type, enabled=False):
+            pose = G.get_pose(inputs.z, inputs.camera)
+            if not cfg.train_g_pose_branch:
+                pose = pose.detach()
+            label_camera, label_pose = inputs.camera, pose
+            if schedule.swapping_prob is not None:
+                swap = (inputs.swap < schedule.swapping_prob).unsqueeze(1)
+                label_camera = torch.where(swap, inputs.camera.roll(1, 0), inputs.camera)
+                label_pose = torch.where(swap, pose.roll(1, 0), pose)
+            else:  # no generator pose conditioning: a zero label (EG3D c_gen_conditioning_zero)
+                label_camera, label_pose = torch.zeros_like(inputs.camera), torch.zeros_like(pose)
+            ws = G.mapping(inputs.z, label_camera, label_pose, update_emas=update_emas)
         ws_background = None
         if cfg.bcg_reg_prob > 0:
             swap = (inputs.swap_background < cfg.bcg_reg_prob).reshape(-1, 1, 1)
@@ -166,15 +170,27 @@ class PortraitGANLoss:
         rows = inputs.rows
         G.renderer.density_noise = schedule.density_noise
         G.renderer.deterministic = cfg.deterministic_render
-        out = G.synthesis(
+        # G.synthesis stage by stage, so that under autocast the volume rendering stays in
+        # float32 (the renderer's ops take one dtype; the tri-grid is cast back) while the
+        # StyleGAN2 backbone, the image head and D run in bf16
+        planes = G.planes(ws[rows], noise_mode=cfg.noise_mode)
+        with torch.autocast(planes.device.type, enabled=False):
+            feature, depth, weight = G.render(
+                planes.float(),
+                inputs.camera[rows],
+                pose[rows],
+                resolution=schedule.neural_rendering_resolution,
+                generator=generator,
+            )
+        out = G.image_head(
+            feature,
+            weight,
             ws[rows],
-            inputs.camera[rows],
-            pose[rows],
-            neural_rendering_resolution=schedule.neural_rendering_resolution,
-            noise_mode=cfg.noise_mode,
-            generator=generator,
             ws_background=ws_background,
+            noise_mode=cfg.noise_mode,
+            sr_noise_mode=None if cfg.noise_mode == "random" else cfg.noise_mode,
         )
+        out["image_depth"] = depth
         return out, pose[rows]
 
     def run_D(self, images: dict, camera: torch.Tensor, blur_sigma: float):
