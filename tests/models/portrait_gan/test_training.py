@@ -94,6 +94,14 @@ def test_resume_repeats_the_next_step_exactly(tmp_path, dataset):
     assert torch.equal(_flat(resumed.D_ema), _flat(trainer.D_ema))
 
 
+def test_loader_workers_give_the_same_batches(tmp_path, dataset):
+    inline = make_trainer(tmp_path / "a", dataset)
+    workers = make_trainer(tmp_path / "b", dataset, num_workers=1)
+    for step in (0, 1, 2, 5):  # 8 images, batch 2: step 5 is in the second epoch
+        for a, b in zip(inline._real_batch(step), workers._real_batch(step), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path, dataset):
     trainer = make_trainer(tmp_path, dataset)
     trainer.train_step()

@@ -35,6 +35,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-samples", type=int, default=None, help="images per pose metric (0: off)"
     )
     parser.add_argument("--no-samples", action="store_true", help="write no sample grids")
+    parser.add_argument("--workers", type=int, default=None, help="data loader processes")
     parser.add_argument(
         "--backend",
         default="auto",
@@ -113,6 +114,7 @@ def train_main(args: argparse.Namespace, console) -> int:
         checkpoint_every=args.checkpoint_every,
         metrics_samples=args.metrics_samples,
         samples=False if args.no_samples else None,
+        num_workers=args.workers,
     )
     out = Path(args.out)
     dataset, description = build_dataset(args, model_config.img_resolution, out, info.is_main)

@@ -49,7 +49,7 @@ class TrainConfig:
     noise_mode: str = "random"  # StyleGAN2 noise inputs; "const" makes a step deterministic
     deterministic_render: bool = False  # [tests] no jitter / importance / density-noise draws
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 0  # data loader processes (0: decode in the training loop)
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

@@ -150,6 +150,7 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
+        self._loader = None  # (the step its next batch is for, the iterator)
         self._writer = None
         if ckpt.has_checkpoint(self.out_dir):
             self.resume(self.out_dir)
@@ -160,14 +161,33 @@ class Trainer:
 
     # ---- data ---------------------------------------------------------------------------------
 
-    def _real_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _items(self, step: int) -> list[dict]:
+        """This rank's dataset items of ``step``: decoded in the loop, or by ``num_workers``
+        loader processes that run ahead within the epoch."""
         epoch, offset = divmod(step, self.steps_per_epoch)
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             batches = epoch_batches(
                 len(self.dataset), self.config.batch_size, epoch, self.config.seed, self.dist
             )
             self._epoch_cache = (epoch, batches)
-        items = [self.dataset[i] for i in self._epoch_cache[1][offset]]
+            self._loader = None
+        batches = self._epoch_cache[1]
+        if self.config.num_workers <= 0:
+            return [self.dataset[i] for i in batches[offset]]
+        if self._loader is None or self._loader[0] != step:
+            loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_sampler=batches[offset:],
+                num_workers=self.config.num_workers,
+                collate_fn=list,
+            )
+            self._loader = (step, iter(loader))
+        items = next(self._loader[1])
+        self._loader = (step + 1, self._loader[1])
+        return items
+
+    def _real_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        items = self._items(step)
         image = torch.stack([it["image"] for it in items])
         if "mask" in items[0]:
             mask = torch.stack([it["mask"] for it in items])
