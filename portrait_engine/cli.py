@@ -305,6 +305,7 @@ MODEL_COMMANDS: dict[tuple[str, str], str] = {
     ("train", "ri"): "portrait_engine.models.recognizability.commands",
     ("eval", "ri"): "portrait_engine.models.recognizability.eval_command",
     ("eval", "portrait"): "portrait_engine.models.portrait_gan.eval_command",
+    ("train", "portrait"): "portrait_engine.models.portrait_gan.training.commands",
 }
 MODEL_COMMANDS.update(
     {

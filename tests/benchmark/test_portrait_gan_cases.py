@@ -1,4 +1,5 @@
-"""The generator end-to-end benchmark case: well formed, and its providers agree."""
+"""The generator and training-step end-to-end benchmark cases: well formed, and their
+providers agree."""
 
 from __future__ import annotations
 
@@ -35,4 +36,41 @@ def test_quick_case_runs_and_native_agrees():
     with torch.no_grad():
         actual = case.functions["native"](*inputs, **kwargs)
     error = ((actual - expected).norm() / expected.norm()).item()
+    assert error < case.tolerance
+
+
+def test_train_step_presets_and_modes():
+    from portrait_engine.benchmark.cases.portrait_gan import portrait_gan_train_step_cases
+
+    assert OPS["portrait_gan_train_step"] is portrait_gan_train_step_cases
+    quick, full = portrait_gan_train_step_cases(True), portrait_gan_train_step_cases(False)
+    assert [c.shape for c in quick] == ["tiny"]
+    assert [c.shape for c in full] == ["small", "paper"]
+    for case in quick + full:
+        assert case.kind == "end-to-end" and case.modes == ("forward+backward",)
+        assert set(case.functions) == {"torch", "triton", "native"}
+        assert case.params["img_resolution"] == PortraitGANConfig.preset(case.shape).img_resolution
+
+
+def test_train_step_gives_finite_losses_and_gradients_and_native_agrees():
+    from portrait_engine.benchmark.cases.portrait_gan import (
+        _train_nets,
+        portrait_gan_train_step_cases,
+    )
+
+    case = portrait_gan_train_step_cases(True)[0]
+    inputs, kwargs = case.make_inputs(torch.device("cpu"), torch.float32, torch.Generator())
+    losses = case.functions["torch"](*inputs, **kwargs)
+    assert losses.shape == (2,) and torch.isfinite(losses).all()
+    losses.sum().backward()
+    G, D, _ = _train_nets("tiny", "cpu", case.params["batch"])
+    # G main reaches G (not D); D main reaches D
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+    status = _backend.backend_status("cpu", "mesh_deform_forward")["native"]
+    if not status[0]:
+        pytest.skip(status[1])
+    with torch.no_grad():
+        actual = case.functions["native"](*inputs, **kwargs)
+    error = ((actual - losses.detach()).norm() / losses.detach().norm()).item()
     assert error < case.tolerance

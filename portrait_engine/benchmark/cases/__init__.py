@@ -22,6 +22,7 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "merge_samples": ("importance", "merge_cases"),
     "renderer": ("importance", "renderer_cases"),
     "generator": ("portrait_gan", "generator_cases"),
+    "portrait_gan_train_step": ("portrait_gan", "portrait_gan_train_step_cases"),
     "lbs": ("skinning", "lbs_cases"),
     "skin_points": ("skinning", "skin_points_cases"),
     "mesh_deform": ("skinning", "mesh_deform_cases"),

@@ -19,11 +19,7 @@ directory exists. A crash at any point leaves the previous checkpoint and ``late
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,6 +29,14 @@ from portrait_engine.models.recognizability.model import (
     LATEST_FILE,
     MODEL_WEIGHTS,
     resolve_checkpoint,
+)
+from portrait_engine.training.checkpoint_io import (
+    atomic_directory,
+    flatten_optimizer,
+    point_latest,
+    prune_checkpoints,
+    unflatten_optimizer,
+    write_json,
 )
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -47,45 +51,10 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors: dict[str, torch.Tensor] = {}
-    rest: dict[str, Any] = {"param_groups": state_dict["param_groups"], "state": {}}
-    for index, values in state_dict["state"].items():
-        rest["state"][str(index)] = {}
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{name}"] = value
-                rest["state"][str(index)][name] = {"tensor": True}
-            else:
-                rest["state"][str(index)][name] = {"value": value}
-    return tensors, rest
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
-    state = {}
-    for index, values in rest["state"].items():
-        state[int(index)] = {
-            name: tensors[f"state.{index}.{name}"] if spec.get("tensor") else spec["value"]
-            for name, spec in values.items()
-        }
-    # JSON turns tuples (Adam's betas) into lists; only "params" is a list in torch's groups
-    groups = [
-        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
-        for group in rest["param_groups"]
-    ]
-    return {"state": state, "param_groups": groups}
-
-
-def _write_json(path: Path, value: Any) -> None:
-    with open(path, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+# the generic pieces live in portrait_engine.training (shared with the 3DPortraitGAN trainer)
+_flatten_optimizer = flatten_optimizer
+_unflatten_optimizer = unflatten_optimizer
+_write_json = write_json
 
 
 def save_checkpoint(
@@ -106,11 +75,7 @@ def save_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{step:08d}"
     target = out_dir / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the checkpoint from others
-    try:
+    with atomic_directory(target) as tmp:
         _write_json(tmp / CONFIG_FILE, config)
         save_file(_contiguous(model_state), str(tmp / MODEL_WEIGHTS))
         save_file(_contiguous(head_state), str(tmp / HEAD_WEIGHTS))
@@ -119,20 +84,8 @@ def save_checkpoint(
         _write_json(tmp / OPTIMIZER_JSON, opt_rest)
         save_file(_contiguous(trainer_tensors), str(tmp / TRAINER_TENSORS))
         _write_json(tmp / TRAINER_JSON, trainer_json)
-        for file in (MODEL_WEIGHTS, HEAD_WEIGHTS, OPTIMIZER_TENSORS, TRAINER_TENSORS):
-            _fsync_file(tmp / file)
-        if target.exists():  # a rerun of the same step: replace it
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = out_dir / f".{LATEST_FILE}.tmp"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, out_dir / LATEST_FILE)
-    old = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name != name)
-    for path in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(path, ignore_errors=True)
+    point_latest(out_dir, name)
+    prune_checkpoints(out_dir, keep, name)
     return target
 
 

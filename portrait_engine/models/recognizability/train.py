@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +46,9 @@ from portrait_engine.models.recognizability import checkpoint as ckpt
 from portrait_engine.models.recognizability import ri as ri_lib
 from portrait_engine.models.recognizability.heads import MarginSoftmaxHead
 from portrait_engine.models.recognizability.model import RIConfig, RIModel
+from portrait_engine.training.distributed import Distributed, epoch_batches, init_distributed
+
+__all__ = ["Distributed", "Trainer", "TrainConfig", "epoch_batches", "init_distributed"]
 
 
 @dataclass
@@ -252,45 +254,8 @@ def make_batch(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Distributed:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def epoch_batches(
-    num_samples: int, batch_size: int, epoch: int, seed: int, info: Distributed
-) -> list[list[int]]:
-    """This rank's batches of ``epoch``: a permutation drawn from ``(seed, epoch)``, cut into
-    ``world_size × batch_size`` global batches (the remainder dropped), each split by rank."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_samples, generator=generator).tolist()
-    global_batch = batch_size * info.world_size
-    count = num_samples // global_batch
-    first = info.rank * batch_size
-    return [
-        order[b * global_batch + first : b * global_batch + first + batch_size]
-        for b in range(count)
-    ]
+# Distributed, init_distributed and epoch_batches live in portrait_engine.training (shared
+# with the 3DPortraitGAN trainer) and are re-exported here.
 
 
 # --------------------------------------------------------------------------------------------
