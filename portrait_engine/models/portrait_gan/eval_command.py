@@ -53,8 +53,20 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file itself, or the newest ``*.safetensors`` of a folder."""
+    """The checkpoint file itself; the ``networks.safetensors`` of a training run's output
+    folder (its ``latest`` checkpoint) or of one ``checkpoint-<step>`` folder; otherwise the
+    newest ``*.safetensors`` of a folder."""
+    from portrait_engine.models.portrait_gan.training import checkpoint as training_checkpoint
+
     path = Path(path)
+    if path.is_file() and path.name == "latest":
+        path = path.parent
+    if path.is_dir() and (
+        training_checkpoint.has_checkpoint(path) or (path / "networks.safetensors").is_file()
+    ):
+        networks = training_checkpoint.resolve(path) / "networks.safetensors"
+        if networks.is_file():
+            return networks
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"), key=lambda p: (p.stat().st_mtime, p.name))
         if not files:

@@ -181,3 +181,20 @@ def test_fid_resizes_data_of_another_resolution(tmp_path):
     assert cli.main(argv) == 0
     fid = json.loads((out / "metrics.json").read_text())["fid"]
     assert fid["samples"] == 4 and fid["value"] > 0 and fid["extractor_kind"] == "torchscript"
+
+
+def test_training_run_folder_resolves_to_its_latest_networks(tmp_path):
+    """A `train portrait` output folder (``latest`` names a ``checkpoint-<step>`` folder):
+    the evaluation reads that checkpoint's ``networks.safetensors``, not the newest file."""
+    run = tmp_path / "run"
+    for step in (1, 2):
+        folder = run / f"checkpoint-{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / "networks.safetensors").write_bytes(b"")
+    (run / "latest").write_text("checkpoint-00000001\n")
+    expected = run / "checkpoint-00000001" / "networks.safetensors"
+    assert resolve_checkpoint(run) == expected
+    assert resolve_checkpoint(run / "latest") == expected
+    assert resolve_checkpoint(run / "checkpoint-00000002") == (
+        run / "checkpoint-00000002" / "networks.safetensors"
+    )
