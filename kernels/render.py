@@ -888,8 +888,13 @@ def _block_rays(n_rays: int, backward: bool) -> tuple[int, int]:
 
 
 def _dot_config(planes: torch.Tensor) -> tuple[bool, str]:
-    """``(HALF_DOT, input_precision)``: half operands for half planes, else fp32."""
-    half = planes.dtype in (torch.float16, torch.bfloat16)
+    """``(HALF_DOT, input_precision)``: half operands for half planes, else fp32.
+
+    Under the interpreter bfloat16 operands stay fp32: Triton 3.9's interpreter computes a
+    bfloat16 ``tl.dot`` wrongly (garbage of order 1e10 on a 16 × 16 product) and truncates
+    float32 -> bfloat16 casts instead of rounding them; its float16 dot is right.
+    """
+    half = planes.dtype == torch.float16 or (planes.dtype == torch.bfloat16 and not _interpreting())
     precision = "ieee" if _interpreting() else FP32_DOT_PRECISION
     return half, precision
 
