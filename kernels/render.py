@@ -88,7 +88,7 @@ from portrait_engine.kernels._alloc import empty_output
 from portrait_engine.kernels._launch import device_guard as _device_guard
 from portrait_engine.kernels._launch import interpreting as _interpreting
 from portrait_engine.kernels.rays import _interval, _log1p
-from portrait_engine.kernels.triplane import _axis_corner, _axis_setup, _project
+from portrait_engine.kernels.triplane import _axis_corner, _axis_setup
 
 # EG3D's widened sigmoid (sigmoid · (1 + 2·0.001) − 0.001), PanoHead's crop density,
 # torch.nn.functional.softplus's threshold, the largest finite float32.
@@ -113,6 +113,17 @@ def _softplus(x):
     above = x > _SOFTPLUS_THRESHOLD
     z = tl.exp(tl.where(above, 0.0, x))
     return tl.where(above, x, _log1p(z)), tl.where(above, 1.0, z / (z + 1.0))
+
+
+@triton.jit
+def _project_runtime(px, py, pz, proj_ptr, p, k: tl.constexpr):
+    """Coordinate ``k`` of the points on plane ``p`` (a runtime index): ``Σ_j x[j] proj[p, j, k]``
+    (``kernels/triplane.py``'s ``_project`` with a contiguous ``(P, 3, 3)`` projection)."""
+    base = proj_ptr + p * 9 + k
+    m0 = tl.load(base).to(tl.float32)
+    m1 = tl.load(base + 3).to(tl.float32)
+    m2 = tl.load(base + 6).to(tl.float32)
+    return px * m0 + py * m1 + pz * m2
 
 
 @triton.jit
@@ -144,13 +155,15 @@ def _sample_planes(
     to different batch elements).
     """
     total = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
-    for p in tl.static_range(P):
-        gx = _project(px, py, pz, proj_ptr, p, 9, 3, 1, 0)
-        gy = _project(px, py, pz, proj_ptr, p, 9, 3, 1, 1)
+    # a runtime loop over planes, not unrolled: only one plane's corner gathers are in flight
+    # at a time (unrolled, ptxas ran out of registers: 255 and spills at BLOCK_R = 32)
+    for p in range(P):
+        gx = _project_runtime(px, py, pz, proj_ptr, p, 0)
+        gy = _project_runtime(px, py, pz, proj_ptr, p, 1)
         x0, tx, w_f, finite_x = _axis_setup(gx, W)
         y0, ty, h_f, finite_y = _axis_setup(gy, H)
         if TRILINEAR:
-            gz = _project(px, py, pz, proj_ptr, p, 9, 3, 1, 2)
+            gz = _project_runtime(px, py, pz, proj_ptr, p, 2)
             z0, tz, d_f, finite_z = _axis_setup(gz, D)
         plane_ptr = planes_ptr + plane_base + p * s_pl_p
         for dz in tl.static_range(1 + TRILINEAR):
@@ -216,13 +229,15 @@ def _scatter_planes(
     grad_px = tl.zeros((BLOCK_R,), dtype=tl.float32)
     grad_py = tl.zeros((BLOCK_R,), dtype=tl.float32)
     grad_pz = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for p in tl.static_range(P):
-        gx = _project(px, py, pz, proj_ptr, p, 9, 3, 1, 0)
-        gy = _project(px, py, pz, proj_ptr, p, 9, 3, 1, 1)
+    # a runtime loop over planes, not unrolled: only one plane's corner gathers are in flight
+    # at a time (unrolled, ptxas ran out of registers: 255 and spills at BLOCK_R = 32)
+    for p in range(P):
+        gx = _project_runtime(px, py, pz, proj_ptr, p, 0)
+        gy = _project_runtime(px, py, pz, proj_ptr, p, 1)
         x0, tx, w_f, finite_x = _axis_setup(gx, W)
         y0, ty, h_f, finite_y = _axis_setup(gy, H)
         if TRILINEAR:
-            gz = _project(px, py, pz, proj_ptr, p, 9, 3, 1, 2)
+            gz = _project_runtime(px, py, pz, proj_ptr, p, 2)
             z0, tz, d_f, finite_z = _axis_setup(gz, D)
         plane_ptr = planes_ptr + plane_base + p * s_pl_p
         gplane_ptr = grad_planes_ptr + gplane_base + p * s_gpl_p
