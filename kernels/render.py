@@ -28,7 +28,9 @@ Design
   ``(BLOCK_R, Hd)`` multiply-and-sum in fp32) so the colour dot is ``Co`` wide, not ``1 + Co``
   padded to the next power of two. Sizes are padded to powers of two (>= 16, tl.dot's minimum)
   with masked loads: padded weights are zero, so padded hidden units and outputs contribute
-  nothing.
+  nothing. The decoder tiles are loaded where they are used, after each sample's gathers
+  (L1 hits), not hoisted out of the sample loop: hoisted, they sat in registers in the MMA
+  operand layout for the whole loop.
 * **Compositing in registers.** The previous sample's density, colour and depth, the running
   transmittance and the ray's accumulators are loop-carried registers; every input element is
   loaded once per pass.
@@ -54,25 +56,36 @@ Design
   B=4, 64² rays, 96 samples, C=32) and torch scatters it with the same bilinear / trilinear
   weights via ``index_add_`` (sequential on the CPU; on CUDA run under
   ``torch.use_deterministic_algorithms``, which makes it sort-based), ``P × 4`` (tri-plane) or
-  ``P × 8`` (tri-grid) passes over chunks of samples. Several times slower than the atomics
-  and memory-bound on that buffer: a debugging / reproducibility mode.
+  ``P × 8`` (tri-grid) passes over chunks of samples. Expected to be several times slower
+  than the atomics (unmeasured) and bound by that buffer's traffic: a debugging /
+  reproducibility mode.
 * **Point gradients** are per sample, owned by one program: written once, no atomics. The
   crop is a step function of the point (no gradient), and so is a texel's floor.
 * Index math in int64, strides widened, every load and store masked; fp32 math whatever the
   storage dtype (Triton's float64 path is not offered: the native CPU kernel serves gradcheck).
   A non-finite point samples zeros (no NaN propagation), as the CUDA ``grid_sample`` does.
 
-Launch configuration (GPU; untuned, no GPU was available when this was written -- measure
-``render_rays_forward`` / ``render_rays_backward`` at the issue's sizes and read the ptxas
-register / spill report before trusting them):
+Launch configuration (GPU): ``BLOCK_R = 16`` rays and ``num_warps = 8`` for both kernels,
+``num_stages = 1``. Not timed -- no GPU was available when this was written -- but compiled
+for sm_90 without one (``triton.compile`` to PTX, then ``ptxas -arch=sm_90a -v``; C = 32,
+Hd = 64, Co = 32, tri-grid, all flags on):
 
-* forward: ``BLOCK_R = 32`` rays, ``num_warps = 4``; tiles per sample: features
-  (32 × 32), hidden (32 × 64), colours (32 × 32); tensor cores: the two decoder GEMMs.
-* backward: ``BLOCK_R = 16`` rays, ``num_warps = 4``; ≈ 2× the forward's live tiles (the
-  previous sample's feature, hidden, softplus' and colour-derivative tiles) plus the weight
-  accumulators (64 × 32 + 32 × 64 fp32 per program); tensor cores: the four backward GEMMs
-  (``dO W2``, ``dPre W1``, ``dPreᵀ F``, ``dOᵀ H``) and the two recomputed forward GEMMs.
-* under ``TRITON_INTERPRET=1`` one large block (up to 64 rays) per program.
+===========================  =====================  ===========================================
+kernel                       registers / spills     tensor-core instructions in the SASS
+===========================  =====================  ===========================================
+forward fp32 (tf32)          200 / 0 B              HMMA.1688.F32.TF32
+forward bf16                 202 / 0 B              HMMA.16816.F32.BF16
+backward fp32 (tf32)         255 / 336 B            HMMA.1688.F32.TF32, HGMMA.64
+backward bf16                255 / 344 B            HMMA.16816.F32.BF16, HGMMA.64
+===========================  =====================  ===========================================
+
+The alternatives measured the same way: forward 32 rays / 4 warps 255 registers and 1.8 KB
+of spills with the decoder tiles hoisted out of the loop and the plane loop unrolled (hence
+the reloads and the runtime plane loop below), 16 rays / 4 warps 249 / 0; backward 16 rays /
+4 warps 255 / 2 KB, 16 warps 128 / 730 B. Time these on a GPU before trusting them; the
+backward's remaining spills are the next thing to look at (e.g. recompute the previous
+sample's hidden layer from its feature tile instead of carrying it). Under
+``TRITON_INTERPRET=1``: one block of up to 64 rays per program.
 """
 
 from __future__ import annotations
@@ -100,6 +113,10 @@ _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 # tl.dot input precision of float32 operands on a GPU ("tf32": tensor cores, ~1e-3 relative
 # rounding of the operands; "ieee": exact fp32 FMA). The interpreter always runs "ieee".
 FP32_DOT_PRECISION = os.environ.get("PORTRAIT_ENGINE_RENDER_FP32_DOT", "tf32")
+# No software pipelining of the sample loop: with Triton's default (3 stages) the pipeliner
+# stages the data-dependent corner gathers through shared memory with cp.async -- 197 KB of
+# shared memory for the sm_90 forward (one block per SM); with 1 stage, 20 KB.
+_NUM_STAGES = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,20 +388,24 @@ def _render_sample(
     s_pl_w,
     col,
     mask_c,
-    w1t,
-    b1,
-    w2t,
-    w2s,
-    b2s,
-    b2o,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    C,
+    HIDDEN,
+    CO,
     crop_limit,
     P: tl.constexpr,
     TRILINEAR: tl.constexpr,
     HAS_NOISE: tl.constexpr,
     USE_CROP: tl.constexpr,
+    HALF_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_O: tl.constexpr,
 ):
     """Sample ``i`` of the block's rays, sampled and decoded.
 
@@ -421,6 +442,13 @@ def _render_sample(
         BLOCK_R,
         BLOCK_C,
     )
+    # the decoder is (re)loaded here, after the gathers, rather than hoisted out of the sample
+    # loop: kept in registers in the MMA operand layout it cost ~128 registers per thread for
+    # the whole loop (ptxas: 255 registers and spills); reloaded, it is an L1 hit per sample
+    w1t, b1, w2t, w2s, b2s, b2o = _load_decoder(
+        w1_ptr, b1_ptr, w2_ptr, b2_ptr, planes_ptr, C, HIDDEN, CO, HALF_DOT, BLOCK_C, BLOCK_H,
+        BLOCK_O,
+    )  # fmt: skip
     pre = tl.dot(f.to(w1t.dtype), w1t, input_precision=DOT_PRECISION) + b1[None, :]
     h, dh = _softplus(pre)
     o = tl.dot(h.to(w2t.dtype), w2t, input_precision=DOT_PRECISION) + b2o[None, :]
@@ -509,15 +537,11 @@ def _render_forward_kernel(
     offs_o = tl.arange(0, BLOCK_O).to(tl.int64)
     mask_ro = mask_r[:, None] & (offs_o < n_out)[None, :]
 
-    w1t, b1, w2t, w2s, b2s, b2o = _load_decoder(
-        w1_ptr, b1_ptr, w2_ptr, b2_ptr, planes_ptr, C, HIDDEN, CO, HALF_DOT, BLOCK_C, BLOCK_H,
-        BLOCK_O,
-    )  # fmt: skip
-
     s_prev, live, c_prev, dc, h, dh, f, z_prev, px, py, pz = _render_sample(
         0, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr, plane_base,
-        proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1t, b1, w2t, w2s, b2s,
-        b2o, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, DOT_PRECISION, BLOCK_R, BLOCK_C,
+        proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr, b1_ptr, w2_ptr,
+        b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, HALF_DOT,
+        DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
     )  # fmt: skip
 
     transmittance = tl.full((BLOCK_R,), 1.0, tl.float32)
@@ -527,10 +551,10 @@ def _render_forward_kernel(
     weight_rows = offs_r * (n_samples - 1)
     for i in range(1, S):
         s_next, live, c_next, dc, h, dh, f, z_next, px, py, pz = _render_sample(
-            i, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr,
-            plane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1t, b1,
-            w2t, w2s, b2s, b2o, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, DOT_PRECISION,
-            BLOCK_R, BLOCK_C,
+            i, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr, plane_base,
+            proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr, b1_ptr, w2_ptr,
+            b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, HALF_DOT,
+            DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
         )  # fmt: skip
         alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
         weight = alpha * transmittance
@@ -576,9 +600,12 @@ def _close_sample(
     px,
     py,
     pz,
-    w1t,
-    w2t,
-    w2s,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    HIDDEN,
+    CO,
     acc_w1,
     acc_b1,
     acc_w2,
@@ -614,13 +641,21 @@ def _close_sample(
     P: tl.constexpr,
     TRILINEAR: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
+    HALF_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_O: tl.constexpr,
 ):
     """Backward of sample ``j`` given ``∂L/∂σ`` ``(BLOCK_R,)`` and ``∂L/∂c`` ``(BLOCK_R, Co)``:
     the decoder backward (weight gradients accumulated), the sampling backward, the point's
     gradient stored. Returns the updated accumulators."""
     g_sigma = tl.where(live, g_sigma, 0.0)  # a cropped density is a constant
+    w1t, b1, w2t, w2s, b2s, b2o = _load_decoder(
+        w1_ptr, b1_ptr, w2_ptr, b2_ptr, planes_ptr, C, HIDDEN, CO, HALF_DOT, BLOCK_C, BLOCK_H,
+        BLOCK_O,
+    )  # fmt: skip
     dot_ty = w1t.dtype
     d_o = g_c * dc  # ∂L/∂(pre-sigmoid colour output)
     d_h = tl.dot(d_o.to(dot_ty), tl.trans(w2t), input_precision=DOT_PRECISION)
@@ -744,10 +779,6 @@ def _render_backward_kernel(
     offs_o = tl.arange(0, BLOCK_O).to(tl.int64)
     mask_o = offs_o < n_out
 
-    w1t, b1, w2t, w2s, b2s, b2o = _load_decoder(
-        w1_ptr, b1_ptr, w2_ptr, b2_ptr, planes_ptr, C, HIDDEN, CO, HALF_DOT, BLOCK_C, BLOCK_H,
-        BLOCK_O,
-    )  # fmt: skip
     acc_w1 = tl.zeros((BLOCK_H, BLOCK_C), tl.float32)
     acc_b1 = tl.zeros((BLOCK_H,), tl.float32)
     acc_w2 = tl.zeros((BLOCK_O, BLOCK_H), tl.float32)
@@ -807,10 +838,10 @@ def _render_backward_kernel(
 
         # ---- the sweep, front to back; sample i − 1 closes when interval i − 1 is known
         s_prev, live_prev, c_prev, dc_prev, h_prev, dh_prev, f_prev, z_prev, px_prev, py_prev, pz_prev = _render_sample(  # noqa: E501
-            0, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr,
-            plane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1t, b1,
-            w2t, w2s, b2s, b2o, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, DOT_PRECISION,
-            BLOCK_R, BLOCK_C,
+            0, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr, plane_base,
+            proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr, b1_ptr, w2_ptr,
+            b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, HALF_DOT,
+            DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
         )  # fmt: skip
         transmittance = tl.full((BLOCK_R,), 1.0, tl.float32)
         prefix = tl.zeros((BLOCK_R,), tl.float32)
@@ -819,9 +850,9 @@ def _render_backward_kernel(
         for i in range(1, S):
             s_next, live_next, c_next, dc_next, h_next, dh_next, f_next, z_next, px_next, py_next, pz_next = _render_sample(  # noqa: E501
                 i, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr,
-                plane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1t,
-                b1, w2t, w2s, b2s, b2o, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP,
-                DOT_PRECISION, BLOCK_R, BLOCK_C,
+                plane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr,
+                b1_ptr, w2_ptr, b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE,
+                USE_CROP, HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
             )  # fmt: skip
             alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
             weight = alpha * transmittance
@@ -835,12 +866,13 @@ def _render_backward_kernel(
 
             acc_w1, acc_b1, acc_w2, acc_w2s, acc_b2o, acc_b2s = _close_sample(
                 i - 1, 0.5 * (gx_prev + gx), (0.5 * scale) * (w_prev + weight)[:, None] * g_feat,
-                live_prev, dc_prev, h_prev, dh_prev, f_prev, px_prev, py_prev, pz_prev, w1t, w2t,
-                w2s, acc_w1, acc_b1, acc_w2, acc_w2s, acc_b2o, acc_b2s, offs_r, mask_r,
-                n_samples, planes_ptr, grad_planes_ptr, grad_points_ptr, grad_samples_ptr,
-                plane_base, gplane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w,
-                s_gpl_p, s_gpl_d, s_gpl_h, s_gpl_w, col, gcol, offs_c, mask_c, C, P, TRILINEAR,
-                DETERMINISTIC, DOT_PRECISION, BLOCK_R,
+                live_prev, dc_prev, h_prev, dh_prev, f_prev, px_prev, py_prev, pz_prev, w1_ptr,
+                b1_ptr, w2_ptr, b2_ptr, HIDDEN, CO, acc_w1, acc_b1, acc_w2, acc_w2s, acc_b2o,
+                acc_b2s, offs_r, mask_r, n_samples, planes_ptr, grad_planes_ptr, grad_points_ptr,
+                grad_samples_ptr, plane_base, gplane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d,
+                s_pl_h, s_pl_w, s_gpl_p, s_gpl_d, s_gpl_h, s_gpl_w, col, gcol, offs_c, mask_c, C,
+                P, TRILINEAR, DETERMINISTIC, HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H,
+                BLOCK_O,
             )  # fmt: skip
 
             transmittance = transmittance * p
@@ -852,12 +884,12 @@ def _render_backward_kernel(
         # the last sample belongs to one interval only
         acc_w1, acc_b1, acc_w2, acc_w2s, acc_b2o, acc_b2s = _close_sample(
             n_samples - 1, 0.5 * gx_prev, (0.5 * scale) * w_prev[:, None] * g_feat, live_prev,
-            dc_prev, h_prev, dh_prev, f_prev, px_prev, py_prev, pz_prev, w1t, w2t, w2s, acc_w1,
-            acc_b1, acc_w2, acc_w2s, acc_b2o, acc_b2s, offs_r, mask_r, n_samples, planes_ptr,
-            grad_planes_ptr, grad_points_ptr, grad_samples_ptr, plane_base, gplane_base,
-            proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, s_gpl_p, s_gpl_d, s_gpl_h,
-            s_gpl_w, col, gcol, offs_c, mask_c, C, P, TRILINEAR, DETERMINISTIC, DOT_PRECISION,
-            BLOCK_R,
+            dc_prev, h_prev, dh_prev, f_prev, px_prev, py_prev, pz_prev, w1_ptr, b1_ptr, w2_ptr,
+            b2_ptr, HIDDEN, CO, acc_w1, acc_b1, acc_w2, acc_w2s, acc_b2o, acc_b2s, offs_r, mask_r,
+            n_samples, planes_ptr, grad_planes_ptr, grad_points_ptr, grad_samples_ptr,
+            plane_base, gplane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, s_gpl_p,
+            s_gpl_d, s_gpl_h, s_gpl_w, col, gcol, offs_c, mask_c, C, P, TRILINEAR, DETERMINISTIC,
+            HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
         )  # fmt: skip
 
     # ---- this program's decoder-weight gradients: one row of the partial buffer, laid out
@@ -899,7 +931,7 @@ def _block_rays(n_rays: int, backward: bool) -> tuple[int, int]:
     if _interpreting():
         # the interpreter's cost is per program instance: one large block
         return min(_pow2(n_rays), 64), 4
-    return (16, 4) if backward else (32, 4)
+    return 16, 8  # see the module docstring's ptxas table
 
 
 def _dot_config(planes: torch.Tensor) -> tuple[bool, str]:
@@ -1002,6 +1034,7 @@ def render_rays_forward(
             BLOCK_H=_pow2(hidden),
             BLOCK_O=_pow2(out),
             num_warps=num_warps,
+            num_stages=_NUM_STAGES,
         )
     return features, depth_raw, weights
 
@@ -1127,6 +1160,7 @@ def render_rays_backward(
             BLOCK_H=_pow2(hidden),
             BLOCK_O=_pow2(out),
             num_warps=num_warps,
+            num_stages=_NUM_STAGES,
         )
     if deterministic:
         _scatter_deterministic(grad_planes, grad_samples, points, proj, trilinear)
