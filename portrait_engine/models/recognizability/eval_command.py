@@ -14,9 +14,12 @@ Protocols, by ``--data``:
   are probes, degraded as for ``synthetic``.
 
 Face quality (all protocols): every probe image gets one condition at random (clean, very low
-resolution at 8–32 px, or unrecognisable), and error-versus-reject curves over all pairs of
-them compare the model's RI with the embedding norm, a CR-FIQA-style score and a random score;
-the AUC of each score at telling clean faces from degraded ones is reported too.
+resolution at 8–32 px, or unrecognisable), and error-versus-reject curves over the pairs of
+them compare the model's RI with the embedding norm, a CR-FIQA-style score and a random score,
+at each ``--fmr`` (default 1e-3 and 1e-2). Pairs of two unrecognisable faces are left out of
+the curves and the threshold comes from the impostor pairs without unrecognisable faces (see
+:func:`erc_pair_masks`). The AUC of each score at telling clean faces from degraded ones is
+reported too.
 
 Writes ``metrics.json``, ``.npy`` embeddings (gallery, probes, quality set), PNG plots (ERC,
 ROC, CMC, sample degradations) and, with ``--onnx``, ``model.onnx``.
@@ -26,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +49,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--distractors", type=int, default=200, help="synthetic: distractor identities"
     )
     parser.add_argument("--max-distractors", type=int, default=None, help="TinyFace: cap")
-    parser.add_argument("--fmr", type=float, default=1e-3, help="FMR fixing the ERC threshold")
+    parser.add_argument(
+        "--fmr",
+        type=float,
+        nargs="+",
+        default=[1e-3, 1e-2],
+        help="FMRs fixing the ERC thresholds (the first is the headline and the plot)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--onnx", action="store_true", help="also export model.onnx")
@@ -142,6 +154,71 @@ def degrade_mixed(images, seed: int):
     return out, condition.numpy()
 
 
+@dataclass
+class ERCPairs:
+    """Which pairs of the quality set an error-versus-reject curve uses (see
+    :func:`erc_pair_masks`): ``keep`` the pairs it scores, ``threshold_pairs`` those whose
+    impostors fix its threshold (both boolean, one per pair)."""
+
+    keep: np.ndarray
+    threshold_pairs: np.ndarray
+    threshold_from: str
+    left_out: str
+    both_unrecognizable: np.ndarray
+    same: np.ndarray
+
+    def unrecognizable_pairs_auc(self, scores) -> float | None:
+        """ROC AUC of genuine against impostor among the pairs of two unrecognisable faces
+        (about 0.5: their scores carry no identity); ``None`` without both kinds."""
+        from portrait_engine.models.recognizability import evaluation as ev
+
+        pick = self.both_unrecognizable
+        same = self.same[pick]
+        if same.all() or not same.any():
+            return None
+        return ev.roc_auc(np.asarray(scores)[pick], same)
+
+
+def erc_pair_masks(condition, first, second, same) -> ERCPairs:
+    """The pairs an ERC over a mixed-quality set scores, and those that fix its threshold.
+
+    ``condition`` ``(N,)`` holds each sample's index in :data:`CONDITIONS`; ``first``,
+    ``second``, ``same`` ``(M,)`` describe the pairs. Pairs of *two* unrecognisable faces are
+    left out altogether: those faces gather at the UI centre, so they match each other
+    whatever their identities (``unrecognizable_pairs_auc`` measures it; about 0.5 on the
+    demo), and their genuine pairs would count as successes won by chance, rewarding a quality
+    score for *keeping* them, while their impostor pairs (the false matches that make them a
+    hazard) would push the threshold to the top of the score range. The threshold is fixed on
+    the impostor pairs without an unrecognisable face. Pairs of an unrecognisable face with a
+    recognisable one stay: their genuine pairs fail, and rejecting them is what a quality score
+    is for. A set with fewer than two impostor pairs left falls back on all pairs.
+    """
+    condition = np.asarray(condition)
+    first, second, same = np.asarray(first), np.asarray(second), np.asarray(same, dtype=bool)
+    unrecognizable = condition == CONDITIONS.index("unrecognizable")
+    both = unrecognizable[first] & unrecognizable[second]
+    recognisable_pair = ~unrecognizable[first] & ~unrecognizable[second]
+    keep = ~both
+    if int((~same & recognisable_pair).sum()) >= 2:
+        return ERCPairs(
+            keep,
+            recognisable_pair,
+            "impostor pairs without unrecognisable faces",
+            f"{int(both.sum())} pairs of two unrecognisable faces",
+            both,
+            same,
+        )
+    everything = np.ones_like(same)
+    return ERCPairs(
+        everything,
+        everything,
+        "all impostor pairs (too few without unrecognisable faces)",
+        "none (too few pairs)",
+        both,
+        same,
+    )
+
+
 def eval_main(args: argparse.Namespace, console) -> int:
     import numpy as np
     import torch
@@ -211,31 +288,37 @@ def eval_main(args: argparse.Namespace, console) -> int:
         "CR-FIQA-style (labels)": ev.crfiqa_quality(q["embedding"], probe_labels),
         "random": rng.uniform(size=len(probe_labels)),
     }
-    # The threshold is fixed on impostor pairs of recognisable faces only: unrecognisable faces
-    # are trained to gather at the UI centre, so they match each other, and their impostor pairs
-    # would put the threshold at the top of the score range, where no quality score can help.
-    # Their genuine pairs still count in the FNMR: rejecting them is what a quality score is for.
-    recognisable = condition != CONDITIONS.index("unrecognizable")
-    threshold_pairs = recognisable[first] & recognisable[second]
-    n_impostors = int((~same & threshold_pairs).sum())
-    threshold_from = "impostor pairs without unrecognisable faces"
-    if n_impostors < 2:  # a tiny set: fall back on every impostor pair
-        threshold_pairs, n_impostors = None, int((~same).sum())
-        threshold_from = "all impostor pairs (too few without unrecognisable faces)"
-    fmr = args.fmr
-    if n_impostors * fmr < 1:
-        fmr = min(0.5, 10 ** np.ceil(np.log10(1 / n_impostors)))
-        console.print(f"[yellow]too few impostor pairs for FMR {args.fmr:g}; using {fmr:g}[/]")
-    curves = {
-        name: ev.error_versus_reject(
-            scores, same, ev.pair_quality(values, first, second), fmr, None, threshold_pairs
-        )
-        for name, values in sample_quality.items()
-    }
+    masks = erc_pair_masks(condition, first, second, same)
     quality: dict = {
-        "fmr": float(fmr),
-        "threshold_from": threshold_from,
-        "erc_area": {k: c.area for k, c in curves.items()},
+        "threshold_from": masks.threshold_from,
+        "pairs_left_out": masks.left_out,
+        "unrecognizable_pairs_auc": masks.unrecognizable_pairs_auc(scores),
+    }
+    keep, threshold_pairs = masks.keep, masks.threshold_pairs[masks.keep]
+    kept_scores, kept_same = scores[keep], same[keep]
+    n_impostors = int((~kept_same & threshold_pairs).sum())
+    by_fmr, curves = {}, {}
+    for requested in args.fmr:
+        fmr = requested
+        if n_impostors * fmr < 1:
+            fmr = min(0.5, 10 ** np.ceil(np.log10(1 / n_impostors)))
+            console.print(f"[yellow]too few impostor pairs for FMR {requested:g}; using {fmr:g}[/]")
+        by_fmr[fmr] = {
+            name: ev.error_versus_reject(
+                kept_scores,
+                kept_same,
+                ev.pair_quality(values, first, second)[keep],
+                fmr,
+                None,
+                threshold_pairs,
+            )
+            for name, values in sample_quality.items()
+        }
+    fmr, curves = next(iter(by_fmr.items()))
+    quality["fmr"] = float(fmr)
+    quality["erc_area"] = {k: c.area for k, c in curves.items()}
+    quality["erc_area_by_fmr"] = {
+        f"{f:g}": {k: c.area for k, c in cs.items()} for f, cs in by_fmr.items()
     }
     quality["fnmr"] = {
         k: {f"reject {f:.2f}": float(v) for f, v in zip(c.fractions, c.fnmr, strict=True)}
@@ -310,7 +393,8 @@ def _print_summary(metrics: dict, console) -> None:
         )
     console.print(table)
     quality = metrics["quality"]
-    table = Table(title=f"face quality: ERC area at FMR {quality['fmr']:g} (lower is better)")
+    fmr = quality["fmr"]
+    table = Table(title=f"face quality: ERC area at FMR {fmr:g} (lower is better)")
     table.add_column("score")
     table.add_column("ERC area")
     separations = {
@@ -318,10 +402,18 @@ def _print_summary(metrics: dict, console) -> None:
         for key, value in quality.items()
         if key.startswith("clean_vs_")
     }
+    by_fmr = {f: areas for f, areas in quality["erc_area_by_fmr"].items() if float(f) != fmr}
+    for f in by_fmr:
+        table.add_column(f"ERC area, FMR {f}")
     for kind in separations:
         table.add_column(f"AUC clean > {kind.replace('_', ' ')}")
     for name, area in quality["erc_area"].items():
-        table.add_row(name, f"{area:.4f}", *(f"{sep[name]:.3f}" for sep in separations.values()))
+        table.add_row(
+            name,
+            f"{area:.4f}",
+            *(f"{areas[name]:.4f}" for areas in by_fmr.values()),
+            *(f"{sep[name]:.3f}" for sep in separations.values()),
+        )
     console.print(table)
     console.print(
         "mean RI by condition: " + ", ".join(f"{k} {v:.3f}" for k, v in quality["mean_ri"].items())

@@ -43,6 +43,20 @@ What is our reading (the paper's equations were not at hand):
   ``ξ_i`` differentiated through the embedding (prototypes and UI centre detached), so a face
   whose RI is within ``τ`` of the UI level is pushed away from the UI centre and towards its
   own prototype; faces already ``τ`` above it contribute nothing.
+- The perceptibility attention term. What the paper's total loss is known to hold (its
+  symbols, from a third-party summary; the equations themselves were not readable):
+  ``L_MSE``, a mean squared error between the perceptibility attention module's output
+  ``v_attn`` and a target ``v'`` that "projects the face embedding away from the center of the
+  UIs cluster", weighted by its own factor. Our reading (:func:`attention_mse_loss`): in this
+  model the attention module's output *is* the embedding (``nn.AttentionPool`` pools the
+  feature map into it), so ``v_attn = v̂``, the unit embedding, and ``v' = normalize(v̂ −
+  max(0, ⟨v̂, c_UI⟩) c_UI)`` (detached), the embedding with its component towards the UI
+  centre removed; over the recognisable faces. Its gradient reaches the attention scores, the
+  projection and the backbone alike. It is zero for a face already orthogonal to (or beyond)
+  the UI centre and ``2 − 2·sqrt(1 − k²)`` at cosine ``k > 0``, so it acts on faces that drift
+  towards the UI cluster — low-resolution ones — and teaches the attention to pool the
+  regions that keep them away from it. The projection (rather than ``v̂ − c_UI``, which pushes
+  every face towards ``−c_UI`` with the same force) is our choice.
 """
 
 from __future__ import annotations
@@ -155,3 +169,27 @@ def ui_cluster_loss(ui_unit_embeddings: torch.Tensor, centre: torch.Tensor) -> t
     if ui_unit_embeddings.numel() == 0 or not bool(centre.any()):
         return ui_unit_embeddings.sum() * 0
     return (1 - ui_unit_embeddings @ centre.detach().to(ui_unit_embeddings.dtype)).mean()
+
+
+def ui_diverted_target(unit_embeddings: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``v' = normalize(v̂ − max(0, ⟨v̂, c_UI⟩) · c_UI)``, detached: each ``(B, D)`` unit
+    embedding with its component *towards* the UI centre removed (our reading of the paper's
+    "projecting the face embedding away from the center of the UIs cluster"). An embedding
+    already on the far side of the UI centre (``⟨v̂, c⟩ ≤ 0``) is its own target; an
+    uninitialised (zero) centre leaves every embedding unchanged."""
+    unit = unit_embeddings.detach()
+    c = centre.detach().to(unit.dtype)
+    towards = (unit @ c).clamp_min(0)
+    return F.normalize(unit - towards[:, None] * c, dim=1)
+
+
+def attention_mse_loss(unit_embeddings: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """The perceptibility attention term ``L_MSE = mean_i ‖v̂_i − v'_i‖²`` over the
+    recognisable faces' attention-pooled unit embeddings ``(B, D)``, with ``v'`` the detached
+    UI-diverted target of :func:`ui_diverted_target`. For a unit embedding at cosine
+    ``k > 0`` to the centre it is ``2 − 2·sqrt(1 − k²)``, zero for ``k ≤ 0``. An empty batch
+    gives 0."""
+    if unit_embeddings.numel() == 0:
+        return unit_embeddings.sum() * 0
+    target = ui_diverted_target(unit_embeddings, centre)
+    return (unit_embeddings - target).pow(2).sum(dim=1).mean()

@@ -153,6 +153,57 @@ def test_error_versus_reject_threshold_from_a_subset_of_impostors():
         ev.error_versus_reject(scores, same, quality, 0.25, [0], threshold_pairs=mask[:3])
 
 
+def test_erc_pair_masks_leave_out_pairs_of_two_unrecognisable_faces():
+    from portrait_engine.models.recognizability.eval_command import erc_pair_masks
+
+    # samples: 0 clean (id 0), 1 low-res (id 0), 2 clean (id 1), 3 UI (id 0), 4 UI (id 1),
+    # 5 UI (id 1); conditions index CONDITIONS = (clean, very_low_resolution, unrecognizable)
+    condition = np.array([0, 1, 0, 2, 2, 2])
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    first, second = np.triu_indices(6, k=1)
+    same = labels[first] == labels[second]
+    # UI faces at one point match each other whatever the identity: scores 0.95 among them
+    scores = np.full(len(first), 0.1)
+    ui = condition == 2
+    both = ui[first] & ui[second]
+    scores[both] = 0.95
+    scores[(first == 0) & (second == 1)] = 0.8  # the recognisable genuine pair
+    masks = erc_pair_masks(condition, first, second, same)
+    # pairs (3,4), (3,5), (4,5) are the three UI-UI pairs: left out; the other 12 kept
+    assert masks.keep.tolist() == (~both).tolist() and int(masks.keep.sum()) == 12
+    # threshold from pairs without a UI face: (0,1), (0,2), (1,2); two of them impostors
+    expected = [(0, 1), (0, 2), (1, 2)]
+    chosen = [(int(a), int(b)) for a, b in zip(first, second, strict=True)]
+    assert [pair for pair, t in zip(chosen, masks.threshold_pairs, strict=True) if t] == expected
+    # among UI-UI pairs, (4,5) is genuine at 0.95 and (3,4), (3,5) impostors at 0.95: a tie
+    assert masks.unrecognizable_pairs_auc(scores) == 0.5
+    # with the mask, RI-like quality that ranks UI lowest makes the ERC fall: at reject 0 the
+    # genuine pairs kept are (0,1) 0.8 and (0,3), (1,3), (2,4), (2,5) at 0.1: FNMR 4/5
+    quality = np.where(ui, 0.0, 1.0)
+    curve = ev.error_versus_reject(
+        scores[masks.keep],
+        same[masks.keep],
+        ev.pair_quality(quality, first, second)[masks.keep],
+        fmr=0.5,
+        fractions=[0, 0.75],
+        threshold_pairs=masks.threshold_pairs[masks.keep],
+    )
+    assert curve.threshold == 0.1
+    assert curve.fnmr.tolist() == pytest.approx([4 / 5, 0.0])
+
+
+def test_erc_pair_masks_fall_back_on_all_pairs_when_too_few_impostors():
+    from portrait_engine.models.recognizability.eval_command import erc_pair_masks
+
+    condition = np.array([0, 0, 2])
+    first, second = np.triu_indices(3, k=1)
+    same = np.array([True, False, False])
+    masks = erc_pair_masks(condition, first, second, same)
+    assert masks.keep.all() and masks.threshold_pairs.all()
+    assert masks.threshold_from.startswith("all impostor pairs")
+    assert masks.unrecognizable_pairs_auc(np.zeros(3)) is None
+
+
 def test_error_versus_reject_errors():
     s, same = np.array([0.1, 0.9]), np.array([False, True])
     with pytest.raises(ValueError, match="impostor pairs"):

@@ -123,3 +123,45 @@ def test_ui_cluster_loss_empty_or_uninitialised_is_zero():
     assert loss.item() == 0.0
     loss.backward()  # still part of the graph
     torch.testing.assert_close(some.grad, torch.zeros(3, 4))
+
+
+def test_ui_diverted_target_removes_the_component_towards_the_ui_centre():
+    centre = torch.tensor([1.0, 0.0, 0.0])
+    unit = torch.tensor(
+        [
+            [0.6, 0.8, 0.0],  # cosine 0.6 to the centre: the target is (0, 1, 0)
+            [-0.6, 0.0, 0.8],  # on the far side: its own target
+            [0.0, 0.0, 1.0],  # orthogonal: its own target (used with a zero centre below)
+        ]
+    )
+    target = ri.ui_diverted_target(unit[:2], centre)
+    torch.testing.assert_close(target, torch.tensor([[0.0, 1.0, 0.0], [-0.6, 0.0, 0.8]]))
+    # an uninitialised centre changes nothing
+    torch.testing.assert_close(ri.ui_diverted_target(unit, torch.zeros(3)), unit)
+
+
+def test_attention_mse_loss_hand_values_and_gradient():
+    centre = torch.tensor([1.0, 0.0, 0.0])
+    unit = torch.tensor([[0.6, 0.8, 0.0], [-0.6, 0.0, 0.8]], requires_grad=True)
+    loss = ri.attention_mse_loss(unit, centre)
+    # sample 0: |(0.6, 0.8, 0) - (0, 1, 0)|^2 = 0.36 + 0.04 = 0.4 = 2 - 2 sqrt(1 - 0.6^2);
+    # sample 1: 0 (already away from the centre); mean 0.2
+    assert loss.item() == pytest.approx(0.2)
+    loss.backward()
+    # d/dv of mean ||v - sg(t)||^2 = (v - t) for the two samples, halved by the mean
+    torch.testing.assert_close(unit.grad, torch.tensor([[0.6, -0.2, 0.0], [0.0, 0.0, 0.0]]))
+    empty = torch.zeros(0, 3, requires_grad=True)
+    assert ri.attention_mse_loss(empty, centre).item() == 0.0
+
+
+def test_attention_mse_loss_pushes_an_embedding_away_from_the_ui_centre():
+    centre = F.normalize(torch.tensor([1.0, 1.0, 0.0]), dim=0)
+    raw = torch.tensor([[1.0, 0.2, 0.3]], requires_grad=True)
+    before = (F.normalize(raw, dim=1) @ centre).item()
+    optimizer = torch.optim.SGD([raw], lr=0.1)
+    for _ in range(20):
+        optimizer.zero_grad()
+        ri.attention_mse_loss(F.normalize(raw, dim=1), centre).backward()
+        optimizer.step()
+    after = (F.normalize(raw, dim=1) @ centre).item()
+    assert before > 0.6 and 0 <= after < before - 0.3

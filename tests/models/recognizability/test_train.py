@@ -133,6 +133,43 @@ def test_make_batch_appends_ui_faces():
     assert is_ui.tolist() == [False] * 8 + [True] * 2
 
 
+def test_training_loss_is_the_weighted_sum_of_its_terms(tmp_path):
+    from portrait_engine.models.recognizability import ri
+
+    config = small_config(ui_pull_weight=2.0, attention_weight=3.0, id_weight=0.5, tau=0.5)
+    trainer = make_trainer(tmp_path, config)
+    trainer.net.train()
+    dataset = ClassPatterns()
+    images, labels, is_ui = make_batch(
+        dataset.images[:8],
+        torch.tensor(dataset.labels[:8]),
+        config,
+        IMAGE_SIZE,
+        torch.Generator().manual_seed(0),
+        *DEGRADATIONS,
+    )
+    parts = trainer.net(images, labels, is_ui)
+    expected = (
+        parts["loss_cls"]
+        + config.ri_weight * parts["loss_ri"]
+        + config.id_weight * parts["loss_id"]
+        + config.ui_pull_weight * parts["loss_ui"]
+        + config.attention_weight * parts["loss_attention"]
+    )
+    torch.testing.assert_close(parts["loss"].detach(), expected)
+    assert parts["loss_attention"] >= 0 and bool(trainer.net.model.ui_centre_initialised)
+    # the gradient of the attention term reaches the attention score head (against +c and -c
+    # so that one of them has faces on its near side)
+    model = trainer.net.model
+    trainer.net.zero_grad()
+    out = model(images)
+    loss = ri.attention_mse_loss(F.normalize(out.embedding[~is_ui], dim=1), -model.ui_centre)
+    loss = loss + ri.attention_mse_loss(F.normalize(out.embedding[~is_ui], dim=1), model.ui_centre)
+    loss.backward()
+    score_grad = model.pool.score_head[0].weight.grad
+    assert score_grad is not None and score_grad.abs().sum() > 0
+
+
 def test_dataset_checks(tmp_path):
     with pytest.raises(ValueError, match="num_classes"):
         make_trainer(tmp_path, dataset=torch.utils.data.TensorDataset(torch.zeros(4, 3)))
