@@ -248,6 +248,13 @@ def _decoder_weights(decoder: nn.Module | DecoderWeights) -> tuple[torch.Tensor,
             )
         if net[0].bias is None or net[2].bias is None:
             raise ValueError("decoder's FullyConnected layers must have biases")
+        activation = getattr(decoder, "activation", "sigmoid")
+        if activation != "sigmoid":
+            # the kernels apply EG3D's widened sigmoid to the colour features
+            raise ValueError(
+                f"decoder must apply EG3D's sigmoid colour activation, got activation="
+                f"{activation!r} (render such a decoder with the unfused ops)"
+            )
         return decoder_effective_weights(decoder)
     if isinstance(decoder, torch.Tensor) or not isinstance(decoder, (tuple, list)):
         raise TypeError(
