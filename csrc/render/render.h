@@ -71,6 +71,7 @@ HOST_DEVICE PE_INLINE void sample_features(const scalar_t* __restrict__ planes_b
       const triplane::Corner<acc_t> cr = triplane::corner(fp, k, d.geo);
       if (!cr.valid) continue;
       const scalar_t* texel = base + cr.offset;
+      PE_SIMD
       for (int c = 0; c < C; ++c) f[c] += cr.w * static_cast<acc_t>(texel[c]);
     }
   }
@@ -79,21 +80,28 @@ HOST_DEVICE PE_INLINE void sample_features(const scalar_t* __restrict__ planes_b
 }
 
 // ------------------------------------------------------------------------------------------
-// The OSG decoder: pre = f·w1ᵀ + b1, out = softplus(pre)·w2ᵀ + b2 (w1 (Hd, C), w2 (O, Hd))
+// The OSG decoder: pre = f·w1ᵀ + b1, out = softplus(pre)·w2ᵀ + b2. The kernels hold w1 (Hd, C)
+// as given and w2 transposed, w2t (Hd, O), so that both layers' inner loops (and both of the
+// backward's) run over contiguous memory and vectorise on the CPU.
 // ------------------------------------------------------------------------------------------
 
 template <typename acc_t>
 HOST_DEVICE PE_INLINE void decode(const acc_t* __restrict__ f, const acc_t* __restrict__ w1,
-                                  const acc_t* __restrict__ b1, const acc_t* __restrict__ w2,
+                                  const acc_t* __restrict__ b1, const acc_t* __restrict__ w2t,
                                   const acc_t* __restrict__ b2, int C, int Hd, int O,
                                   acc_t* __restrict__ pre, acc_t* __restrict__ out) {
   for (int o = 0; o < O; ++o) out[o] = b2[o];
   for (int j = 0; j < Hd; ++j) {
-    acc_t s = b1[j];
-    for (int c = 0; c < C; ++c) s += w1[j * C + c] * f[c];
+    const acc_t* row = w1 + j * C;
+    acc_t s = acc_t(0);
+    PE_SIMD_SUM(s)
+    for (int c = 0; c < C; ++c) s += row[c] * f[c];
+    s += b1[j];
     pre[j] = s;
     const acc_t h = rays::softplus(s).value;
-    for (int o = 0; o < O; ++o) out[o] += w2[o * Hd + j] * h;
+    const acc_t* col = w2t + j * O;
+    PE_SIMD
+    for (int o = 0; o < O; ++o) out[o] += col[o] * h;
   }
 }
 
@@ -140,15 +148,19 @@ template <typename acc_t>
 HOST_DEVICE PE_INLINE void decode_backward(const acc_t* __restrict__ pre,
                                            const acc_t* __restrict__ dout,
                                            const acc_t* __restrict__ w1,
-                                           const acc_t* __restrict__ w2, int C, int Hd, int O,
+                                           const acc_t* __restrict__ w2t, int C, int Hd, int O,
                                            acc_t* __restrict__ dpre, acc_t* __restrict__ df) {
   for (int c = 0; c < C; ++c) df[c] = acc_t(0);
   for (int j = 0; j < Hd; ++j) {
+    const acc_t* col = w2t + j * O;
     acc_t dh = acc_t(0);
-    for (int o = 0; o < O; ++o) dh += w2[o * Hd + j] * dout[o];
+    PE_SIMD_SUM(dh)
+    for (int o = 0; o < O; ++o) dh += col[o] * dout[o];
     const acc_t dp = dh * rays::softplus(pre[j]).grad;
     dpre[j] = dp;
-    for (int c = 0; c < C; ++c) df[c] += w1[j * C + c] * dp;
+    const acc_t* row = w1 + j * C;
+    PE_SIMD
+    for (int c = 0; c < C; ++c) df[c] += row[c] * dp;
   }
 }
 
@@ -177,6 +189,7 @@ HOST_DEVICE PE_INLINE void sample_backward(const scalar_t* __restrict__ planes_b
       if (!cr.valid) continue;
       const scalar_t* texel = base + cr.offset;
       acc_t dot = acc_t(0);
+      PE_SIMD_SUM(dot)
       for (int c = 0; c < C; ++c) dot += static_cast<acc_t>(texel[c]) * df[c];
       dix += cr.dwx * dot;
       diy += cr.dwy * dot;
@@ -264,7 +277,7 @@ struct RayInputs {
   const acc_t* points;       // (S, 3)
   const acc_t* depths;       // (S,)
   const acc_t* noise;        // (S,) or nullptr
-  const acc_t *w1, *b1, *w2, *b2;
+  const acc_t *w1, *b1, *w2t, *b2;  // w1 (Hd, C), b1, w2 transposed (Hd, O), b2
   int64_t S;
   bool use_crop;
   acc_t crop_limit;
@@ -279,7 +292,7 @@ HOST_DEVICE PE_INLINE void compute_sample(const RayInputs<scalar_t, acc_t>& in, 
   smp.z = in.points[s * 3 + 2];
   smp.depth = in.depths[s];
   sample_features(in.planes_b, in.proj, d, C, smp.x, smp.y, smp.z, smp.f);
-  decode(smp.f, in.w1, in.b1, in.w2, in.b2, C, Hd, O, smp.pre, smp.out);
+  decode(smp.f, in.w1, in.b1, in.w2t, in.b2, C, Hd, O, smp.pre, smp.out);
   smp.outside = outside_crop(smp.x, smp.z, in.use_crop, in.crop_limit);
   smp.sigma = raw_density(smp.out[0], in.noise != nullptr ? in.noise[s] : acc_t(0), smp.outside);
   smp.dsigma = acc_t(0);
@@ -328,7 +341,7 @@ HOST_DEVICE PE_INLINE void finish_sample(const RayInputs<scalar_t, acc_t>& in, c
                                          acc_t* __restrict__ dpre, acc_t* __restrict__ df,
                                          Sink& sink) {
   output_grad(smp.out, g, smp.dsigma, scale * smp.w_share, smp.outside, O, dout);
-  decode_backward(smp.pre, dout, in.w1, in.w2, C, Hd, O, dpre, df);
+  decode_backward(smp.pre, dout, in.w1, in.w2t, C, Hd, O, dpre, df);
   sink.decoder(smp.f, smp.pre, dout, dpre);
   acc_t gp0 = acc_t(0), gp1 = acc_t(0), gp2 = acc_t(0);
   sample_backward(in.planes_b, in.proj, d, C, smp.x, smp.y, smp.z, df, gp0, gp1, gp2,

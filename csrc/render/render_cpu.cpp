@@ -138,7 +138,7 @@ template <typename scalar_t, typename acc_t>
 RayInputs<scalar_t, acc_t> ray_inputs(const scalar_t* planes, const acc_t* proj,
                                       const acc_t* points, const acc_t* depths,
                                       const acc_t* noise, const acc_t* w1, const acc_t* b1,
-                                      const acc_t* w2, const acc_t* b2, const Sizes& z,
+                                      const acc_t* w2t, const acc_t* b2, const Sizes& z,
                                       int64_t ray, bool use_crop, acc_t crop_limit) {
   const int64_t b = ray / z.R;
   RayInputs<scalar_t, acc_t> in;
@@ -149,7 +149,7 @@ RayInputs<scalar_t, acc_t> ray_inputs(const scalar_t* planes, const acc_t* proj,
   in.noise = noise != nullptr ? noise + ray * z.S : nullptr;
   in.w1 = w1;
   in.b1 = b1;
-  in.w2 = w2;
+  in.w2t = w2t;
   in.b2 = b2;
   in.S = z.S;
   in.use_crop = use_crop;
@@ -171,7 +171,8 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
   const acc_t* proj_ptr = proj.data_ptr<acc_t>();
   const acc_t* noise_ptr = noise.numel() > 0 ? noise.data_ptr<acc_t>() : nullptr;
   const acc_t *w1_ptr = w1.data_ptr<acc_t>(), *b1_ptr = b1.data_ptr<acc_t>();
-  const acc_t *w2_ptr = w2.data_ptr<acc_t>(), *b2_ptr = b2.data_ptr<acc_t>();
+  const at::Tensor w2t = w2.t().contiguous();  // (Hd, O): contiguous inner loops
+  const acc_t *w2_ptr = w2t.data_ptr<acc_t>(), *b2_ptr = b2.data_ptr<acc_t>();
   acc_t* features_ptr = features.data_ptr<acc_t>();
   acc_t* depth_ptr = depth_raw.data_ptr<acc_t>();
   acc_t* weights_ptr = weights.data_ptr<acc_t>();
@@ -253,7 +254,8 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
   const acc_t* proj_ptr = proj.data_ptr<acc_t>();
   const acc_t* noise_ptr = noise.numel() > 0 ? noise.data_ptr<acc_t>() : nullptr;
   const acc_t *w1_ptr = w1.data_ptr<acc_t>(), *b1_ptr = b1.data_ptr<acc_t>();
-  const acc_t *w2_ptr = w2.data_ptr<acc_t>(), *b2_ptr = b2.data_ptr<acc_t>();
+  const at::Tensor w2t = w2.t().contiguous();  // (Hd, O): contiguous inner loops
+  const acc_t *w2_ptr = w2t.data_ptr<acc_t>(), *b2_ptr = b2.data_ptr<acc_t>();
   const acc_t* gf_ptr = grad_features.data_ptr<acc_t>();
   const acc_t* gd_ptr = grad_depth.data_ptr<acc_t>();
   const acc_t* gw_ptr = grad_weights_out.data_ptr<acc_t>();

@@ -134,14 +134,17 @@ int num_blocks(int64_t rays) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535)));
 }
 
-// Stage w1, b1, w2, b2 (contiguous, in that order) into shared memory.
+// Stage w1, b1, w2 transposed (Hd, O: render.h's w2t) and b2 into shared memory.
 __device__ __forceinline__ void load_decoder(float* s_weights, const float* w1, const float* b1,
                                              const float* w2, const float* b2, int C, int Hd,
                                              int O) {
   const int n1 = Hd * C, n2 = O * Hd;
   for (int i = threadIdx.x; i < n1; i += blockDim.x) s_weights[i] = w1[i];
   for (int i = threadIdx.x; i < Hd; i += blockDim.x) s_weights[n1 + i] = b1[i];
-  for (int i = threadIdx.x; i < n2; i += blockDim.x) s_weights[n1 + Hd + i] = w2[i];
+  for (int i = threadIdx.x; i < n2; i += blockDim.x) {
+    const int o = i / Hd, j = i % Hd;
+    s_weights[n1 + Hd + j * O + o] = w2[i];
+  }
   for (int i = threadIdx.x; i < O; i += blockDim.x) s_weights[n1 + Hd + n2 + i] = b2[i];
 }
 
@@ -158,8 +161,8 @@ __device__ __forceinline__ RayInputs<scalar_t, float> ray_inputs(
   in.noise = noise != nullptr ? noise + ray * z.S : nullptr;
   in.w1 = s_weights;
   in.b1 = s_weights + Hd * C;
-  in.w2 = in.b1 + Hd;
-  in.b2 = in.w2 + O * Hd;
+  in.w2t = in.b1 + Hd;
+  in.b2 = in.w2t + O * Hd;
   in.S = z.S;
   in.use_crop = use_crop;
   in.crop_limit = crop_limit;
