@@ -11,7 +11,8 @@
 //
 // Vocabulary, for one ray of S samples:
 //   f[C]        the sampled features of a sample (mean over the P planes)
-//   pre[Hd]     the decoder's hidden pre-activation, f·w1ᵀ + b1
+//   pre[Hd]     the decoder's hidden pre-activation, f·w1ᵀ + b1 (kept: softplus(pre), and its
+//               derivative for the backward)
 //   out[O]      the decoder's output, softplus(pre)·w2ᵀ + b2; O = 1 + Co
 //   sigma       out[0] + noise, or -1e3 outside the crop; rgb[Co] = sigmoid(out[1:])·1.002 − 0.001
 //   interval i  between samples i and i + 1 (rays.h: alpha, e, p, dtau)
@@ -38,6 +39,32 @@ HOST_DEVICE PE_INLINE acc_t sigmoid_of(acc_t x) {
 template <typename acc_t>
 HOST_DEVICE PE_INLINE acc_t abs_of(acc_t x) {
   return x < acc_t(0) ? -x : x;
+}
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t log_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::log(x);
+#else
+  return std::log(x);
+#endif
+}
+
+// The decoder's softplus (torch's: threshold 20) and its derivative from one exp. log(1 + z)
+// rather than log1p(z) where z >= 1e-3 (relative error below 6e-5·eps of the result there):
+// the CPU's log1pf is several times slower than logf, and this runs Hd times per sample.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE rays::Softplus<acc_t> hidden_softplus(acc_t x) {
+  rays::Softplus<acc_t> r;
+  if (x > acc_t(rays::kSoftplusThreshold)) {
+    r.value = x;
+    r.grad = acc_t(1);
+  } else {
+    const acc_t z = rays::exp_of(x);
+    r.value = z < acc_t(1e-3) ? rays::log1p_of(z) : log_of(acc_t(1) + z);
+    r.grad = z / (z + acc_t(1));
+  }
+  return r;
 }
 
 // Everything a sample needs besides its arrays.
@@ -85,11 +112,14 @@ HOST_DEVICE PE_INLINE void sample_features(const scalar_t* __restrict__ planes_b
 // backward's) run over contiguous memory and vectorise on the CPU.
 // ------------------------------------------------------------------------------------------
 
+// Keeps the hidden activation h = softplus(pre) and its derivative dsp = sigmoid(pre) for the
+// backward, so that no transcendental is evaluated twice.
 template <typename acc_t>
 HOST_DEVICE PE_INLINE void decode(const acc_t* __restrict__ f, const acc_t* __restrict__ w1,
                                   const acc_t* __restrict__ b1, const acc_t* __restrict__ w2t,
                                   const acc_t* __restrict__ b2, int C, int Hd, int O,
-                                  acc_t* __restrict__ pre, acc_t* __restrict__ out) {
+                                  acc_t* __restrict__ hidden, acc_t* __restrict__ dsp,
+                                  acc_t* __restrict__ out) {
   for (int o = 0; o < O; ++o) out[o] = b2[o];
   for (int j = 0; j < Hd; ++j) {
     const acc_t* row = w1 + j * C;
@@ -97,8 +127,10 @@ HOST_DEVICE PE_INLINE void decode(const acc_t* __restrict__ f, const acc_t* __re
     PE_SIMD_SUM(s)
     for (int c = 0; c < C; ++c) s += row[c] * f[c];
     s += b1[j];
-    pre[j] = s;
-    const acc_t h = rays::softplus(s).value;
+    const rays::Softplus<acc_t> sp = hidden_softplus(s);
+    hidden[j] = sp.value;
+    dsp[j] = sp.grad;
+    const acc_t h = sp.value;
     const acc_t* col = w2t + j * O;
     PE_SIMD
     for (int o = 0; o < O; ++o) out[o] += col[o] * h;
@@ -117,26 +149,26 @@ HOST_DEVICE PE_INLINE acc_t raw_density(acc_t out0, acc_t noise, bool outside) {
   return outside ? acc_t(kCropDensity) : out0 + noise;
 }
 
-// rgb channel c from the decoder output out[1 + c].
+// rgb channel c from the sigmoid of the decoder output out[1 + c].
 template <typename acc_t>
-HOST_DEVICE PE_INLINE acc_t rgb_of(acc_t logit) {
-  return sigmoid_of(logit) * acc_t(1 + 2 * kRgbPadding) - acc_t(kRgbPadding);
+HOST_DEVICE PE_INLINE acc_t rgb_of(acc_t sig) {
+  return sig * acc_t(1 + 2 * kRgbPadding) - acc_t(kRgbPadding);
 }
 
 // ------------------------------------------------------------------------------------------
 // Backward of one sample
 // ------------------------------------------------------------------------------------------
 
-// dout from the gradients of the sample's raw density (dsigma) and colour (grad_rgb_scale · g,
+// dout from the sigmoids sig (Co) of the colour logits, the gradients of the sample's raw density (dsigma) and colour (grad_rgb_scale · g,
 // where g (Co) is the ray's output gradient and grad_rgb_scale = s (w_{i-1} + w_i) / 2 collects
 // the sample's two intervals). The crop replaces the density by a constant: no gradient.
 template <typename acc_t>
-HOST_DEVICE PE_INLINE void output_grad(const acc_t* __restrict__ out, const acc_t* __restrict__ g,
+HOST_DEVICE PE_INLINE void output_grad(const acc_t* __restrict__ sig, const acc_t* __restrict__ g,
                                        acc_t dsigma, acc_t grad_rgb_scale, bool outside, int O,
                                        acc_t* __restrict__ dout) {
   dout[0] = outside ? acc_t(0) : dsigma;
   for (int o = 1; o < O; ++o) {
-    const acc_t sg = sigmoid_of(out[o]);
+    const acc_t sg = sig[o - 1];
     dout[o] = grad_rgb_scale * g[o - 1] * acc_t(1 + 2 * kRgbPadding) * sg * (acc_t(1) - sg);
   }
 }
@@ -145,7 +177,7 @@ HOST_DEVICE PE_INLINE void output_grad(const acc_t* __restrict__ out, const acc_
 // the caller (they are reduced differently on each device): dw2[o][j] = dout[o] h[j],
 // db2 = dout, dw1[j][c] = dpre[j] f[c], db1 = dpre.
 template <typename acc_t>
-HOST_DEVICE PE_INLINE void decode_backward(const acc_t* __restrict__ pre,
+HOST_DEVICE PE_INLINE void decode_backward(const acc_t* __restrict__ dsp,
                                            const acc_t* __restrict__ dout,
                                            const acc_t* __restrict__ w1,
                                            const acc_t* __restrict__ w2t, int C, int Hd, int O,
@@ -156,7 +188,7 @@ HOST_DEVICE PE_INLINE void decode_backward(const acc_t* __restrict__ pre,
     acc_t dh = acc_t(0);
     PE_SIMD_SUM(dh)
     for (int o = 0; o < O; ++o) dh += col[o] * dout[o];
-    const acc_t dp = dh * rays::softplus(pre[j]).grad;
+    const acc_t dp = dh * dsp[j];
     dpre[j] = dp;
     const acc_t* row = w1 + j * C;
     PE_SIMD
@@ -253,9 +285,11 @@ HOST_DEVICE PE_INLINE RayGrad<acc_t> ray_grad(const acc_t* __restrict__ g,
 // scratch; CUDA: registers). Two of them are alive at a time: the previous and the current.
 template <typename acc_t>
 struct Sample {
-  acc_t* f;    // C
-  acc_t* pre;  // Hd
-  acc_t* out;  // O
+  acc_t* f;       // C
+  acc_t* hidden;  // Hd: softplus(pre)
+  acc_t* dsp;     // Hd: softplus'(pre)
+  acc_t* out;     // O
+  acc_t* sig;     // Co: sigmoid(out[1:])
   acc_t x, y, z, depth, sigma;
   bool outside;
   acc_t dsigma;   // Σ over the sample's intervals of dL/dx_i / 2
@@ -292,7 +326,8 @@ HOST_DEVICE PE_INLINE void compute_sample(const RayInputs<scalar_t, acc_t>& in, 
   smp.z = in.points[s * 3 + 2];
   smp.depth = in.depths[s];
   sample_features(in.planes_b, in.proj, d, C, smp.x, smp.y, smp.z, smp.f);
-  decode(smp.f, in.w1, in.b1, in.w2t, in.b2, C, Hd, O, smp.pre, smp.out);
+  decode(smp.f, in.w1, in.b1, in.w2t, in.b2, C, Hd, O, smp.hidden, smp.dsp, smp.out);
+  for (int c = 0; c < O - 1; ++c) smp.sig[c] = sigmoid_of(smp.out[1 + c]);
   smp.outside = outside_crop(smp.x, smp.z, in.use_crop, in.crop_limit);
   smp.sigma = raw_density(smp.out[0], in.noise != nullptr ? in.noise[s] : acc_t(0), smp.outside);
   smp.dsigma = acc_t(0);
@@ -317,7 +352,7 @@ HOST_DEVICE PE_INLINE void ray_forward(const RayInputs<scalar_t, acc_t>& in, con
       const acc_t w = iv.alpha * transmittance;
       transmittance = transmittance * iv.p;
       for (int c = 0; c < Co; ++c) {
-        rgb_raw[c] += w * ((rgb_of(prev.out[1 + c]) + rgb_of(cur.out[1 + c])) / acc_t(2));
+        rgb_raw[c] += w * ((rgb_of(prev.sig[c]) + rgb_of(cur.sig[c])) / acc_t(2));
       }
       total += w;
       depth_acc += w * ((prev.depth + cur.depth) / acc_t(2));
@@ -330,7 +365,7 @@ HOST_DEVICE PE_INLINE void ray_forward(const RayInputs<scalar_t, acc_t>& in, con
 }
 
 // The backward of one finished sample: its decoder and sampling backward. `sink` receives
-//   sink.decoder(f, pre, dout, dpre)      the decoder weights' gradient terms
+//   sink.decoder(f, hidden, dout, dpre)   the decoder weights' gradient terms
 //   sink.plane(p, offset, weight, df)     a corner's plane-gradient contribution weight · df
 //   sink.point(s, gp0, gp1, gp2, df)      the point's gradient (and df, for the CPU's scatter)
 template <typename scalar_t, typename acc_t, typename Sink>
@@ -340,9 +375,9 @@ HOST_DEVICE PE_INLINE void finish_sample(const RayInputs<scalar_t, acc_t>& in, c
                                          acc_t scale, acc_t* __restrict__ dout,
                                          acc_t* __restrict__ dpre, acc_t* __restrict__ df,
                                          Sink& sink) {
-  output_grad(smp.out, g, smp.dsigma, scale * smp.w_share, smp.outside, O, dout);
-  decode_backward(smp.pre, dout, in.w1, in.w2t, C, Hd, O, dpre, df);
-  sink.decoder(smp.f, smp.pre, dout, dpre);
+  output_grad(smp.sig, g, smp.dsigma, scale * smp.w_share, smp.outside, O, dout);
+  decode_backward(smp.dsp, dout, in.w1, in.w2t, C, Hd, O, dpre, df);
+  sink.decoder(smp.f, smp.hidden, dout, dpre);
   acc_t gp0 = acc_t(0), gp1 = acc_t(0), gp2 = acc_t(0);
   sample_backward(in.planes_b, in.proj, d, C, smp.x, smp.y, smp.z, df, gp0, gp1, gp2,
                   [&](int64_t p, int64_t offset, acc_t weight) { sink.plane(p, offset, weight, df); });
@@ -372,7 +407,7 @@ HOST_DEVICE PE_INLINE void ray_backward(const RayInputs<scalar_t, acc_t>& in, co
       const acc_t w = iv.alpha * transmittance;
       acc_t g_dot_mid = acc_t(0);
       for (int c = 0; c < Co; ++c) {
-        g_dot_mid += g[c] * ((rgb_of(prev.out[1 + c]) + rgb_of(cur.out[1 + c])) / acc_t(2));
+        g_dot_mid += g[c] * ((rgb_of(prev.sig[c]) + rgb_of(cur.sig[c])) / acc_t(2));
       }
       const acc_t gw = full_weights ? grad_w[s - 1] : grad_w[0];
       const acc_t gamma =

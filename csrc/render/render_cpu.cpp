@@ -111,15 +111,19 @@ template <typename acc_t>
 struct Scratch {
   std::vector<acc_t> storage;
   Sample<acc_t> a, b;
-  acc_t *rgb, *dout, *dpre, *df, *h;
-  Scratch(int C, int Hd, int O) : storage(2 * (C + Hd + O) + 2 * O + Hd + C + Hd) {
+  acc_t *rgb, *dout, *dpre, *df;
+  Scratch(int C, int Hd, int O) : storage(2 * (C + 2 * Hd + 2 * O) + 2 * O + Hd + C) {
     acc_t* p = storage.data();
     for (Sample<acc_t>* s : {&a, &b}) {
       s->f = p;
       p += C;
-      s->pre = p;
+      s->hidden = p;
+      p += Hd;
+      s->dsp = p;
       p += Hd;
       s->out = p;
+      p += O;
+      s->sig = p;
       p += O;
     }
     rgb = p;
@@ -129,8 +133,6 @@ struct Scratch {
     dpre = p;
     p += Hd;
     df = p;
-    p += C;
-    h = p;
   }
 };
 
@@ -204,15 +206,13 @@ struct CpuSink {
   acc_t* grad_weights;  // this block's row: w1 (Hd, C), b1 (Hd), w2 (O, Hd), b2 (O)
   acc_t* grad_points;   // the ray's (S, 3)
   acc_t* df_rows;       // the ray's (S, C) rows of the chunk scratch
-  acc_t* h;             // Hd scratch
   int C, Hd, O;
 
-  void decoder(const acc_t* f, const acc_t* pre, const acc_t* dout, const acc_t* dpre) {
+  void decoder(const acc_t* f, const acc_t* h, const acc_t* dout, const acc_t* dpre) {
     acc_t* gw1 = grad_weights;
     acc_t* gb1 = gw1 + Hd * C;
     acc_t* gw2 = gb1 + Hd;
     acc_t* gb2 = gw2 + O * Hd;
-    for (int j = 0; j < Hd; ++j) h[j] = rays::softplus(pre[j]).value;
     for (int o = 0; o < O; ++o) {
       const acc_t d = dout[o];
       gb2[o] += d;
@@ -305,7 +305,7 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
                          depth_ptr[ray], weight_sum, weighted_gw, white_back, scale_rgb);
             CpuSink<acc_t> sink{block_grads.data() + blk * n_decoder,
                                 gpoints_ptr + ray * z.S * 3, df_scratch.data() + k * z.S * C,
-                                scratch.h, C, Hd, O};
+                                C, Hd, O};
             ray_backward(in, z.d, C, Hd, O, scratch.a, scratch.b, rg, g, gw, full_weights,
                          scratch.dout, scratch.dpre, scratch.df, sink);
           }

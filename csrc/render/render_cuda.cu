@@ -185,10 +185,11 @@ __global__ void __launch_bounds__(kThreads)
   const int O = kFixed ? MO : z.O;
   load_decoder(s_weights, w1, b1, w2, b2, C, Hd, O);
   __syncthreads();
-  float fa[MC], fb[MC], prea[MH], preb[MH], outa[MO], outb[MO], rgb[MO];
+  float fa[MC], fb[MC], ha[MH], hb[MH], da[MH], db[MH], outa[MO], outb[MO], sa[MO], sb[MO];
+  float rgb[MO];
   Sample<float> a, b;
-  a.f = fa, a.pre = prea, a.out = outa;
-  b.f = fb, b.pre = preb, b.out = outb;
+  a.f = fa, a.hidden = ha, a.dsp = da, a.out = outa, a.sig = sa;
+  b.f = fb, b.hidden = hb, b.dsp = db, b.out = outb, b.sig = sb;
   const int64_t rays = z.B * z.R;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t ray = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; ray < rays;
@@ -229,7 +230,7 @@ struct CudaSink {
     v = warp_sum(v);
     if (lane == 0) atomicAdd(target, v);
   }
-  __device__ void decoder(const float* f, const float* pre, const float* dout,
+  __device__ void decoder(const float* f, const float* hidden, const float* dout,
                           const float* dpre) {
     float* gw1 = s_grads;
     float* gb1 = gw1 + Hd * C;
@@ -237,7 +238,7 @@ struct CudaSink {
     float* gb2 = gw2 + O * Hd;
     for (int o = 0; o < O; ++o) add(gb2 + o, dout[o]);
     for (int j = 0; j < Hd; ++j) {
-      const float h = rays::softplus(pre[j]).value;
+      const float h = hidden[j];
       for (int o = 0; o < O; ++o) add(gw2 + o * Hd + j, dout[o] * h);
       add(gb1 + j, dpre[j]);
       for (int c = 0; c < C; ++c) add(gw1 + j * C + c, dpre[j] * f[c]);
@@ -285,11 +286,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = threadIdx.x; i < n_decoder; i += blockDim.x) s_grads[i] = 0.0f;
   __syncthreads();
 
-  float fa[MC], fb[MC], prea[MH], preb[MH], outa[MO], outb[MO];
+  float fa[MC], fb[MC], ha[MH], hb[MH], da[MH], db[MH], outa[MO], outb[MO], sa[MO], sb[MO];
   float dout[MO], dpre[MH], df[MC], g[MO];
   Sample<float> a, b;
-  a.f = fa, a.pre = prea, a.out = outa;
-  b.f = fb, b.pre = preb, b.out = outb;
+  a.f = fa, a.hidden = ha, a.dsp = da, a.out = outa, a.sig = sa;
+  b.f = fb, b.hidden = hb, b.dsp = db, b.out = outb, b.sig = sb;
   const int64_t rays = z.B * z.R;
   const int64_t n_weights = full_weights ? z.S - 1 : 1;
   const int64_t plane_numel = z.d.geo.plane_numel();
