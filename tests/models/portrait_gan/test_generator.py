@@ -287,8 +287,12 @@ def test_fused_renderer_images_match_unfused(density_noise):
     g.renderer.fused = None
     with use_backend("native"):
         assert g.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), g.decoder)
-    for key in ("image", "image_raw", "image_depth", "image_mask"):
+    for key in ("image_raw", "image_depth", "image_mask"):
         torch.testing.assert_close(images[True][key], images[False][key], atol=1e-4, rtol=1e-4)
+    # the super-resolved image passes the renderers' float32 rounding differences (other
+    # summation orders than BLAS's) through a stack of convolutions, which amplifies them: a
+    # pixel or two of 12288 land near 4e-4 (values of order 1)
+    torch.testing.assert_close(images[True]["image"], images[False]["image"], atol=1e-3, rtol=1e-3)
 
 
 def test_published_decoder_is_rendered_unfused(gen):
