@@ -98,7 +98,7 @@ def _triton_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from portrait_engine.kernels import render as kernels
 
-    return kernels.render_rays_backward(
+    grads = kernels.render_rays_backward(
         grad_features,
         grad_depth_raw,
         grad_weights,
@@ -122,6 +122,10 @@ def _triton_backward(
         full_weights,
         deterministic,
     )
+    # a custom op's outputs may not alias each other: the launcher may return the decoder's
+    # gradients as views of one reduction buffer (a few thousand values: copies cost nothing)
+    grad_planes, grad_points, *grad_decoder = grads
+    return (grad_planes, grad_points, *(grad.clone() for grad in grad_decoder))
 
 
 def _fake_forward(
