@@ -25,16 +25,34 @@ draws (the fine samples are drawn in depth order, so with density noise they rec
 draws in another order than EG3D's: the same distribution, other values). ``chunk_rays``
 renders that many rays at a time, bounding the memory of the ``(B, rays, samples, C)``
 intermediates (draws are then made per chunk).
+
+The fused path (``fused=True``; by default whenever the backend in force is not ``"torch"``)
+runs the same stages on :func:`~portrait_engine.ops.render_rays`, which samples, decodes and
+composites each ray in one kernel: a coarse pass without gradient returning the per-interval
+weights, ``sample_importance``, the deformation of the fine points, ``merge_samples`` of the
+depths, the points and the density noise only (no colours or densities exist outside the
+kernel), and a fine pass over all the merged samples. It draws the same random numbers in the
+same order as the unfused path (coarse jitter, coarse density noise, importance uniforms, fine
+density noise), so both render the same image at the same seed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from portrait_engine.ops import merge_samples, ray_march, sample_importance, triplane_sample
+from portrait_engine import _backend
+from portrait_engine.nn.decoder import OSGDecoder
+from portrait_engine.ops import (
+    merge_samples,
+    ray_march,
+    render_rays,
+    sample_importance,
+    triplane_sample,
+)
 
 Deform = Callable[[torch.Tensor], torch.Tensor]
 CROP_DENSITY = -1e3  # PanoHead's density outside the tri-plane crop
@@ -154,6 +172,10 @@ class ImportanceRenderer(nn.Module):
             option, useful for evaluation and for comparing chunked and whole renders).
         deform: default hook applied to every sample point ``(B, N, 3) -> (B, N, 3)``.
         backend: the ops' backend (``None``: the one in force).
+        fused: render with the fused :func:`~portrait_engine.ops.render_rays` (needs an
+            ``OSGDecoder`` with EG3D's sigmoid colours); ``None``: fused unless the backend in
+            force is ``"torch"`` (or ``"triton"`` without its render kernel module) or the
+            decoder is not fusable (:meth:`fusable`); ``False``: the unfused ops.
 
     ``forward(planes, decoder, ray_origins, ray_directions, *, generator=None, deform=None)``
     with ``planes`` ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)``, rays ``(B, R, 3)``, and a
@@ -179,8 +201,11 @@ class ImportanceRenderer(nn.Module):
         deterministic: bool = False,
         deform: Deform | None = None,
         backend: str | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused must be a bool or None, got {type(fused).__name__}")
         if depth_resolution < 4:
             raise ValueError(f"depth_resolution must be >= 4, got {depth_resolution}")
         if depth_resolution_importance < 0:
@@ -217,6 +242,7 @@ class ImportanceRenderer(nn.Module):
         self.deterministic = deterministic
         self.deform = deform
         self.backend = backend
+        self.fused = fused
 
     # ---- stages ------------------------------------------------------------------------------
 
@@ -239,6 +265,21 @@ class ImportanceRenderer(nn.Module):
             dtype=origins.dtype,
         )
 
+    def density_noise_draw(self, shape, generator, device, dtype) -> torch.Tensor | None:
+        """``N(0, 1)·density_noise`` of ``shape`` (None without noise): one draw per sample."""
+        if not (self.density_noise > 0 and not self.deterministic):
+            return None
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return noise * self.density_noise
+
+    def sample_points(self, origins, directions, depths, deform) -> torch.Tensor:
+        """The (deformed) sample points ``(B, R, S, 3)`` at ``depths`` ``(B, R, S, 1)``."""
+        batch, rays, samples, _ = depths.shape
+        points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(batch, -1, 3)
+        if deform is not None:
+            points = deform(points)
+        return points.reshape(batch, rays, samples, 3)
+
     def run_model(self, planes, decoder, origins, directions, depths, deform, generator=None):
         """Colours ``(B, R, S, C_out)`` and raw densities ``(B, R, S, 1)`` at ``depths``."""
         batch, rays, samples, _ = depths.shape
@@ -256,11 +297,9 @@ class ImportanceRenderer(nn.Module):
         )
         out = decoder(features, sample_directions)
         colors, sigma = out["rgb"], out["sigma"]
-        if self.density_noise > 0 and not self.deterministic:
-            noise = torch.randn(
-                sigma.shape, generator=generator, device=sigma.device, dtype=sigma.dtype
-            )
-            sigma = sigma + noise * self.density_noise
+        noise = self.density_noise_draw(sigma.shape, generator, sigma.device, sigma.dtype)
+        if noise is not None:
+            sigma = sigma + noise
         if self.triplane_crop > 0:
             outside = triplane_crop_mask(points, self.triplane_crop, self.box_warp)
             sigma = torch.where(outside, torch.full_like(sigma, CROP_DENSITY), sigma)
@@ -292,7 +331,88 @@ class ImportanceRenderer(nn.Module):
             backend=self.backend,
         )
 
+    @staticmethod
+    def fusable(decoder: nn.Module) -> bool:
+        """Whether ``render_rays`` can run ``decoder``: an ``OSGDecoder`` with EG3D's sigmoid
+        colour activation (3DPortraitGAN's ``"none"`` / ``"lrelu"`` variants are not fused)."""
+        return isinstance(decoder, OSGDecoder) and getattr(decoder, "activation", "sigmoid") == (
+            "sigmoid"
+        )
+
+    def use_fused(self, planes: torch.Tensor, decoder: nn.Module | None = None) -> bool:
+        """Whether ``forward`` takes the fused path for these planes (and this decoder)."""
+        if self.fused is not None:
+            return self.fused
+        if decoder is not None and not self.fusable(decoder):
+            return False
+        name = _backend.resolve(self.backend, planes.device, "render_rays_forward")
+        if name == "torch":
+            return False
+        if name == "triton":
+            return importlib.util.find_spec("portrait_engine.kernels.render") is not None
+        return True
+
+    def _fused_pass(self, planes, decoder, points, depths, noise, weights):
+        return render_rays(
+            planes,
+            points,
+            depths,
+            decoder,
+            plane_axes=self.plane_axes,
+            box_warp=self.box_warp,
+            white_back=self.white_back,
+            scale_rgb=self.scale_rgb,
+            density_noise=0.0 if noise is None else noise,
+            crop=self.triplane_crop,
+            weights=weights,
+            backend=self.backend,
+        )
+
+    def _render_fused(self, planes, decoder, origins, directions, deform, generator):
+        depths_coarse = self.coarse_depths(origins, directions, generator)
+        points_coarse = self.sample_points(origins, directions, depths_coarse, deform)
+        # drawn as the unfused path draws it: (B, R·S, 1) in the decoder's output dtype
+        batch, rays, samples, _ = depths_coarse.shape
+        noise_coarse = self.density_noise_draw(
+            (batch, rays * samples, 1), generator, planes.device, planes.dtype
+        )
+        if noise_coarse is not None:
+            noise_coarse = noise_coarse.reshape(batch, rays, samples, 1)
+        if self.depth_resolution_importance == 0:
+            return self._fused_pass(
+                planes, decoder, points_coarse, depths_coarse, noise_coarse, "sum"
+            )
+        with torch.no_grad():
+            _, _, weights_coarse = self._fused_pass(
+                planes, decoder, points_coarse, depths_coarse, noise_coarse, "full"
+            )
+        depths_fine = sample_importance(
+            depths_coarse,
+            weights_coarse,
+            self.depth_resolution_importance,
+            deterministic=self.deterministic,
+            generator=generator,
+            sort=True,
+            backend=self.backend,
+        )
+        points_fine = self.sample_points(origins, directions, depths_fine, deform)
+        fine = self.depth_resolution_importance
+        noise_fine = self.density_noise_draw(
+            (batch, rays * fine, 1), generator, planes.device, planes.dtype
+        )
+        values_coarse, values_fine = (points_coarse,), (points_fine,)
+        if noise_fine is not None:
+            values_coarse += (noise_coarse,)
+            values_fine += (noise_fine.reshape(batch, rays, fine, 1),)
+        depths, merged = merge_samples(
+            depths_coarse, depths_fine, values_coarse, values_fine, backend=self.backend
+        )
+        noise = merged[1] if noise_fine is not None else None
+        return self._fused_pass(planes, decoder, merged[0], depths, noise, "sum")
+
     def _render(self, planes, decoder, origins, directions, deform, generator):
+        if self.use_fused(planes, decoder):
+            return self._render_fused(planes, decoder, origins, directions, deform, generator)
         depths_coarse = self.coarse_depths(origins, directions, generator)
         colors_coarse, densities_coarse = self.run_model(
             planes, decoder, origins, directions, depths_coarse, deform, generator

@@ -11,12 +11,14 @@
 | :func:`lbs` | SMPL linear blend skinning (``smplx.lbs.lbs``), fused kinematics and skinning |
 | :func:`skin_points` | blend per-joint transforms per point and apply or invert them |
 | :func:`mesh_deform` | 3DPortraitGAN's posed-to-canonical point transfer (nearest triangle) |
+| :func:`render_rays` | fused neural renderer: sample, OSG-decode and march each ray in one kernel |
 """
 
 from portrait_engine.ops.attention_pool import attention_pool
 from portrait_engine.ops.importance import merge_samples, sample_importance
 from portrait_engine.ops.mesh_deform import mesh_deform
 from portrait_engine.ops.rays import ray_march, ray_sample, unpack_camera_label
+from portrait_engine.ops.render import render_rays
 from portrait_engine.ops.skinning import lbs, skin_points
 from portrait_engine.ops.triplane import triplane_sample
 
@@ -27,6 +29,7 @@ __all__ = [
     "mesh_deform",
     "ray_march",
     "ray_sample",
+    "render_rays",
     "sample_importance",
     "skin_points",
     "triplane_sample",

@@ -248,3 +248,94 @@ def test_stratified_depths_stay_sorted_between_the_limits(disparity, tensor_limi
     assert float(depths.min()) >= 2.0 and float(depths.max()) <= upper * 1.08
     plain = stratified_depths(2, 3, start, end, 16, disparity_space=disparity, jitter=False)
     torch.testing.assert_close(plain[..., 0, :], torch.full((2, 3, 1), 2.0))
+
+
+# --- the fused renderer (render_rays) ------------------------------------------------------
+
+
+def _fused_backend_param(name):
+    ok, reason = pe.backend_status("cpu", "render_rays_forward")[name]
+    if ok and name == "triton":
+        import importlib.util
+
+        if importlib.util.find_spec("portrait_engine.kernels.render") is None:
+            ok, reason = False, "portrait_engine.kernels.render is missing"
+    return pytest.param(name, marks=pytest.mark.skipif(not ok, reason=reason))
+
+
+FUSED_BACKENDS = [_fused_backend_param("triton"), _fused_backend_param("native")]
+
+
+def _pose_like_deform(points):
+    """A smooth, differentiable stand-in for the pose deformation (a bend about y)."""
+    angle = 0.3 * points[..., 1:2]
+    x, y, z = points.unbind(-1)
+    c, s = torch.cos(angle[..., 0]), torch.sin(angle[..., 0])
+    return torch.stack((c * x + s * z, y, -s * x + c * z), dim=-1)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("trigrid", [False, True])
+@pytest.mark.parametrize("density_noise", [0.0, 0.5])
+def test_fused_renderer_matches_unfused_at_the_same_seed(backend, trigrid, density_noise):
+    planes, decoder, origins, directions = make_scene(batch=2, rays=7, seed=4, trigrid=trigrid)
+    planes.requires_grad_(True)
+    kwargs = dict(
+        depth_resolution=8,
+        depth_resolution_importance=6,
+        density_noise=density_noise,
+        triplane_crop=0.05,
+        plane_axes="panohead" if trigrid else "eg3d",
+        backend=backend,
+    )
+    outputs = {}
+    for fused in (True, False):
+        renderer = ImportanceRenderer(fused=fused, **kwargs)
+        assert renderer.use_fused(planes) is fused
+        out = renderer(
+            planes,
+            decoder,
+            origins,
+            directions,
+            generator=torch.Generator().manual_seed(11),
+            deform=_pose_like_deform,
+        )
+        loss = sum((o * (k + 1)).sum() for k, o in enumerate(out))
+        grads = torch.autograd.grad(loss, [planes, *decoder.parameters()])
+        outputs[fused] = (out, grads)
+    for got, want in zip(outputs[True][0], outputs[False][0], strict=True):
+        assert_close(got, want, torch.float32, scale=5)
+    for got, want in zip(outputs[True][1], outputs[False][1], strict=True):
+        assert_close(got, want, torch.float32, scale=20)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_fused_renderer_gradients_reach_the_deformation(backend):
+    planes, decoder, origins, directions = make_scene(batch=1, rays=5, seed=6)
+    bend = torch.tensor(0.3, requires_grad=True)
+
+    def deform(points):
+        return points + bend * points[..., [1, 2, 0]]
+
+    grads = {}
+    for fused in (True, False):
+        renderer = ImportanceRenderer(
+            depth_resolution=8, depth_resolution_importance=6, deterministic=True,
+            backend=backend, fused=fused,
+        )  # fmt: skip
+        rgb, depth, _ = renderer(planes, decoder, origins, directions, deform=deform)
+        (grads[fused],) = torch.autograd.grad(rgb.sum() + depth.sum(), [bend])
+    assert float(grads[True].abs()) > 0
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_default_follows_the_backend():
+    planes = torch.zeros(1, 3, 4, 5, 5)
+    assert not ImportanceRenderer(backend="torch").use_fused(planes)
+    assert not ImportanceRenderer(backend="torch", fused=False).use_fused(planes)
+    if pe.backend_status("cpu", "render_rays_forward")["native"][0]:
+        assert ImportanceRenderer(backend="native").use_fused(planes)
+        with pe.use_backend("native"):
+            assert ImportanceRenderer().use_fused(planes)
+    with pytest.raises(TypeError, match="fused"):
+        ImportanceRenderer(fused=1)

@@ -21,6 +21,8 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "sample_importance": ("importance", "importance_cases"),
     "merge_samples": ("importance", "merge_cases"),
     "renderer": ("importance", "renderer_cases"),
+    "render_rays": ("render", "render_rays_cases"),
+    "renderer_unfused": ("render", "renderer_unfused_cases"),
     "generator": ("portrait_gan", "generator_cases"),
     "portrait_gan_train_step": ("portrait_gan", "portrait_gan_train_step_cases"),
     "lbs": ("skinning", "lbs_cases"),

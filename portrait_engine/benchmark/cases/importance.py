@@ -174,8 +174,9 @@ def _renderer_case(
     name: str, batch: int, resolution: int, plane_size: int, samples: int, channels: int = 32
 ) -> Case:
     rays = resolution * resolution
+    # the unfused ops, as this case has always timed (the fused renderer: render_rays cases)
     renderer = ImportanceRenderer(
-        depth_resolution=samples, depth_resolution_importance=samples, box_warp=1.0
+        depth_resolution=samples, depth_resolution_importance=samples, box_warp=1.0, fused=False
     )
     decoders: dict = {}
 

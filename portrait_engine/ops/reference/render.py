@@ -85,7 +85,7 @@ def render_rays_reference(
         planes.to(compute), flat.to(compute), box_warp=box_warp, plane_axes=plane_axes
     )
     rgb, sigma = decode_reference(features, *(t.to(compute) for t in (w1, b1, w2, b2)))
-    rgb = rgb.reshape(batch, rays, samples, -1)
+    rgb = rgb.reshape(batch, rays, samples, rgb.shape[-1])  # -1 is ambiguous when R = 0
     sigma = sigma.reshape(batch, rays, samples, 1)
     if noise is not None:
         sigma = sigma + noise.to(compute)

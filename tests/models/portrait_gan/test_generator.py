@@ -260,3 +260,56 @@ def test_sample_density_with_pose_deforms_first(gen):
     torch.testing.assert_close(posed, canonical)
     with pytest.raises(ValueError, match="points"):
         gen.sample_density(planes, points[..., :2])
+
+
+@pytest.mark.parametrize("density_noise", [0.0, 0.5])
+def test_fused_renderer_images_match_unfused(density_noise):
+    """With EG3D's sigmoid decoder the native backend renders through render_rays (coarse and
+    fine passes fused); at the same seed its images equal the unfused renderer's."""
+    if (
+        not _native_ready()
+        or not _backend.backend_status("cpu", "render_rays_forward")["native"][0]
+    ):
+        pytest.skip("native extension not built with render_rays")
+    torch.manual_seed(5)
+    config = PortraitGANConfig.preset(
+        "tiny", decoder_activation="sigmoid", density_noise=density_noise
+    )
+    g = PortraitGenerator(config).eval()
+    z = torch.randn(1, config.z_dim)
+    cam = cameras([0.4])
+    pose = torch.tensor([[0.0, 0.2, 0.1, 0.0, 0.1, 0.0]])
+    images = {}
+    with use_backend("native"):
+        for fused in (True, False):
+            g.renderer.fused = fused
+            images[fused] = render(g, z, cam, pose=pose)
+    g.renderer.fused = None
+    with use_backend("native"):
+        assert g.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), g.decoder)
+    # Float32 rounding differs (the fused kernels sum in other orders than BLAS), and two
+    # stages amplify it: importance sampling (a 1e-7 change of a coarse weight moves a fine
+    # depth by 1e-7 / pdf) and the image head's convolutions (values up to ~6). Measured: mean
+    # differences 1e-6 to 3e-6, a few pixels up to 7e-4; depth and mask below 1e-4.
+    for key, largest in (("image", 2e-3), ("image_raw", 2e-3), ("image_depth", 5e-4)):
+        diff = (images[True][key] - images[False][key]).abs()
+        assert diff.mean() < 2e-5, (key, float(diff.mean()))
+        assert diff.max() < largest, (key, float(diff.max()))
+    torch.testing.assert_close(
+        images[True]["image_mask"], images[False]["image_mask"], atol=5e-4, rtol=0
+    )
+
+
+def test_published_decoder_is_rendered_unfused(gen):
+    """3DPortraitGAN's raw-colour decoder ("none") is not what the fused kernels decode: the
+    renderer keeps the unfused path for it, and render_rays refuses it."""
+    from portrait_engine.ops import render_rays
+
+    assert gen.decoder.activation == "none"
+    with use_backend("native"):
+        assert not gen.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), gen.decoder)
+    points = torch.zeros(1, 2, 3, 3)
+    depths = torch.linspace(1, 2, 3).expand(1, 2, 3).unsqueeze(-1)
+    planes = torch.zeros(1, 3, gen.decoder.n_features, 4, 4)
+    with pytest.raises(ValueError, match="sigmoid"):
+        render_rays(planes, points, depths, gen.decoder)
