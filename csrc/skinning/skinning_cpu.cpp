@@ -4,7 +4,11 @@
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
 // (Rodrigues, chain, relative transform) in the accumulation type.
 // skin_points forward: parallel over points, the blended transform formed per point in
-// registers (never stored). Backward: per point, grad_points and the gradient dM of its
+// registers (never stored). With weights shared by a batch of B > 1, the blend of a chunk of
+// points is a small (chunk, J) x (J, B * 12) product run by the BLAS (vectorised for the CPU
+// at hand; the extension itself is compiled for baseline x86-64), into a per-thread buffer of
+// kBlendChunk points: the (B, N, 12) transforms are still never stored.
+// Backward: per point, grad_points and the gradient dM of its
 // blended transform (a (B, N, 12) workspace); the two reductions over points and batch
 // (grad_weights, grad_transforms) are then GEMMs over dM: no atomics, and as deterministic as
 // the BLAS (fixed for a fixed thread count).
@@ -211,6 +215,33 @@ void check_skin(const at::Tensor& points, const at::Tensor& weights, const at::T
               "skin_points (cpu): tensors must be on the CPU");
 }
 
+// Points per BLAS blend in the shared-weights paths: (kBlendChunk, B * 12) values per thread
+// (384 KiB at SMPL's B = 32: within L2), enough that a product's call overhead is small.
+constexpr int64_t kBlendChunk = 256;
+
+// Joint-major top rows of the transforms, At[j, b * 12 + k] = A[b, j, k // 4, k % 4], as a
+// (J, B * 12) tensor in the accumulation dtype.
+at::Tensor joint_major_rows(const at::Tensor& transforms) {
+  const int64_t B = transforms.size(0), J = transforms.size(1);
+  const auto acc = transforms.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return transforms.narrow(2, 0, 3).reshape({B, J, 12}).transpose(0, 1).reshape({J, B * 12}).to(acc).contiguous();
+}
+
+// M[i, :] = sum_j w[n0 + i, j] At[j, :] for the `rows` points from n0: the blended transforms
+// of those points for the whole batch, (rows, R) row-major, by one BLAS product (at::mm_out
+// over the buffers; inside a parallel region it runs on the calling thread). `wt` is a
+// (kBlendChunk, J) buffer for the weights in T, `M` one of (kBlendChunk, R).
+template <typename scalar_t>
+void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_t rows,
+                 int64_t J, at::Tensor& wt, at::Tensor& M) {
+  using T = at::opmath_type<scalar_t>;
+  const scalar_t* w = w_ptr + n0 * J;
+  T* wt_ptr = wt.data_ptr<T>();
+  for (int64_t i = 0; i < rows * J; ++i) wt_ptr[i] = static_cast<T>(w[i]);
+  at::Tensor out = M.narrow(0, 0, rows);
+  at::mm_out(out, wt.narrow(0, 0, rows), At);
+}
+
 template <typename scalar_t>
 void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
                        const at::Tensor& transforms, bool inverse, at::Tensor& out) {
@@ -222,34 +253,26 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   if (wb == 0 && B > 1) {
-    // Weights shared by the batch: per point, the B blended transforms at once, as
-    // M[n, (b, k)] = sum_j w[n, j] At[j, (b, k)] with a contiguous, vectorised inner loop over
-    // the B * 12 values (At = the transforms' top rows, joint-major); the transforms of one
-    // point live in a B * 12 buffer, never in a (B, N, 12) tensor.
+    // Weights shared by the batch: the B blended transforms of a chunk of points at once
+    // (blend_chunk), then applied point by point.
     const int64_t R = B * 12;
-    std::vector<T> At(J * R);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < J; ++j)
-        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
-    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
-      std::vector<T> M(R);
-      for (int64_t n = begin; n < end; ++n) {
-        std::fill(M.begin(), M.end(), T(0));
-        const scalar_t* w = w_ptr + n * J;
-        for (int64_t j = 0; j < J; ++j) {
-          const T wj = static_cast<T>(w[j]);
-          const T* row = At.data() + j * R;
-          T* m = M.data();
-          PE_SIMD
-          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
-        }
+    const at::Tensor At = joint_major_rows(transforms);
+    at::parallel_for(0, N, kBlendChunk, [&](int64_t begin, int64_t end) {
+      at::Tensor M = at::empty({kBlendChunk, R}, At.options());
+      at::Tensor wt = at::empty({kBlendChunk, J}, At.options());
+      const T* m_ptr = M.data_ptr<T>();
+      for (int64_t n0 = begin; n0 < end; n0 += kBlendChunk) {
+        const int64_t rows = std::min(kBlendChunk, end - n0);
+        blend_chunk<scalar_t>(w_ptr, At, n0, rows, J, wt, M);
         for (int64_t b = 0; b < B; ++b) {
-          const int64_t idx = b * N + n;
-          const scalar_t* p = p_ptr + idx * 3;
-          const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2])};
-          T o[3];
-          skin_point(M.data() + b * 12, pv, inverse, o);
-          for (int c = 0; c < 3; ++c) o_ptr[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t idx = b * N + n0 + i;
+            const scalar_t* p = p_ptr + idx * 3;
+            const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2])};
+            T o[3];
+            skin_point(m_ptr + i * R + b * 12, pv, inverse, o);
+            for (int c = 0; c < 3; ++c) o_ptr[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+          }
         }
       }
     });
@@ -288,32 +311,27 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
   T* dm_ptr = dM_ws.data_ptr<T>();
   if (wb == 0 && B > 1) {  // shared weights: the blend as in the forward
     const int64_t R = B * 12;
-    std::vector<T> At(J * R);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < J; ++j)
-        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
-    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
-      std::vector<T> M(R);
-      for (int64_t n = begin; n < end; ++n) {
-        std::fill(M.begin(), M.end(), T(0));
-        const scalar_t* w = w_ptr + n * J;
-        for (int64_t j = 0; j < J; ++j) {
-          const T wj = static_cast<T>(w[j]);
-          const T* row = At.data() + j * R;
-          T* m = M.data();
-          PE_SIMD
-          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t idx = b * N + n;
-          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
-                           static_cast<T>(p_ptr[idx * 3 + 2])};
-          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
-                           static_cast<T>(g_ptr[idx * 3 + 2])};
-          T gp[3];
-          // point-major (N, B, 12): the GEMMs below read it without a transposed copy
-          skin_point_backward(M.data() + b * 12, pv, gv, inverse, gp, dm_ptr + (n * B + b) * 12);
-          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+    const at::Tensor At = joint_major_rows(transforms);
+    at::parallel_for(0, N, kBlendChunk, [&](int64_t begin, int64_t end) {
+      at::Tensor M = at::empty({kBlendChunk, R}, At.options());
+      at::Tensor wt = at::empty({kBlendChunk, J}, At.options());
+      const T* m_ptr = M.data_ptr<T>();
+      for (int64_t n0 = begin; n0 < end; n0 += kBlendChunk) {
+        const int64_t rows = std::min(kBlendChunk, end - n0);
+        blend_chunk<scalar_t>(w_ptr, At, n0, rows, J, wt, M);
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t n = n0 + i, idx = b * N + n;
+            const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
+                             static_cast<T>(p_ptr[idx * 3 + 2])};
+            const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
+                             static_cast<T>(g_ptr[idx * 3 + 2])};
+            T gp[3];
+            // point-major (N, B, 12): the GEMMs below read it without a transposed copy
+            skin_point_backward(m_ptr + i * R + b * 12, pv, gv, inverse, gp,
+                                dm_ptr + (n * B + b) * 12);
+            for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+          }
         }
       }
     });
