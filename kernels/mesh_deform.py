@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._device import load_xyz as _load_xyz
 from portrait_engine.kernels._launch import compute_dtype as _compute_dtype
 from portrait_engine.kernels._launch import device_guard as _device_guard
 from portrait_engine.kernels._launch import interpreting as _interpreting
@@ -98,15 +99,6 @@ def _point_block(points_ptr, N, COMPUTE: tl.constexpr, BLOCK_N: tl.constexpr):
     mask = offs < n_points
     px, py, pz = _load_xyz(points_ptr + (b * n_points + offs) * 3, mask, COMPUTE)
     return pid, b, n_points, offs, mask, px, py, pz
-
-
-@triton.jit
-def _load_xyz(ptr, mask, COMPUTE: tl.constexpr):
-    """Three consecutive values per lane (a point, or its gradient), in COMPUTE."""
-    x = tl.load(ptr + 0, mask=mask, other=0.0).to(COMPUTE)
-    y = tl.load(ptr + 1, mask=mask, other=0.0).to(COMPUTE)
-    z = tl.load(ptr + 2, mask=mask, other=0.0).to(COMPUTE)
-    return x, y, z
 
 
 @triton.jit

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._device import load_xyz as _load_xyz
 from portrait_engine.kernels._launch import compute_dtype as _compute_dtype
 from portrait_engine.kernels._launch import device_guard as _device_guard
 from portrait_engine.kernels._launch import interpreting as _interpreting
@@ -464,15 +465,6 @@ def _inverse3(a, b, c, d, e, f, g, h, i):
         (b * g - a * h) * rdet,
         (a * e - b * d) * rdet,
     )
-
-
-@triton.jit
-def _load_xyz(ptr, mask, COMPUTE: tl.constexpr):
-    """Three consecutive values per lane (a point, or its gradient), in COMPUTE."""
-    x = tl.load(ptr + 0, mask=mask, other=0.0).to(COMPUTE)
-    y = tl.load(ptr + 1, mask=mask, other=0.0).to(COMPUTE)
-    z = tl.load(ptr + 2, mask=mask, other=0.0).to(COMPUTE)
-    return x, y, z
 
 
 @triton.jit
