@@ -417,13 +417,17 @@ def lbs(
         v_shaped = torch.addmm(template, betas, shape_dirs.t())
     else:  # a batch of templates for one betas row
         v_shaped = template + torch.mm(betas, shape_dirs.t())
-    # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once,
-    # so no (V, B·3) transposed copy of v_shaped is made nor differentiated through
-    regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
-    regressed_template = torch.matmul(J_regressor, v_template)  # (J, 3) or (B, J, 3)
-    joints = regressed_template + torch.mm(betas, regressed_dirs.view(num_joints * 3, -1).t()).view(
-        -1, num_joints, 3
-    )
+    if v_shaped.shape[0] <= betas.shape[1]:
+        # a few shapes: J = 𝒥 v_shaped directly, one small product per shape
+        joints = torch.matmul(J_regressor, v_shaped.view(-1, num_verts, 3))
+    else:
+        # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
+        # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
+        # is made nor differentiated through
+        regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
+        regressed_template = torch.matmul(J_regressor, v_template)  # (J, 3) or (B, J, 3)
+        regressed_offsets = torch.mm(betas, regressed_dirs.view(num_joints * 3, -1).t())
+        joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
     joints = joints.expand(batch, -1, -1)
     if pose2rot:
         kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)
