@@ -437,3 +437,22 @@ def test_opcheck_backward_without_depth_and_weight_gradients(backend):
     )
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_unused_outputs_reach_the_backward_as_none(backend, monkeypatch):
+    """No zeros are materialised for the depth and weights when only rgb reaches the loss."""
+    from portrait_engine.ops import rays as rays_ops
+
+    seen = []
+    original = rays_ops._optional_contiguous
+    monkeypatch.setattr(
+        rays_ops,
+        "_optional_contiguous",
+        lambda grad: (seen.append(grad is None), original(grad))[1],
+    )
+    colors, densities, depths = make_inputs()
+    colors.requires_grad_()
+    rgb, _, _ = ray_march(colors, densities.requires_grad_(), depths, backend=backend)
+    rgb.sum().backward()
+    assert seen == [True, True]
