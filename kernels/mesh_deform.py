@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._device import load_xyz as _load_xyz
 from portrait_engine.kernels._launch import compute_dtype as _compute_dtype
 from portrait_engine.kernels._launch import device_guard as _device_guard
 from portrait_engine.kernels._launch import interpreting as _interpreting
@@ -88,6 +89,19 @@ def _triangle_distance2(px, py, pz, x0, y0, z0, x1, y1, z1, x2, y2, z2):
 
 
 @triton.jit
+def _point_block(points_ptr, N, COMPUTE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's block of points (program ids: point block, batch element): its offsets,
+    mask and coordinates."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    n_points = tl.cast(N, tl.int64)
+    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    mask = offs < n_points
+    px, py, pz = _load_xyz(points_ptr + (b * n_points + offs) * 3, mask, COMPUTE)
+    return pid, b, n_points, offs, mask, px, py, pz
+
+
+@triton.jit
 def _search_kernel(
     points_ptr,
     tri_ptr,
@@ -103,16 +117,8 @@ def _search_kernel(
     BLOCK_F: tl.constexpr,
 ):
     """best[b, n] = the original id of the nearest face within the thickness, else -1."""
-    pid = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    n_points = tl.cast(N, tl.int64)
+    pid, b, n_points, offs, mask, px, py, pz = _point_block(points_ptr, N, COMPUTE, BLOCK_N)
     n_faces = tl.cast(F, tl.int64)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask = offs < n_points
-    p = points_ptr + (b * n_points + offs) * 3
-    px = tl.load(p + 0, mask=mask, other=0.0).to(COMPUTE)
-    py = tl.load(p + 1, mask=mask, other=0.0).to(COMPUTE)
-    pz = tl.load(p + 2, mask=mask, other=0.0).to(COMPUTE)
     # the points' box (masked lanes repeat a real point's coordinates; NaN points are dropped)
     valid = mask & (px == px) & (py == py) & (pz == pz)
     lo_x = tl.min(tl.where(valid, px, _INF), axis=0)
@@ -201,6 +207,25 @@ def _load_face(verts_ptr, faces_ptr, b, n_verts, face, mask, COMPUTE: tl.constex
 
 
 @triton.jit
+def _face_pair(posed_ptr, canonical_ptr, faces_ptr, face_ptr, b, n_points, n_verts, offs, mask,
+               COMPUTE: tl.constexpr):  # fmt: skip
+    """Each lane's face (``face_ptr``: the search's or the forward's index, -1 for none), whether
+    it has one, and that face's posed (x, y, z) and canonical (u, v, w) vertices."""
+    face = tl.load(face_ptr + b * n_points + offs, mask=mask, other=-1)
+    has = mask & (face >= 0)
+    face = tl.maximum(face, 0)
+    x0, y0, z0, x1, y1, z1, x2, y2, z2 = _load_face(
+        posed_ptr, faces_ptr, b, n_verts, face, has, COMPUTE
+    )
+    u0, v0, w0, u1, v1, w1, u2, v2, w2 = _load_face(
+        canonical_ptr, faces_ptr, b, n_verts, face, has, COMPUTE
+    )
+    return (
+        face, has, x0, y0, z0, x1, y1, z1, x2, y2, z2, u0, v0, w0, u1, v1, w1, u2, v2, w2,
+    )  # fmt: skip
+
+
+@triton.jit
 def _transfer_kernel(
     points_ptr,
     posed_ptr,
@@ -214,26 +239,14 @@ def _transfer_kernel(
     COMPUTE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    n_points = tl.cast(N, tl.int64)
+    pid, b, n_points, offs, mask, px, py, pz = _point_block(points_ptr, N, COMPUTE, BLOCK_N)
     n_verts = tl.cast(V, tl.int64)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask = offs < n_points
-    p = points_ptr + (b * n_points + offs) * 3
-    px = tl.load(p + 0, mask=mask, other=0.0).to(COMPUTE)
-    py = tl.load(p + 1, mask=mask, other=0.0).to(COMPUTE)
-    pz = tl.load(p + 2, mask=mask, other=0.0).to(COMPUTE)
-    face = tl.load(best_ptr + b * n_points + offs, mask=mask, other=-1)
-    has = mask & (face >= 0)
-    face = tl.maximum(face, 0)
-    x0, y0, z0, x1, y1, z1, x2, y2, z2 = _load_face(
-        posed_ptr, faces_ptr, b, n_verts, face, has, COMPUTE
-    )
+    (
+        face, has, x0, y0, z0, x1, y1, z1, x2, y2, z2, u0, v0, w0, u1, v1, w1, u2, v2, w2,
+    ) = _face_pair(
+        posed_ptr, canonical_ptr, faces_ptr, best_ptr, b, n_points, n_verts, offs, mask, COMPUTE
+    )  # fmt: skip
     ax, ay, az, bx, by, bz, cx, cy, cz, _, _, valid_a = _frame(x0, y0, z0, x1, y1, z1, x2, y2, z2)
-    u0, v0, w0, u1, v1, w1, u2, v2, w2 = _load_face(
-        canonical_ptr, faces_ptr, b, n_verts, face, has, COMPUTE
-    )
     ax2, ay2, az2, bx2, by2, bz2, cx2, cy2, cz2, _, _, valid_b = _frame(
         u0, v0, w0, u1, v1, w1, u2, v2, w2
     )
@@ -306,30 +319,15 @@ def _backward_kernel(
     COMPUTE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    n_points = tl.cast(N, tl.int64)
+    pid, b, n_points, offs, mask, px, py, pz = _point_block(points_ptr, N, COMPUTE, BLOCK_N)
     n_verts = tl.cast(V, tl.int64)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask = offs < n_points
-    p = points_ptr + (b * n_points + offs) * 3
-    px = tl.load(p + 0, mask=mask, other=0.0).to(COMPUTE)
-    py = tl.load(p + 1, mask=mask, other=0.0).to(COMPUTE)
-    pz = tl.load(p + 2, mask=mask, other=0.0).to(COMPUTE)
-    go = grad_out_ptr + (b * n_points + offs) * 3
-    gx = tl.load(go + 0, mask=mask, other=0.0).to(COMPUTE)
-    gy = tl.load(go + 1, mask=mask, other=0.0).to(COMPUTE)
-    gz = tl.load(go + 2, mask=mask, other=0.0).to(COMPUTE)
-    face = tl.load(index_ptr + b * n_points + offs, mask=mask, other=-1)
-    has = mask & (face >= 0)
-    face = tl.maximum(face, 0)
-    x0, y0, z0, x1, y1, z1, x2, y2, z2 = _load_face(
-        posed_ptr, faces_ptr, b, n_verts, face, has, COMPUTE
-    )
+    gx, gy, gz = _load_xyz(grad_out_ptr + (b * n_points + offs) * 3, mask, COMPUTE)
+    (
+        face, has, x0, y0, z0, x1, y1, z1, x2, y2, z2, u0, v0, w0, u1, v1, w1, u2, v2, w2,
+    ) = _face_pair(
+        posed_ptr, canonical_ptr, faces_ptr, index_ptr, b, n_points, n_verts, offs, mask, COMPUTE
+    )  # fmt: skip
     ax, ay, az, bx, by, bz, cx, cy, cz, ne, nl, _ = _frame(x0, y0, z0, x1, y1, z1, x2, y2, z2)
-    u0, v0, w0, u1, v1, w1, u2, v2, w2 = _load_face(
-        canonical_ptr, faces_ptr, b, n_verts, face, has, COMPUTE
-    )
     ax2, ay2, az2, bx2, by2, bz2, cx2, cy2, cz2, ne2, nl2, _ = _frame(
         u0, v0, w0, u1, v1, w1, u2, v2, w2
     )

@@ -169,9 +169,13 @@ def _ray_march_backward_kernel(
     C,
     WHITE_BACK: tl.constexpr,
     SCALE_RGB: tl.constexpr,
+    HAS_GRAD_DEPTH: tl.constexpr,
+    HAS_GRAD_WEIGHTS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    # HAS_GRAD_DEPTH / HAS_GRAD_WEIGHTS: False when no gradient reached that output (its
+    # pointer is then a stand-in that is never read) and its terms are skipped
     acc_ty = range_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)
     n_rays = tl.cast(n_rays, tl.int64)
@@ -187,7 +191,10 @@ def _ray_march_backward_kernel(
     grad_rgb = tl.load(
         grad_rgb_ptr + (offs_r * n_channels)[:, None] + offs_c[None, :], mask=mask_rc, other=0.0
     ).to(acc_ty)
-    grad_depth = tl.load(grad_depth_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)
+    if HAS_GRAD_DEPTH:
+        grad_depth = tl.load(grad_depth_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)
+    else:
+        grad_depth = tl.zeros((BLOCK_R,), acc_ty)
     total_rows = totals_ptr + offs_r * (n_channels + 2)
     rgb_total = tl.load(total_rows[:, None] + offs_c[None, :], mask=mask_rc, other=0.0)
     total = tl.load(total_rows + n_channels, mask=mask_r, other=1.0)
@@ -210,20 +217,21 @@ def _ray_march_backward_kernel(
     sample_rows = offs_r * n_samples
     weight_rows = offs_r * (n_samples - 1)
 
-    # ---- pre-pass: Σ w_i ∂L/∂weights_i (densities and depths only)
-    s_prev = tl.load(densities_ptr + sample_rows, mask=mask_r, other=0.0).to(acc_ty)
-    z_prev = tl.load(depths_ptr + sample_rows, mask=mask_r, other=0.0).to(acc_ty)
-    s_first, z_first = s_prev, z_prev
-    transmittance = tl.full((BLOCK_R,), 1.0, acc_ty)
+    # ---- pre-pass: Σ w_i ∂L/∂weights_i (densities and depths only; none without that gradient)
+    s_first = tl.load(densities_ptr + sample_rows, mask=mask_r, other=0.0).to(acc_ty)
+    z_first = tl.load(depths_ptr + sample_rows, mask=mask_r, other=0.0).to(acc_ty)
     weights_term = tl.zeros((BLOCK_R,), acc_ty)
-    for i in range(1, n_samples):
-        s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
-        z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
-        alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
-        gw = tl.load(grad_weights_ptr + weight_rows + (i - 1), mask=mask_r, other=0.0)
-        weights_term += alpha * transmittance * gw.to(acc_ty)
-        transmittance = transmittance * p
-        s_prev, z_prev = s_next, z_next
+    if HAS_GRAD_WEIGHTS:
+        s_prev, z_prev = s_first, z_first
+        transmittance = tl.full((BLOCK_R,), 1.0, acc_ty)
+        for i in range(1, n_samples):
+            s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
+            z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
+            alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
+            gw = tl.load(grad_weights_ptr + weight_rows + (i - 1), mask=mask_r, other=0.0)
+            weights_term += alpha * transmittance * gw.to(acc_ty)
+            transmittance = transmittance * p
+            s_prev, z_prev = s_next, z_next
 
     # G = Σ_i w_i γ_i from the totals
     grand = scale * tl.sum(grad_rgb * rgb_total, axis=1) + a * total + b * depth_sum
@@ -244,9 +252,11 @@ def _ray_march_backward_kernel(
         z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
         alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
         weight = alpha * transmittance
-        gw = tl.load(grad_weights_ptr + weight_rows + (i - 1), mask=mask_r, other=0.0)
         gamma = scale * tl.sum(grad_rgb * ((c_prev + c_next) / 2), axis=1)
-        gamma += a + b * ((z_prev + z_next) / 2) + gw.to(acc_ty)
+        gamma += a + b * ((z_prev + z_next) / 2)
+        if HAS_GRAD_WEIGHTS:
+            gw = tl.load(grad_weights_ptr + weight_rows + (i - 1), mask=mask_r, other=0.0)
+            gamma += gw.to(acc_ty)
         prefix += weight * gamma
         gx = (gamma * e * transmittance - (e / p) * (grand - prefix)) * dtau
 
@@ -399,8 +409,8 @@ def ray_march_forward(
 
 def ray_march_backward(
     grad_rgb: torch.Tensor,
-    grad_depth: torch.Tensor,
-    grad_weights: torch.Tensor,
+    grad_depth: torch.Tensor | None,
+    grad_weights: torch.Tensor | None,
     colors: torch.Tensor,
     densities: torch.Tensor,
     depths: torch.Tensor,
@@ -409,7 +419,8 @@ def ray_march_backward(
     white_back: bool,
     scale_rgb: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(grad_colors (B,R,S,C), grad_densities (B,R,S,1))`` in the input dtype."""
+    """``(grad_colors (B,R,S,C), grad_densities (B,R,S,1))`` in the input dtype; a ``None``
+    output gradient (none reached that output) contributes nothing and is not read."""
     batch, rays, samples, channels = colors.shape
     device, dtype = colors.device, colors.dtype
     grad_colors = empty_output(colors.shape, dtype=dtype, device=device)
@@ -421,8 +432,8 @@ def ray_march_backward(
     with _device_guard(colors):
         _ray_march_backward_kernel[(triton.cdiv(n_rays, block_r),)](
             grad_rgb,
-            grad_depth,
-            grad_weights,
+            grad_rgb if grad_depth is None else grad_depth,
+            grad_rgb if grad_weights is None else grad_weights,
             colors,
             densities,
             depths,
@@ -435,6 +446,8 @@ def ray_march_backward(
             channels,
             WHITE_BACK=bool(white_back),
             SCALE_RGB=bool(scale_rgb),
+            HAS_GRAD_DEPTH=grad_depth is not None,
+            HAS_GRAD_WEIGHTS=grad_weights is not None,
             BLOCK_R=block_r,
             BLOCK_C=block_c,
             num_warps=num_warps,

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from portrait_engine.kernels._alloc import empty_output
+from portrait_engine.kernels._device import load_xyz as _load_xyz
 from portrait_engine.kernels._launch import compute_dtype as _compute_dtype
 from portrait_engine.kernels._launch import device_guard as _device_guard
 from portrait_engine.kernels._launch import interpreting as _interpreting
@@ -467,6 +468,54 @@ def _inverse3(a, b, c, d, e, f, g, h, i):
 
 
 @triton.jit
+def _skin_block_prologue(
+    points_ptr,
+    weights_ptr,
+    transforms_ptr,
+    N,
+    J,
+    weights_batch_stride,
+    COMPUTE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The program's block of points (program ids: point block, batch element): its offsets,
+    mask, weight rows, transforms, the 12 blended values per point and the points."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    n_points = tl.cast(N, tl.int64)
+    n_joints = tl.cast(J, tl.int64)
+    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    mask = offs < n_points
+    w_row = weights_ptr + b * tl.cast(weights_batch_stride, tl.int64) + offs * n_joints
+    a_base = transforms_ptr + b * n_joints * 16
+    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = _blend(
+        w_row, a_base, J, mask, COMPUTE, BLOCK_N
+    )
+    x, y, z = _load_xyz(points_ptr + (b * n_points + offs) * 3, mask, COMPUTE)
+    return (
+        pid, b, n_points, n_joints, offs, mask, w_row, a_base,
+        m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, x, y, z,
+    )  # fmt: skip
+
+
+@triton.jit
+def _skin_inverse(mask, m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, x, y, z):
+    """``M⁻¹ (p − t)`` and the inverse ``M⁻¹`` (row-major) of each lane's blended transform."""
+    # padded lanes blend nothing (M = 0): give them the identity, not a division by zero
+    m0 = tl.where(mask, m0, 1.0)
+    m5 = tl.where(mask, m5, 1.0)
+    m10 = tl.where(mask, m10, 1.0)
+    i0, i1, i2, i3, i4, i5, i6, i7, i8 = _inverse3(m0, m1, m2, m4, m5, m6, m8, m9, m10)
+    qx = x - m3
+    qy = y - m7
+    qz = z - m11
+    ox = i0 * qx + i1 * qy + i2 * qz
+    oy = i3 * qx + i4 * qy + i5 * qz
+    oz = i6 * qx + i7 * qy + i8 * qz
+    return ox, oy, oz, i0, i1, i2, i3, i4, i5, i6, i7, i8
+
+
+@triton.jit
 def _skin_forward_kernel(
     points_ptr,
     weights_ptr,
@@ -479,33 +528,16 @@ def _skin_forward_kernel(
     COMPUTE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    n_points = tl.cast(N, tl.int64)
-    n_joints = tl.cast(J, tl.int64)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask = offs < n_points
-    w_row = weights_ptr + b * tl.cast(weights_batch_stride, tl.int64) + offs * n_joints
-    a_base = transforms_ptr + b * n_joints * 16
-    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = _blend(
-        w_row, a_base, J, mask, COMPUTE, BLOCK_N
-    )
-    p = points_ptr + (b * n_points + offs) * 3
-    x = tl.load(p + 0, mask=mask, other=0.0).to(COMPUTE)
-    y = tl.load(p + 1, mask=mask, other=0.0).to(COMPUTE)
-    z = tl.load(p + 2, mask=mask, other=0.0).to(COMPUTE)
+    (
+        pid, b, n_points, n_joints, offs, mask, w_row, a_base,
+        m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, x, y, z,
+    ) = _skin_block_prologue(
+        points_ptr, weights_ptr, transforms_ptr, N, J, weights_batch_stride, COMPUTE, BLOCK_N
+    )  # fmt: skip
     if INVERSE:
-        # padded lanes blend nothing (M = 0): give them the identity, not a division by zero
-        m0 = tl.where(mask, m0, 1.0)
-        m5 = tl.where(mask, m5, 1.0)
-        m10 = tl.where(mask, m10, 1.0)
-        i0, i1, i2, i3, i4, i5, i6, i7, i8 = _inverse3(m0, m1, m2, m4, m5, m6, m8, m9, m10)
-        qx = x - m3
-        qy = y - m7
-        qz = z - m11
-        ox = i0 * qx + i1 * qy + i2 * qz
-        oy = i3 * qx + i4 * qy + i5 * qz
-        oz = i6 * qx + i7 * qy + i8 * qz
+        ox, oy, oz, _, _, _, _, _, _, _, _, _ = _skin_inverse(
+            mask, m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, x, y, z
+        )
     else:
         ox = m0 * x + m1 * y + m2 * z + m3
         oy = m4 * x + m5 * y + m6 * z + m7
@@ -532,38 +564,18 @@ def _skin_backward_kernel(
     COMPUTE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
+    (
+        pid, b, n_points, n_joints, offs, mask, w_row, a_base,
+        m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, x, y, z,
+    ) = _skin_block_prologue(
+        points_ptr, weights_ptr, transforms_ptr, N, J, weights_batch_stride, COMPUTE, BLOCK_N
+    )  # fmt: skip
     n_blocks = tl.num_programs(0).to(tl.int64)
-    n_points = tl.cast(N, tl.int64)
-    n_joints = tl.cast(J, tl.int64)
-    offs = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask = offs < n_points
-    w_row = weights_ptr + b * tl.cast(weights_batch_stride, tl.int64) + offs * n_joints
-    a_base = transforms_ptr + b * n_joints * 16
-    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = _blend(
-        w_row, a_base, J, mask, COMPUTE, BLOCK_N
-    )
-    p = points_ptr + (b * n_points + offs) * 3
-    x = tl.load(p + 0, mask=mask, other=0.0).to(COMPUTE)
-    y = tl.load(p + 1, mask=mask, other=0.0).to(COMPUTE)
-    z = tl.load(p + 2, mask=mask, other=0.0).to(COMPUTE)
-    go = grad_out_ptr + (b * n_points + offs) * 3
-    gx = tl.load(go + 0, mask=mask, other=0.0).to(COMPUTE)
-    gy = tl.load(go + 1, mask=mask, other=0.0).to(COMPUTE)
-    gz = tl.load(go + 2, mask=mask, other=0.0).to(COMPUTE)
+    gx, gy, gz = _load_xyz(grad_out_ptr + (b * n_points + offs) * 3, mask, COMPUTE)
     if INVERSE:
-        # padded lanes blend nothing (M = 0): give them the identity, not a division by zero
-        m0 = tl.where(mask, m0, 1.0)
-        m5 = tl.where(mask, m5, 1.0)
-        m10 = tl.where(mask, m10, 1.0)
-        i0, i1, i2, i3, i4, i5, i6, i7, i8 = _inverse3(m0, m1, m2, m4, m5, m6, m8, m9, m10)
-        qx = x - m3
-        qy = y - m7
-        qz = z - m11
-        ox = i0 * qx + i1 * qy + i2 * qz
-        oy = i3 * qx + i4 * qy + i5 * qz
-        oz = i6 * qx + i7 * qy + i8 * qz
+        ox, oy, oz, i0, i1, i2, i3, i4, i5, i6, i7, i8 = _skin_inverse(
+            mask, m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, x, y, z
+        )
         # g' = M^-T g; dM = -g' (out, 1)^T
         px = i0 * gx + i3 * gy + i6 * gz
         py = i1 * gx + i4 * gy + i7 * gz

@@ -22,43 +22,22 @@
 #include <tuple>
 #include <vector>
 
+#include "importance/checks.h"
 #include "importance/importance.h"
 
 namespace portrait_engine {
 namespace importance {
 namespace {
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) {
-    if (at::isFloatingType(options.dtype().toScalarType())) {
-      t.fill_(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      t.fill_(-1);
-    }
-  }
-  return t;
-}
 
 // rays per parallel_for chunk: about 16k elements of work per chunk
 int64_t ray_grain(int64_t per_ray) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(per_ray, 1)); }
 
-void check_cpu_contiguous(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim, "importance (cpu): ",
-              name, " must be a contiguous CPU tensor of rank ", dim);
-}
 
 at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& weights,
                                  const at::Tensor& u, bool sort) {
-  check_cpu_contiguous(depths, "depths", 2);
-  check_cpu_contiguous(weights, "weights", 2);
-  check_cpu_contiguous(u, "u", 2);
+  check_sample_importance(depths, weights, u, kCpuSide);
   const int64_t rays = depths.size(0), samples = depths.size(1), draws = u.size(1);
-  TORCH_CHECK(samples >= 4 && weights.size(0) == rays && weights.size(1) == samples - 1 &&
-                  u.size(0) == rays,
-              "sample_importance (cpu): expected depths (N, S >= 4), weights (N, S-1), u (N, n)");
-  TORCH_CHECK(weights.scalar_type() == depths.scalar_type() && u.scalar_type() == at::kFloat,
-              "sample_importance (cpu): weights must have the dtype of depths, u must be float32");
   at::Tensor out = new_output({rays, draws}, depths.options());
   if (rays == 0 || draws == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -95,11 +74,7 @@ at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& wei
 
 std::tuple<at::Tensor, at::Tensor> merge_samples_index_cpu(const at::Tensor& depths1,
                                                            const at::Tensor& depths2) {
-  check_cpu_contiguous(depths1, "depths1", 2);
-  check_cpu_contiguous(depths2, "depths2", 2);
-  TORCH_CHECK(depths1.size(0) == depths2.size(0) &&
-                  depths1.scalar_type() == depths2.scalar_type(),
-              "merge_samples_index (cpu): depths1 and depths2 must share N and dtype");
+  check_merge_index(depths1, depths2, kCpuSide);
   const int64_t rays = depths1.size(0), first = depths1.size(1), second = depths2.size(1);
   at::Tensor positions1 = new_output({rays, first}, depths1.options().dtype(at::kInt));
   at::Tensor positions2 = new_output({rays, second}, depths1.options().dtype(at::kInt));
@@ -129,24 +104,12 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_index_cpu(const at::Tensor& dep
   return {positions1, positions2};
 }
 
-void check_positions(const at::Tensor& positions, int64_t rays, int64_t count, const char* name) {
-  TORCH_CHECK(positions.device().is_cpu() && positions.is_contiguous() && positions.dim() == 2 &&
-                  positions.size(0) == rays && positions.size(1) == count &&
-                  positions.scalar_type() == at::kInt,
-              "merge_samples (cpu): ", name, " must be the contiguous int32 (N, S) positions");
-}
 
 at::Tensor merge_samples_scatter_cpu(const at::Tensor& values1, const at::Tensor& values2,
                                      const at::Tensor& positions1, const at::Tensor& positions2) {
-  check_cpu_contiguous(values1, "values1", 3);
-  check_cpu_contiguous(values2, "values2", 3);
+  check_merge_scatter(values1, values2, positions1, positions2, kCpuSide);
   const int64_t rays = values1.size(0), first = values1.size(1), second = values2.size(1);
   const int64_t channels = values1.size(2);
-  TORCH_CHECK(values2.size(0) == rays && values2.size(2) == channels &&
-                  values2.scalar_type() == values1.scalar_type(),
-              "merge_samples_scatter (cpu): values1 and values2 must share N, C and dtype");
-  check_positions(positions1, rays, first, "positions1");
-  check_positions(positions2, rays, second, "positions2");
   const int64_t total = first + second;
   at::Tensor out = new_output({rays, total, channels}, values1.options());
   if (rays == 0 || channels == 0) return out;
@@ -177,13 +140,9 @@ at::Tensor merge_samples_scatter_cpu(const at::Tensor& values1, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> merge_samples_gather_cpu(const at::Tensor& grad,
                                                             const at::Tensor& positions1,
                                                             const at::Tensor& positions2) {
-  check_cpu_contiguous(grad, "grad", 3);
+  check_merge_gather(grad, positions1, positions2, kCpuSide);
   const int64_t rays = grad.size(0), total = grad.size(1), channels = grad.size(2);
   const int64_t first = positions1.size(1), second = positions2.size(1);
-  TORCH_CHECK(first + second == total,
-              "merge_samples_gather (cpu): grad must hold S1 + S2 samples per ray");
-  check_positions(positions1, rays, first, "positions1");
-  check_positions(positions2, rays, second, "positions2");
   at::Tensor grad1 = new_output({rays, first, channels}, grad.options());
   at::Tensor grad2 = new_output({rays, second, channels}, grad.options());
   if (rays == 0 || channels == 0) return {grad1, grad2};

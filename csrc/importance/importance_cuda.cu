@@ -25,6 +25,7 @@
 #include <limits>
 #include <tuple>
 
+#include "importance/checks.h"
 #include "importance/importance.h"
 
 namespace portrait_engine {
@@ -37,23 +38,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>(ceil_div(n, kThreads)); }
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) {
-    if (at::isFloatingType(options.dtype().toScalarType())) {
-      t.fill_(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      t.fill_(-1);
-    }
-  }
-  return t;
-}
 
-void check_cuda_contiguous(const at::Tensor& t, const char* name, int64_t dim,
-                           const at::Device& device) {
-  TORCH_CHECK(t.device() == device && t.is_contiguous() && t.dim() == dim, "importance (cuda): ",
-              name, " must be a contiguous tensor of rank ", dim, " on ", device);
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void sample_importance_kernel(const scalar_t* __restrict__ depths,
@@ -126,18 +111,11 @@ __global__ void copy_rows_kernel(const scalar_t* __restrict__ src, scalar_t* __r
 at::Tensor sample_importance_cuda(const at::Tensor& depths, const at::Tensor& weights,
                                   const at::Tensor& u, bool sort) {
   const c10::cuda::CUDAGuard guard(depths.device());
-  check_cuda_contiguous(depths, "depths", 2, depths.device());
-  check_cuda_contiguous(weights, "weights", 2, depths.device());
-  check_cuda_contiguous(u, "u", 2, depths.device());
+  check_sample_importance(depths, weights, u, kCudaSide);
   const int64_t rays = depths.size(0), samples = depths.size(1), draws = u.size(1);
-  TORCH_CHECK(samples >= 4 && weights.size(0) == rays && weights.size(1) == samples - 1 &&
-                  u.size(0) == rays,
-              "sample_importance (cuda): expected depths (N, S >= 4), weights (N, S-1), u (N, n)");
-  TORCH_CHECK(weights.scalar_type() == depths.scalar_type() && u.scalar_type() == at::kFloat,
-              "sample_importance (cuda): weights must have the dtype of depths, u must be float32");
   at::Tensor out = new_output({rays, draws}, depths.options());
   if (rays == 0 || draws == 0) return out;
-  const at::ScalarType acc = depths.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc = acc_dtype(depths);
   at::Tensor workspace = at::empty({rays, samples - 2 + (sort ? draws : 0)},
                                    depths.options().dtype(acc));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(depths.device().index()).stream();
@@ -155,11 +133,7 @@ at::Tensor sample_importance_cuda(const at::Tensor& depths, const at::Tensor& we
 std::tuple<at::Tensor, at::Tensor> merge_samples_index_cuda(const at::Tensor& depths1,
                                                             const at::Tensor& depths2) {
   const c10::cuda::CUDAGuard guard(depths1.device());
-  check_cuda_contiguous(depths1, "depths1", 2, depths1.device());
-  check_cuda_contiguous(depths2, "depths2", 2, depths1.device());
-  TORCH_CHECK(depths1.size(0) == depths2.size(0) &&
-                  depths1.scalar_type() == depths2.scalar_type(),
-              "merge_samples_index (cuda): depths1 and depths2 must share N and dtype");
+  check_merge_index(depths1, depths2, kCudaSide);
   const int64_t rays = depths1.size(0), first = depths1.size(1), second = depths2.size(1);
   at::Tensor positions1 = new_output({rays, first}, depths1.options().dtype(at::kInt));
   at::Tensor positions2 = new_output({rays, second}, depths1.options().dtype(at::kInt));
@@ -177,13 +151,6 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_index_cuda(const at::Tensor& de
   return {positions1, positions2};
 }
 
-void check_positions(const at::Tensor& positions, int64_t rays, int64_t count,
-                     const at::Device& device, const char* name) {
-  TORCH_CHECK(positions.device() == device && positions.is_contiguous() && positions.dim() == 2 &&
-                  positions.size(0) == rays && positions.size(1) == count &&
-                  positions.scalar_type() == at::kInt,
-              "merge_samples (cuda): ", name, " must be the contiguous int32 (N, S) positions");
-}
 
 template <bool kScatter>
 void launch_copy(const at::Tensor& src, at::Tensor& dst, const at::Tensor& positions,
@@ -204,15 +171,9 @@ at::Tensor merge_samples_scatter_cuda(const at::Tensor& values1, const at::Tenso
                                       const at::Tensor& positions1,
                                       const at::Tensor& positions2) {
   const c10::cuda::CUDAGuard guard(values1.device());
-  check_cuda_contiguous(values1, "values1", 3, values1.device());
-  check_cuda_contiguous(values2, "values2", 3, values1.device());
+  check_merge_scatter(values1, values2, positions1, positions2, kCudaSide);
   const int64_t rays = values1.size(0), first = values1.size(1), second = values2.size(1);
   const int64_t channels = values1.size(2);
-  TORCH_CHECK(values2.size(0) == rays && values2.size(2) == channels &&
-                  values2.scalar_type() == values1.scalar_type(),
-              "merge_samples_scatter (cuda): values1 and values2 must share N, C and dtype");
-  check_positions(positions1, rays, first, values1.device(), "positions1");
-  check_positions(positions2, rays, second, values1.device(), "positions2");
   const int64_t total = first + second;
   at::Tensor out = new_output({rays, total, channels}, values1.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(values1.device().index()).stream();
@@ -225,13 +186,9 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_gather_cuda(const at::Tensor& g
                                                              const at::Tensor& positions1,
                                                              const at::Tensor& positions2) {
   const c10::cuda::CUDAGuard guard(grad.device());
-  check_cuda_contiguous(grad, "grad", 3, grad.device());
+  check_merge_gather(grad, positions1, positions2, kCudaSide);
   const int64_t rays = grad.size(0), total = grad.size(1), channels = grad.size(2);
   const int64_t first = positions1.size(1), second = positions2.size(1);
-  TORCH_CHECK(first + second == total,
-              "merge_samples_gather (cuda): grad must hold S1 + S2 samples per ray");
-  check_positions(positions1, rays, first, grad.device(), "positions1");
-  check_positions(positions2, rays, second, grad.device(), "positions2");
   at::Tensor grad1 = new_output({rays, first, channels}, grad.options());
   at::Tensor grad2 = new_output({rays, second, channels}, grad.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.device().index()).stream();

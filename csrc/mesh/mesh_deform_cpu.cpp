@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "mesh/checks.h"
 #include "mesh/mesh_deform.h"
 
 namespace portrait_engine {
@@ -33,37 +34,7 @@ namespace {
 
 constexpr int64_t kMaxCellsPerAxis = 64;
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) {
-    if (at::isFloatingType(options.dtype().toScalarType())) {
-      t.fill_(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      t.fill_(std::numeric_limits<int64_t>::min());
-    }
-  }
-  return t;
-}
 
-void check_inputs(const at::Tensor& points, const at::Tensor& posed, const at::Tensor& canonical,
-                  const at::Tensor& faces) {
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
-              "mesh_deform (cpu): points must be a contiguous (B, N, 3) tensor");
-  TORCH_CHECK(posed.dim() == 3 && posed.size(0) == points.size(0) && posed.size(2) == 3 &&
-                  posed.is_contiguous(),
-              "mesh_deform (cpu): posed_vertices must be a contiguous (B, V, 3) tensor");
-  TORCH_CHECK(canonical.sizes() == posed.sizes() && canonical.is_contiguous(),
-              "mesh_deform (cpu): canonical_vertices must be contiguous, shaped as posed_vertices");
-  TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3 && faces.scalar_type() == at::kLong &&
-                  faces.is_contiguous(),
-              "mesh_deform (cpu): faces must be a contiguous (F, 3) int64 tensor");
-  TORCH_CHECK(posed.scalar_type() == points.scalar_type() &&
-                  canonical.scalar_type() == points.scalar_type(),
-              "mesh_deform (cpu): dtype mismatch");
-  TORCH_CHECK(points.device().is_cpu() && posed.device().is_cpu() && canonical.device().is_cpu() &&
-                  faces.device().is_cpu(),
-              "mesh_deform (cpu): tensors must be on the CPU");
-}
 
 template <typename T>
 struct Grid {
@@ -259,8 +230,8 @@ std::tuple<at::Tensor, at::Tensor> mesh_deform_forward_cpu(const at::Tensor& poi
                                                            const at::Tensor& canonical,
                                                            const at::Tensor& faces,
                                                            double thickness) {
-  check_inputs(points, posed, canonical, faces);
-  TORCH_CHECK(thickness > 0, "mesh_deform (cpu): thickness must be positive");
+  check_inputs(points, posed, canonical, faces, kCpuSide);
+  check_thickness(thickness, kCpuSide);
   at::Tensor out = new_output(points.sizes(), points.options());
   at::Tensor face_index =
       new_output({points.size(0), points.size(1)}, points.options().dtype(at::kLong));
@@ -276,14 +247,8 @@ std::tuple<at::Tensor, at::Tensor> mesh_deform_forward_cpu(const at::Tensor& poi
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mesh_deform_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& posed,
     const at::Tensor& canonical, const at::Tensor& faces, const at::Tensor& face_index) {
-  check_inputs(points, posed, canonical, faces);
-  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
-                  grad_out.scalar_type() == points.scalar_type() && grad_out.device().is_cpu(),
-              "mesh_deform (cpu): grad_out must be a contiguous (B, N, 3) CPU tensor");
-  TORCH_CHECK(face_index.dim() == 2 && face_index.size(0) == points.size(0) &&
-                  face_index.size(1) == points.size(1) &&
-                  face_index.scalar_type() == at::kLong && face_index.is_contiguous(),
-              "mesh_deform (cpu): face_index must be the forward's (B, N) int64 output");
+  check_inputs(points, posed, canonical, faces, kCpuSide);
+  check_backward(grad_out, face_index, points, kCpuSide);
   at::Tensor grad_points = new_output(points.sizes(), points.options());
   at::Tensor grad_posed = new_output(posed.sizes(), posed.options());
   at::Tensor grad_canonical = new_output(canonical.sizes(), canonical.options());

@@ -34,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "mesh/checks.h"
 #include "mesh/mesh_deform.h"
 
 namespace portrait_engine {
@@ -43,17 +44,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxCellsPerAxis = 64;
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) {
-    if (at::isFloatingType(options.dtype().toScalarType())) {
-      t.fill_(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      t.fill_(std::numeric_limits<int64_t>::min());
-    }
-  }
-  return t;
-}
 
 int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
@@ -212,24 +202,6 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
   grad_points[idx * 3 + 2] = static_cast<scalar_t>(gp.z);
 }
 
-void check_inputs(const at::Tensor& points, const at::Tensor& posed, const at::Tensor& canonical,
-                  const at::Tensor& faces) {
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
-              "mesh_deform (cuda): points must be a contiguous (B, N, 3) tensor");
-  TORCH_CHECK(posed.dim() == 3 && posed.size(0) == points.size(0) && posed.size(2) == 3 &&
-                  posed.is_contiguous() && canonical.sizes() == posed.sizes() &&
-                  canonical.is_contiguous(),
-              "mesh_deform (cuda): vertices must be contiguous (B, V, 3) tensors");
-  TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3 && faces.scalar_type() == at::kLong &&
-                  faces.is_contiguous(),
-              "mesh_deform (cuda): faces must be a contiguous (F, 3) int64 tensor");
-  TORCH_CHECK(posed.scalar_type() == points.scalar_type() &&
-                  canonical.scalar_type() == points.scalar_type(),
-              "mesh_deform (cuda): dtype mismatch");
-  TORCH_CHECK(points.is_cuda() && posed.device() == points.device() &&
-                  canonical.device() == points.device() && faces.device() == points.device(),
-              "mesh_deform (cuda): tensors must be on one CUDA device");
-}
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& points, const at::Tensor& posed, const at::Tensor& canonical,
@@ -307,8 +279,8 @@ std::tuple<at::Tensor, at::Tensor> mesh_deform_forward_cuda(const at::Tensor& po
                                                             const at::Tensor& canonical,
                                                             const at::Tensor& faces,
                                                             double thickness) {
-  check_inputs(points, posed, canonical, faces);
-  TORCH_CHECK(thickness > 0, "mesh_deform (cuda): thickness must be positive");
+  check_inputs(points, posed, canonical, faces, kCudaSide);
+  check_thickness(thickness, kCudaSide);
   TORCH_CHECK(faces.size(0) < std::numeric_limits<int32_t>::max(),
               "mesh_deform (cuda): too many faces");
   const c10::cuda::CUDAGuard guard(points.device());
@@ -327,18 +299,11 @@ std::tuple<at::Tensor, at::Tensor> mesh_deform_forward_cuda(const at::Tensor& po
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mesh_deform_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& posed,
     const at::Tensor& canonical, const at::Tensor& faces, const at::Tensor& face_index) {
-  check_inputs(points, posed, canonical, faces);
-  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
-                  grad_out.scalar_type() == points.scalar_type() &&
-                  grad_out.device() == points.device(),
-              "mesh_deform (cuda): grad_out must be a contiguous (B, N, 3) tensor");
-  TORCH_CHECK(face_index.dim() == 2 && face_index.size(0) == points.size(0) &&
-                  face_index.size(1) == points.size(1) &&
-                  face_index.scalar_type() == at::kLong && face_index.is_contiguous(),
-              "mesh_deform (cuda): face_index must be the forward's (B, N) int64 output");
+  check_inputs(points, posed, canonical, faces, kCudaSide);
+  check_backward(grad_out, face_index, points, kCudaSide);
   const c10::cuda::CUDAGuard guard(points.device());
   const int64_t B = points.size(0), N = points.size(1), V = posed.size(1);
-  const auto acc = points.options().dtype(points.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto acc = points.options().dtype(acc_dtype(points));
   at::Tensor grad_points = new_output(points.sizes(), points.options());
   at::Tensor acc_v = at::zeros({B, V, 3}, acc);
   at::Tensor acc_c = at::zeros({B, V, 3}, acc);

@@ -33,48 +33,12 @@
 #include <vector>
 
 #include "pooling/attention_pool.h"
+#include "pooling/checks.h"
 
 namespace portrait_engine {
 namespace pooling {
 namespace {
 
-struct Sizes {
-  int64_t B, C, K, L;
-  int64_t sb, sc, sl;  // strides of features (B, C, L)
-  bool channels_last;  // stride_c == 1 and C > 1: the channel vector of a position is contiguous
-};
-
-Sizes check_inputs(const at::Tensor& features, const at::Tensor& scores) {
-  TORCH_CHECK(features.dim() == 3, "attention_pool (cpu): features must be (B, C, L)");
-  TORCH_CHECK(scores.dim() == 3, "attention_pool (cpu): scores must be (B, K, L)");
-  TORCH_CHECK(features.size(0) == scores.size(0) && features.size(2) == scores.size(2),
-              "attention_pool (cpu): features and scores disagree on B or L");
-  TORCH_CHECK(scores.is_contiguous(), "attention_pool (cpu): scores must be contiguous");
-  TORCH_CHECK(scores.scalar_type() == features.scalar_type(),
-              "attention_pool (cpu): dtype mismatch");
-  TORCH_CHECK(features.device().is_cpu() && scores.device().is_cpu(),
-              "attention_pool (cpu): tensors must be on the CPU");
-  Sizes z;
-  z.B = features.size(0);
-  z.C = features.size(1);
-  z.L = features.size(2);
-  z.K = scores.size(1);
-  z.sb = features.stride(0);
-  z.sc = features.stride(1);
-  z.sl = features.stride(2);
-  z.channels_last = z.sc == 1 && z.C > 1;
-  return z;
-}
-
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
 // Batch elements per parallel_for chunk: about 32k feature elements per chunk.
 int64_t batch_grain(const Sizes& z) {
@@ -250,7 +214,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& features,
 
 std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(const at::Tensor& features,
                                                               const at::Tensor& scores) {
-  const Sizes z = check_inputs(features, scores);
+  const Sizes z = check_inputs(features, scores, kCpuSide);
   at::Tensor out = new_output({z.B, z.K, z.C}, features.options());
   at::Tensor lse = new_output({z.B, z.K}, features.options().dtype(acc_dtype(features)));
   if (z.B == 0) return {out, lse};
@@ -266,18 +230,8 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(const at::Tensor&
                                                                const at::Tensor& scores,
                                                                const at::Tensor& lse,
                                                                const at::Tensor& out) {
-  const Sizes z = check_inputs(features, scores);
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == z.B && grad_out.size(1) == z.K &&
-                  grad_out.size(2) == z.C && grad_out.is_contiguous() &&
-                  grad_out.scalar_type() == features.scalar_type() && grad_out.device().is_cpu(),
-              "attention_pool (cpu): grad_out must be a contiguous (B, K, C) CPU tensor in the "
-              "input dtype");
-  TORCH_CHECK(out.sizes() == grad_out.sizes() && out.is_contiguous() &&
-                  out.scalar_type() == features.scalar_type() && out.device().is_cpu(),
-              "attention_pool (cpu): out must be the forward's contiguous (B, K, C) output");
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == z.B && lse.size(1) == z.K && lse.is_contiguous() &&
-                  lse.scalar_type() == acc_dtype(features) && lse.device().is_cpu(),
-              "attention_pool (cpu): lse must be the forward's contiguous (B, K) output");
+  const Sizes z = check_inputs(features, scores, kCpuSide);
+  check_backward(grad_out, lse, out, features, z, kCpuSide);
   at::Tensor grad_features =
       z.channels_last ? new_output({z.B, z.L, z.C}, features.options()).permute({0, 2, 1})
                       : new_output({z.B, z.C, z.L}, features.options());

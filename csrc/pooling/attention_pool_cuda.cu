@@ -59,6 +59,7 @@
 #include <vector>
 
 #include "pooling/attention_pool.h"
+#include "pooling/checks.h"
 
 namespace portrait_engine {
 namespace pooling {
@@ -381,43 +382,6 @@ __global__ void __launch_bounds__(kThreads)
 // Host side
 // ------------------------------------------------------------------------------------------
 
-struct Sizes {
-  int64_t B, C, K, L;
-  int64_t sb, sc, sl;
-  bool channels_last;
-};
-
-Sizes check_inputs(const at::Tensor& features, const at::Tensor& scores) {
-  TORCH_CHECK(features.dim() == 3, "attention_pool (cuda): features must be (B, C, L)");
-  TORCH_CHECK(scores.dim() == 3, "attention_pool (cuda): scores must be (B, K, L)");
-  TORCH_CHECK(features.size(0) == scores.size(0) && features.size(2) == scores.size(2),
-              "attention_pool (cuda): features and scores disagree on B or L");
-  TORCH_CHECK(scores.is_contiguous(), "attention_pool (cuda): scores must be contiguous");
-  TORCH_CHECK(scores.scalar_type() == features.scalar_type(),
-              "attention_pool (cuda): dtype mismatch");
-  TORCH_CHECK(features.is_cuda() && scores.device() == features.device(),
-              "attention_pool (cuda): tensors must be on the same CUDA device");
-  Sizes z;
-  z.B = features.size(0);
-  z.C = features.size(1);
-  z.L = features.size(2);
-  z.K = scores.size(1);
-  z.sb = features.stride(0);
-  z.sc = features.stride(1);
-  z.sl = features.stride(2);
-  z.channels_last = z.sc == 1 && z.C > 1;
-  return z;
-}
-
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -438,7 +402,7 @@ void dispatch_k(int64_t K, Fn&& fn) {
 std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cuda(const at::Tensor& features,
                                                                const at::Tensor& scores) {
   const c10::cuda::CUDAGuard guard(features.device());
-  const Sizes z = check_inputs(features, scores);
+  const Sizes z = check_inputs(features, scores, kCudaSide);
   if (z.K > kMaxK) {
     // The maps are independent: pool them kMaxK at a time (each launch reads the features once).
     std::vector<at::Tensor> outs, lses;
@@ -489,20 +453,8 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cuda(const at::Tensor
                                                                 const at::Tensor& lse,
                                                                 const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(features.device());
-  const Sizes z = check_inputs(features, scores);
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == z.B && grad_out.size(1) == z.K &&
-                  grad_out.size(2) == z.C && grad_out.is_contiguous() &&
-                  grad_out.scalar_type() == features.scalar_type() &&
-                  grad_out.device() == features.device(),
-              "attention_pool (cuda): grad_out must be a contiguous (B, K, C) tensor in the "
-              "input dtype and device");
-  TORCH_CHECK(out.sizes() == grad_out.sizes() && out.is_contiguous() &&
-                  out.scalar_type() == features.scalar_type() &&
-                  out.device() == features.device(),
-              "attention_pool (cuda): out must be the forward's contiguous (B, K, C) output");
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == z.B && lse.size(1) == z.K && lse.is_contiguous() &&
-                  lse.scalar_type() == acc_dtype(features) && lse.device() == features.device(),
-              "attention_pool (cuda): lse must be the forward's contiguous (B, K) output");
+  const Sizes z = check_inputs(features, scores, kCudaSide);
+  check_backward(grad_out, lse, out, features, z, kCudaSide);
   if (z.K > kMaxK) {
     // kMaxK maps at a time: grad_features is the sum of the groups' contributions.
     at::Tensor grad_features;

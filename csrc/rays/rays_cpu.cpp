@@ -20,46 +20,12 @@
 #include <tuple>
 #include <vector>
 
+#include "rays/checks.h"
 #include "rays/rays.h"
 
 namespace portrait_engine {
 namespace rays {
 namespace {
-
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
-
-struct MarchSizes {
-  int64_t B, R, S, C;
-};
-
-MarchSizes check_march(const at::Tensor& colors, const at::Tensor& densities,
-                       const at::Tensor& depths, const at::Tensor& depth_range) {
-  TORCH_CHECK(colors.dim() == 4, "ray_march (cpu): colors must be (B, R, S, C)");
-  const MarchSizes z{colors.size(0), colors.size(1), colors.size(2), colors.size(3)};
-  TORCH_CHECK(z.S >= 1, "ray_march (cpu): at least one sample per ray");
-  for (const at::Tensor* t : {&densities, &depths}) {
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == z.B && t->size(1) == z.R && t->size(2) == z.S &&
-                    t->size(3) == 1,
-                "ray_march (cpu): densities and depths must be (B, R, S, 1)");
-    TORCH_CHECK(t->scalar_type() == colors.scalar_type(), "ray_march (cpu): dtype mismatch");
-    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(),
-                "ray_march (cpu): inputs must be contiguous CPU tensors");
-  }
-  TORCH_CHECK(colors.is_contiguous() && colors.device().is_cpu(),
-              "ray_march (cpu): colors must be a contiguous CPU tensor");
-  TORCH_CHECK(depth_range.numel() == 2 && depth_range.is_contiguous() &&
-                  depth_range.scalar_type() == acc_dtype(colors) && depth_range.device().is_cpu(),
-              "ray_march (cpu): depth_range must be a (2,) CPU tensor in the accumulation dtype");
-  return z;
-}
 
 // Rays per parallel_for chunk: about 16k sample-channel elements per chunk.
 int64_t ray_grain(const MarchSizes& z) {
@@ -131,16 +97,17 @@ void forward_impl(const at::Tensor& colors, const at::Tensor& densities, const a
 }
 
 template <typename scalar_t>
-void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
-                   const at::Tensor& grad_weights, const at::Tensor& colors,
+void backward_impl(const at::Tensor& grad_rgb, const c10::optional<at::Tensor>& grad_depth,
+                   const c10::optional<at::Tensor>& grad_weights, const at::Tensor& colors,
                    const at::Tensor& densities, const at::Tensor& depths,
                    const at::Tensor& depth_range, const at::Tensor& totals,
                    at::Tensor& grad_colors, at::Tensor& grad_densities, const MarchSizes& z,
                    bool white_back, bool scale_rgb) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* g_ptr = grad_rgb.data_ptr<scalar_t>();
-  const scalar_t* gd_ptr = grad_depth.data_ptr<scalar_t>();
-  const scalar_t* gw_ptr = grad_weights.data_ptr<scalar_t>();
+  // nullptr: no gradient reached that output; its terms are skipped
+  const scalar_t* gd_ptr = optional_data<scalar_t>(grad_depth);
+  const scalar_t* gw_ptr = optional_data<scalar_t>(grad_weights);
   const scalar_t* c_ptr = colors.data_ptr<scalar_t>();
   const scalar_t* s_ptr = densities.data_ptr<scalar_t>();
   const scalar_t* z_ptr = depths.data_ptr<scalar_t>();
@@ -160,7 +127,7 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
       const scalar_t* c = c_ptr + r * S * C;
       const scalar_t* s = s_ptr + r * S;
       const scalar_t* d = z_ptr + r * S;
-      const scalar_t* gw = gw_ptr + r * (S - 1);
+      const scalar_t* gw = gw_ptr != nullptr ? gw_ptr + r * (S - 1) : nullptr;
       const acc_t* tot = tot_ptr + r * (C + 2);
       scalar_t* gc = gc_ptr + r * S * C;
       scalar_t* gs = gs_ptr + r * S;
@@ -172,7 +139,8 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
         g_dot_rgb += g[k] * tot[k];
       }
       const acc_t total = tot[C], depth_sum = tot[C + 1];
-      const GradTerms<acc_t> t = grad_terms(static_cast<acc_t>(gd_ptr[r]), g_sum, total,
+      const acc_t grad_depth_r = gd_ptr != nullptr ? static_cast<acc_t>(gd_ptr[r]) : acc_t(0);
+      const GradTerms<acc_t> t = grad_terms(grad_depth_r, g_sum, total,
                                             depth_sum, low, high, white_back, scale_rgb);
 
       // scalar pass: the intervals, and Σ w_i ∂L/∂weights_i for the total G
@@ -189,7 +157,7 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
           E[i] = iv.e;
           P[i] = iv.p;
           K[i] = iv.dtau;
-          weights_term += w * static_cast<acc_t>(gw[i - 1]);
+          if (gw != nullptr) weights_term += w * static_cast<acc_t>(gw[i - 1]);
           transmittance = transmittance * iv.p;
           s0 = s1;
           z0 = z1;
@@ -217,7 +185,8 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
           gci[k] = static_cast<scalar_t>(wc * gv[k]);
         }
         const acc_t z_mid = (static_cast<acc_t>(d[i - 1]) + static_cast<acc_t>(d[i])) / acc_t(2);
-        const acc_t gamma = t.scale * dot + t.a + t.b * z_mid + static_cast<acc_t>(gw[i - 1]);
+        const acc_t gamma = t.scale * dot + t.a + t.b * z_mid +
+                            (gw != nullptr ? static_cast<acc_t>(gw[i - 1]) : acc_t(0));
         prefix += w * gamma;
         const acc_t gx = grad_x(E[i], P[i], K[i], gamma, T[i], grand - prefix);
         gs[i - 1] = static_cast<scalar_t>(acc_t(0.5) * (gx_prev + gx));
@@ -236,7 +205,7 @@ void backward_impl(const at::Tensor& grad_rgb, const at::Tensor& grad_depth,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_forward_cpu(
     const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths,
     const at::Tensor& depth_range, bool white_back, bool scale_rgb) {
-  const MarchSizes z = check_march(colors, densities, depths, depth_range);
+  const MarchSizes z = check_march(colors, densities, depths, depth_range, kCpuSide);
   const auto options = colors.options();
   at::Tensor rgb = new_output({z.B, z.R, z.C}, options);
   at::Tensor depth = new_output({z.B, z.R, 1}, options);
@@ -252,25 +221,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_forward_cpu
 }
 
 std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
-    const at::Tensor& grad_rgb, const at::Tensor& grad_depth, const at::Tensor& grad_weights,
-    const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths,
-    const at::Tensor& depth_range, const at::Tensor& totals, bool white_back, bool scale_rgb) {
-  const MarchSizes z = check_march(colors, densities, depths, depth_range);
+    const at::Tensor& grad_rgb, const c10::optional<at::Tensor>& grad_depth,
+    const c10::optional<at::Tensor>& grad_weights, const at::Tensor& colors,
+    const at::Tensor& densities, const at::Tensor& depths, const at::Tensor& depth_range,
+    const at::Tensor& totals, bool white_back, bool scale_rgb) {
+  const MarchSizes z = check_march(colors, densities, depths, depth_range, kCpuSide);
+  check_march_backward(grad_rgb, grad_depth, grad_weights, totals, colors, z, kCpuSide);
   const auto dtype = colors.scalar_type();
-  TORCH_CHECK(grad_rgb.sizes() == at::IntArrayRef({z.B, z.R, z.C}) && grad_rgb.is_contiguous() &&
-                  grad_rgb.scalar_type() == dtype && grad_rgb.device().is_cpu(),
-              "ray_march (cpu): grad_rgb must be a contiguous (B, R, C) CPU tensor");
-  TORCH_CHECK(grad_depth.sizes() == at::IntArrayRef({z.B, z.R, 1}) &&
-                  grad_depth.is_contiguous() && grad_depth.scalar_type() == dtype &&
-                  grad_depth.device().is_cpu(),
-              "ray_march (cpu): grad_depth must be a contiguous (B, R, 1) CPU tensor");
-  TORCH_CHECK(grad_weights.sizes() == at::IntArrayRef({z.B, z.R, z.S - 1, 1}) &&
-                  grad_weights.is_contiguous() && grad_weights.scalar_type() == dtype &&
-                  grad_weights.device().is_cpu(),
-              "ray_march (cpu): grad_weights must be a contiguous (B, R, S-1, 1) CPU tensor");
-  TORCH_CHECK(totals.sizes() == at::IntArrayRef({z.B, z.R, z.C + 2}) && totals.is_contiguous() &&
-                  totals.scalar_type() == acc_dtype(colors) && totals.device().is_cpu(),
-              "ray_march (cpu): totals must be the forward's (B, R, C+2) output");
   at::Tensor grad_colors = new_output(colors.sizes(), colors.options());
   at::Tensor grad_densities = new_output(densities.sizes(), densities.options());
   if (z.B * z.R == 0) return {grad_colors, grad_densities};
@@ -285,15 +242,7 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
 std::tuple<at::Tensor, at::Tensor> ray_sample_forward_cpu(const at::Tensor& cam2world,
                                                           const at::Tensor& intrinsics,
                                                           int64_t resolution) {
-  TORCH_CHECK(cam2world.dim() == 3 && cam2world.size(1) == 4 && cam2world.size(2) == 4 &&
-                  cam2world.is_contiguous() && cam2world.device().is_cpu(),
-              "ray_sample (cpu): cam2world must be a contiguous (B, 4, 4) CPU tensor");
-  TORCH_CHECK(intrinsics.dim() == 3 && intrinsics.size(0) == cam2world.size(0) &&
-                  intrinsics.size(1) == 3 && intrinsics.size(2) == 3 &&
-                  intrinsics.is_contiguous() && intrinsics.device().is_cpu() &&
-                  intrinsics.scalar_type() == cam2world.scalar_type(),
-              "ray_sample (cpu): intrinsics must be a contiguous (B, 3, 3) CPU tensor");
-  TORCH_CHECK(resolution > 0, "ray_sample (cpu): resolution must be positive");
+  check_ray_sample(cam2world, intrinsics, resolution, kCpuSide);
   const int64_t B = cam2world.size(0), M = resolution * resolution;
   at::Tensor origins = new_output({B, M, 3}, cam2world.options());
   at::Tensor directions = new_output({B, M, 3}, cam2world.options());

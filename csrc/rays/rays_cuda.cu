@@ -23,6 +23,7 @@
 #include <limits>
 #include <tuple>
 
+#include "rays/checks.h"
 #include "rays/rays.h"
 
 namespace portrait_engine {
@@ -117,8 +118,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename acc_t, int G, int CPL>
 __global__ void __launch_bounds__(kThreads)
     ray_march_backward_kernel(const scalar_t* __restrict__ grad_rgb,
-                              const scalar_t* __restrict__ grad_depth,
-                              const scalar_t* __restrict__ grad_weights,
+                              const scalar_t* __restrict__ grad_depth,    // or nullptr
+                              const scalar_t* __restrict__ grad_weights,  // or nullptr
                               const scalar_t* __restrict__ colors,
                               const scalar_t* __restrict__ densities,
                               const scalar_t* __restrict__ depths,
@@ -135,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* c = colors + ray * S * C;
   const scalar_t* s = densities + ray * S;
   const scalar_t* z = depths + ray * S;
-  const scalar_t* gw = grad_weights + ray * (S - 1);
+  const scalar_t* gw = grad_weights != nullptr ? grad_weights + ray * (S - 1) : nullptr;
   const acc_t* tot = totals + ray * (C + 2);
   scalar_t* gc = grad_colors + ray * S * C;
   scalar_t* gs = grad_densities + ray * S;
@@ -154,12 +155,13 @@ __global__ void __launch_bounds__(kThreads)
   g_dot_rgb = group_sum<G>(g_dot_rgb, mask);
   const acc_t total = tot[C], depth_sum = tot[C + 1];
   const GradTerms<acc_t> t =
-      grad_terms(static_cast<acc_t>(grad_depth[ray]), g_sum, total, depth_sum, depth_range[0],
-                 depth_range[1], white_back, scale_rgb);
+      grad_terms(grad_depth != nullptr ? static_cast<acc_t>(grad_depth[ray]) : acc_t(0), g_sum,
+                 total, depth_sum, depth_range[0], depth_range[1], white_back, scale_rgb);
 
-  // pre-pass: Σ w_i ∂L/∂weights_i (densities and depths only)
+  // pre-pass: Σ w_i ∂L/∂weights_i (densities and depths only); skipped when no gradient
+  // reached the weights
   acc_t weights_term = acc_t(0);
-  {
+  if (gw != nullptr) {
     acc_t s0 = static_cast<acc_t>(s[0]), z0 = static_cast<acc_t>(z[0]);
     acc_t transmittance = acc_t(1);
 #pragma unroll 2
@@ -195,7 +197,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     dot = group_sum<G>(dot, mask);
     const acc_t gamma =
-        t.scale * dot + t.a + t.b * ((z0 + z1) / acc_t(2)) + static_cast<acc_t>(gw[i - 1]);
+        t.scale * dot + t.a + t.b * ((z0 + z1) / acc_t(2)) +
+        (gw != nullptr ? static_cast<acc_t>(gw[i - 1]) : acc_t(0));
     prefix += w * gamma;
     const acc_t gx = grad_x(iv.e, iv.p, iv.dtau, gamma, transmittance, grand - prefix);
     if (lane == 0) gs[i - 1] = static_cast<scalar_t>(acc_t(0.5) * (gx_prev + gx));
@@ -244,42 +247,10 @@ __global__ void __launch_bounds__(kThreads)
 // Host side
 // ------------------------------------------------------------------------------------------
 
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
-
-struct MarchSizes {
-  int64_t B, R, S, C;
-};
-
-MarchSizes check_march(const at::Tensor& colors, const at::Tensor& densities,
-                       const at::Tensor& depths, const at::Tensor& depth_range) {
-  TORCH_CHECK(colors.dim() == 4, "ray_march (cuda): colors must be (B, R, S, C)");
-  const MarchSizes z{colors.size(0), colors.size(1), colors.size(2), colors.size(3)};
-  TORCH_CHECK(z.S >= 1, "ray_march (cuda): at least one sample per ray");
+// The channels of a ray live in the registers of one warp.
+void check_channels(const MarchSizes& z) {
   TORCH_CHECK(z.C <= kMaxChannels, "ray_march (cuda): at most ", kMaxChannels,
               " channels, got ", z.C);
-  TORCH_CHECK(colors.is_cuda() && colors.is_contiguous(),
-              "ray_march (cuda): colors must be a contiguous CUDA tensor");
-  for (const at::Tensor* t : {&densities, &depths}) {
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == z.B && t->size(1) == z.R && t->size(2) == z.S &&
-                    t->size(3) == 1,
-                "ray_march (cuda): densities and depths must be (B, R, S, 1)");
-    TORCH_CHECK(t->scalar_type() == colors.scalar_type(), "ray_march (cuda): dtype mismatch");
-    TORCH_CHECK(t->is_contiguous() && t->device() == colors.device(),
-                "ray_march (cuda): inputs must be contiguous tensors on one device");
-  }
-  TORCH_CHECK(depth_range.numel() == 2 && depth_range.is_contiguous() &&
-                  depth_range.scalar_type() == acc_dtype(colors) &&
-                  depth_range.device() == colors.device(),
-              "ray_march (cuda): depth_range must be a (2,) tensor in the accumulation dtype");
-  return z;
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -304,7 +275,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_forward_cud
     const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths,
     const at::Tensor& depth_range, bool white_back, bool scale_rgb) {
   const c10::cuda::CUDAGuard guard(colors.device());
-  const MarchSizes z = check_march(colors, densities, depths, depth_range);
+  const MarchSizes z = check_march(colors, densities, depths, depth_range, kCudaSide);
+  check_channels(z);
   const auto options = colors.options();
   at::Tensor rgb = new_output({z.B, z.R, z.C}, options);
   at::Tensor depth = new_output({z.B, z.R, 1}, options);
@@ -330,27 +302,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_forward_cud
 }
 
 std::tuple<at::Tensor, at::Tensor> ray_march_backward_cuda(
-    const at::Tensor& grad_rgb, const at::Tensor& grad_depth, const at::Tensor& grad_weights,
-    const at::Tensor& colors, const at::Tensor& densities, const at::Tensor& depths,
-    const at::Tensor& depth_range, const at::Tensor& totals, bool white_back, bool scale_rgb) {
+    const at::Tensor& grad_rgb, const c10::optional<at::Tensor>& grad_depth,
+    const c10::optional<at::Tensor>& grad_weights, const at::Tensor& colors,
+    const at::Tensor& densities, const at::Tensor& depths, const at::Tensor& depth_range,
+    const at::Tensor& totals, bool white_back, bool scale_rgb) {
   const c10::cuda::CUDAGuard guard(colors.device());
-  const MarchSizes z = check_march(colors, densities, depths, depth_range);
+  const MarchSizes z = check_march(colors, densities, depths, depth_range, kCudaSide);
+  check_channels(z);
+  check_march_backward(grad_rgb, grad_depth, grad_weights, totals, colors, z, kCudaSide);
   const auto dtype = colors.scalar_type();
   const auto device = colors.device();
-  TORCH_CHECK(grad_rgb.sizes() == at::IntArrayRef({z.B, z.R, z.C}) && grad_rgb.is_contiguous() &&
-                  grad_rgb.scalar_type() == dtype && grad_rgb.device() == device,
-              "ray_march (cuda): grad_rgb must be a contiguous (B, R, C) tensor");
-  TORCH_CHECK(grad_depth.sizes() == at::IntArrayRef({z.B, z.R, 1}) &&
-                  grad_depth.is_contiguous() && grad_depth.scalar_type() == dtype &&
-                  grad_depth.device() == device,
-              "ray_march (cuda): grad_depth must be a contiguous (B, R, 1) tensor");
-  TORCH_CHECK(grad_weights.sizes() == at::IntArrayRef({z.B, z.R, z.S - 1, 1}) &&
-                  grad_weights.is_contiguous() && grad_weights.scalar_type() == dtype &&
-                  grad_weights.device() == device,
-              "ray_march (cuda): grad_weights must be a contiguous (B, R, S-1, 1) tensor");
-  TORCH_CHECK(totals.sizes() == at::IntArrayRef({z.B, z.R, z.C + 2}) && totals.is_contiguous() &&
-                  totals.scalar_type() == acc_dtype(colors) && totals.device() == device,
-              "ray_march (cuda): totals must be the forward's (B, R, C+2) output");
   at::Tensor grad_colors = new_output(colors.sizes(), colors.options());
   at::Tensor grad_densities = new_output(densities.sizes(), densities.options());
   const int64_t n_rays = z.B * z.R;
@@ -361,8 +322,8 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cuda(
     dispatch_channels(z.C, [&]<int G, int CPL>() {
       const auto blocks = static_cast<unsigned int>(ceil_div(n_rays * G, kThreads));
       ray_march_backward_kernel<scalar_t, acc_t, G, CPL><<<blocks, kThreads, 0, stream>>>(
-          grad_rgb.data_ptr<scalar_t>(), grad_depth.data_ptr<scalar_t>(),
-          grad_weights.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(),
+          grad_rgb.data_ptr<scalar_t>(), optional_data<scalar_t>(grad_depth),
+          optional_data<scalar_t>(grad_weights), colors.data_ptr<scalar_t>(),
           densities.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(),
           depth_range.data_ptr<acc_t>(), totals.data_ptr<acc_t>(),
           grad_colors.data_ptr<scalar_t>(), grad_densities.data_ptr<scalar_t>(), n_rays, z.S, z.C,
@@ -377,15 +338,7 @@ std::tuple<at::Tensor, at::Tensor> ray_sample_forward_cuda(const at::Tensor& cam
                                                            const at::Tensor& intrinsics,
                                                            int64_t resolution) {
   const c10::cuda::CUDAGuard guard(cam2world.device());
-  TORCH_CHECK(cam2world.dim() == 3 && cam2world.size(1) == 4 && cam2world.size(2) == 4 &&
-                  cam2world.is_contiguous() && cam2world.is_cuda(),
-              "ray_sample (cuda): cam2world must be a contiguous (B, 4, 4) CUDA tensor");
-  TORCH_CHECK(intrinsics.dim() == 3 && intrinsics.size(0) == cam2world.size(0) &&
-                  intrinsics.size(1) == 3 && intrinsics.size(2) == 3 &&
-                  intrinsics.is_contiguous() && intrinsics.device() == cam2world.device() &&
-                  intrinsics.scalar_type() == cam2world.scalar_type(),
-              "ray_sample (cuda): intrinsics must be a contiguous (B, 3, 3) tensor");
-  TORCH_CHECK(resolution > 0, "ray_sample (cuda): resolution must be positive");
+  check_ray_sample(cam2world, intrinsics, resolution, kCudaSide);
   const int64_t B = cam2world.size(0), M = resolution * resolution;
   at::Tensor origins = new_output({B, M, 3}, cam2world.options());
   at::Tensor directions = new_output({B, M, 3}, cam2world.options());

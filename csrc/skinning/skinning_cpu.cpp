@@ -4,7 +4,11 @@
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
 // (Rodrigues, chain, relative transform) in the accumulation type.
 // skin_points forward: parallel over points, the blended transform formed per point in
-// registers (never stored). Backward: per point, grad_points and the gradient dM of its
+// registers (never stored). With weights shared by a batch of B > 1, the blend of a chunk of
+// points is a small (chunk, J) x (J, B * 12) product run by the BLAS (vectorised for the CPU
+// at hand; the extension itself is compiled for baseline x86-64), into a per-thread buffer of
+// kBlendChunk points: the (B, N, 12) transforms are still never stored.
+// Backward: per point, grad_points and the gradient dM of its
 // blended transform (a (B, N, 12) workspace); the two reductions over points and batch
 // (grad_weights, grad_transforms) are then GEMMs over dM: no atomics, and as deterministic as
 // the BLAS (fixed for a fixed thread count).
@@ -20,39 +24,14 @@
 #include <tuple>
 #include <vector>
 
+#include "skinning/checks.h"
 #include "skinning/skinning.h"
 
 namespace portrait_engine {
 namespace skinning {
 namespace {
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
-void check_fk(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
-              bool pose2rot) {
-  TORCH_CHECK(joints.dim() == 3 && joints.size(2) == 3 && joints.is_contiguous(),
-              "forward_kinematics (cpu): joints must be a contiguous (B, J, 3) tensor");
-  const int64_t B = joints.size(0), J = joints.size(1);
-  if (pose2rot) {
-    TORCH_CHECK(pose.dim() == 3 && pose.size(0) == B && pose.size(1) == J && pose.size(2) == 3,
-                "forward_kinematics (cpu): pose must be (B, J, 3) with pose2rot");
-  } else {
-    TORCH_CHECK(pose.dim() == 4 && pose.size(0) == B && pose.size(1) == J && pose.size(2) == 3 &&
-                    pose.size(3) == 3,
-                "forward_kinematics (cpu): pose must be (B, J, 3, 3) without pose2rot");
-  }
-  TORCH_CHECK(pose.is_contiguous() && pose.scalar_type() == joints.scalar_type(),
-              "forward_kinematics (cpu): pose must be contiguous, in the joints' dtype");
-  TORCH_CHECK(parents.dim() == 1 && parents.size(0) == J &&
-                  parents.scalar_type() == at::kLong && parents.is_contiguous(),
-              "forward_kinematics (cpu): parents must be a contiguous (J,) int64 tensor");
-  TORCH_CHECK(pose.device().is_cpu() && joints.device().is_cpu() && parents.device().is_cpu(),
-              "forward_kinematics (cpu): tensors must be on the CPU");
-}
 
 template <typename scalar_t>
 void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
@@ -151,7 +130,7 @@ void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kinematics_forward_cpu(
     const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
-  check_fk(pose, joints, parents, pose2rot);
+  check_fk(pose, joints, parents, pose2rot, kCpuSide);
   const int64_t B = joints.size(0), J = joints.size(1);
   at::Tensor rot = new_output({B, J, 3, 3}, joints.options());
   at::Tensor pj = new_output({B, J, 3}, joints.options());
@@ -168,16 +147,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kinematics_forward_cpu(
 std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
     const at::Tensor& grad_rot, const at::Tensor& grad_pj, const at::Tensor& grad_rel,
     const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
-  check_fk(pose, joints, parents, pose2rot);
+  check_fk(pose, joints, parents, pose2rot, kCpuSide);
   const int64_t B = joints.size(0), J = joints.size(1);
-  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J, 3, 3}) && grad_rot.is_contiguous() &&
-                  grad_pj.sizes() == joints.sizes() && grad_pj.is_contiguous() &&
-                  grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous(),
-              "forward_kinematics (cpu): gradients must be contiguous and shaped as the outputs");
-  TORCH_CHECK(grad_rot.scalar_type() == joints.scalar_type() &&
-                  grad_pj.scalar_type() == joints.scalar_type() &&
-                  grad_rel.scalar_type() == joints.scalar_type(),
-              "forward_kinematics (cpu): gradients must be in the joints' dtype");
+  check_fk_grads(grad_rot, grad_pj, grad_rel, joints, kCpuSide);
   at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
   at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
   if (B == 0 || J == 0) return {grad_pose, grad_joints};
@@ -192,23 +164,52 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
 
 // ------------------------------------------------------------------------------------------
 
-void check_skin(const at::Tensor& points, const at::Tensor& weights, const at::Tensor& transforms) {
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
-              "skin_points (cpu): points must be a contiguous (B, N, 3) tensor");
-  const int64_t B = points.size(0), N = points.size(1);
-  TORCH_CHECK(transforms.dim() == 4 && transforms.size(0) == B && transforms.size(2) == 4 &&
-                  transforms.size(3) == 4 && transforms.is_contiguous(),
-              "skin_points (cpu): transforms must be a contiguous (B, J, 4, 4) tensor");
-  const int64_t J = transforms.size(1);
-  TORCH_CHECK(weights.dim() == 3 && (weights.size(0) == 1 || weights.size(0) == B) &&
-                  weights.size(1) == N && weights.size(2) == J && weights.is_contiguous(),
-              "skin_points (cpu): weights must be a contiguous (1 or B, N, J) tensor");
-  TORCH_CHECK(weights.scalar_type() == points.scalar_type() &&
-                  transforms.scalar_type() == points.scalar_type(),
-              "skin_points (cpu): dtype mismatch");
-  TORCH_CHECK(points.device().is_cpu() && weights.device().is_cpu() &&
-                  transforms.device().is_cpu(),
-              "skin_points (cpu): tensors must be on the CPU");
+
+// Points per BLAS blend in the shared-weights paths: (kBlendChunk, B * 12) values per thread
+// (384 KiB at SMPL's B = 32: within L2), enough that a product's call overhead is small.
+constexpr int64_t kBlendChunk = 256;
+
+// Joint-major top rows of the transforms, At[j, b * 12 + k] = A[b, j, k // 4, k % 4], as a
+// (J, B * 12) tensor in the accumulation dtype.
+at::Tensor joint_major_rows(const at::Tensor& transforms) {
+  const int64_t B = transforms.size(0), J = transforms.size(1);
+  const auto acc = acc_dtype(transforms);
+  return transforms.narrow(2, 0, 3).reshape({B, J, 12}).transpose(0, 1).reshape({J, B * 12}).to(acc).contiguous();
+}
+
+// M[i, :] = sum_j w[n0 + i, j] At[j, :] for the `rows` points from n0: the blended transforms
+// of those points for the whole batch, (rows, R) row-major, by one BLAS product (at::mm_out
+// over the buffers; inside a parallel region it runs on the calling thread). `wt` is a
+// (kBlendChunk, J) buffer for the weights in T, `M` one of (kBlendChunk, R).
+template <typename scalar_t>
+void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_t rows,
+                 int64_t J, at::Tensor& wt, at::Tensor& M) {
+  using T = at::opmath_type<scalar_t>;
+  const scalar_t* w = w_ptr + n0 * J;
+  T* wt_ptr = wt.data_ptr<T>();
+  for (int64_t i = 0; i < rows * J; ++i) wt_ptr[i] = static_cast<T>(w[i]);
+  at::Tensor out = M.narrow(0, 0, rows);
+  at::mm_out(out, wt.narrow(0, 0, rows), At);
+}
+
+// Runs fn(n0, rows, M) over chunks of the N points in parallel, M (rows, B * 12) holding the
+// blended transforms of points n0 .. n0 + rows - 1 for the whole batch (weights shared).
+template <typename scalar_t, typename Fn>
+void for_each_blended_chunk(const scalar_t* w_ptr, const at::Tensor& transforms, int64_t N,
+                            Fn&& fn) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t J = transforms.size(1), R = transforms.size(0) * 12;
+  const at::Tensor At = joint_major_rows(transforms);
+  at::parallel_for(0, N, kBlendChunk, [&](int64_t begin, int64_t end) {
+    at::Tensor M = at::empty({kBlendChunk, R}, At.options());
+    at::Tensor wt = at::empty({kBlendChunk, J}, At.options());
+    const T* m_ptr = M.data_ptr<T>();
+    for (int64_t n0 = begin; n0 < end; n0 += kBlendChunk) {
+      const int64_t rows = std::min(kBlendChunk, end - n0);
+      blend_chunk<scalar_t>(w_ptr, At, n0, rows, J, wt, M);
+      fn(n0, rows, m_ptr);
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -222,33 +223,17 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   if (wb == 0 && B > 1) {
-    // Weights shared by the batch: per point, the B blended transforms at once, as
-    // M[n, (b, k)] = sum_j w[n, j] At[j, (b, k)] with a contiguous, vectorised inner loop over
-    // the B * 12 values (At = the transforms' top rows, joint-major); the transforms of one
-    // point live in a B * 12 buffer, never in a (B, N, 12) tensor.
+    // Weights shared by the batch: the B blended transforms of a chunk of points at once
+    // (blend_chunk), then applied point by point.
     const int64_t R = B * 12;
-    std::vector<T> At(J * R);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < J; ++j)
-        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
-    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
-      std::vector<T> M(R);
-      for (int64_t n = begin; n < end; ++n) {
-        std::fill(M.begin(), M.end(), T(0));
-        const scalar_t* w = w_ptr + n * J;
-        for (int64_t j = 0; j < J; ++j) {
-          const T wj = static_cast<T>(w[j]);
-          const T* row = At.data() + j * R;
-          T* m = M.data();
-          PE_SIMD
-          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t idx = b * N + n;
+    for_each_blended_chunk(w_ptr, transforms, N, [&](int64_t n0, int64_t rows, const T* m_ptr) {
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t idx = b * N + n0 + i;
           const scalar_t* p = p_ptr + idx * 3;
           const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2])};
           T o[3];
-          skin_point(M.data() + b * 12, pv, inverse, o);
+          skin_point(m_ptr + i * R + b * 12, pv, inverse, o);
           for (int c = 0; c < 3; ++c) o_ptr[idx * 3 + c] = static_cast<scalar_t>(o[c]);
         }
       }
@@ -288,31 +273,18 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
   T* dm_ptr = dM_ws.data_ptr<T>();
   if (wb == 0 && B > 1) {  // shared weights: the blend as in the forward
     const int64_t R = B * 12;
-    std::vector<T> At(J * R);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < J; ++j)
-        for (int k = 0; k < 12; ++k) At[j * R + b * 12 + k] = static_cast<T>(a_ptr[(b * J + j) * 16 + k]);
-    at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (J * R)), [&](int64_t begin, int64_t end) {
-      std::vector<T> M(R);
-      for (int64_t n = begin; n < end; ++n) {
-        std::fill(M.begin(), M.end(), T(0));
-        const scalar_t* w = w_ptr + n * J;
-        for (int64_t j = 0; j < J; ++j) {
-          const T wj = static_cast<T>(w[j]);
-          const T* row = At.data() + j * R;
-          T* m = M.data();
-          PE_SIMD
-          for (int64_t i = 0; i < R; ++i) m[i] += wj * row[i];
-        }
+    for_each_blended_chunk(w_ptr, transforms, N, [&](int64_t n0, int64_t rows, const T* m_ptr) {
+      for (int64_t i = 0; i < rows; ++i) {
         for (int64_t b = 0; b < B; ++b) {
-          const int64_t idx = b * N + n;
+          const int64_t n = n0 + i, idx = b * N + n;
           const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
                            static_cast<T>(p_ptr[idx * 3 + 2])};
           const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
                            static_cast<T>(g_ptr[idx * 3 + 2])};
           T gp[3];
           // point-major (N, B, 12): the GEMMs below read it without a transposed copy
-          skin_point_backward(M.data() + b * 12, pv, gv, inverse, gp, dm_ptr + (n * B + b) * 12);
+          skin_point_backward(m_ptr + i * R + b * 12, pv, gv, inverse, gp,
+                              dm_ptr + (n * B + b) * 12);
           for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
         }
       }
@@ -340,7 +312,7 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
 
 at::Tensor skin_points_forward_cpu(const at::Tensor& points, const at::Tensor& weights,
                                    const at::Tensor& transforms, bool inverse) {
-  check_skin(points, weights, transforms);
+  check_skin(points, weights, transforms, kCpuSide);
   at::Tensor out = new_output(points.sizes(), points.options());
   if (points.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
@@ -354,10 +326,8 @@ at::Tensor skin_points_forward_cpu(const at::Tensor& points, const at::Tensor& w
 std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& weights,
     const at::Tensor& transforms, bool inverse) {
-  check_skin(points, weights, transforms);
-  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
-                  grad_out.scalar_type() == points.scalar_type() && grad_out.device().is_cpu(),
-              "skin_points (cpu): grad_out must be a contiguous (B, N, 3) CPU tensor");
+  check_skin(points, weights, transforms, kCpuSide);
+  check_skin_grad(grad_out, points, kCpuSide);
   at::Tensor grad_points = new_output(points.sizes(), points.options());
   const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
   if (B == 0 || N == 0) {
@@ -366,8 +336,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   // The reductions over points are two GEMMs over dM (deterministic, BLAS speed):
   //   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]   (per b when the weights are batched)
   //   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
-  const auto acc = points.options().dtype(
-      points.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto acc = points.options().dtype(acc_dtype(points));
   at::Tensor dM = at::empty({B, N, 12}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "skin_points_backward_cpu", [&] {

@@ -24,6 +24,7 @@
 #include <limits>
 #include <tuple>
 
+#include "skinning/checks.h"
 #include "skinning/skinning.h"
 
 namespace portrait_engine {
@@ -34,15 +35,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
-at::ScalarType acc_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 template <typename scalar_t, typename T>
 __global__ void fk_forward_kernel(const scalar_t* __restrict__ pose,
@@ -213,35 +206,17 @@ __global__ void skin_backward_kernel(const scalar_t* __restrict__ grad_out,
   }
 }
 
-void check_fk(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
-              bool pose2rot) {
-  TORCH_CHECK(joints.dim() == 3 && joints.size(2) == 3 && joints.is_contiguous(),
-              "forward_kinematics (cuda): joints must be a contiguous (B, J, 3) tensor");
-  const int64_t B = joints.size(0), J = joints.size(1);
-  TORCH_CHECK(pose.is_contiguous() && pose.scalar_type() == joints.scalar_type() &&
-                  pose.size(0) == B && pose.size(1) == J &&
-                  (pose2rot ? (pose.dim() == 3 && pose.size(2) == 3)
-                            : (pose.dim() == 4 && pose.size(2) == 3 && pose.size(3) == 3)),
-              "forward_kinematics (cuda): pose must be a contiguous (B, J, 3) or (B, J, 3, 3) "
-              "tensor in the joints' dtype");
-  TORCH_CHECK(parents.dim() == 1 && parents.size(0) == J && parents.scalar_type() == at::kLong &&
-                  parents.is_contiguous(),
-              "forward_kinematics (cuda): parents must be a contiguous (J,) int64 tensor");
-  TORCH_CHECK(pose.is_cuda() && joints.is_cuda() && parents.is_cuda() &&
-                  pose.device() == joints.device() && parents.device() == joints.device(),
-              "forward_kinematics (cuda): tensors must be on one CUDA device");
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kinematics_forward_cuda(
     const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
-  check_fk(pose, joints, parents, pose2rot);
+  check_fk(pose, joints, parents, pose2rot, kCudaSide);
   const c10::cuda::CUDAGuard guard(joints.device());
   const int64_t B = joints.size(0), J = joints.size(1);
   at::Tensor rot = new_output({B, J, 3, 3}, joints.options());
   at::Tensor pj = new_output({B, J, 3}, joints.options());
   at::Tensor rel = new_output({B, J, 4, 4}, joints.options());
   if (B == 0 || J == 0) return {rot, pj, rel};
-  at::Tensor ws = at::empty({B, J, 24}, joints.options().dtype(acc_type(joints)));
+  at::Tensor ws = at::empty({B, J, 24}, joints.options().dtype(acc_dtype(joints)));
   const int threads = 64;
   const int blocks = static_cast<int>((B + threads - 1) / threads);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -262,20 +237,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_kinematics_forward_cuda(
 std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cuda(
     const at::Tensor& grad_rot, const at::Tensor& grad_pj, const at::Tensor& grad_rel,
     const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
-  check_fk(pose, joints, parents, pose2rot);
+  check_fk(pose, joints, parents, pose2rot, kCudaSide);
   const c10::cuda::CUDAGuard guard(joints.device());
   const int64_t B = joints.size(0), J = joints.size(1);
-  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J, 3, 3}) && grad_rot.is_contiguous() &&
-                  grad_pj.sizes() == joints.sizes() && grad_pj.is_contiguous() &&
-                  grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous() &&
-                  grad_rot.scalar_type() == joints.scalar_type() &&
-                  grad_pj.scalar_type() == joints.scalar_type() &&
-                  grad_rel.scalar_type() == joints.scalar_type(),
-              "forward_kinematics (cuda): gradients must be contiguous, shaped as the outputs");
+  check_fk_grads(grad_rot, grad_pj, grad_rel, joints, kCudaSide);
   at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
   at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
   if (B == 0 || J == 0) return {grad_pose, grad_joints};
-  at::Tensor ws = at::empty({B, J, 63}, joints.options().dtype(acc_type(joints)));
+  at::Tensor ws = at::empty({B, J, 63}, joints.options().dtype(acc_dtype(joints)));
   const int threads = 64;
   const int blocks = static_cast<int>((B + threads - 1) / threads);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -292,28 +261,10 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cuda(
   return {grad_pose, grad_joints};
 }
 
-void check_skin(const at::Tensor& points, const at::Tensor& weights, const at::Tensor& transforms) {
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
-              "skin_points (cuda): points must be a contiguous (B, N, 3) tensor");
-  const int64_t B = points.size(0), N = points.size(1);
-  TORCH_CHECK(transforms.dim() == 4 && transforms.size(0) == B && transforms.size(2) == 4 &&
-                  transforms.size(3) == 4 && transforms.is_contiguous(),
-              "skin_points (cuda): transforms must be a contiguous (B, J, 4, 4) tensor");
-  TORCH_CHECK(weights.dim() == 3 && (weights.size(0) == 1 || weights.size(0) == B) &&
-                  weights.size(1) == N && weights.size(2) == transforms.size(1) &&
-                  weights.is_contiguous(),
-              "skin_points (cuda): weights must be a contiguous (1 or B, N, J) tensor");
-  TORCH_CHECK(weights.scalar_type() == points.scalar_type() &&
-                  transforms.scalar_type() == points.scalar_type(),
-              "skin_points (cuda): dtype mismatch");
-  TORCH_CHECK(points.is_cuda() && weights.device() == points.device() &&
-                  transforms.device() == points.device(),
-              "skin_points (cuda): tensors must be on one CUDA device");
-}
 
 at::Tensor skin_points_forward_cuda(const at::Tensor& points, const at::Tensor& weights,
                                     const at::Tensor& transforms, bool inverse) {
-  check_skin(points, weights, transforms);
+  check_skin(points, weights, transforms, kCudaSide);
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = new_output(points.sizes(), points.options());
   const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
@@ -336,11 +287,8 @@ at::Tensor skin_points_forward_cuda(const at::Tensor& points, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& points, const at::Tensor& weights,
     const at::Tensor& transforms, bool inverse) {
-  check_skin(points, weights, transforms);
-  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
-                  grad_out.scalar_type() == points.scalar_type() &&
-                  grad_out.device() == points.device(),
-              "skin_points (cuda): grad_out must be a contiguous (B, N, 3) tensor");
+  check_skin(points, weights, transforms, kCudaSide);
+  check_skin_grad(grad_out, points, kCudaSide);
   const c10::cuda::CUDAGuard guard(points.device());
   const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
   at::Tensor grad_points = new_output(points.sizes(), points.options());
@@ -348,7 +296,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
     return {grad_points, at::zeros_like(weights), at::zeros_like(transforms)};
   }
   const bool shared = weights.size(0) == 1;
-  const auto acc = points.options().dtype(acc_type(points));
+  const auto acc = points.options().dtype(acc_dtype(points));
   at::Tensor grad_weights = shared ? at::Tensor() : new_output(weights.sizes(), weights.options());
   at::Tensor gw_ws = shared ? at::empty({B, N, J}, acc) : at::empty({0}, acc);
   const int64_t blocks = (N + kThreads - 1) / kThreads;

@@ -23,38 +23,13 @@
 #include <tuple>
 #include <vector>
 
+#include "triplane/checks.h"
 #include "triplane/triplane.h"
 
 namespace portrait_engine {
 namespace triplane {
 namespace {
 
-struct Sizes {
-  int64_t B, P, N;
-  Geometry geo;
-};
-
-Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& proj) {
-  TORCH_CHECK(planes.dim() == 6, "triplane (cpu): planes must be (B, P, D, H, W, C)");
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3, "triplane (cpu): points must be (B, N, 3)");
-  TORCH_CHECK(proj.dim() == 3 && proj.size(0) == planes.size(1) && proj.size(1) == 3 &&
-                  proj.size(2) == 3,
-              "triplane (cpu): proj must be (P, 3, 3)");
-  TORCH_CHECK(planes.size(0) == points.size(0), "triplane (cpu): batch mismatch");
-  TORCH_CHECK(planes.is_contiguous() && points.is_contiguous() && proj.is_contiguous(),
-              "triplane (cpu): inputs must be contiguous");
-  TORCH_CHECK(points.scalar_type() == planes.scalar_type(), "triplane (cpu): dtype mismatch");
-  const auto acc = planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(proj.scalar_type() == acc, "triplane (cpu): proj must be in the accumulation dtype");
-  TORCH_CHECK(planes.device().is_cpu() && points.device().is_cpu() && proj.device().is_cpu(),
-              "triplane (cpu): tensors must be on the CPU");
-  Sizes z;
-  z.B = planes.size(0);
-  z.P = planes.size(1);
-  z.N = points.size(1);
-  z.geo = Geometry{planes.size(2), planes.size(3), planes.size(4), planes.size(5)};
-  return z;
-}
 
 // Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The gathers and scatters
 // are random accesses into planes far larger than L2, so they are latency bound; issuing the
@@ -276,7 +251,7 @@ at::Tensor triplane_sample_forward_cpu(const at::Tensor& planes, const at::Tenso
   // proj is 9 numbers per plane: made contiguous here rather than trusted (torch.linalg.inv
   // returns column-major matrices).
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, proj);
+  const Sizes z = check_inputs(planes, points, proj, kCpuSide);
   at::Tensor out = reduce_mean ? at::empty({z.B, z.N, z.geo.C}, planes.options())
                                : at::empty({z.B, z.P, z.N, z.geo.C}, planes.options());
   if (poison_outputs()) out.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -293,19 +268,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
     const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate) {
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, proj);
-  TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == planes.scalar_type(),
-              "triplane (cpu): grad_out must be contiguous, in the input dtype");
-  if (reduce_mean) {
-    TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == z.B && grad_out.size(1) == z.N &&
-                    grad_out.size(2) == z.geo.C,
-                "triplane (cpu): grad_out must be (B, N, C)");
-  } else {
-    TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == z.B && grad_out.size(1) == z.P &&
-                    grad_out.size(2) == z.N && grad_out.size(3) == z.geo.C,
-                "triplane (cpu): grad_out must be (B, P, N, C)");
-  }
-  const auto acc = planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Sizes z = check_inputs(planes, points, proj, kCpuSide);
+  check_grad_out(grad_out, planes, z, reduce_mean, kCpuSide);
+  const auto acc = acc_dtype(planes);
   at::Tensor grad_planes = at::zeros(planes.sizes(), planes.options().dtype(acc));
   at::Tensor grad_points = at::zeros(points.sizes(), points.options().dtype(acc));
   if (z.N == 0 || z.geo.C == 0) return {grad_planes, grad_points};

@@ -39,6 +39,7 @@
 #include <string>
 #include <tuple>
 
+#include "triplane/checks.h"
 #include "triplane/triplane.h"
 
 namespace portrait_engine {
@@ -184,35 +185,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-struct Sizes {
-  int64_t B, P, N;
-  Geometry geo;
-};
-
-Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& proj) {
-  TORCH_CHECK(planes.dim() == 6, "triplane (cuda): planes must be (B, P, D, H, W, C)");
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3,
-              "triplane (cuda): points must be (B, N, 3)");
-  TORCH_CHECK(proj.dim() == 3 && proj.size(0) == planes.size(1) && proj.size(1) == 3 &&
-                  proj.size(2) == 3,
-              "triplane (cuda): proj must be (P, 3, 3)");
-  TORCH_CHECK(planes.size(0) == points.size(0), "triplane (cuda): batch mismatch");
-  TORCH_CHECK(planes.is_contiguous() && points.is_contiguous() && proj.is_contiguous(),
-              "triplane (cuda): inputs must be contiguous");
-  TORCH_CHECK(points.scalar_type() == planes.scalar_type(), "triplane (cuda): dtype mismatch");
-  const auto acc = planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(proj.scalar_type() == acc,
-              "triplane (cuda): proj must be in the accumulation dtype");
-  TORCH_CHECK(planes.is_cuda() && points.device() == planes.device() &&
-                  proj.device() == planes.device(),
-              "triplane (cuda): tensors must be on the same CUDA device");
-  Sizes z;
-  z.B = planes.size(0);
-  z.P = planes.size(1);
-  z.N = points.size(1);
-  z.geo = Geometry{planes.size(2), planes.size(3), planes.size(4), planes.size(5)};
-  return z;
-}
 
 // Blocks for `total` threads, grid-strided beyond a cap (the kernels loop).
 unsigned int num_blocks(int64_t total) {
@@ -225,7 +197,7 @@ at::Tensor triplane_sample_forward_cuda(const at::Tensor& planes, const at::Tens
                                         bool reduce_mean, bool nan_propagate) {
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, proj);
+  const Sizes z = check_inputs(planes, points, proj, kCudaSide);
   at::Tensor out = reduce_mean ? at::empty({z.B, z.N, z.geo.C}, planes.options())
                                : at::empty({z.B, z.P, z.N, z.geo.C}, planes.options());
   if (poison_outputs()) out.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -249,14 +221,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cuda(
     const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate) {
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, proj);
-  TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == planes.scalar_type() &&
-                  grad_out.device() == planes.device(),
-              "triplane (cuda): grad_out must be contiguous, in the input dtype and device");
-  const int64_t expected = z.B * z.N * z.geo.C * (reduce_mean ? 1 : z.P);
-  TORCH_CHECK(grad_out.numel() == expected && grad_out.dim() == (reduce_mean ? 3 : 4),
-              "triplane (cuda): grad_out must have the forward output's shape");
-  const auto acc = planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Sizes z = check_inputs(planes, points, proj, kCudaSide);
+  check_grad_out(grad_out, planes, z, reduce_mean, kCudaSide);
+  const auto acc = acc_dtype(planes);
   at::Tensor grad_planes = at::zeros(planes.sizes(), planes.options().dtype(acc));
   at::Tensor grad_points = at::zeros(points.sizes(), points.options().dtype(acc));
   const int64_t total = z.B * z.N * z.geo.C;

@@ -51,8 +51,8 @@ def _march_triton_forward(
 @torch.library.custom_op("portrait_engine::ray_march_triton_backward", mutates_args=())
 def _march_triton_backward(
     grad_rgb: torch.Tensor,
-    grad_depth: torch.Tensor,
-    grad_weights: torch.Tensor,
+    grad_depth: torch.Tensor | None,
+    grad_weights: torch.Tensor | None,
     colors: torch.Tensor,
     densities: torch.Tensor,
     depths: torch.Tensor,
@@ -108,15 +108,25 @@ def _setup_march_context(ctx, inputs, output):
     ctx.save_for_backward(colors, densities, depths, depth_range, totals)
     ctx.flags = (white_back, scale_rgb)
     ctx.mark_non_differentiable(totals)
+    # An output no gradient reached (the weights and depth, in most renders) arrives as None,
+    # not as a tensor of zeros that the backward kernels would have to read.
+    ctx.set_materialize_grads(False)
+
+
+def _optional_contiguous(grad: torch.Tensor | None) -> torch.Tensor | None:
+    return None if grad is None else grad.contiguous()
 
 
 def _make_march_autograd(backward_op):
     def backward(ctx, grad_rgb, grad_depth, grad_weights, _grad_totals):
         colors, densities, depths, depth_range, totals = ctx.saved_tensors
+        if grad_rgb is None:  # only the depth or the weights reached the loss
+            batch, rays, _, channels = colors.shape
+            grad_rgb = colors.new_zeros((batch, rays, channels))
         grad_colors, grad_densities = backward_op(
             grad_rgb.contiguous(),
-            grad_depth.contiguous(),
-            grad_weights.contiguous(),
+            _optional_contiguous(grad_depth),
+            _optional_contiguous(grad_weights),
             colors,
             densities,
             depths,

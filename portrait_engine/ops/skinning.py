@@ -409,13 +409,26 @@ def lbs(
             pose2rot,
         )
     num_verts = J_regressor.shape[1]
-    # the blend shapes and the joint regression as two plain GEMMs (smplx's einsums become
-    # batched products with badly strided operands, the larger cost on the CPU)
-    offsets = torch.mm(shapedirs.reshape(num_verts * 3, -1), betas.t())  # (V·3, B)
-    v_shaped = v_template + offsets.t().reshape(-1, num_verts, 3)
-    shaped_batch = v_shaped.shape[0]
-    joints = torch.mm(J_regressor, v_shaped.transpose(0, 1).reshape(num_verts, shaped_batch * 3))
-    joints = joints.view(num_joints, shaped_batch, 3).transpose(0, 1).expand(batch, -1, -1)
+    shape_dirs = shapedirs.reshape(num_verts * 3, -1)
+    # v_shaped = T + Σ β_l S_l as one (B, V·3) product (smplx's einsum becomes a batched
+    # product over badly strided operands, the larger cost on the CPU)
+    template = v_template.reshape(-1, num_verts * 3)
+    if template.shape[0] in (1, betas.shape[0]):
+        v_shaped = torch.addmm(template, betas, shape_dirs.t())
+    else:  # a batch of templates for one betas row
+        v_shaped = template + torch.mm(betas, shape_dirs.t())
+    if v_shaped.shape[0] <= betas.shape[1]:
+        # a few shapes: J = 𝒥 v_shaped directly, one small product per shape
+        joints = torch.matmul(J_regressor, v_shaped.view(-1, num_verts, 3))
+    else:
+        # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
+        # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
+        # is made nor differentiated through
+        regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
+        regressed_template = torch.matmul(J_regressor, v_template)  # (J, 3) or (B, J, 3)
+        regressed_offsets = torch.mm(betas, regressed_dirs.view(num_joints * 3, -1).t())
+        joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
+    joints = joints.expand(batch, -1, -1)
     if pose2rot:
         kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)
     else:
@@ -425,8 +438,7 @@ def lbs(
     )
     ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
     pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
-    v_posed = v_shaped + torch.matmul(pose_feature, posedirs).view(batch, -1, 3)
-    vertices = _skin_op(name)(
-        v_posed.contiguous(), lbs_weights.unsqueeze(0).contiguous(), transforms, False
-    )
+    # v_posed = v_shaped + P vec(R - I), the add fused into the product
+    v_posed = torch.addmm(v_shaped, pose_feature, posedirs).view(batch, num_verts, 3)
+    vertices = _skin_op(name)(v_posed, lbs_weights.unsqueeze(0).contiguous(), transforms, False)
     return vertices, posed_joints

@@ -10,6 +10,8 @@ itself a registered op, so the op runs under ``torch.compile`` without graph bre
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from portrait_engine import _backend
@@ -109,14 +111,34 @@ _NATIVE_REGISTERED = register_native_pair(
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _named_projection_values(plane_axes: str, box_warp: float) -> tuple:
+    inverse = torch.linalg.inv(torch.tensor(NAMED_PLANE_AXES[plane_axes], dtype=torch.float64))
+    return tuple(tuple(tuple(x) for x in m) for m in (inverse * (2.0 / box_warp)).tolist())
+
+
 @torch.compiler.assume_constant_result
 def _named_projection(plane_axes: str, box_warp: float) -> tuple:
     """``inverse(axes) * 2 / box_warp`` of a named convention, as nested Python floats.
 
-    Plain numbers, so ``torch.compile`` folds them into the graph as a constant.
+    Plain numbers, so ``torch.compile`` folds them into the graph as a constant; computed once
+    per (convention, box_warp) (the cache sits under this function: dynamo would trace into
+    an ``lru_cache`` wrapper instead of calling it).
     """
-    inverse = torch.linalg.inv(torch.tensor(NAMED_PLANE_AXES[plane_axes], dtype=torch.float64))
-    return tuple(tuple(tuple(x) for x in m) for m in (inverse * (2.0 / box_warp)).tolist())
+    return _named_projection_values(plane_axes, box_warp)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_named_projection(
+    plane_axes: str, box_warp: float, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The projection tensor of a named convention, made once per (convention, box_warp,
+    device, dtype) in eager mode: a renderer calls ``triplane_sample`` per chunk and pass, and
+    building the tensor (a host-to-device copy on a GPU) cost more than the small sampling
+    calls. Read-only: the kernels never write it. Made outside inference mode, since the
+    autograd formula saves it for the backward."""
+    with torch.inference_mode(False):
+        return torch.tensor(_named_projection(plane_axes, box_warp), dtype=dtype, device=device)
 
 
 def _projection(
@@ -135,8 +157,11 @@ def _projection(
                 f"planes must hold 3 planes for plane_axes={plane_axes!r}, "
                 f"got {n_planes} (planes shape {tuple(planes.shape)})"
             )
-        values = _named_projection(plane_axes, float(box_warp))
-        return torch.tensor(values, dtype=dtype, device=planes.device)
+        if torch.compiler.is_compiling():  # a constant of the graph
+            return torch.tensor(
+                _named_projection(plane_axes, float(box_warp)), dtype=dtype, device=planes.device
+            )
+        return _cached_named_projection(plane_axes, float(box_warp), planes.device, dtype)
     if not isinstance(plane_axes, torch.Tensor):
         raise TypeError(
             "plane_axes must be 'eg3d', 'panohead' or a (P, 3, 3) tensor, "

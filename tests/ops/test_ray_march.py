@@ -382,3 +382,77 @@ def test_nan_density_poisons_only_its_ray(backend):
     rgb, depth, weights = ray_march(colors, densities, depths, backend=backend)
     assert torch.isnan(rgb[0, 1]).all() and torch.isfinite(rgb[0, [0, 2]]).all()
     assert torch.isfinite(depth[0, [0, 2]]).all()
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)], ids=str)
+@pytest.mark.parametrize("flags", FLAGS, ids=FLAG_IDS)
+def test_outputs_that_miss_the_loss_give_no_gradient(backend, used, flags):
+    """Outputs no gradient reaches arrive in the backward as None and are skipped: the input
+    gradients still equal the float64 oracle's for a loss over the others only."""
+    colors, densities, depths = make_inputs(samples=9, channels=4, seed=5)
+    results = []
+    for name in (backend, "oracle"):
+        c = colors.detach().clone().double().requires_grad_()
+        d = densities.detach().clone().double().requires_grad_()
+        if name == "oracle":
+            outputs = float64_oracle(c, d, depths, *flags)
+        else:
+            c, d = c.float().detach().requires_grad_(), d.float().detach().requires_grad_()
+            outputs = ray_march(c, d, depths, white_back=flags[0], scale_rgb=flags[1], backend=name)
+        generator = torch.Generator().manual_seed(11)
+        grads = [torch.randn(o.shape, generator=generator).to(o.dtype) for o in outputs]
+        torch.autograd.backward([outputs[i] for i in used], [grads[i] for i in used])
+        # colours get no gradient from depth and weights alone (None in the oracle)
+        results.append(tuple(torch.zeros_like(x) if x.grad is None else x.grad for x in (c, d)))
+    (got_c, got_d), (want_c, want_d) = results
+    assert_close(got_c, want_c.float(), torch.float32)
+    assert_close(got_d, want_d.float(), torch.float32)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_opcheck_backward_without_depth_and_weight_gradients(backend):
+    from portrait_engine.ops.rays import depth_range_of
+
+    forward, backward = OPS[backend]
+    colors, densities, depths = make_inputs(batch=1, rays=3, samples=4, channels=2)
+    depth_range = depth_range_of(depths)
+    rgb, depth, weights, totals = getattr(torch.ops.portrait_engine, forward)(
+        colors, densities, depths, depth_range, False, True
+    )
+    backward_op = getattr(torch.ops.portrait_engine, backward)
+    grad_rgb = torch.randn_like(rgb)
+    torch.library.opcheck(
+        backward_op,
+        (grad_rgb, None, None, colors, densities, depths, depth_range, totals, False, True),
+    )
+    # None is the same as zeros
+    got = backward_op(
+        grad_rgb, None, None, colors, densities, depths, depth_range, totals, False, True
+    )
+    zeros = (torch.zeros_like(depth), torch.zeros_like(weights))
+    want = backward_op(
+        grad_rgb, *zeros, colors, densities, depths, depth_range, totals, False, True
+    )
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_unused_outputs_reach_the_backward_as_none(backend, monkeypatch):
+    """No zeros are materialised for the depth and weights when only rgb reaches the loss."""
+    from portrait_engine.ops import rays as rays_ops
+
+    seen = []
+    original = rays_ops._optional_contiguous
+    monkeypatch.setattr(
+        rays_ops,
+        "_optional_contiguous",
+        lambda grad: (seen.append(grad is None), original(grad))[1],
+    )
+    colors, densities, depths = make_inputs()
+    colors.requires_grad_()
+    rgb, _, _ = ray_march(colors, densities.requires_grad_(), depths, backend=backend)
+    rgb.sum().backward()
+    assert seen == [True, True]

@@ -306,3 +306,31 @@ def test_backward_with_respect_to_one_input(backend):
     out_ref = triplane_sample(ref_planes, points, backend="torch")
     (want,) = torch.autograd.grad(out_ref.square().sum(), ref_planes)
     assert_close(grad, want, torch.float32)
+
+
+def test_named_projection_is_made_once_and_survives_inference_mode():
+    from portrait_engine.ops import triplane as triplane_ops
+
+    triplane_ops._cached_named_projection.cache_clear()
+    planes = torch.randn(1, 3, 4, 8, 8)
+    with torch.inference_mode():  # the first call may come from inference code
+        first = triplane_ops._projection("eg3d", 0.7, planes)
+    second = triplane_ops._projection("eg3d", 0.7, planes)
+    assert second is first  # one tensor per (axes, box_warp, device, dtype)
+    assert not first.is_inference()  # the autograd formula can save it
+    other = triplane_ops._projection("eg3d", 0.8, planes)
+    assert other is not first
+    axes = torch.tensor(EG3D_PLANE_AXES, dtype=torch.float64)
+    assert torch.allclose(first.double(), torch.linalg.inv(axes) * (2 / 0.7), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_gradients_after_a_first_call_in_inference_mode(backend):
+    planes, points = make_inputs("triplane", box_warp=0.6, seed=3)
+    with torch.inference_mode():
+        triplane_sample(planes, points, box_warp=0.6, backend=backend)
+    planes.requires_grad_()
+    triplane_sample(planes, points, box_warp=0.6, backend=backend).sum().backward()
+    want = planes.detach().clone().requires_grad_()
+    triplane_sample(want, points, box_warp=0.6, backend="torch").sum().backward()
+    assert_close(planes.grad, want.grad, torch.float32)

@@ -1,0 +1,80 @@
+// Host-side input checks of the skinning kernels, shared by skinning_cpu.cpp and
+// skinning_cuda.cu (which pass their KernelSide). The public ops validate user input with
+// clear errors; these guard the kernels' own contract against direct callers.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "host.h"
+
+namespace portrait_engine {
+namespace skinning {
+
+inline void check_fk(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
+                     bool pose2rot, const KernelSide& side) {
+  TORCH_CHECK(joints.dim() == 3 && joints.size(2) == 3 && joints.is_contiguous(),
+              "forward_kinematics (", side.tag, "): joints must be a contiguous (B, J, 3) tensor");
+  const int64_t B = joints.size(0), J = joints.size(1);
+  TORCH_CHECK(pose.is_contiguous() && pose.scalar_type() == joints.scalar_type() &&
+                  pose.dim() >= 2 && pose.size(0) == B && pose.size(1) == J &&
+                  (pose2rot ? (pose.dim() == 3 && pose.size(2) == 3)
+                            : (pose.dim() == 4 && pose.size(2) == 3 && pose.size(3) == 3)),
+              "forward_kinematics (", side.tag,
+              "): pose must be a contiguous (B, J, 3) (pose2rot) or (B, J, 3, 3) tensor in the "
+              "joints' dtype");
+  TORCH_CHECK(parents.dim() == 1 && parents.size(0) == J && parents.scalar_type() == at::kLong &&
+                  parents.is_contiguous(),
+              "forward_kinematics (", side.tag, "): parents must be a contiguous (J,) int64 tensor");
+  TORCH_CHECK(on_side(joints, joints, side) && on_side(pose, joints, side) &&
+                  on_side(parents, joints, side),
+              "forward_kinematics (", side.tag, "): tensors must be on one ", side.tag, " device");
+}
+
+inline void check_fk_grads(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
+                           const at::Tensor& grad_rel, const at::Tensor& joints,
+                           const KernelSide& side) {
+  const int64_t B = joints.size(0), J = joints.size(1);
+  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J, 3, 3}) && grad_rot.is_contiguous() &&
+                  grad_pj.sizes() == joints.sizes() && grad_pj.is_contiguous() &&
+                  grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous(),
+              "forward_kinematics (", side.tag,
+              "): gradients must be contiguous and shaped as the outputs");
+  TORCH_CHECK(grad_rot.scalar_type() == joints.scalar_type() &&
+                  grad_pj.scalar_type() == joints.scalar_type() &&
+                  grad_rel.scalar_type() == joints.scalar_type() &&
+                  on_side(grad_rot, joints, side) && on_side(grad_pj, joints, side) &&
+                  on_side(grad_rel, joints, side),
+              "forward_kinematics (", side.tag,
+              "): gradients must be in the joints' dtype, on their device");
+}
+
+inline void check_skin(const at::Tensor& points, const at::Tensor& weights,
+                       const at::Tensor& transforms, const KernelSide& side) {
+  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3 && points.is_contiguous(),
+              "skin_points (", side.tag, "): points must be a contiguous (B, N, 3) tensor");
+  const int64_t B = points.size(0), N = points.size(1);
+  TORCH_CHECK(transforms.dim() == 4 && transforms.size(0) == B && transforms.size(2) == 4 &&
+                  transforms.size(3) == 4 && transforms.is_contiguous(),
+              "skin_points (", side.tag, "): transforms must be a contiguous (B, J, 4, 4) tensor");
+  TORCH_CHECK(weights.dim() == 3 && (weights.size(0) == 1 || weights.size(0) == B) &&
+                  weights.size(1) == N && weights.size(2) == transforms.size(1) &&
+                  weights.is_contiguous(),
+              "skin_points (", side.tag, "): weights must be a contiguous (1 or B, N, J) tensor");
+  TORCH_CHECK(weights.scalar_type() == points.scalar_type() &&
+                  transforms.scalar_type() == points.scalar_type(),
+              "skin_points (", side.tag, "): dtype mismatch");
+  TORCH_CHECK(on_side(points, points, side) && on_side(weights, points, side) &&
+                  on_side(transforms, points, side),
+              "skin_points (", side.tag, "): tensors must be on one ", side.tag, " device");
+}
+
+inline void check_skin_grad(const at::Tensor& grad_out, const at::Tensor& points,
+                            const KernelSide& side) {
+  TORCH_CHECK(grad_out.sizes() == points.sizes() && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == points.scalar_type() &&
+                  on_side(grad_out, points, side),
+              "skin_points (", side.tag, "): grad_out must be a contiguous (B, N, 3) tensor");
+}
+
+}  // namespace skinning
+}  // namespace portrait_engine
