@@ -129,7 +129,7 @@ def portrait_decoder(decoder, activation):
     portrait = PortraitDecoder(
         decoder.n_features, decoder.net[2].weight.shape[0] - 1, hidden_dim=hidden,
         activation=activation,
-    ).to(decoder.net[0].weight.dtype)  # fmt: skip
+    ).to(decoder.net[0].weight)  # fmt: skip
     portrait.load_state_dict(decoder.state_dict())
     return portrait
 
