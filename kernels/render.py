@@ -6,11 +6,13 @@ points is sampled from the tri-plane / tri-grid exactly as ``kernels/triplane.py
 over the P planes of bilinear / trilinear ``grid_sample`` with zero padding and
 ``align_corners=False``, ``uvw = x · proj[p]``), decoded by EG3D's ``OSGDecoder``
 (``h = softplus(f W1ᵀ + b1)``, ``o = h W2ᵀ + b2``, ``σ = o[0]`` (+ noise; −1e3 outside the
-PanoHead crop), ``c = sigmoid(o[1:]) · 1.002 − 0.001``) and composited by ``MipRayMarcher2``
-(the formulas of ``kernels/rays.py``: midpoints, ``softplus(σ_mid − 1)``, ``α = 1 − exp(−σδ)``,
-``w = α ∏(1 − α + 1e−10)``). No per-sample tensor is written: only each ray's features,
-``depth_raw = Σ w z_mid / Σ w`` (unclamped; NaN where ``Σ w = 0``) and ``Σ w`` or, for the
-coarse pass that feeds ``sample_importance``, the S − 1 interval weights.
+PanoHead crop), ``c = act(o[1:])`` with ``act`` EG3D's ``sigmoid(·) · 1.002 − 0.001``, the
+identity or PanoHead's ``leaky_relu(·, 0.2) · √2`` (``color_activation`` 0 / 1 / 2)) and
+composited by ``MipRayMarcher2`` (the formulas of ``kernels/rays.py``: midpoints,
+``softplus(σ_mid − 1)``, ``α = 1 − exp(−σδ)``, ``w = α ∏(1 − α + 1e−10)``). No per-sample
+tensor is written: only each ray's features, ``depth_raw = Σ w z_mid / Σ w`` (unclamped; NaN
+where ``Σ w = 0``) and ``Σ w`` or, for the coarse pass that feeds ``sample_importance``, the
+S − 1 interval weights.
 
 Design
 ------
@@ -109,6 +111,13 @@ _RGB_PADDING = tl.constexpr(0.001)
 _CROP_DENSITY = tl.constexpr(-1000.0)
 _SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
+# The colour activations (the kernel-level ``color_activation``), and PanoHead's leaky ReLU
+# (slope 0.2, gain √2).
+_ACT_SIGMOID = tl.constexpr(0)
+_ACT_NONE = tl.constexpr(1)
+_ACT_LRELU = tl.constexpr(2)
+_LRELU_SLOPE = tl.constexpr(0.2)
+_SQRT2 = tl.constexpr(1.4142135623730951)
 
 # tl.dot input precision of float32 operands on a GPU ("tf32": tensor cores, ~1e-3 relative
 # rounding of the operands; "ieee": exact fp32 FMA). The interpreter always runs "ieee".
@@ -400,6 +409,7 @@ def _render_sample(
     TRILINEAR: tl.constexpr,
     HAS_NOISE: tl.constexpr,
     USE_CROP: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     HALF_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -411,7 +421,8 @@ def _render_sample(
 
     Returns ``(σ, live, c, c', h, softplus'(pre), f, z, x, y, z_coord)``: the raw density
     (noise and crop applied), whether σ depends on the decoder (not cropped), the colours and
-    their derivative w.r.t. the pre-sigmoid output, the hidden layer and its derivative, the
+    their derivative w.r.t. the decoder's colour output (``ACTIVATION``: 0 EG3D's widened
+    sigmoid, 1 none, 2 ``leaky_relu(·, 0.2)·√2``), the hidden layer and its derivative, the
     mean feature tile, the depth and the point.
     """
     idx = offs_r * n_samples + i
@@ -461,9 +472,18 @@ def _render_sample(
         live = mask_r & (outside == 0)
     else:
         live = mask_r
-    sig = tl.sigmoid(o)
-    c = sig * (1.0 + 2.0 * _RGB_PADDING) - _RGB_PADDING
-    dc = (1.0 + 2.0 * _RGB_PADDING) * sig * (1.0 - sig)
+    if ACTIVATION == _ACT_SIGMOID:
+        sig = tl.sigmoid(o)
+        c = sig * (1.0 + 2.0 * _RGB_PADDING) - _RGB_PADDING
+        dc = (1.0 + 2.0 * _RGB_PADDING) * sig * (1.0 - sig)
+    elif ACTIVATION == _ACT_NONE:
+        c = o
+        dc = tl.full(o.shape, 1.0, tl.float32)
+    else:
+        # torch's leaky_relu and its backward: slope 1 where o > 0, else 0.2 (0 included)
+        positive = o > 0.0
+        c = tl.where(positive, o, o * _LRELU_SLOPE) * _SQRT2
+        dc = tl.where(positive, _SQRT2, _LRELU_SLOPE * _SQRT2)
     return sigma, live, c, dc, h, dh, f, z, px, py, pz
 
 
@@ -508,6 +528,7 @@ def _render_forward_kernel(
     USE_CROP: tl.constexpr,
     WHITE_BACK: tl.constexpr,
     SCALE_RGB: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     FULL_WEIGHTS: tl.constexpr,
     HALF_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -540,8 +561,8 @@ def _render_forward_kernel(
     s_prev, live, c_prev, dc, h, dh, f, z_prev, px, py, pz = _render_sample(
         0, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr, plane_base,
         proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr, b1_ptr, w2_ptr,
-        b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, HALF_DOT,
-        DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
+        b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, ACTIVATION,
+        HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
     )  # fmt: skip
 
     transmittance = tl.full((BLOCK_R,), 1.0, tl.float32)
@@ -553,8 +574,8 @@ def _render_forward_kernel(
         s_next, live, c_next, dc, h, dh, f, z_next, px, py, pz = _render_sample(
             i, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr, plane_base,
             proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr, b1_ptr, w2_ptr,
-            b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, HALF_DOT,
-            DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
+            b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, ACTIVATION,
+            HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
         )  # fmt: skip
         alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
         weight = alpha * transmittance
@@ -657,7 +678,7 @@ def _close_sample(
         BLOCK_O,
     )  # fmt: skip
     dot_ty = w1t.dtype
-    d_o = g_c * dc  # ∂L/∂(pre-sigmoid colour output)
+    d_o = g_c * dc  # ∂L/∂(colour output, before the activation)
     d_h = tl.dot(d_o.to(dot_ty), tl.trans(w2t), input_precision=DOT_PRECISION)
     d_h += g_sigma[:, None] * w2s[None, :]
     d_pre = d_h * dh
@@ -739,6 +760,7 @@ def _render_backward_kernel(
     USE_CROP: tl.constexpr,
     WHITE_BACK: tl.constexpr,
     SCALE_RGB: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     FULL_WEIGHTS: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
     HALF_DOT: tl.constexpr,
@@ -840,8 +862,8 @@ def _render_backward_kernel(
         s_prev, live_prev, c_prev, dc_prev, h_prev, dh_prev, f_prev, z_prev, px_prev, py_prev, pz_prev = _render_sample(  # noqa: E501
             0, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr, plane_base,
             proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr, b1_ptr, w2_ptr,
-            b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, HALF_DOT,
-            DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
+            b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE, USE_CROP, ACTIVATION,
+            HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
         )  # fmt: skip
         transmittance = tl.full((BLOCK_R,), 1.0, tl.float32)
         prefix = tl.zeros((BLOCK_R,), tl.float32)
@@ -852,7 +874,7 @@ def _render_backward_kernel(
                 i, offs_r, mask_r, n_samples, points_ptr, depths_ptr, noise_ptr, planes_ptr,
                 plane_base, proj_ptr, D, H, W, s_pl_p, s_pl_d, s_pl_h, s_pl_w, col, mask_c, w1_ptr,
                 b1_ptr, w2_ptr, b2_ptr, C, HIDDEN, CO, crop_limit, P, TRILINEAR, HAS_NOISE,
-                USE_CROP, HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
+                USE_CROP, ACTIVATION, HALF_DOT, DOT_PRECISION, BLOCK_R, BLOCK_C, BLOCK_H, BLOCK_O,
             )  # fmt: skip
             alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
             weight = alpha * transmittance
@@ -946,6 +968,14 @@ def _dot_config(planes: torch.Tensor) -> tuple[bool, str]:
     return half, precision
 
 
+def _check_activation(color_activation: int) -> int:
+    if color_activation not in (0, 1, 2):
+        raise ValueError(
+            f"color_activation must be 0 (sigmoid), 1 (none) or 2 (lrelu), got {color_activation}"
+        )
+    return int(color_activation)
+
+
 def _sizes(planes, points, w1, w2):
     batch, n_planes, depth, height, width, channels = planes.shape
     rays, samples = points.shape[1], points.shape[2]
@@ -969,6 +999,7 @@ def render_rays_forward(
     crop_limit: float,
     white_back: bool,
     scale_rgb: bool,
+    color_activation: int,
     full_weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(features (B, R, Co), depth_raw (B, R, 1), weights)`` in the points' dtype.
@@ -1026,6 +1057,7 @@ def render_rays_forward(
             USE_CROP=bool(use_crop),
             WHITE_BACK=bool(white_back),
             SCALE_RGB=bool(scale_rgb),
+            ACTIVATION=_check_activation(color_activation),
             FULL_WEIGHTS=bool(full_weights),
             HALF_DOT=half_dot,
             DOT_PRECISION=precision,
@@ -1069,6 +1101,7 @@ def render_rays_backward(
     crop_limit: float,
     white_back: bool,
     scale_rgb: bool,
+    color_activation: int,
     full_weights: bool,
     deterministic: bool,
 ) -> tuple[torch.Tensor, ...]:
@@ -1151,6 +1184,7 @@ def render_rays_backward(
             USE_CROP=bool(use_crop),
             WHITE_BACK=bool(white_back),
             SCALE_RGB=bool(scale_rgb),
+            ACTIVATION=_check_activation(color_activation),
             FULL_WEIGHTS=bool(full_weights),
             DETERMINISTIC=bool(deterministic),
             HALF_DOT=half_dot,

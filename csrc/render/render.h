@@ -14,7 +14,10 @@
 //   pre[Hd]     the decoder's hidden pre-activation, f·w1ᵀ + b1 (kept: softplus(pre), and its
 //               derivative for the backward)
 //   out[O]      the decoder's output, softplus(pre)·w2ᵀ + b2; O = 1 + Co
-//   sigma       out[0] + noise, or -1e3 outside the crop; rgb[Co] = sigmoid(out[1:])·1.002 − 0.001
+//   sigma       out[0] + noise, or -1e3 outside the crop; rgb[Co] = act(out[1:]), act the colour
+//               activation: EG3D's sigmoid(·)·1.002 − 0.001, none, or PanoHead's lrelu(·, 0.2)·√2
+//   state[Co]   what a sample keeps of its colour: sigmoid(out[1:]) for the sigmoid (rgb and its
+//               derivative follow without another exp), out[1:] itself for the others
 //   interval i  between samples i and i + 1 (rays.h: alpha, e, p, dtau)
 #pragma once
 
@@ -30,6 +33,11 @@ namespace render {
 
 constexpr double kCropDensity = -1e3;  // PanoHead's raw density outside the crop
 constexpr double kRgbPadding = 0.001;  // EG3D's widened sigmoid
+constexpr double kLreluSlope = 0.2;    // PanoHead's colour leaky ReLU, times √2
+constexpr double kSqrt2 = 1.4142135623730951;
+
+// The colour activation (the kernels' `color_activation` argument).
+enum ColorActivation : int { kActSigmoid = 0, kActNone = 1, kActLrelu = 2 };
 
 template <typename acc_t>
 HOST_DEVICE PE_INLINE acc_t sigmoid_of(acc_t x) {
@@ -149,28 +157,45 @@ HOST_DEVICE PE_INLINE acc_t raw_density(acc_t out0, acc_t noise, bool outside) {
   return outside ? acc_t(kCropDensity) : out0 + noise;
 }
 
-// rgb channel c from the sigmoid of the decoder output out[1 + c].
+// The colour state of a decoder output x = out[1 + c] (see the vocabulary above).
 template <typename acc_t>
-HOST_DEVICE PE_INLINE acc_t rgb_of(acc_t sig) {
-  return sig * acc_t(1 + 2 * kRgbPadding) - acc_t(kRgbPadding);
+HOST_DEVICE PE_INLINE acc_t color_state(acc_t x, int act) {
+  return act == kActSigmoid ? sigmoid_of(x) : x;
+}
+
+// rgb channel c from its colour state.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t rgb_of(acc_t state, int act) {
+  if (act == kActSigmoid) return state * acc_t(1 + 2 * kRgbPadding) - acc_t(kRgbPadding);
+  if (act == kActLrelu) {
+    return (state > acc_t(0) ? state : acc_t(kLreluSlope) * state) * acc_t(kSqrt2);
+  }
+  return state;
+}
+
+// d rgb / d out[1 + c] from the colour state. torch's leaky_relu backward takes the slope 0.2
+// where x <= 0 (x = 0 included), as here.
+template <typename acc_t>
+HOST_DEVICE PE_INLINE acc_t rgb_grad(acc_t state, int act) {
+  if (act == kActSigmoid) return acc_t(1 + 2 * kRgbPadding) * state * (acc_t(1) - state);
+  if (act == kActLrelu) return state > acc_t(0) ? acc_t(kSqrt2) : acc_t(kLreluSlope * kSqrt2);
+  return acc_t(1);
 }
 
 // ------------------------------------------------------------------------------------------
 // Backward of one sample
 // ------------------------------------------------------------------------------------------
 
-// dout from the sigmoids sig (Co) of the colour logits, the gradients of the sample's raw density (dsigma) and colour (grad_rgb_scale · g,
+// dout from the colour states sig (Co) of the colour outputs, the gradients of the sample's raw
+// density (dsigma) and colour (grad_rgb_scale · g,
 // where g (Co) is the ray's output gradient and grad_rgb_scale = s (w_{i-1} + w_i) / 2 collects
 // the sample's two intervals). The crop replaces the density by a constant: no gradient.
 template <typename acc_t>
 HOST_DEVICE PE_INLINE void output_grad(const acc_t* __restrict__ sig, const acc_t* __restrict__ g,
                                        acc_t dsigma, acc_t grad_rgb_scale, bool outside, int O,
-                                       acc_t* __restrict__ dout) {
+                                       int act, acc_t* __restrict__ dout) {
   dout[0] = outside ? acc_t(0) : dsigma;
-  for (int o = 1; o < O; ++o) {
-    const acc_t sg = sig[o - 1];
-    dout[o] = grad_rgb_scale * g[o - 1] * acc_t(1 + 2 * kRgbPadding) * sg * (acc_t(1) - sg);
-  }
+  for (int o = 1; o < O; ++o) dout[o] = grad_rgb_scale * g[o - 1] * rgb_grad(sig[o - 1], act);
 }
 
 // The decoder's backward: dpre (Hd) and df (C) from dout (O); the weight gradients are left to
@@ -289,7 +314,7 @@ struct Sample {
   acc_t* hidden;  // Hd: softplus(pre)
   acc_t* dsp;     // Hd: softplus'(pre)
   acc_t* out;     // O
-  acc_t* sig;     // Co: sigmoid(out[1:])
+  acc_t* sig;     // Co: the colour state (sigmoid(out[1:]) or out[1:])
   acc_t x, y, z, depth, sigma;
   bool outside;
   acc_t dsigma;   // Σ over the sample's intervals of dL/dx_i / 2
@@ -315,6 +340,7 @@ struct RayInputs {
   int64_t S;
   bool use_crop;
   acc_t crop_limit;
+  int color_activation;  // ColorActivation
 };
 
 // Sample s: sampled features, decoder, raw density.
@@ -327,7 +353,7 @@ HOST_DEVICE PE_INLINE void compute_sample(const RayInputs<scalar_t, acc_t>& in, 
   smp.depth = in.depths[s];
   sample_features(in.planes_b, in.proj, d, C, smp.x, smp.y, smp.z, smp.f);
   decode(smp.f, in.w1, in.b1, in.w2t, in.b2, C, Hd, O, smp.hidden, smp.dsp, smp.out);
-  for (int c = 0; c < O - 1; ++c) smp.sig[c] = sigmoid_of(smp.out[1 + c]);
+  for (int c = 0; c < O - 1; ++c) smp.sig[c] = color_state(smp.out[1 + c], in.color_activation);
   smp.outside = outside_crop(smp.x, smp.z, in.use_crop, in.crop_limit);
   smp.sigma = raw_density(smp.out[0], in.noise != nullptr ? in.noise[s] : acc_t(0), smp.outside);
   smp.dsigma = acc_t(0);
@@ -342,6 +368,7 @@ HOST_DEVICE PE_INLINE void ray_forward(const RayInputs<scalar_t, acc_t>& in, con
                                        acc_t* __restrict__ rgb_raw, acc_t* weights_full,
                                        acc_t& weight_sum, acc_t& depth_sum) {
   const int Co = O - 1;
+  const int act = in.color_activation;
   for (int c = 0; c < Co; ++c) rgb_raw[c] = acc_t(0);
   acc_t transmittance = acc_t(1), total = acc_t(0), depth_acc = acc_t(0);
   for (int64_t s = 0; s < in.S; ++s) {
@@ -352,7 +379,7 @@ HOST_DEVICE PE_INLINE void ray_forward(const RayInputs<scalar_t, acc_t>& in, con
       const acc_t w = iv.alpha * transmittance;
       transmittance = transmittance * iv.p;
       for (int c = 0; c < Co; ++c) {
-        rgb_raw[c] += w * ((rgb_of(prev.sig[c]) + rgb_of(cur.sig[c])) / acc_t(2));
+        rgb_raw[c] += w * ((rgb_of(prev.sig[c], act) + rgb_of(cur.sig[c], act)) / acc_t(2));
       }
       total += w;
       depth_acc += w * ((prev.depth + cur.depth) / acc_t(2));
@@ -375,7 +402,8 @@ HOST_DEVICE PE_INLINE void finish_sample(const RayInputs<scalar_t, acc_t>& in, c
                                          acc_t scale, acc_t* __restrict__ dout,
                                          acc_t* __restrict__ dpre, acc_t* __restrict__ df,
                                          Sink& sink) {
-  output_grad(smp.sig, g, smp.dsigma, scale * smp.w_share, smp.outside, O, dout);
+  output_grad(smp.sig, g, smp.dsigma, scale * smp.w_share, smp.outside, O, in.color_activation,
+              dout);
   decode_backward(smp.dsp, dout, in.w1, in.w2t, C, Hd, O, dpre, df);
   sink.decoder(smp.f, smp.hidden, dout, dpre);
   acc_t gp0 = acc_t(0), gp1 = acc_t(0), gp2 = acc_t(0);
@@ -398,6 +426,7 @@ HOST_DEVICE PE_INLINE void ray_backward(const RayInputs<scalar_t, acc_t>& in, co
                                         acc_t* __restrict__ dpre, acc_t* __restrict__ df,
                                         Sink& sink) {
   const int Co = O - 1;
+  const int act = in.color_activation;
   acc_t transmittance = acc_t(1), prefix = acc_t(0);
   for (int64_t s = 0; s < in.S; ++s) {
     compute_sample(in, d, C, Hd, O, s, cur);
@@ -407,7 +436,7 @@ HOST_DEVICE PE_INLINE void ray_backward(const RayInputs<scalar_t, acc_t>& in, co
       const acc_t w = iv.alpha * transmittance;
       acc_t g_dot_mid = acc_t(0);
       for (int c = 0; c < Co; ++c) {
-        g_dot_mid += g[c] * ((rgb_of(prev.sig[c]) + rgb_of(cur.sig[c])) / acc_t(2));
+        g_dot_mid += g[c] * ((rgb_of(prev.sig[c], act) + rgb_of(cur.sig[c], act)) / acc_t(2));
       }
       const acc_t gw = full_weights ? grad_w[s - 1] : grad_w[0];
       const acc_t gamma =

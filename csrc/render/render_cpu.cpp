@@ -47,6 +47,12 @@ at::ScalarType acc_dtype(const at::Tensor& planes) {
   return planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+void check_color_activation(int64_t color_activation) {
+  TORCH_CHECK(color_activation >= kActSigmoid && color_activation <= kActLrelu,
+              "render_rays (cpu): color_activation must be 0 (sigmoid), 1 (none) or 2 (lrelu), "
+              "got ", color_activation);
+}
+
 Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& depths,
                    const at::Tensor& proj, const at::Tensor& w1, const at::Tensor& b1,
                    const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
@@ -141,7 +147,8 @@ RayInputs<scalar_t, acc_t> ray_inputs(const scalar_t* planes, const acc_t* proj,
                                       const acc_t* points, const acc_t* depths,
                                       const acc_t* noise, const acc_t* w1, const acc_t* b1,
                                       const acc_t* w2t, const acc_t* b2, const Sizes& z,
-                                      int64_t ray, bool use_crop, acc_t crop_limit) {
+                                      int64_t ray, bool use_crop, acc_t crop_limit,
+                                      int color_activation) {
   const int64_t b = ray / z.R;
   RayInputs<scalar_t, acc_t> in;
   in.planes_b = planes + b * z.d.P * z.d.geo.plane_numel();
@@ -156,6 +163,7 @@ RayInputs<scalar_t, acc_t> ray_inputs(const scalar_t* planes, const acc_t* proj,
   in.S = z.S;
   in.use_crop = use_crop;
   in.crop_limit = crop_limit;
+  in.color_activation = color_activation;
   return in;
 }
 
@@ -164,8 +172,8 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
                   const at::Tensor& proj, const at::Tensor& w1, const at::Tensor& b1,
                   const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
                   const Sizes& z, bool use_crop, double crop_limit, bool white_back,
-                  bool scale_rgb, bool full_weights, at::Tensor& features,
-                  at::Tensor& depth_raw, at::Tensor& weights) {
+                  bool scale_rgb, int color_activation, bool full_weights,
+                  at::Tensor& features, at::Tensor& depth_raw, at::Tensor& weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
   const acc_t* points_ptr = points.data_ptr<acc_t>();
@@ -185,7 +193,7 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
     for (int64_t ray = begin; ray < end; ++ray) {
       const RayInputs<scalar_t, acc_t> in =
           ray_inputs(planes_ptr, proj_ptr, points_ptr, depths_ptr, noise_ptr, w1_ptr, b1_ptr,
-                     w2_ptr, b2_ptr, z, ray, use_crop, limit);
+                     w2_ptr, b2_ptr, z, ray, use_crop, limit, color_activation);
       acc_t total, depth_sum;
       acc_t* full = full_weights ? weights_ptr + ray * (z.S - 1) : nullptr;
       ray_forward(in, z.d, z.C, z.Hd, z.O, scratch.a, scratch.b, scratch.rgb, full, total,
@@ -245,8 +253,8 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
                    const at::Tensor& b2, const at::Tensor& noise, const at::Tensor& features,
                    const at::Tensor& depth_raw, const at::Tensor& weights, const Sizes& z,
                    bool use_crop, double crop_limit, bool white_back, bool scale_rgb,
-                   bool full_weights, at::Tensor& grad_planes, at::Tensor& grad_points,
-                   at::Tensor& grad_decoder) {
+                   int color_activation, bool full_weights, at::Tensor& grad_planes,
+                   at::Tensor& grad_points, at::Tensor& grad_decoder) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
   const acc_t* points_ptr = points.data_ptr<acc_t>();
@@ -291,7 +299,7 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
             const int64_t ray = b * z.R + r0 + k;
             const RayInputs<scalar_t, acc_t> in =
                 ray_inputs(planes_ptr, proj_ptr, points_ptr, depths_ptr, noise_ptr, w1_ptr,
-                           b1_ptr, w2_ptr, b2_ptr, z, ray, use_crop, limit);
+                           b1_ptr, w2_ptr, b2_ptr, z, ray, use_crop, limit, color_activation);
             const acc_t* g = gf_ptr + ray * z.Co;
             const acc_t* gw = gw_ptr + ray * n_weights;
             const acc_t* w = weights_ptr + ray * n_weights;
@@ -355,7 +363,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> render_rays_forward_cpu(
     const at::Tensor& planes, const at::Tensor& points, const at::Tensor& depths,
     const at::Tensor& proj_in, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
     const at::Tensor& b2, const at::Tensor& noise, bool trilinear, bool use_crop,
-    double crop_limit, bool white_back, bool scale_rgb, bool full_weights) {
+    double crop_limit, bool white_back, bool scale_rgb, int64_t color_activation,
+    bool full_weights) {
+  check_color_activation(color_activation);
   const at::Tensor proj = proj_in.contiguous();
   const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
   const auto options = points.options();
@@ -366,7 +376,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> render_rays_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, planes.scalar_type(), "render_rays_forward_cpu", [&] {
         forward_impl<scalar_t>(planes, points, depths, proj, w1, b1, w2, b2, noise, z, use_crop,
-                               crop_limit, white_back, scale_rgb, full_weights, features,
+                               crop_limit, white_back, scale_rgb,
+                               static_cast<int>(color_activation), full_weights, features,
                                depth_raw, weights);
       });
   return {features, depth_raw, weights};
@@ -380,9 +391,10 @@ render_rays_backward_cpu(const at::Tensor& grad_features, const at::Tensor& grad
                          const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
                          const at::Tensor& features, const at::Tensor& depth_raw,
                          const at::Tensor& weights, bool trilinear, bool use_crop,
-                         double crop_limit, bool white_back, bool scale_rgb, bool full_weights,
-                         bool deterministic) {
+                         double crop_limit, bool white_back, bool scale_rgb,
+                         int64_t color_activation, bool full_weights, bool deterministic) {
   (void)deterministic;  // the CPU backward is always deterministic
+  check_color_activation(color_activation);
   const at::Tensor proj = proj_in.contiguous();
   const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
   const int64_t n_weights = full_weights ? z.S - 1 : 1;
@@ -411,7 +423,8 @@ render_rays_backward_cpu(const at::Tensor& grad_features, const at::Tensor& grad
           backward_impl<scalar_t>(grad_features, grad_depth, grad_weights, planes, points,
                                   depths, proj, w1, b1, w2, b2, noise, features, depth_raw,
                                   weights, z, use_crop, crop_limit, white_back, scale_rgb,
-                                  full_weights, grad_planes, grad_points, grad_decoder);
+                                  static_cast<int>(color_activation), full_weights, grad_planes,
+                                  grad_points, grad_decoder);
         });
   }
   const int64_t n1 = static_cast<int64_t>(z.Hd) * z.C, n2 = static_cast<int64_t>(z.O) * z.Hd;

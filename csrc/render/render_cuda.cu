@@ -64,6 +64,12 @@ struct Sizes {
   }
 };
 
+void check_color_activation(int64_t color_activation) {
+  TORCH_CHECK(color_activation >= kActSigmoid && color_activation <= kActLrelu,
+              "render_rays (cuda): color_activation must be 0 (sigmoid), 1 (none) or 2 (lrelu), "
+              "got ", color_activation);
+}
+
 Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& depths,
                    const at::Tensor& proj, const at::Tensor& w1, const at::Tensor& b1,
                    const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
@@ -152,7 +158,7 @@ template <typename scalar_t>
 __device__ __forceinline__ RayInputs<scalar_t, float> ray_inputs(
     const scalar_t* planes, const float* proj, const float* points, const float* depths,
     const float* noise, const float* s_weights, const Sizes& z, int64_t ray, bool use_crop,
-    float crop_limit, int C, int Hd, int O) {
+    float crop_limit, int color_activation, int C, int Hd, int O) {
   RayInputs<scalar_t, float> in;
   in.planes_b = planes + (ray / z.R) * z.d.P * z.d.geo.plane_numel();
   in.proj = proj;
@@ -166,6 +172,7 @@ __device__ __forceinline__ RayInputs<scalar_t, float> ray_inputs(
   in.S = z.S;
   in.use_crop = use_crop;
   in.crop_limit = crop_limit;
+  in.color_activation = color_activation;
   return in;
 }
 
@@ -176,7 +183,8 @@ __global__ void __launch_bounds__(kThreads)
                           const float* __restrict__ w1, const float* __restrict__ b1,
                           const float* __restrict__ w2, const float* __restrict__ b2,
                           const float* __restrict__ noise, Sizes z, bool use_crop,
-                          float crop_limit, bool white_back, bool scale_rgb, bool full_weights,
+                          float crop_limit, bool white_back, bool scale_rgb,
+                          int color_activation, bool full_weights,
                           float* __restrict__ features, float* __restrict__ depth_raw,
                           float* __restrict__ weights) {
   extern __shared__ float s_weights[];
@@ -195,8 +203,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t ray = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; ray < rays;
        ray += stride) {
     const RayInputs<scalar_t, float> in = ray_inputs(planes, proj, points, depths, noise,
-                                                     s_weights, z, ray, use_crop, crop_limit, C,
-                                                     Hd, O);
+                                                     s_weights, z, ray, use_crop, crop_limit,
+                                                     color_activation, C, Hd, O);
     float total, depth_sum;
     float* full = full_weights ? weights + ray * (z.S - 1) : nullptr;
     ray_forward(in, z.d, C, Hd, O, a, b, rgb, full, total, depth_sum);
@@ -272,7 +280,8 @@ __global__ void __launch_bounds__(kThreads)
                            const float* __restrict__ noise, const float* __restrict__ features,
                            const float* __restrict__ depth_raw, const float* __restrict__ weights,
                            Sizes z, bool use_crop, float crop_limit, bool white_back,
-                           bool scale_rgb, bool full_weights, float* __restrict__ grad_planes,
+                           bool scale_rgb, int color_activation, bool full_weights,
+                           float* __restrict__ grad_planes,
                            float* __restrict__ df_scratch, float* __restrict__ grad_points,
                            float* __restrict__ block_grads) {
   extern __shared__ float shared[];
@@ -302,8 +311,8 @@ __global__ void __launch_bounds__(kThreads)
     const bool active = own < rays;
     const int64_t ray = active ? own : rays - 1;
     const RayInputs<scalar_t, float> in = ray_inputs(planes, proj, points, depths, noise,
-                                                     s_weights, z, ray, use_crop, crop_limit, C,
-                                                     Hd, O);
+                                                     s_weights, z, ray, use_crop, crop_limit,
+                                                     color_activation, C, Hd, O);
     for (int c = 0; c < O - 1; ++c) g[c] = active ? grad_features[ray * (O - 1) + c] : 0.0f;
     const float* gw = grad_weights + ray * n_weights;
     const float* w = weights + ray * n_weights;
@@ -408,7 +417,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> render_rays_forward_cuda(
     const at::Tensor& planes, const at::Tensor& points, const at::Tensor& depths,
     const at::Tensor& proj_in, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
     const at::Tensor& b2, const at::Tensor& noise, bool trilinear, bool use_crop,
-    double crop_limit, bool white_back, bool scale_rgb, bool full_weights) {
+    double crop_limit, bool white_back, bool scale_rgb, int64_t color_activation,
+    bool full_weights) {
+  check_color_activation(color_activation);
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
   const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
@@ -434,9 +445,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> render_rays_forward_cuda(
               planes.data_ptr<scalar_t>(), points.data_ptr<float>(), depths.data_ptr<float>(),
               proj.data_ptr<float>(), w1.data_ptr<float>(), b1.data_ptr<float>(),
               w2.data_ptr<float>(), b2.data_ptr<float>(), noise_ptr, z, use_crop,
-              static_cast<float>(crop_limit), white_back, scale_rgb, full_weights,
-              features.data_ptr<float>(), depth_raw.data_ptr<float>(),
-              weights.data_ptr<float>());
+              static_cast<float>(crop_limit), white_back, scale_rgb,
+              static_cast<int>(color_activation), full_weights, features.data_ptr<float>(),
+              depth_raw.data_ptr<float>(), weights.data_ptr<float>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
         if (eg3d_sizes(z)) {
@@ -456,8 +467,9 @@ render_rays_backward_cuda(const at::Tensor& grad_features, const at::Tensor& gra
                           const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
                           const at::Tensor& features, const at::Tensor& depth_raw,
                           const at::Tensor& weights, bool trilinear, bool use_crop,
-                          double crop_limit, bool white_back, bool scale_rgb, bool full_weights,
-                          bool deterministic) {
+                          double crop_limit, bool white_back, bool scale_rgb,
+                          int64_t color_activation, bool full_weights, bool deterministic) {
+  check_color_activation(color_activation);
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
   const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
@@ -500,8 +512,8 @@ render_rays_backward_cuda(const at::Tensor& grad_features, const at::Tensor& gra
                 w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
                 b2.data_ptr<float>(), noise_ptr, features.data_ptr<float>(),
                 depth_raw.data_ptr<float>(), weights.data_ptr<float>(), z, use_crop,
-                static_cast<float>(crop_limit), white_back, scale_rgb, full_weights,
-                grad_planes.data_ptr<float>(),
+                static_cast<float>(crop_limit), white_back, scale_rgb,
+                static_cast<int>(color_activation), full_weights, grad_planes.data_ptr<float>(),
                 deterministic ? df_scratch.data_ptr<float>() : nullptr,
                 grad_points.data_ptr<float>(), block_grads.data_ptr<float>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -33,7 +33,8 @@ weights, ``sample_importance``, the deformation of the fine points, ``merge_samp
 depths, the points and the density noise only (no colours or densities exist outside the
 kernel), and a fine pass over all the merged samples. It draws the same random numbers in the
 same order as the unfused path (coarse jitter, coarse density noise, importance uniforms, fine
-density noise), so both render the same image at the same seed.
+density noise), so both render the same image at the same seed. It runs EG3D's ``OSGDecoder``
+and 3DPortraitGAN's ``PortraitDecoder`` with any of its colour activations (:meth:`fusable`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from portrait_engine.ops import (
     sample_importance,
     triplane_sample,
 )
+from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS
 
 Deform = Callable[[torch.Tensor], torch.Tensor]
 CROP_DENSITY = -1e3  # PanoHead's density outside the tri-plane crop
@@ -333,10 +335,13 @@ class ImportanceRenderer(nn.Module):
 
     @staticmethod
     def fusable(decoder: nn.Module) -> bool:
-        """Whether ``render_rays`` can run ``decoder``: an ``OSGDecoder`` with EG3D's sigmoid
-        colour activation (3DPortraitGAN's ``"none"`` / ``"lrelu"`` variants are not fused)."""
-        return isinstance(decoder, OSGDecoder) and getattr(decoder, "activation", "sigmoid") == (
-            "sigmoid"
+        """Whether ``render_rays`` can run ``decoder``: an ``OSGDecoder`` whose colour activation
+        (its ``activation`` attribute, ``"sigmoid"`` when absent) is one the kernels apply:
+        EG3D's ``"sigmoid"``, or 3DPortraitGAN's ``PortraitDecoder`` ``"none"`` / ``"lrelu"``.
+        ``render_rays`` reads the activation from the decoder."""
+        return (
+            isinstance(decoder, OSGDecoder)
+            and getattr(decoder, "activation", "sigmoid") in COLOR_ACTIVATIONS
         )
 
     def use_fused(self, planes: torch.Tensor, decoder: nn.Module | None = None) -> bool:

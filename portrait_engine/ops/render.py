@@ -24,7 +24,7 @@ from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
 from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
 from portrait_engine.ops.reference import decoder_effective_weights, render_rays_reference
-from portrait_engine.ops.reference.render import WEIGHTS_MODES
+from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS, WEIGHTS_MODES
 from portrait_engine.ops.triplane import _projection
 
 # --------------------------------------------------------------------------------------------
@@ -48,6 +48,7 @@ def _triton_forward(
     crop_limit: float,
     white_back: bool,
     scale_rgb: bool,
+    color_activation: int,
     full_weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from portrait_engine.kernels import render as kernels
@@ -67,6 +68,7 @@ def _triton_forward(
         crop_limit,
         white_back,
         scale_rgb,
+        color_activation,
         full_weights,
     )
 
@@ -93,6 +95,7 @@ def _triton_backward(
     crop_limit: float,
     white_back: bool,
     scale_rgb: bool,
+    color_activation: int,
     full_weights: bool,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,6 +122,7 @@ def _triton_backward(
         crop_limit,
         white_back,
         scale_rgb,
+        color_activation,
         full_weights,
         deterministic,
     )
@@ -143,6 +147,7 @@ def _fake_forward(
     crop_limit,
     white_back,
     scale_rgb,
+    color_activation,
     full_weights,
 ):
     batch, rays, samples, _ = points.shape
@@ -215,7 +220,7 @@ def _make_autograd(backward_op):
             grad_w2,
             grad_b2,
             None,  # noise
-            *([None] * 6),
+            *([None] * 7),  # the flags
         )
 
     return backward
@@ -240,6 +245,33 @@ _NATIVE_REGISTERED = register_native_pair(
 DecoderWeights = Sequence[torch.Tensor]
 
 
+def _color_activation(decoder: nn.Module | DecoderWeights, color_activation: str | None) -> str:
+    """The colour activation to render with: ``color_activation``, or when None the decoder's
+    ``activation`` attribute (``"sigmoid"`` for an ``OSGDecoder`` without one, and for a
+    tuple of weights). An explicit choice that contradicts the decoder's is an error."""
+    declared = None
+    if isinstance(decoder, nn.Module):
+        declared = getattr(decoder, "activation", "sigmoid")
+        if declared not in COLOR_ACTIVATIONS:
+            raise ValueError(
+                f"decoder's activation must be one of {COLOR_ACTIVATIONS}, got {declared!r} "
+                f"(render such a decoder with the unfused ops)"
+            )
+    if color_activation is None:
+        return declared if declared is not None else "sigmoid"
+    if not isinstance(color_activation, str):
+        raise TypeError(
+            f"color_activation must be a str or None, got {type(color_activation).__name__}"
+        )
+    v.check_choice("color_activation", color_activation, COLOR_ACTIVATIONS)
+    if declared is not None and declared != color_activation:
+        raise ValueError(
+            f"color_activation={color_activation!r} contradicts the decoder's activation "
+            f"{declared!r} (leave color_activation=None to use the decoder's)"
+        )
+    return color_activation
+
+
 def _decoder_weights(decoder: nn.Module | DecoderWeights) -> tuple[torch.Tensor, ...]:
     if isinstance(decoder, nn.Module):
         net = getattr(decoder, "net", None)
@@ -252,13 +284,6 @@ def _decoder_weights(decoder: nn.Module | DecoderWeights) -> tuple[torch.Tensor,
             )
         if net[0].bias is None or net[2].bias is None:
             raise ValueError("decoder's FullyConnected layers must have biases")
-        activation = getattr(decoder, "activation", "sigmoid")
-        if activation != "sigmoid":
-            # the kernels apply EG3D's widened sigmoid to the colour features
-            raise ValueError(
-                f"decoder must apply EG3D's sigmoid colour activation, got activation="
-                f"{activation!r} (render such a decoder with the unfused ops)"
-            )
         return decoder_effective_weights(decoder)
     if isinstance(decoder, torch.Tensor) or not isinstance(decoder, (tuple, list)):
         raise TypeError(
@@ -395,6 +420,7 @@ def render_rays(
     box_warp: float = 1.0,
     white_back: bool = False,
     scale_rgb: bool = True,
+    color_activation: str | None = None,
     density_noise: float | torch.Tensor = 0.0,
     crop: float = 0.0,
     weights: str = "sum",
@@ -416,6 +442,13 @@ def render_rays(
             weights (:func:`~portrait_engine.ops.reference.decoder_effective_weights`).
         plane_axes, box_warp: as :func:`~portrait_engine.ops.triplane_sample`.
         white_back, scale_rgb: as :func:`~portrait_engine.ops.ray_march`.
+        color_activation: the activation of the decoder's colour outputs: ``"sigmoid"``
+            (EG3D's ``sigmoid(x)·1.002 − 0.001``), ``"none"`` (the raw outputs:
+            3DPortraitGAN's published decoder) or ``"lrelu"`` (PanoHead's
+            ``leaky_relu(x, 0.2)·√2``). ``None`` (default): the decoder module's
+            ``activation`` attribute (``PortraitDecoder``; an ``OSGDecoder`` has none and is
+            ``"sigmoid"``), ``"sigmoid"`` for a tuple of weights. Naming one that contradicts
+            the decoder module's raises ``ValueError``.
         density_noise: a standard deviation: ``N(0, 1)·density_noise`` drawn from
             ``generator`` with shape ``(B, R, S, 1)`` (one ``torch.randn`` call, in the points'
             compute dtype) is added to the raw densities; or a tensor ``(B, R, S, 1)`` of
@@ -438,6 +471,7 @@ def render_rays(
     """
     _validate(planes, points, depths, weights, box_warp, crop, white_back, scale_rgb)
     _check_flag("deterministic", deterministic)
+    activation = _color_activation(decoder, color_activation)
     w1, b1, w2, b2 = _decoder_weights(decoder)
     _validate_decoder(w1, b1, w2, b2, planes.shape[2], planes.device)
     _check_finite("points", points)
@@ -459,6 +493,7 @@ def render_rays(
             plane_axes=plane_axes,
             white_back=white_back,
             scale_rgb=scale_rgb,
+            color_activation=activation,
             noise=None if noise is None else noise.unsqueeze(-1),
             crop=float(crop),
             weights_mode=weights,
@@ -489,6 +524,7 @@ def render_rays(
             float(box_warp / 2 - crop),
             white_back,
             scale_rgb,
+            COLOR_ACTIVATIONS.index(activation),
             full,
         )
     depth = torch.nan_to_num(depth_raw, float("inf"))

@@ -310,6 +310,50 @@ def test_fused_renderer_matches_unfused_at_the_same_seed(backend, trigrid, densi
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("activation", ["none", "lrelu"])
+def test_fused_renderer_portrait_decoder_matches_unfused(backend, activation):
+    """3DPortraitGAN's PortraitDecoder (raw "none" / PanoHead's "lrelu" colours) is fusable, and
+    renders fused as unfused at the same seed: images and gradients (tolerances as above)."""
+    from portrait_engine.models.portrait_gan.generator import PortraitDecoder
+
+    planes, osg, origins, directions = make_scene(batch=2, rays=7, seed=5, trigrid=True)
+    decoder = PortraitDecoder(
+        osg.n_features, osg.net[2].weight.shape[0] - 1, hidden_dim=osg.net[0].weight.shape[0],
+        activation=activation,
+    )  # fmt: skip
+    decoder.load_state_dict(osg.state_dict())
+    assert ImportanceRenderer.fusable(decoder)
+    planes.requires_grad_(True)
+    kwargs = dict(
+        depth_resolution=8, depth_resolution_importance=6, density_noise=0.5,
+        triplane_crop=0.05, plane_axes="panohead", backend=backend,
+    )  # fmt: skip
+    outputs = {}
+    for fused in (True, False):
+        renderer = ImportanceRenderer(fused=fused, **kwargs)
+        if fused:
+            # fused by default for this decoder, not only when forced
+            assert ImportanceRenderer(**kwargs).use_fused(planes, decoder)
+        out = renderer(
+            planes, decoder, origins, directions, generator=torch.Generator().manual_seed(12),
+            deform=_pose_like_deform,
+        )  # fmt: skip
+        loss = sum((o * (k + 1)).sum() for k, o in enumerate(out))
+        grads = torch.autograd.grad(loss, [planes, *decoder.parameters()])
+        outputs[fused] = (out, grads)
+    with torch.no_grad():  # the activation matters: EG3D's sigmoid decoder renders otherwise
+        sigmoid = ImportanceRenderer(fused=True, **kwargs)(
+            planes, osg, origins, directions, generator=torch.Generator().manual_seed(12),
+            deform=_pose_like_deform,
+        )  # fmt: skip
+    assert float((sigmoid[0] - outputs[True][0][0].detach()).abs().max()) > 0.1
+    for got, want in zip(outputs[True][0], outputs[False][0], strict=True):
+        assert_close(got, want, torch.float32, scale=5)
+    for got, want in zip(outputs[True][1], outputs[False][1], strict=True):
+        assert_close(got, want, torch.float32, scale=20)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_fused_renderer_gradients_reach_the_deformation(backend):
     planes, decoder, origins, directions = make_scene(batch=1, rays=5, seed=6)
     bend = torch.tensor(0.3, requires_grad=True)

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 import portrait_engine as pe
+from portrait_engine.models.portrait_gan.generator import PortraitDecoder
 from portrait_engine.nn import OSGDecoder
 from portrait_engine.ops import render_rays
-from portrait_engine.ops.reference import decoder_effective_weights, render_rays_reference
+from portrait_engine.ops.reference import (
+    decode_reference,
+    decoder_effective_weights,
+    render_rays_reference,
+)
 from tests.helpers import assert_close, relative_l2
 
 
@@ -116,6 +121,110 @@ def test_forward_and_backward_match_reference(backend, kind, plane_axes, weights
         # whole-tensor check, so that a missing gradient cannot hide behind a sparse one
         assert relative_l2(g, w) < 1e-4
         assert_close(g, w, torch.float32, scale=10)
+
+
+def portrait_decoder(decoder, activation):
+    """3DPortraitGAN's decoder with ``decoder``'s weights and the colour ``activation``."""
+    hidden = decoder.net[0].weight.shape[0]
+    portrait = PortraitDecoder(
+        decoder.n_features, decoder.net[2].weight.shape[0] - 1, hidden_dim=hidden,
+        activation=activation,
+    ).to(decoder.net[0].weight)  # fmt: skip
+    portrait.load_state_dict(decoder.state_dict())
+    return portrait
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "none", "lrelu"])
+def test_decode_reference_is_the_portrait_decoder(activation):
+    """The reference's colour activation is the model's: PortraitDecoder on the same features."""
+    _, _, _, decoder = make_inputs("triplane", seed=4)
+    portrait = portrait_decoder(decoder, activation)
+    features = torch.randn(2, 9, decoder.n_features, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = portrait(features)
+        rgb, sigma = decode_reference(
+            features, *decoder_effective_weights(portrait), color_activation=activation
+        )
+    assert bool((want["rgb"] < 0).any()) == (activation != "sigmoid")  # the activations differ
+    torch.testing.assert_close(rgb, want["rgb"])
+    torch.testing.assert_close(sigma, want["sigma"])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("activation", ["none", "lrelu"])
+@pytest.mark.parametrize(("kind", "weights"), [("triplane", "full"), ("trigrid", "sum")])
+def test_color_activations_match_reference(backend, activation, kind, weights, poison_outputs):
+    """3DPortraitGAN's raw ("none") and PanoHead's lrelu colours, read from a PortraitDecoder,
+    forward and backward against the float64 reference; with noise, crop and white_back."""
+    planes, points, depths, osg = make_inputs(kind, seed=16)
+    decoder = portrait_decoder(osg, activation)
+    with torch.no_grad():
+        # the first samples of every ray inside the crop: no ray has Σw = 0 (whose eager
+        # reference gradients are NaN; see test_noise_and_crop)
+        points[:, :, :3] *= 0.4
+    planes.requires_grad_(True)
+    points.requires_grad_(True)
+    noise = torch.randn(depths.shape, generator=torch.Generator().manual_seed(16)) * 0.3
+    kwargs = dict(plane_axes="panohead", crop=0.1, white_back=True, weights=weights)
+    got = render_rays(
+        planes, points, depths, decoder, density_noise=noise, backend=backend, **kwargs
+    )
+    want = reference(
+        planes, points, depths, decoder, density_noise=noise, color_activation=activation,
+        **kwargs,
+    )  # fmt: skip
+    sigmoid = reference(planes, points, depths, decoder, density_noise=noise, **kwargs)
+    assert float((want[0] - sigmoid[0]).abs().max()) > 0.1  # the activation matters
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, torch.float32, scale=2)
+    params = [planes, points, *decoder.parameters()]
+    grads_got = gradients(got, params)
+    grads_want = reference_gradients(
+        planes, points, depths, decoder, density_noise=noise, color_activation=activation,
+        **kwargs,
+    )  # fmt: skip
+    for g, w in zip(grads_got, grads_want, strict=True):
+        assert relative_l2(g, w) < 1e-4
+        assert_close(g, w, torch.float32, scale=10)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("activation", ["sigmoid", "none", "lrelu"])
+def test_color_activation_of_weight_tuples(backend, activation):
+    """Effective weights carry no activation: ``color_activation`` names it (default sigmoid)."""
+    planes, points, depths, decoder = make_inputs("trigrid", seed=17)
+    weights = decoder_effective_weights(decoder)
+    with torch.no_grad():
+        got = render_rays(
+            planes, points, depths, weights, color_activation=activation, backend=backend
+        )
+        want = reference(planes, points, depths, decoder, color_activation=activation)
+        default = render_rays(planes, points, depths, weights, backend=backend)
+        sigmoid = reference(planes, points, depths, decoder)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, torch.float32, scale=2)
+    for g, w in zip(default, sigmoid, strict=True):
+        assert_close(g, w, torch.float32, scale=2)
+
+
+def test_native_float64_gradcheck_color_activations():
+    if not pe.backend_status("cpu", "render_rays_forward")["native"][0]:
+        pytest.skip("native extension without render_rays")
+    planes, points, depths, decoder = make_inputs(
+        "triplane", batch=1, rays=2, samples=4, channels=3, hidden=5, out=2, size=4,
+        dtype=torch.float64, seed=18,
+    )  # fmt: skip
+    w1, b1, w2, b2 = (t.detach().clone() for t in decoder_effective_weights(decoder))
+    for activation in ("none", "lrelu"):
+
+        def fn(planes, points, w1, b1, w2, b2, activation=activation):
+            return render_rays(
+                planes, points, depths, (w1, b1, w2, b2), color_activation=activation,
+                weights="full", backend="native",
+            )  # fmt: skip
+
+        inputs = [t.detach().clone().requires_grad_(True) for t in (planes, points, w1, b1, w2, b2)]
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -321,6 +430,24 @@ def test_decoder_given_as_effective_weights_gets_gradients():
         (lambda a: a["points"].__setitem__((0, 1, 2, 0), float("nan")), ValueError, "points"),
         (lambda a: a["depths"].__setitem__((1, 0, 0, 0), float("inf")), ValueError, "depths"),
         (lambda a: a.update(plane_axes="xyz"), ValueError, "plane_axes must be one of"),
+        (
+            lambda a: a.update(color_activation="relu"),
+            ValueError,
+            "color_activation must be one of",
+        ),
+        (lambda a: a.update(color_activation=0), TypeError, "color_activation must be a str"),
+        (
+            lambda a: a.update(color_activation="none"),
+            ValueError,
+            "contradicts the decoder's activation 'sigmoid'",
+        ),
+        (
+            lambda a: a.update(
+                decoder=portrait_decoder(a["decoder"], "lrelu"), color_activation="sigmoid"
+            ),
+            ValueError,
+            "contradicts the decoder's activation 'lrelu'",
+        ),
     ],
 )
 def test_bad_inputs(change, error, match):

@@ -11,7 +11,12 @@ import portrait_engine as pe
 from portrait_engine.nn import ImportanceRenderer
 from portrait_engine.ops import render_rays
 from tests.helpers import assert_close, relative_l2
-from tests.ops.test_render_rays import gradients, make_inputs, reference_gradients
+from tests.ops.test_render_rays import (
+    gradients,
+    make_inputs,
+    portrait_decoder,
+    reference_gradients,
+)
 
 pytestmark = pytest.mark.cuda
 GPU_BACKENDS = ["triton", "native"]
@@ -51,6 +56,34 @@ def test_gpu_matches_reference_at_eg3d_sizes(backend, kind, axes, dtype, weights
     oracle = reference_gradients(planes.float(), points, depths, decoder, **kwargs)
     for g, w in zip(grads, oracle, strict=True):
         assert relative_l2(g, w) < (1e-3 if dtype == torch.float32 else 5e-2)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["none", "lrelu"])
+@pytest.mark.parametrize("eg3d_sizes", [True, False])
+def test_gpu_color_activations(backend, activation, eg3d_sizes):
+    """3DPortraitGAN's colour activations on the GPU kernels (EG3D's compile-time sizes and the
+    generic instantiation), fp32 planes, against the float64 reference's gradients."""
+    _require(backend)
+    sizes = dict(channels=32, hidden=64, out=32, size=32) if eg3d_sizes else {}
+    planes, points, depths, osg = _cuda_inputs(
+        "trigrid", batch=2, rays=700, samples=24, seed=33, **sizes
+    )
+    decoder = portrait_decoder(osg, activation)
+    planes.requires_grad_(True)
+    points.requires_grad_(True)
+    kwargs = dict(plane_axes="panohead", weights="full", white_back=True)
+    got = render_rays(planes, points, depths, decoder, backend=backend, **kwargs)
+    want = render_rays(planes, points, depths, decoder, backend="torch", **kwargs)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, torch.float32, scale=10)
+    grads = gradients(got, [planes, points, *decoder.parameters()])
+    oracle = reference_gradients(
+        planes, points, depths, decoder, color_activation=activation, **kwargs
+    )
+    for g, w in zip(grads, oracle, strict=True):
+        # tf32 tensor-core operands in the Triton MLP (as test_gpu_matches_reference_at_eg3d_sizes)
+        assert relative_l2(g, w) < 1e-3
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -18,7 +18,7 @@ OPS = {
 }
 
 
-def kernel_inputs(kind, requires_grad=True, noise=True, full_weights=False):
+def kernel_inputs(kind, requires_grad=True, noise=True, full_weights=False, color_activation=0):
     """Inputs of the kernel-level forward, laid out as the public op lays them out."""
     planes, points, depths, decoder = make_inputs(kind, batch=1, rays=3, samples=5, seed=21)
     # the first samples inside the crop: no ray with Σw = 0, whose NaN depth_raw opcheck's
@@ -45,6 +45,7 @@ def kernel_inputs(kind, requires_grad=True, noise=True, full_weights=False):
         0.4,
         False,
         True,
+        color_activation,
         full_weights,
     ]
 
@@ -65,6 +66,30 @@ def test_opcheck(backend, kind, full_weights, requires_grad):
         getattr(torch.ops.portrait_engine, backward),
         [*grads, *detached[:9], *(o.detach() for o in outputs), *detached[9:], False],
     )
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("color_activation", [1, 2], ids=["none", "lrelu"])
+def test_opcheck_color_activations(backend, color_activation):
+    forward, backward = OPS[backend]
+    args = kernel_inputs("triplane", full_weights=True, color_activation=color_activation)
+    op = getattr(torch.ops.portrait_engine, forward)
+    torch.library.opcheck(op, args)
+    outputs = op(*args)
+    grads = [torch.randn_like(out) for out in outputs]
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(
+        getattr(torch.ops.portrait_engine, backward),
+        [*grads, *detached[:9], *(o.detach() for o in outputs), *detached[9:], False],
+    )
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernel_level_color_activation_is_checked(backend):
+    forward, _ = OPS[backend]
+    args = kernel_inputs("triplane", requires_grad=False, color_activation=3)
+    with pytest.raises((ValueError, RuntimeError), match="color_activation"):
+        getattr(torch.ops.portrait_engine, forward)(*args)
 
 
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)

@@ -15,6 +15,7 @@ import torch
 from portrait_engine.kernels import render as kernels
 from portrait_engine.kernels._launch import interpreting
 from portrait_engine.ops.reference import render_rays_reference
+from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS
 from portrait_engine.ops.triplane import _projection
 from tests.helpers import assert_close, relative_l2
 
@@ -126,7 +127,8 @@ def run_kernels(inputs, grads, flags, deterministic=False):
         crop=flags["crop"],
         use_noise=flags["noise"],
     )
-    modes = (flags["white_back"], flags["scale_rgb"], flags["full_weights"])
+    activation = COLOR_ACTIVATIONS.index(flags["color_activation"])
+    modes = (flags["white_back"], flags["scale_rgb"], activation, flags["full_weights"])
     outputs = kernels.render_rays_forward(*tensors, trilinear, use_crop, limit, *modes)
     grad_in = kernels.render_rays_backward(
         *grads, *tensors, *outputs, trilinear, use_crop, limit, *modes, deterministic
@@ -156,6 +158,7 @@ def run_reference(inputs, grads, flags):
         plane_axes=flags["plane_axes"],
         white_back=flags["white_back"],
         scale_rgb=flags["scale_rgb"],
+        color_activation=flags["color_activation"],
         noise=inputs["noise"][..., None] if flags["noise"] else None,
         crop=flags["crop"],
         weights_mode="full",
@@ -186,6 +189,7 @@ def flags_of(plane_axes="eg3d", box_warp=1.0, **kw):
         box_warp=box_warp,
         white_back=False,
         scale_rgb=True,
+        color_activation="sigmoid",
         full_weights=False,
         noise=False,
         crop=0.0,
@@ -226,6 +230,15 @@ CASES = [
         dict(channels=5, hidden=12, out=3, resolution=(6, 10), grid_depth=3),
         flags_of(full_weights=True, scale_rgb=False, crop=0.1),
     ),
+    # 3DPortraitGAN's colour activations: none (its published decoder) and PanoHead's lrelu
+    ("triplane", {}, flags_of(color_activation="none", full_weights=True, noise=True, crop=0.1)),
+    ("trigrid", {}, flags_of("panohead", color_activation="none", white_back=True)),
+    ("triplane", {}, flags_of("panohead", color_activation="lrelu", noise=True, crop=0.1)),
+    (
+        "trigrid",
+        dict(channels=5, hidden=12, out=3, resolution=(6, 10), grid_depth=3),
+        flags_of(color_activation="lrelu", full_weights=True, scale_rgb=False),
+    ),
 ]
 CASE_IDS = [
     "triplane-eg3d",
@@ -234,6 +247,10 @@ CASE_IDS = [
     "trigrid-panohead-full-noise-crop",
     "trigrid-panohead-whiteback-noscale",
     "trigrid-eg3d-odd-sizes-full-crop",
+    "triplane-eg3d-none-full-noise-crop",
+    "trigrid-panohead-none-whiteback",
+    "triplane-panohead-lrelu-noise-crop",
+    "trigrid-eg3d-odd-sizes-lrelu-full",
 ]
 
 

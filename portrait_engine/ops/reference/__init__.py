@@ -18,6 +18,7 @@ from portrait_engine.ops.reference.rays import (
     unpack_camera_label_reference,
 )
 from portrait_engine.ops.reference.render import (
+    color_activation_reference,
     decode_reference,
     decoder_effective_weights,
     render_rays_reference,
@@ -62,6 +63,7 @@ __all__ = [
     "triangle_frames",
     "plane_axes_tensor",
     "project_onto_planes",
+    "color_activation_reference",
     "decode_reference",
     "decoder_effective_weights",
     "render_rays_reference",

@@ -262,10 +262,14 @@ def test_sample_density_with_pose_deforms_first(gen):
         gen.sample_density(planes, points[..., :2])
 
 
-@pytest.mark.parametrize("density_noise", [0.0, 0.5])
-def test_fused_renderer_images_match_unfused(density_noise):
-    """With EG3D's sigmoid decoder the native backend renders through render_rays (coarse and
-    fine passes fused); at the same seed its images equal the unfused renderer's."""
+@pytest.mark.parametrize(
+    ("activation", "density_noise"),
+    [("sigmoid", 0.0), ("sigmoid", 0.5), ("none", 0.0), ("none", 0.5), ("lrelu", 0.5)],
+)
+def test_fused_renderer_images_match_unfused(activation, density_noise):
+    """With any of the decoder's colour activations (EG3D's sigmoid, the published raw "none",
+    PanoHead's lrelu) the native backend renders through render_rays (coarse and fine passes
+    fused); at the same seed its images equal the unfused renderer's."""
     if (
         not _native_ready()
         or not _backend.backend_status("cpu", "render_rays_forward")["native"][0]
@@ -273,9 +277,10 @@ def test_fused_renderer_images_match_unfused(density_noise):
         pytest.skip("native extension not built with render_rays")
     torch.manual_seed(5)
     config = PortraitGANConfig.preset(
-        "tiny", decoder_activation="sigmoid", density_noise=density_noise
+        "tiny", decoder_activation=activation, density_noise=density_noise
     )
     g = PortraitGenerator(config).eval()
+    assert g.decoder.activation == activation
     z = torch.randn(1, config.z_dim)
     cam = cameras([0.4])
     pose = torch.tensor([[0.0, 0.2, 0.1, 0.0, 0.1, 0.0]])
@@ -300,16 +305,21 @@ def test_fused_renderer_images_match_unfused(density_noise):
     )
 
 
-def test_published_decoder_is_rendered_unfused(gen):
-    """3DPortraitGAN's raw-colour decoder ("none") is not what the fused kernels decode: the
-    renderer keeps the unfused path for it, and render_rays refuses it."""
+def test_published_decoder_is_rendered_fused(gen):
+    """3DPortraitGAN's raw-colour decoder ("none") is fusable: the renderer takes the fused path
+    for it under the kernel backends, and render_rays reads its activation from it (a
+    contradicting explicit one is refused)."""
     from portrait_engine.ops import render_rays
 
     assert gen.decoder.activation == "none"
-    with use_backend("native"):
+    assert gen.renderer.fusable(gen.decoder)
+    with use_backend("torch"):
         assert not gen.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), gen.decoder)
+    if _backend.backend_status("cpu", "render_rays_forward")["native"][0]:
+        with use_backend("native"):
+            assert gen.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), gen.decoder)
     points = torch.zeros(1, 2, 3, 3)
     depths = torch.linspace(1, 2, 3).expand(1, 2, 3).unsqueeze(-1)
     planes = torch.zeros(1, 3, gen.decoder.n_features, 4, 4)
-    with pytest.raises(ValueError, match="sigmoid"):
-        render_rays(planes, points, depths, gen.decoder)
+    with pytest.raises(ValueError, match="contradicts the decoder's activation 'none'"):
+        render_rays(planes, points, depths, gen.decoder, color_activation="sigmoid")
