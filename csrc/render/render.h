@@ -84,6 +84,17 @@ struct Dims {
   int out;     // O = 1 + Co
 };
 
+// The sizes of one call, checked on the host (render/checks.h) and passed to the kernels.
+struct Sizes {
+  int64_t B, R, S, Co;
+  int C, Hd, O;
+  Dims d;
+  // Number of decoder parameters: w1 (Hd, C), b1 (Hd), w2 (O, Hd), b2 (O).
+  HOST_DEVICE int64_t n_decoder() const {
+    return static_cast<int64_t>(Hd) * C + Hd + static_cast<int64_t>(O) * Hd + O;
+  }
+};
+
 // ------------------------------------------------------------------------------------------
 // Sampling: f = mean_p Σ_corners w · plane_p[corner]   (align_corners = False, zero padding)
 // ------------------------------------------------------------------------------------------

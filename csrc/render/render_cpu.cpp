@@ -28,6 +28,7 @@
 #include <tuple>
 #include <vector>
 
+#include "render/checks.h"
 #include "render/render.h"
 
 namespace portrait_engine {
@@ -36,81 +37,6 @@ namespace {
 
 constexpr int64_t kChunkRays = 1024;
 constexpr int64_t kBlockRays = 8;
-
-struct Sizes {
-  int64_t B, R, S, Co;
-  int C, Hd, O;
-  Dims d;
-};
-
-at::ScalarType acc_dtype(const at::Tensor& planes) {
-  return planes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_color_activation(int64_t color_activation) {
-  TORCH_CHECK(color_activation >= kActSigmoid && color_activation <= kActLrelu,
-              "render_rays (cpu): color_activation must be 0 (sigmoid), 1 (none) or 2 (lrelu), "
-              "got ", color_activation);
-}
-
-Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& depths,
-                   const at::Tensor& proj, const at::Tensor& w1, const at::Tensor& b1,
-                   const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
-                   bool trilinear) {
-  TORCH_CHECK(planes.dim() == 6, "render_rays (cpu): planes must be (B, P, D, H, W, C)");
-  TORCH_CHECK(points.dim() == 4 && points.size(3) == 3,
-              "render_rays (cpu): points must be (B, R, S, 3)");
-  Sizes z;
-  z.B = points.size(0);
-  z.R = points.size(1);
-  z.S = points.size(2);
-  TORCH_CHECK(planes.size(0) == z.B, "render_rays (cpu): batch mismatch");
-  TORCH_CHECK(z.S >= 2, "render_rays (cpu): at least two samples per ray");
-  TORCH_CHECK(depths.dim() == 3 && depths.size(0) == z.B && depths.size(1) == z.R &&
-                  depths.size(2) == z.S,
-              "render_rays (cpu): depths must be (B, R, S)");
-  TORCH_CHECK(trilinear || planes.size(2) == 1, "render_rays (cpu): a tri-plane has D = 1");
-  const int64_t P = planes.size(1);
-  TORCH_CHECK(proj.dim() == 3 && proj.size(0) == P && proj.size(1) == 3 && proj.size(2) == 3,
-              "render_rays (cpu): proj must be (P, 3, 3)");
-  const int64_t C = planes.size(5);
-  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "render_rays (cpu): w1 must be (Hd, C)");
-  const int64_t Hd = w1.size(0);
-  TORCH_CHECK(b1.dim() == 1 && b1.size(0) == Hd, "render_rays (cpu): b1 must be (Hd,)");
-  TORCH_CHECK(w2.dim() == 2 && w2.size(1) == Hd && w2.size(0) >= 2,
-              "render_rays (cpu): w2 must be (1 + Co, Hd)");
-  const int64_t O = w2.size(0);
-  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == O, "render_rays (cpu): b2 must be (1 + Co,)");
-  TORCH_CHECK(noise.numel() == 0 || (noise.dim() == 3 && noise.size(0) == z.B &&
-                                     noise.size(1) == z.R && noise.size(2) == z.S),
-              "render_rays (cpu): noise must be (B, R, S) or empty");
-  const auto acc = acc_dtype(planes);
-  for (const at::Tensor* t : {&points, &depths, &proj, &w1, &b1, &w2, &b2, &noise}) {
-    TORCH_CHECK(t->scalar_type() == acc,
-                "render_rays (cpu): points, depths, proj, weights and noise must be float32 "
-                "(float64 with float64 planes)");
-    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(),
-                "render_rays (cpu): inputs must be contiguous CPU tensors");
-  }
-  TORCH_CHECK(planes.is_contiguous() && planes.device().is_cpu(),
-              "render_rays (cpu): planes must be a contiguous CPU tensor");
-  z.C = static_cast<int>(C);
-  z.Hd = static_cast<int>(Hd);
-  z.O = static_cast<int>(O);
-  z.Co = O - 1;
-  z.d.P = P;
-  z.d.geo = triplane::Geometry{planes.size(2), planes.size(3), planes.size(4), C};
-  z.d.trilinear = trilinear;
-  z.d.hidden = z.Hd;
-  z.d.out = z.O;
-  return z;
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
 // The scratch arrays of two samples and of a sample's backward, for one thread.
 template <typename acc_t>
@@ -365,9 +291,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> render_rays_forward_cpu(
     const at::Tensor& b2, const at::Tensor& noise, bool trilinear, bool use_crop,
     double crop_limit, bool white_back, bool scale_rgb, int64_t color_activation,
     bool full_weights) {
-  check_color_activation(color_activation);
+  check_color_activation(color_activation, kCpuSide);
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
+  const Sizes z =
+      check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear, kCpuSide);
   const auto options = points.options();
   at::Tensor features = new_output({z.B, z.R, z.Co}, options);
   at::Tensor depth_raw = new_output({z.B, z.R, 1}, options);
@@ -394,28 +321,17 @@ render_rays_backward_cpu(const at::Tensor& grad_features, const at::Tensor& grad
                          double crop_limit, bool white_back, bool scale_rgb,
                          int64_t color_activation, bool full_weights, bool deterministic) {
   (void)deterministic;  // the CPU backward is always deterministic
-  check_color_activation(color_activation);
+  check_color_activation(color_activation, kCpuSide);
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
-  const int64_t n_weights = full_weights ? z.S - 1 : 1;
+  const Sizes z =
+      check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear, kCpuSide);
   const auto acc = acc_dtype(planes);
-  auto check_shaped = [&](const at::Tensor& t, std::vector<int64_t> shape, const char* name) {
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == acc &&
-                    t.is_contiguous() && t.device().is_cpu(),
-                "render_rays (cpu): ", name,
-                " must be a contiguous CPU tensor of the forward output's shape and dtype");
-  };
-  check_shaped(grad_features, {z.B, z.R, z.Co}, "grad_features");
-  check_shaped(grad_depth, {z.B, z.R, 1}, "grad_depth_raw");
-  check_shaped(grad_weights, {z.B, z.R, n_weights}, "grad_weights");
-  check_shaped(features, {z.B, z.R, z.Co}, "features");
-  check_shaped(depth_raw, {z.B, z.R, 1}, "depth_raw");
-  check_shaped(weights, {z.B, z.R, n_weights}, "weights");
+  check_backward_tensors(grad_features, grad_depth, grad_weights, features, depth_raw, weights,
+                         planes, z, full_weights, kCpuSide);
 
   at::Tensor grad_planes = at::zeros(planes.sizes(), planes.options().dtype(acc));
   at::Tensor grad_points = at::zeros(points.sizes(), points.options());
-  const int64_t n_decoder = static_cast<int64_t>(z.Hd) * z.C + z.Hd +
-                            static_cast<int64_t>(z.O) * z.Hd + z.O;
+  const int64_t n_decoder = z.n_decoder();
   at::Tensor grad_decoder = at::zeros({n_decoder}, points.options());
   if (z.B * z.R > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -43,6 +43,7 @@
 #include <tuple>
 #include <vector>
 
+#include "render/checks.h"
 #include "render/render.h"
 
 namespace portrait_engine {
@@ -55,75 +56,20 @@ constexpr int kMaxC = 64;
 constexpr int kMaxHidden = 128;
 constexpr int kMaxOut = 65;
 
-struct Sizes {
-  int64_t B, R, S, Co;
-  int C, Hd, O;
-  Dims d;
-  HOST_DEVICE int64_t n_decoder() const {
-    return static_cast<int64_t>(Hd) * C + Hd + static_cast<int64_t>(O) * Hd + O;
-  }
-};
-
-void check_color_activation(int64_t color_activation) {
-  TORCH_CHECK(color_activation >= kActSigmoid && color_activation <= kActLrelu,
-              "render_rays (cuda): color_activation must be 0 (sigmoid), 1 (none) or 2 (lrelu), "
-              "got ", color_activation);
-}
-
-Sizes check_inputs(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& depths,
-                   const at::Tensor& proj, const at::Tensor& w1, const at::Tensor& b1,
-                   const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& noise,
-                   bool trilinear) {
-  TORCH_CHECK(planes.dim() == 6, "render_rays (cuda): planes must be (B, P, D, H, W, C)");
-  TORCH_CHECK(points.dim() == 4 && points.size(3) == 3,
-              "render_rays (cuda): points must be (B, R, S, 3)");
-  Sizes z;
-  z.B = points.size(0);
-  z.R = points.size(1);
-  z.S = points.size(2);
-  TORCH_CHECK(planes.size(0) == z.B, "render_rays (cuda): batch mismatch");
-  TORCH_CHECK(z.S >= 2, "render_rays (cuda): at least two samples per ray");
-  TORCH_CHECK(depths.dim() == 3 && depths.size(0) == z.B && depths.size(1) == z.R &&
-                  depths.size(2) == z.S,
-              "render_rays (cuda): depths must be (B, R, S)");
-  TORCH_CHECK(trilinear || planes.size(2) == 1, "render_rays (cuda): a tri-plane has D = 1");
-  const int64_t P = planes.size(1);
-  TORCH_CHECK(proj.dim() == 3 && proj.size(0) == P && proj.size(1) == 3 && proj.size(2) == 3,
-              "render_rays (cuda): proj must be (P, 3, 3)");
-  const int64_t C = planes.size(5);
-  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "render_rays (cuda): w1 must be (Hd, C)");
-  const int64_t Hd = w1.size(0);
-  TORCH_CHECK(b1.dim() == 1 && b1.size(0) == Hd, "render_rays (cuda): b1 must be (Hd,)");
-  TORCH_CHECK(w2.dim() == 2 && w2.size(1) == Hd && w2.size(0) >= 2,
-              "render_rays (cuda): w2 must be (1 + Co, Hd)");
-  const int64_t O = w2.size(0);
-  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == O, "render_rays (cuda): b2 must be (1 + Co,)");
-  TORCH_CHECK(C <= kMaxC && Hd <= kMaxHidden && O <= kMaxOut,
-              "render_rays (cuda): at most ", kMaxC, " plane channels, ", kMaxHidden,
-              " hidden units and ", kMaxOut - 1, " output features, got C = ", C, ", Hd = ", Hd,
-              ", Co = ", O - 1);
-  TORCH_CHECK(noise.numel() == 0 || (noise.dim() == 3 && noise.size(0) == z.B &&
-                                     noise.size(1) == z.R && noise.size(2) == z.S),
-              "render_rays (cuda): noise must be (B, R, S) or empty");
+// The shared checks plus the CUDA kernels' own limits: no float64, and the decoder sizes the
+// generic instantiation's per-thread arrays hold.
+Sizes check_cuda_inputs(const at::Tensor& planes, const at::Tensor& points,
+                        const at::Tensor& depths, const at::Tensor& proj, const at::Tensor& w1,
+                        const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                        const at::Tensor& noise, bool trilinear) {
   TORCH_CHECK(planes.scalar_type() != at::kDouble,
               "render_rays (cuda): float64 runs on the CPU kernels only");
-  for (const at::Tensor* t : {&points, &depths, &proj, &w1, &b1, &w2, &b2, &noise}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat,
-                "render_rays (cuda): points, depths, proj, weights and noise must be float32");
-    TORCH_CHECK(t->is_contiguous() && t->device() == planes.device(),
-                "render_rays (cuda): inputs must be contiguous, on the planes' device");
-  }
-  TORCH_CHECK(planes.is_contiguous() && planes.is_cuda(),
-              "render_rays (cuda): planes must be a contiguous CUDA tensor");
-  z.C = static_cast<int>(C);
-  z.Hd = static_cast<int>(Hd);
-  z.O = static_cast<int>(O);
-  z.Co = O - 1;
-  z.d.P = P;
-  z.d.geo = triplane::Geometry{planes.size(2), planes.size(3), planes.size(4), C};
-  z.d.trilinear = trilinear;
-  z.d.hidden = z.Hd;
-  z.d.out = z.O;
+  const Sizes z =
+      check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear, kCudaSide);
+  TORCH_CHECK(z.C <= kMaxC && z.Hd <= kMaxHidden && z.O <= kMaxOut,
+              "render_rays (cuda): at most ", kMaxC, " plane channels, ", kMaxHidden,
+              " hidden units and ", kMaxOut - 1, " output features, got C = ", z.C, ", Hd = ",
+              z.Hd, ", Co = ", z.Co);
   return z;
 }
 
@@ -419,19 +365,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> render_rays_forward_cuda(
     const at::Tensor& b2, const at::Tensor& noise, bool trilinear, bool use_crop,
     double crop_limit, bool white_back, bool scale_rgb, int64_t color_activation,
     bool full_weights) {
-  check_color_activation(color_activation);
+  check_color_activation(color_activation, kCudaSide);
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
+  const Sizes z =
+      check_cuda_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
   const auto options = points.options();
-  at::Tensor features = at::empty({z.B, z.R, z.Co}, options);
-  at::Tensor depth_raw = at::empty({z.B, z.R, 1}, options);
-  at::Tensor weights = at::empty({z.B, z.R, full_weights ? z.S - 1 : 1}, options);
-  if (poison_outputs()) {
-    for (at::Tensor* t : {&features, &depth_raw, &weights}) {
-      t->fill_(std::numeric_limits<double>::quiet_NaN());
-    }
-  }
+  at::Tensor features = new_output({z.B, z.R, z.Co}, options);
+  at::Tensor depth_raw = new_output({z.B, z.R, 1}, options);
+  at::Tensor weights = new_output({z.B, z.R, full_weights ? z.S - 1 : 1}, options);
   const int64_t rays = z.B * z.R;
   if (rays == 0) return {features, depth_raw, weights};
   const size_t smem = static_cast<size_t>(z.n_decoder()) * sizeof(float);
@@ -469,23 +411,13 @@ render_rays_backward_cuda(const at::Tensor& grad_features, const at::Tensor& gra
                           const at::Tensor& weights, bool trilinear, bool use_crop,
                           double crop_limit, bool white_back, bool scale_rgb,
                           int64_t color_activation, bool full_weights, bool deterministic) {
-  check_color_activation(color_activation);
+  check_color_activation(color_activation, kCudaSide);
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
-  const Sizes z = check_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
-  const int64_t n_weights = full_weights ? z.S - 1 : 1;
-  auto check_shaped = [&](const at::Tensor& t, std::vector<int64_t> shape, const char* name) {
-    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == at::kFloat &&
-                    t.is_contiguous() && t.device() == planes.device(),
-                "render_rays (cuda): ", name,
-                " must be contiguous, of the forward output's shape, dtype and device");
-  };
-  check_shaped(grad_features, {z.B, z.R, z.Co}, "grad_features");
-  check_shaped(grad_depth, {z.B, z.R, 1}, "grad_depth_raw");
-  check_shaped(grad_weights, {z.B, z.R, n_weights}, "grad_weights");
-  check_shaped(features, {z.B, z.R, z.Co}, "features");
-  check_shaped(depth_raw, {z.B, z.R, 1}, "depth_raw");
-  check_shaped(weights, {z.B, z.R, n_weights}, "weights");
+  const Sizes z =
+      check_cuda_inputs(planes, points, depths, proj, w1, b1, w2, b2, noise, trilinear);
+  check_backward_tensors(grad_features, grad_depth, grad_weights, features, depth_raw, weights,
+                         planes, z, full_weights, kCudaSide);
 
   const auto f32 = points.options();
   at::Tensor grad_planes = at::zeros(planes.sizes(), f32);

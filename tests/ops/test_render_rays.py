@@ -459,3 +459,38 @@ def test_bad_inputs(change, error, match):
             args.pop("planes"), args.pop("points"), args.pop("depths"), args.pop("decoder"),
             **args,
         )  # fmt: skip
+
+
+_NATIVE_OK = pe.backend_status("cpu", "render_rays_forward")["native"][0]
+
+
+def _kernel_inputs():
+    """Prepared kernel-level inputs (channels-last planes, proj, effective weights)."""
+    planes = torch.randn(1, 3, 1, 4, 4, 8)
+    points = torch.rand(1, 2, 3, 3) - 0.5
+    depths = torch.linspace(1.0, 2.0, 3).expand(1, 2, 3).contiguous()
+    proj = torch.eye(3).expand(3, 3, 3).contiguous() * 2
+    w1, b1 = torch.randn(16, 8), torch.randn(16)
+    w2, b2 = torch.randn(5, 16), torch.randn(5)
+    return planes, points, depths, proj, w1, b1, w2, b2, torch.empty(0)
+
+
+@pytest.mark.skipif(not _NATIVE_OK, reason="the native extension lacks render_rays")
+def test_native_kernel_checks_its_contract():
+    """Direct callers of the kernel-level ops get the host checks (csrc/render/checks.h)."""
+    op = torch.ops.portrait_engine
+    inputs = _kernel_inputs()
+    flags = (False, False, 0.0, False, True)
+    features, depth_raw, weights = op.render_rays_forward(*inputs, *flags, 0, False)
+    assert features.shape == (1, 2, 4) and torch.isfinite(features).all()
+    with pytest.raises(RuntimeError, match=r"render_rays \(cpu\): color_activation"):
+        op.render_rays_forward(*inputs, *flags, 7, False)
+    bad_w1 = list(inputs)
+    bad_w1[4] = torch.randn(16, 7)
+    with pytest.raises(RuntimeError, match=r"render_rays \(cpu\): w1 must be \(Hd, C\)"):
+        op.render_rays_forward(*bad_w1, *flags, 0, False)
+    grads = (torch.ones_like(features), torch.zeros_like(depth_raw), torch.zeros(1, 2, 2))
+    with pytest.raises(RuntimeError, match=r"render_rays \(cpu\): grad_weights must be"):
+        op.render_rays_backward(
+            *grads, *inputs, features, depth_raw, weights, *flags, 0, False, False
+        )
