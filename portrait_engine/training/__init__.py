@@ -23,6 +23,7 @@ from portrait_engine.training.distributed import (
     epoch_batches,
     init_distributed,
 )
+from portrait_engine.training.progress import training_progress
 from portrait_engine.training.rng import capture_rng_state, restore_rng_state
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "point_latest",
     "prune_checkpoints",
     "restore_rng_state",
+    "training_progress",
     "unflatten_optimizer",
     "write_json",
 ]

@@ -53,6 +53,7 @@ from portrait_engine.models.recognizability import ri as ri_lib
 from portrait_engine.models.recognizability.heads import MarginSoftmaxHead
 from portrait_engine.models.recognizability.model import RIConfig, RIModel
 from portrait_engine.training.distributed import Distributed, epoch_batches, init_distributed
+from portrait_engine.training.progress import training_progress
 
 __all__ = ["Distributed", "Trainer", "TrainConfig", "epoch_batches", "init_distributed"]
 
@@ -558,22 +559,4 @@ class Trainer:
         )
 
     def _progress(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-            transient=False,
-        )
+        return training_progress(self.console)

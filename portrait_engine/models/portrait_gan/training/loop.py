@@ -50,6 +50,7 @@ from portrait_engine.training import (
     init_distributed,
     restore_rng_state,
 )
+from portrait_engine.training.progress import training_progress
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -492,22 +493,4 @@ class Trainer:
         )
 
     def _progress(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-            transient=False,
-        )
+        return training_progress(self.console)
