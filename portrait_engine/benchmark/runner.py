@@ -11,6 +11,7 @@ gets an ``error`` row, and the other providers are timed with an ``unchecked`` n
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import platform
@@ -387,6 +388,16 @@ def environment(device: torch.device, copy_gbps: float, load_before: float | Non
     return info
 
 
+def _partial_path(config: BenchConfig, device: torch.device) -> Path | None:
+    """``<out>/<device>/<stem>.partial.json``: the rows so far, rewritten after every case and
+    removed once the whole result is saved (a run stopped by a time limit keeps its rows)."""
+    if not config.out_dir:
+        return None
+    folder = Path(config.out_dir) / timing.device_name(device)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{'quick' if config.resolved_quick() else 'full'}.partial.json"
+
+
 def run_benchmarks(config: BenchConfig, progress=None) -> dict:
     """Run every case of ``config.ops``; returns the result (see :mod:`.schema`), saved to
     ``config.out_dir/<device>/`` unless that is ``None``."""
@@ -405,9 +416,12 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
         device, [DTYPES[d] for d in config.dtypes], min(config.resolved_budget_s(), 0.5)
     )
     rows = []
+    partial = _partial_path(config, device)
     for op in config.ops:
         for case in OPS[op](config.resolved_quick()):
             rows.extend(run_case(case, config, ceil, progress))
+            if partial is not None:  # what a run stopped part-way leaves behind
+                partial.write_text(json.dumps({"config": asdict(config), "rows": rows}))
     result = {
         "schema": schema.SCHEMA,
         "command": config.command,
@@ -420,6 +434,7 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
     schema.validate(result)
     if config.out_dir:
         result["files"] = save(result, Path(config.out_dir), plots=config.plots)
+        partial.unlink(missing_ok=True)
     return result
 
 

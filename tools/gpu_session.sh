@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One lease of a lent GPU machine, as one prepared command: build the CUDA extension, time the
+# ops (paper sizes) and run the `cuda`-marked tests, each step under its own share of a deadline
+# so the script always reaches its summary and packs its logs.
+#
+#   bash tools/gpu_session.sh OUT_DIR [SECONDS]      (default 480 s in all)
+#
+# Runs from the repository root with the machine's own python3 (its torch, its triton): the
+# extension is built in place (sm_90 only), `portrait_engine.kernels` is reached through a link
+# as the editable install does, and smplx comes from a wheel in .whl/ when the machine lacks it.
+# Everything lands in OUT_DIR/session.tar.gz (logs, JUnit XML, benchmark JSON) plus a summary.
+set -uo pipefail
+OUT=${1:?usage: gpu_session.sh OUT_DIR [SECONDS]}
+TOTAL=${2:-480}
+START=$(date +%s)
+W=/tmp/gpu_session
+rm -rf "$W" && mkdir -p "$W/bench"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+left() { echo $((TOTAL - ($(date +%s) - START))); }
+step() { # step NAME SHARE_SECONDS CMD...: run CMD under min(SHARE, time left - 25 s)
+  local name=$1 share=$2; shift 2
+  local t; t=$(left); t=$((t - 25)); [ "$share" -lt "$t" ] && t=$share
+  if [ "$t" -lt 10 ]; then echo "::: $name skipped (no time left)" | tee -a "$W/steps.txt"; return; fi
+  echo "::: $name (limit ${t}s, at $(($(date +%s) - START))s)"
+  local t0; t0=$(date +%s)
+  timeout -k 5 "$t" "$@" >"$W/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc ${t}s-limit took=$(($(date +%s) - t0))s" | tee -a "$W/steps.txt"
+}
+
+[ -e portrait_engine/kernels ] || ln -s ../kernels portrait_engine/kernels
+if ! python3 -c "import smplx" 2>/dev/null && ls .whl/smplx-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/smplx-*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+{ nvidia-smi; python3 -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))"; nvcc --version; } >"$W/env.txt" 2>&1
+
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PORTRAIT_ENGINE_CUDA=1
+step build 200 python3 setup.py build_ext --inplace
+python3 -m portrait_engine.cli info >"$W/info.txt" 2>&1
+
+BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
+# 1. the ops of the open issues (#3 rays and importance sampling, #4 skinning), eager vs ours
+step bench_ops 130 "${BENCH[@]}" --out "$W/bench/ops" --providers torch triton native \
+  ray_march sample_importance merge_samples ray_sample lbs skin_points mesh_deform \
+  render_rays renderer triplane_sample attention_pool
+# 2. the cuda tests, on 8 processes sharing the GPU
+step pytest 150 python3 -m pytest -m cuda -q --maxfail=40 -n 8 -p no:cacheprovider \
+  --continue-on-collection-errors --timeout 120 --junitxml="$W/pytest.xml" tests
+# 3. torch.compile for the same ops, then the model steps with every provider
+step bench_compile 90 "${BENCH[@]}" --out "$W/bench/compile" --providers torch_compile \
+  ray_march sample_importance merge_samples lbs skin_points renderer triplane_sample
+step bench_models 200 "${BENCH[@]}" --out "$W/bench/models" \
+  portrait_gan_train_step generator ri_train_step margin_head renderer_unfused
+
+find "$W/bench" -name '*.json' >"$W/bench_files.txt"
+tar -C /tmp -czf "$OUT/session.tar.gz" gpu_session
+cp "$W/steps.txt" "$W/env.txt" "$OUT/" 2>/dev/null
+cp portrait_engine/_C*.so "$OUT/" 2>/dev/null  # comes back when under 16 MiB
+echo "=== bench (ours, forward+backward, and every row not ok)"
+python3 - "$W/bench" <<'EOF'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).rglob("*.json")):
+    rows = json.loads(path.read_text())["rows"]
+    print(f"-- {path.parent.parent.name}/{path.name}: {len(rows)} rows")
+    for r in rows:
+        if r["status"] == "ok" and (r["provider"] == "torch" or r["mode"] == "forward"):
+            continue
+        s, c = r.get("speedup_vs_torch"), r.get("speedup_vs_compile")
+        t = f"{r['median_ms']:.3f}ms x{s or 0:.2f} c{c or 0:.2f}" if r.get("median_ms") else ""
+        st = r["status"][:100]
+        print(f"{r['op'][:14]:14} {r['shape'][:16]:16} {r['provider'][:6]:6} {t:26} {st}")
+EOF
+echo "=== build"; grep -E " error|Error" "$W/build.log" | head -20; tail -2 "$W/build.log"
+echo "=== pytest"; grep -E "^(FAILED|ERROR)" "$W/pytest.log" | cut -c1-220 | head -40; tail -3 "$W/pytest.log"
+echo "=== steps"; cat "$W/steps.txt"
