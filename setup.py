@@ -42,7 +42,13 @@ def _extensions():
 
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*/*.cu"))
-    cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    import torch
+
+    # The C++ string ABI of torch itself, said explicitly: torch's build helper no longer passes
+    # it, and a compiler whose default differs (a devtoolset-style gcc) builds an extension that
+    # crashes where a std::string crosses into libtorch.
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    cxx = ["-O3", "-std=c++20", "-fopenmp", abi]
     include = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -53,7 +59,7 @@ def _extensions():
             define_macros=[("PORTRAIT_ENGINE_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx,
-                "nvcc": ["-O3", "-std=c++20", "-lineinfo", "-Xptxas=-v"],
+                "nvcc": ["-O3", "-std=c++20", "-lineinfo", "-Xptxas=-v", abi],
             },
             extra_link_args=["-fopenmp"],
         )

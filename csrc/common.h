@@ -35,6 +35,9 @@ inline bool poison_outputs() {
   return value != nullptr && value[0] == '1';
 }
 
+// "key=value;..." describing how the extension was built (csrc/ops.cpp).
+std::string build_info();
+
 #if defined(PORTRAIT_ENGINE_WITH_CUDA)
 // Defined in csrc/triplane/triplane_cuda.cu (compiled by nvcc): "key=value;..." items that
 // only nvcc knows (the CUDA runtime version the kernels were compiled against).

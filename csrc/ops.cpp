@@ -11,10 +11,10 @@
 #include "common.h"
 
 namespace portrait_engine {
-namespace {
 
 // "key=value;..." describing how the extension was built; parsed by
-// portrait_engine._extension.build_info().
+// portrait_engine._extension.build_info() (read from the module constant _C.BUILD_INFO, which
+// csrc/module.cpp fills from this function; the op below serves C++ and TorchScript callers).
 std::string build_info() {
   std::ostringstream s;
 #if defined(PORTRAIT_ENGINE_WITH_CUDA)
@@ -47,7 +47,6 @@ std::string build_info() {
   return s.str();
 }
 
-}  // namespace
 }  // namespace portrait_engine
 
 TORCH_LIBRARY(portrait_engine, m) {

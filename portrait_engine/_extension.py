@@ -31,7 +31,10 @@ def build_info() -> dict[str, str]:
     loaded, _ = load()
     if not loaded:
         return {}
-    text = torch.ops.portrait_engine.build_info()
+    import portrait_engine._C as native
+
+    # the module constant (no C++ string crosses into libtorch); the op for older builds
+    text = getattr(native, "BUILD_INFO", None) or torch.ops.portrait_engine.build_info()
     return dict(item.split("=", 1) for item in text.split(";") if "=" in item)
 
 
