@@ -33,26 +33,27 @@ if ! python3 -c "import smplx" 2>/dev/null && ls .whl/smplx-*.whl >/dev/null 2>&
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/smplx-*.whl
   export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-{ nvidia-smi; echo "CXX=${CXX:-} CC=${CC:-}"; command -v c++ g++ gcc; c++ -v 2>&1 | tail -3; python3 -c "import torch; print('torch cxx11 abi', torch._C._GLIBCXX_USE_CXX11_ABI); print(torch.__config__.show())"; python3 -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))"; nvcc --version; } >"$W/env.txt" 2>&1
+{ nvidia-smi; echo "CXX=${CXX:-} CC=${CC:-}"; ${CXX:-c++} --version | head -1; command -v c++ g++ gcc; c++ -v 2>&1 | tail -3; python3 -c "import torch; print('torch cxx11 abi', torch._C._GLIBCXX_USE_CXX11_ABI); print(torch.__config__.show())"; python3 -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))"; nvcc --version; } >"$W/env.txt" 2>&1
 
-export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PORTRAIT_ENGINE_CUDA=1
+# The system gcc, the compiler torch was built with (13.x): the machine's CXX=/opt/gcc/bin/g++
+# built an extension that segfaulted at import, in std::ostringstream, on 2026-11-26.
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PORTRAIT_ENGINE_CUDA=1 CXX=/usr/bin/g++ CC=/usr/bin/gcc
 step build 200 python3 setup.py build_ext --inplace
 # smoke checks, each in its own process (a crash must not hide the others)
 export PYTHONFAULTHANDLER=1
 { for code in \
   "import portrait_engine._C as c; print('BUILD_INFO', c.BUILD_INFO)" \
-  "import torch, portrait_engine._C; print('op build_info', torch.ops.portrait_engine.build_info())" \
   "import torch; from portrait_engine import ops; g=torch.Generator().manual_seed(0); c=torch.rand(2,64,12,3,generator=g).cuda(); s=torch.randn(2,64,12,1,generator=g).cuda(); d=torch.sort(torch.rand(2,64,12,1,generator=g),dim=2).values.cuda()+1; r=[ops.ray_march(c,s,d,backend=b)[0] for b in ('torch','native','triton')]; print('ray_march native/triton err', [float((x-r[0]).norm()/r[0].norm()) for x in r[1:]])"; do
   echo ">>> $code"; timeout 60 python3 -c "$code" 2>&1 | tail -25; done; } >"$W/smoke.log" 2>&1
 timeout 60 python3 -m portrait_engine.cli info >"$W/info.txt" 2>&1
 
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
 # 1. the ops of the open issues (#3 rays and importance sampling, #4 skinning), eager vs ours
-step bench_ops 130 "${BENCH[@]}" --out "$W/bench/ops" \
+step bench_ops 85 "${BENCH[@]}" --out "$W/bench/ops" \
   ray_march sample_importance merge_samples ray_sample lbs skin_points mesh_deform \
   render_rays renderer triplane_sample attention_pool --providers torch triton native
 # 2. the cuda tests, on 8 processes sharing the GPU
-step pytest 150 python3 -m pytest -m cuda -q --maxfail=300 -n 8 -p no:cacheprovider \
+step pytest 110 python3 -m pytest -m cuda -q --maxfail=300 -n 8 -p no:cacheprovider \
   --continue-on-collection-errors --timeout 120 --junitxml="$W/pytest.xml" tests
 # 3. torch.compile for the same ops, then the model steps with every provider
 step bench_compile 90 "${BENCH[@]}" --out "$W/bench/compile" \
