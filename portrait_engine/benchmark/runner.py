@@ -11,7 +11,6 @@ gets an ``error`` row, and the other providers are timed with an ``unchecked`` n
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import platform
@@ -389,8 +388,9 @@ def environment(device: torch.device, copy_gbps: float, load_before: float | Non
 
 
 def _partial_path(config: BenchConfig, device: torch.device) -> Path | None:
-    """``<out>/<device>/<stem>.partial.json``: the rows so far, rewritten after every case and
-    removed once the whole result is saved (a run stopped by a time limit keeps its rows)."""
+    """``<out>/<device>/<stem>.partial.json``: the result so far (a valid result file with
+    ``"partial": true``), rewritten after every case and removed once the whole result is
+    saved, so a run stopped by a time limit keeps its rows."""
     if not config.out_dir:
         return None
     folder = Path(config.out_dir) / timing.device_name(device)
@@ -417,20 +417,24 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
     )
     rows = []
     partial = _partial_path(config, device)
+
+    def result_so_far() -> dict:
+        return {
+            "schema": schema.SCHEMA,
+            "command": config.command,
+            "elapsed_s": time.perf_counter() - started,
+            "environment": environment(device, ceil["copy_bandwidth"]["value"], load_before),
+            "ceilings": ceil,
+            "config": {**asdict(config), "quick": config.resolved_quick()},
+            "rows": rows,
+        }
+
     for op in config.ops:
         for case in OPS[op](config.resolved_quick()):
             rows.extend(run_case(case, config, ceil, progress))
-            if partial is not None:  # what a run stopped part-way leaves behind
-                partial.write_text(json.dumps({"config": asdict(config), "rows": rows}))
-    result = {
-        "schema": schema.SCHEMA,
-        "command": config.command,
-        "elapsed_s": time.perf_counter() - started,
-        "environment": environment(device, ceil["copy_bandwidth"]["value"], load_before),
-        "ceilings": ceil,
-        "config": {**asdict(config), "quick": config.resolved_quick()},
-        "rows": rows,
-    }
+            if partial is not None:  # what a run stopped part-way leaves: a valid result
+                partial.write_text(schema.dumps({**result_so_far(), "partial": True}))
+    result = result_so_far()
     schema.validate(result)
     if config.out_dir:
         result["files"] = save(result, Path(config.out_dir), plots=config.plots)

@@ -19,6 +19,32 @@ def saved_result(use_cases, tmp_path):
     return result, tmp_path / result["environment"]["device"]
 
 
+def test_a_run_stopped_part_way_leaves_a_valid_partial_result(use_cases, tmp_path, monkeypatch):
+    use_cases({"scale_add": [scale_add_case("toy-a"), scale_add_case("toy-b", n=512)]})
+    calls = []
+
+    def stop_after_first_case(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a time limit stops the run in its second case
+        return real_run_case(*args, **kwargs)
+
+    real_run_case = runner.run_case
+    monkeypatch.setattr(runner, "run_case", stop_after_first_case)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_benchmarks(tiny_config(tmp_path))
+    folder = next(tmp_path.iterdir())
+    assert [p.name for p in folder.iterdir()] == ["quick.partial.json"]
+    partial = schema.load(folder / "quick.partial.json")
+    assert partial["partial"] is True
+    assert {row["shape"] for row in partial["rows"]} == {"toy-a"}
+    assert partial["ceilings"]["copy_bandwidth"]["value"] > 0
+    # a whole run replaces it with the result
+    monkeypatch.setattr(runner, "run_case", real_run_case)
+    runner.run_benchmarks(tiny_config(tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == ["quick.json", "quick.md"]
+
+
 def test_schema_round_trip(saved_result):
     result, folder = saved_result
     loaded = schema.load(folder / "quick.json")

@@ -56,7 +56,7 @@ def run(backend, features, scores, grad_seed=7):
     else:
         out = attention_pool(features, scores, backend=backend)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed))
-    out.backward(grad.to(out.dtype))
+    out.backward(grad.to(out))
     return out.detach(), features.grad, scores.grad
 
 

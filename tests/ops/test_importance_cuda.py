@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import portrait_engine as pe
+from portrait_engine.kernels import render as render_kernels
 from portrait_engine.nn import ImportanceRenderer
 from portrait_engine.ops import merge_samples, sample_importance
 from portrait_engine.ops.reference import merge_samples_reference, sample_importance_reference
@@ -67,7 +68,11 @@ def test_gpu_merge_samples_matches_reference(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", ["triton", "native"])
-def test_gpu_renderer_matches_torch_backend(backend):
+def test_gpu_renderer_matches_torch_backend(backend, monkeypatch):
+    # float tolerance needs exact fp32 dots in the fused Triton render kernel (its default on a
+    # GPU is tf32, ~3e-4 relative: seen as 510 of 1280 elements off by ~2e-4 on an H200);
+    # tests/ops/test_render_rays_triton.py checks the tf32 default at its own tolerance
+    monkeypatch.setattr(render_kernels, "FP32_DOT_PRECISION", "ieee")
     _require(backend, "sample_importance")
     _require(backend, "ray_march_forward")
     planes, decoder, origins, directions = make_scene(rays=256, channels=32, size=64)

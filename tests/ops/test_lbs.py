@@ -57,8 +57,8 @@ def run(backend, inputs, pose2rot=True, grad_seed=1):
     else:
         vertices, joints = lbs(*leaves, pose2rot=pose2rot, backend=backend)
     generator = torch.Generator().manual_seed(grad_seed)
-    gv = torch.randn(vertices.shape, generator=generator).to(vertices.dtype)
-    gj = torch.randn(joints.shape, generator=generator).to(joints.dtype)
+    gv = torch.randn(vertices.shape, generator=generator).to(vertices)
+    gj = torch.randn(joints.shape, generator=generator).to(joints)
     torch.autograd.backward([vertices, joints], [gv, gj])
     grads = [leaves[i].grad for i in DIFFERENTIABLE]
     return [vertices.detach(), joints.detach()] + grads

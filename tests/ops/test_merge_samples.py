@@ -60,7 +60,7 @@ def run(backend, depths1, depths2, values1, values2, grad_seed=3):
     merged_depths, merged_values = merge_samples(d1, d2, v1, v2, backend=backend)
     generator = torch.Generator().manual_seed(grad_seed)
     loss = sum(
-        (out * torch.randn(out.shape, generator=generator).to(out.dtype)).sum()
+        (out * torch.randn(out.shape, generator=generator).to(out)).sum()
         for out in (merged_depths, *merged_values)
     )
     loss.backward()

@@ -52,10 +52,10 @@ def tie_mask(points, posed, faces, band=1e-5):
 def run(backend, points, posed, canonical, faces, grad_mask=None, grad_seed=5):
     leaves = [x.detach().clone().requires_grad_() for x in (points, posed, canonical)]
     out = mesh_deform(*leaves, faces, thickness=THICKNESS, backend=backend)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed))
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed)).to(out)
     if grad_mask is not None:
         grad = grad * grad_mask[..., None]
-    out.backward(grad.to(out.dtype))
+    out.backward(grad)
     return [out.detach()] + [leaf.grad for leaf in leaves]
 
 

@@ -86,7 +86,7 @@ def run(backend, colors, densities, depths, white_back=False, scale_rgb=True, gr
             colors, densities, depths, white_back=white_back, scale_rgb=scale_rgb, backend=backend
         )
     generator = torch.Generator().manual_seed(grad_seed)
-    grads = [torch.randn(o.shape, generator=generator).to(o.dtype) for o in outputs]
+    grads = [torch.randn(o.shape, generator=generator).to(o) for o in outputs]
     pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if o.requires_grad]
     if pairs:
         torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
@@ -402,7 +402,7 @@ def test_outputs_that_miss_the_loss_give_no_gradient(backend, used, flags):
             c, d = c.float().detach().requires_grad_(), d.float().detach().requires_grad_()
             outputs = ray_march(c, d, depths, white_back=flags[0], scale_rgb=flags[1], backend=name)
         generator = torch.Generator().manual_seed(11)
-        grads = [torch.randn(o.shape, generator=generator).to(o.dtype) for o in outputs]
+        grads = [torch.randn(o.shape, generator=generator).to(o) for o in outputs]
         torch.autograd.backward([outputs[i] for i in used], [grads[i] for i in used])
         # colours get no gradient from depth and weights alone (None in the oracle)
         results.append(tuple(torch.zeros_like(x) if x.grad is None else x.grad for x in (c, d)))

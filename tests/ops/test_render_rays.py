@@ -95,9 +95,7 @@ def reference_gradients(planes, points, depths, decoder, **kwargs):
 
 def gradients(outputs, inputs, seed=1):
     generator = torch.Generator().manual_seed(seed)
-    loss = sum(
-        (out * torch.randn(out.shape, generator=generator).to(out.dtype)).sum() for out in outputs
-    )
+    loss = sum((out * torch.randn(out.shape, generator=generator).to(out)).sum() for out in outputs)
     return torch.autograd.grad(loss, inputs, allow_unused=True)
 
 

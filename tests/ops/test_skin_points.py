@@ -59,7 +59,7 @@ def run(backend, points, weights, transforms, inverse=False, grad_seed=3):
     else:
         out = skin_points(*leaves, inverse=inverse, backend=backend)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed))
-    out.backward(grad.to(out.dtype))
+    out.backward(grad.to(out))
     return [out.detach()] + [leaf.grad for leaf in leaves]
 
 

@@ -144,7 +144,7 @@ def run(backend, planes, points, **kwargs):
     points = points.detach().clone().requires_grad_()
     out = triplane_sample(planes, points, backend=backend, **kwargs)
     generator = torch.Generator().manual_seed(123)
-    grad = torch.randn(out.shape, generator=generator).to(out.dtype)
+    grad = torch.randn(out.shape, generator=generator).to(out)
     out.backward(grad)
     return out.detach(), planes.grad, points.grad
 

@@ -118,6 +118,13 @@ def _importance_case(name: str, batch: int, rays: int, samples: int, channels: i
             f"B={batch} {rays} rays, {samples} coarse -> +{samples} importance, merge of "
             f"C={channels}+1 values"
         ),
+        # The merge by depth is discontinuous: an importance depth within an ulp or two of a
+        # coarse depth swaps two rows of the output (and of the gradients) when the providers'
+        # float rounding differs. At EG3D's size (6.3M merged rows) a 1-ulp change of the fine
+        # depths swaps ~110 rows, 6e-3 relative L2 (measured on the CPU, 2026-11-26); native and
+        # Triton differ from the eager reference by 1.1e-3 to 1.7e-3 on the H200 and the CPU.
+        # A wrong merge or wrong samples give errors of order one.
+        tolerance=1e-2,
     )
 
 
