@@ -35,10 +35,38 @@ def _want_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+def _warn_on_compiler_mismatch() -> None:
+    """Warn when ``CXX`` is not the major gcc version torch was built with: an extension built
+    by another libstdc++ can crash at import (seen on a GPU machine whose image set
+    ``CXX=/opt/gcc/bin/g++``; the system gcc of torch's version worked)."""
+    import re
+    import subprocess
+
+    import torch
+
+    cxx = os.environ.get("CXX")
+    built = re.search(r"GCC (\d+)", torch.__config__.show())
+    if not cxx or built is None:
+        return
+    try:
+        version = subprocess.run(
+            [cxx, "-dumpversion"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return
+    if version.split(".")[0] != built.group(1):
+        print(
+            f"warning: CXX={cxx} is gcc {version}, torch was built with gcc {built.group(1)}; "
+            "if the extension crashes at import, build with that compiler (e.g. CXX=/usr/bin/g++)"
+        )
+
+
 def _extensions():
     if os.environ.get("PORTRAIT_ENGINE_NO_EXTENSION") == "1":
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    _warn_on_compiler_mismatch()
 
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*/*.cu"))
