@@ -189,3 +189,53 @@ def test_bench_command_fails_when_a_provider_is_wrong(use_cases, tmp_path):
          "--no-save"]
     )  # fmt: skip
     assert code == 1
+
+
+def _assemble_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "assemble_partial_results.py"
+    spec = importlib.util.spec_from_file_location("assemble_partial_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_partial_rows_of_two_runs_assemble_into_one_result(saved_result, tmp_path):
+    result, _ = saved_result
+    copy_bw = result["ceilings"]["copy_bandwidth"]["value"]
+    # two old-style partials (config + rows only): the "sdpa" rows in one, "torch" in the other
+    rows = copy.deepcopy(result["rows"])
+    for row in rows:
+        row.pop("speedup_vs_torch", None)
+    ours = {"config": result["config"], "rows": [r for r in rows if r["provider"] == "sdpa"]}
+    eager = {"config": result["config"], "rows": [r for r in rows if r["provider"] == "torch"]}
+    tool = _assemble_tool()
+    env = {**result["environment"], "copy_bandwidth_gbps": None}
+    assembled = tool.assemble([ours, eager], env)
+    schema.validate(assembled)
+    assert len(assembled["rows"]) == len(rows)
+    recovered = assembled["ceilings"]["copy_bandwidth"]["value"]
+    assert recovered == pytest.approx(copy_bw, rel=1e-9)
+    for row in assembled["rows"]:
+        if row["status"] == "ok" and row["provider"] == "sdpa":
+            want = next(
+                r["median_ms"]
+                for r in rows
+                if r["provider"] == "torch"
+                and (r["shape"], r["mode"]) == (row["shape"], row["mode"])
+            )
+            assert row["speedup_vs_torch"] == pytest.approx(want / row["median_ms"])
+    (tmp_path / "env.json").write_text(json.dumps(env))
+    for name, part in (("a.json", ours), ("b.json", eager)):
+        (tmp_path / name).write_text(json.dumps(part))
+    out = tmp_path / "out"
+    args = [
+        str(out),
+        str(tmp_path / "env.json"),
+        str(tmp_path / "a.json"),
+        str(tmp_path / "b.json"),
+    ]
+    assert tool.main(args) == 0
+    assert schema.load(out / "quick.json")["rows"] == assembled["rows"]
