@@ -131,6 +131,18 @@ def test_unavailable_backend_says_why(monkeypatch):
     assert triplane_sample(planes, points, backend="auto").shape == (2, points.shape[1], 5)
 
 
+def test_auto_takes_the_per_op_order_where_one_is_measured(monkeypatch):
+    every = {name: (True, "") for name in pe.BACKENDS}
+    monkeypatch.setattr(pe._backend, "backend_status", lambda device, native_op=None: every)
+    cuda = torch.device("cuda")
+    # ray_march: Triton measured faster than the CUDA kernel on an H200
+    assert pe._backend.resolve("auto", cuda, "ray_march_forward") == "triton"
+    assert pe._backend.resolve("auto", cuda, "triplane_sample_forward") == "native"
+    assert pe._backend.resolve("auto", torch.device("cpu"), "ray_march_forward") == "native"
+    # an explicit choice is kept
+    assert pe._backend.resolve("native", cuda, "ray_march_forward") == "native"
+
+
 # --- bad inputs get a clear error naming the argument --------------------------------------
 
 
