@@ -2,7 +2,7 @@
 
 What they compute (the math is ``portrait_engine.ops.reference.render_rays_reference``; the
 kernel-level contract is shared with the native backend): for every ray, each of its S sample
-points is sampled from the tri-plane / tri-grid exactly as ``kernels/triplane.py`` does (mean
+points is sampled from the tri-plane / tri-grid by ``kernels/triplane.py``'s own helpers (mean
 over the P planes of bilinear / trilinear ``grid_sample`` with zero padding and
 ``align_corners=False``, ``uvw = x · proj[p]``), decoded by EG3D's ``OSGDecoder``
 (``h = softplus(f W1ᵀ + b1)``, ``o = h W2ᵀ + b2``, ``σ = o[0]`` (+ noise; −1e3 outside the
@@ -103,7 +103,12 @@ from portrait_engine.kernels._alloc import empty_output
 from portrait_engine.kernels._launch import device_guard as _device_guard
 from portrait_engine.kernels._launch import interpreting as _interpreting
 from portrait_engine.kernels.rays import _interval, _log1p
-from portrait_engine.kernels.triplane import _axis_corner, _axis_setup
+from portrait_engine.kernels.triplane import (
+    _gather_corners,
+    _plane_texels,
+    _project_backward,
+    _scatter_corners,
+)
 
 # EG3D's widened sigmoid (sigmoid · (1 + 2·0.001) − 0.001), PanoHead's crop density,
 # torch.nn.functional.softplus's threshold, the largest finite float32.
@@ -142,17 +147,6 @@ def _softplus(x):
 
 
 @triton.jit
-def _project_runtime(px, py, pz, proj_ptr, p, k: tl.constexpr):
-    """Coordinate ``k`` of the points on plane ``p`` (a runtime index): ``Σ_j x[j] proj[p, j, k]``
-    (``kernels/triplane.py``'s ``_project`` with a contiguous ``(P, 3, 3)`` projection)."""
-    base = proj_ptr + p * 9 + k
-    m0 = tl.load(base).to(tl.float32)
-    m1 = tl.load(base + 3).to(tl.float32)
-    m2 = tl.load(base + 6).to(tl.float32)
-    return px * m0 + py * m1 + pz * m2
-
-
-@triton.jit
 def _sample_planes(
     planes_ptr,
     plane_base,
@@ -181,39 +175,14 @@ def _sample_planes(
     to different batch elements).
     """
     total = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    strides = (s_pl_d, s_pl_h, s_pl_w)
     # a runtime loop over planes, not unrolled: only one plane's corner gathers are in flight
     # at a time (unrolled, ptxas ran out of registers: 255 and spills at BLOCK_R = 32)
     for p in range(P):
-        gx = _project_runtime(px, py, pz, proj_ptr, p, 0)
-        gy = _project_runtime(px, py, pz, proj_ptr, p, 1)
-        x0, tx, w_f, finite_x = _axis_setup(gx, W)
-        y0, ty, h_f, finite_y = _axis_setup(gy, H)
-        if TRILINEAR:
-            gz = _project_runtime(px, py, pz, proj_ptr, p, 2)
-            z0, tz, d_f, finite_z = _axis_setup(gz, D)
-        plane_ptr = planes_ptr + plane_base + p * s_pl_p
-        for dz in tl.static_range(1 + TRILINEAR):
-            if TRILINEAR:
-                zi, wz, ok_z = _axis_corner(z0, tz, d_f, dz)
-            for dy in tl.static_range(2):
-                yi, wy, ok_y = _axis_corner(y0, ty, h_f, dy)
-                for dx in tl.static_range(2):
-                    xi, wx, ok_x = _axis_corner(x0, tx, w_f, dx)
-                    row = yi * s_pl_h + xi * s_pl_w
-                    w = wx * wy
-                    ok = ok_x & ok_y & mask_r
-                    if TRILINEAR:
-                        row += zi * s_pl_d
-                        w = w * wz
-                        ok = ok & ok_z
-                    # an out-of-bounds corner of a non-finite point has a NaN weight: 0 * NaN
-                    w = tl.where(ok, w, 0.0)
-                    v = tl.load(
-                        plane_ptr[:, None] + row[:, None] + col[None, :],
-                        mask=ok[:, None] & mask_c[None, :],
-                        other=0.0,
-                    ).to(tl.float32)
-                    total += w[:, None] * v
+        # kernels/triplane.py's helpers, with the strides of a contiguous (P, 3, 3) projection
+        texels, finite = _plane_texels(px, py, pz, proj_ptr, p, 9, 3, 1, D, H, W, TRILINEAR)
+        plane_ptr = (planes_ptr + plane_base + p * s_pl_p)[:, None]
+        total = _gather_corners(total, plane_ptr, col, texels, strides, mask_r, mask_c, TRILINEAR)
     return total * (1.0 / P)
 
 
@@ -255,81 +224,35 @@ def _scatter_planes(
     grad_px = tl.zeros((BLOCK_R,), dtype=tl.float32)
     grad_py = tl.zeros((BLOCK_R,), dtype=tl.float32)
     grad_pz = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    strides = (s_pl_d, s_pl_h, s_pl_w)
+    grad_strides = (s_gpl_d, s_gpl_h, s_gpl_w)
     # a runtime loop over planes, not unrolled: only one plane's corner gathers are in flight
     # at a time (unrolled, ptxas ran out of registers: 255 and spills at BLOCK_R = 32)
     for p in range(P):
-        gx = _project_runtime(px, py, pz, proj_ptr, p, 0)
-        gy = _project_runtime(px, py, pz, proj_ptr, p, 1)
-        x0, tx, w_f, finite_x = _axis_setup(gx, W)
-        y0, ty, h_f, finite_y = _axis_setup(gy, H)
-        if TRILINEAR:
-            gz = _project_runtime(px, py, pz, proj_ptr, p, 2)
-            z0, tz, d_f, finite_z = _axis_setup(gz, D)
-        plane_ptr = planes_ptr + plane_base + p * s_pl_p
-        gplane_ptr = grad_planes_ptr + gplane_base + p * s_gpl_p
-        # ∂L/∂(texel coordinate) per axis, summed over the corners
-        d_ix = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        d_iy = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        d_iz = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        for dz in tl.static_range(1 + TRILINEAR):
-            if TRILINEAR:
-                zi, wz, ok_z = _axis_corner(z0, tz, d_f, dz)
-            for dy in tl.static_range(2):
-                yi, wy, ok_y = _axis_corner(y0, ty, h_f, dy)
-                for dx in tl.static_range(2):
-                    xi, wx, ok_x = _axis_corner(x0, tx, w_f, dx)
-                    row = yi * s_pl_h + xi * s_pl_w
-                    grow = yi * s_gpl_h + xi * s_gpl_w
-                    ok = ok_x & ok_y & mask_r
-                    # ∂weight/∂index is −1 for the floor corner, +1 for floor + 1
-                    sx = dx * 2.0 - 1.0
-                    sy = dy * 2.0 - 1.0
-                    if TRILINEAR:
-                        row += zi * s_pl_d
-                        grow += zi * s_gpl_d
-                        ok = ok & ok_z
-                        w = wx * wy * wz
-                        dwx = sx * wy * wz
-                        dwy = wx * sy * wz
-                        dwz = wx * wy * (dz * 2.0 - 1.0)
-                    else:
-                        w = wx * wy
-                        dwx = sx * wy
-                        dwy = wx * sy
-                    mask = ok[:, None] & mask_c[None, :]
-                    w = tl.where(ok, w, 0.0)
-                    if not DETERMINISTIC:
-                        tl.atomic_add(
-                            gplane_ptr[:, None] + grow[:, None] + gcol[None, :],
-                            w[:, None] * g,
-                            mask=mask,
-                            sem="relaxed",
-                        )
-                    v = tl.load(
-                        plane_ptr[:, None] + row[:, None] + col[None, :], mask=mask, other=0.0
-                    )
-                    gv = tl.sum(g * v.to(tl.float32), axis=1)
-                    d_ix += tl.where(ok, gv * dwx, 0.0)
-                    d_iy += tl.where(ok, gv * dwy, 0.0)
-                    if TRILINEAR:
-                        d_iz += tl.where(ok, gv * dwz, 0.0)
-        # chain rule through the unnormalisation (∂index/∂coordinate = size / 2) and the
-        # projection's transpose
-        d_gx = d_ix * (w_f * 0.5)
-        d_gy = d_iy * (h_f * 0.5)
-        if TRILINEAR:
-            d_gz = d_iz * (d_f * 0.5)
-        for j in tl.static_range(3):
-            base = proj_ptr + p * 9 + j * 3
-            contrib = d_gx * tl.load(base).to(tl.float32) + d_gy * tl.load(base + 1).to(tl.float32)
-            if TRILINEAR:
-                contrib += d_gz * tl.load(base + 2).to(tl.float32)
-            if j == 0:
-                grad_px += contrib
-            elif j == 1:
-                grad_py += contrib
-            else:
-                grad_pz += contrib
+        texels, finite = _plane_texels(px, py, pz, proj_ptr, p, 9, 3, 1, D, H, W, TRILINEAR)
+        plane_ptr = (planes_ptr + plane_base + p * s_pl_p)[:, None]
+        gplane_ptr = (grad_planes_ptr + gplane_base + p * s_gpl_p)[:, None]
+        d_gx, d_gy, d_gz = _scatter_corners(
+            g,
+            plane_ptr,
+            gplane_ptr,
+            col,
+            gcol,
+            texels,
+            strides,
+            grad_strides,
+            mask_r,
+            mask_c,
+            TRILINEAR,
+            not DETERMINISTIC,
+            BLOCK_R,
+        )
+        grad_x, grad_y, grad_z = _project_backward(
+            d_gx, d_gy, d_gz, proj_ptr, p, 9, 3, 1, TRILINEAR
+        )
+        grad_px += grad_x
+        grad_py += grad_y
+        grad_pz += grad_z
     return grad_px, grad_py, grad_pz
 
 

@@ -20,7 +20,10 @@ Design:
   point and plane on ``(BLOCK_N,)`` vectors and shared by all channels; the P planes are
   unrolled (``tl.static_range``) so the mean is a register accumulation, not a second pass.
 * Bilinear and trilinear share one code path: the per-axis helpers below are applied to x, y
-  (and z), and the corner loop simply has one z layer for a tri-plane.
+  (and z), and the corner loop simply has 4 corners instead of 8 for a tri-plane.
+* The per-plane work (``_plane_texels``, ``_gather_corners``, ``_scatter_corners``,
+  ``_project_backward``) is shared with the fused renderer (``kernels/render.py``), so both
+  sample the planes with one piece of code. Plain ``@triton.jit`` helpers are inlined.
 * Bounds are tested on the floating-point corner index before the integer conversion, so a
   huge, infinite or NaN coordinate (NaN compares false) can never form an out-of-range address.
 * Everything is accumulated in fp32 whatever the storage dtype; index math is int64 (N up to
@@ -83,9 +86,13 @@ def _axis_corner(i0, t, size_f, d: tl.constexpr):
 
 
 @triton.jit
-def _project(px, py, pz, proj_ptr, p: tl.constexpr, s_pj_p, s_pj_j, s_pj_k, k: tl.constexpr):
-    """Coordinate ``k`` of the points on plane ``p``: ``sum_j x[j] * proj[p, j, k]`` in fp32."""
-    # scalar loads of a (P, 3, 3) tensor whose P is the kernel's constexpr: always in range
+def _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, k: tl.constexpr):
+    """Coordinate ``k`` of the points on plane ``p``: ``sum_j x[j] * proj[p, j, k]`` in fp32.
+
+    ``p`` is a constexpr here (unrolled planes) and a runtime index in ``kernels/render.py``
+    (which passes the strides of a contiguous projection, 9, 3, 1, as constants).
+    """
+    # scalar loads of a (P, 3, 3) tensor at a plane index below P: always in range
     base = proj_ptr + p * s_pj_p + k * s_pj_k
     m0 = tl.load(base).to(tl.float32)
     m1 = tl.load(base + s_pj_j).to(tl.float32)
@@ -100,6 +107,192 @@ def _load_points(points_ptr, b, offs_n, mask_n, s_pt_b, s_pt_n, s_pt_j):
     py = tl.load(row + s_pt_j, mask=mask_n, other=0.0).to(tl.float32)
     pz = tl.load(row + 2 * s_pt_j, mask=mask_n, other=0.0).to(tl.float32)
     return px, py, pz
+
+
+# --------------------------------------------------------------------------------------------
+# Per-plane helpers: texel coordinates and the corner loops (shared with kernels/render.py)
+# --------------------------------------------------------------------------------------------
+# Plain @triton.jit functions are inlined into their caller (no noinline), so sharing them costs
+# no call and no registers beyond the caller's own.
+
+
+@triton.jit
+def _plane_texels(
+    px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, D, H, W, TRILINEAR: tl.constexpr
+):
+    """Project the points onto plane ``p`` and unnormalise. Returns the texels, the tuple
+    ``(x0, tx, w_f, y0, ty, h_f, z0, tz, d_f)`` of each axis's floor texel, fraction and size
+    (``_axis_setup``) that the corner helpers take, and whether every coordinate is finite.
+
+    A tri-plane has no depth axis: its z entries are placeholders (the x axis's) that the
+    corner helpers never read when ``TRILINEAR`` is false.
+    """
+    gx = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 0)
+    gy = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 1)
+    x0, tx, w_f, finite_x = _axis_setup(gx, W)
+    y0, ty, h_f, finite_y = _axis_setup(gy, H)
+    finite = finite_x & finite_y
+    if TRILINEAR:
+        gz = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 2)
+        z0, tz, d_f, finite_z = _axis_setup(gz, D)
+        finite = finite & finite_z
+    else:
+        z0 = x0
+        tz = tx
+        d_f = w_f
+    return (x0, tx, w_f, y0, ty, h_f, z0, tz, d_f), finite
+
+
+@triton.jit
+def _corner(texels, corner: tl.constexpr, mask_n, TRILINEAR: tl.constexpr):
+    """Corner ``corner`` of each point's cell (bit 0: x floor + 1, bit 1: y, bit 2: z): the
+    texel indices, the per-axis weights, and whether it is in bounds for a real point.
+
+    ``texels``: ``_plane_texels``'s. A tri-plane has corners 0-3 only; its z index and weight
+    are placeholders (the x axis's) that the callers never read.
+    """
+    x0, tx, w_f, y0, ty, h_f, z0, tz, d_f = texels
+    xi, wx, ok_x = _axis_corner(x0, tx, w_f, corner % 2)
+    yi, wy, ok_y = _axis_corner(y0, ty, h_f, corner // 2 % 2)
+    ok = ok_x & ok_y & mask_n
+    if TRILINEAR:
+        zi, wz, ok_z = _axis_corner(z0, tz, d_f, corner // 4)
+        ok = ok & ok_z
+    else:
+        zi = xi
+        wz = wx
+    return xi, yi, zi, wx, wy, wz, ok
+
+
+@triton.jit
+def _texel_offset(xi, yi, zi, strides, TRILINEAR: tl.constexpr):
+    """Element offset of texel ``(zi, yi, xi)`` in a plane with ``(depth, height, width)``
+    ``strides``."""
+    s_d, s_h, s_w = strides
+    offset = yi * s_h + xi * s_w
+    if TRILINEAR:
+        offset += zi * s_d
+    return offset
+
+
+@triton.jit
+def _gather_corners(acc, plane_ptr, col, texels, strides, mask_n, mask_c, TRILINEAR: tl.constexpr):
+    """``acc`` plus the bilinear (trilinear) sample of one plane, corner by corner: ``(N, C)``.
+
+    ``plane_ptr``: the plane's base, a scalar or one per point as a column (``(N, 1)``);
+    ``col``: the channel offsets ``(C,)``; ``texels``: ``_plane_texels``'s; ``strides``: the
+    plane's ``(depth, height, width)`` strides in elements. Out-of-bounds corners (and all
+    corners of a non-finite point) add nothing.
+    """
+    for corner in tl.static_range(4 + 4 * TRILINEAR):
+        xi, yi, zi, wx, wy, wz, ok = _corner(texels, corner, mask_n, TRILINEAR)
+        w = wx * wy
+        if TRILINEAR:
+            w = w * wz
+        # a NaN weight (non-finite coordinate) must not poison the sum: 0 * NaN
+        w = tl.where(ok, w, 0.0)
+        row = _texel_offset(xi, yi, zi, strides, TRILINEAR)
+        v = tl.load(
+            plane_ptr + row[:, None] + col[None, :],
+            mask=ok[:, None] & mask_c[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        acc += w[:, None] * v
+    return acc
+
+
+@triton.jit
+def _scatter_corners(
+    g,
+    plane_ptr,
+    grad_plane_ptr,
+    col,
+    gcol,
+    texels,
+    strides,
+    grad_strides,
+    mask_n,
+    mask_c,
+    TRILINEAR: tl.constexpr,
+    ATOMIC_PLANES: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Backward of ``_gather_corners`` for the gradient ``g`` ``(N, C)`` of one plane's sample.
+
+    Adds ``weight * g`` into the plane's gradient with atomics (when ``ATOMIC_PLANES``; else
+    the caller scatters the plane gradients itself) and returns the gradient of the points'
+    [-1, 1] coordinates on the plane, ``(d/dgx, d/dgy, d/dgz)``, each ``(N,)`` (the z one is
+    zero for a tri-plane). Arguments as in ``_gather_corners``; ``grad_plane_ptr``, ``gcol``
+    and ``grad_strides`` address the gradient planes.
+    """
+    x_size, y_size, z_size = texels[2], texels[5], texels[8]
+    # dL/d(texel coordinate) per axis, summed over the corners
+    d_ix = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    d_iy = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    d_iz = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for corner in tl.static_range(4 + 4 * TRILINEAR):
+        xi, yi, zi, wx, wy, wz, ok = _corner(texels, corner, mask_n, TRILINEAR)
+        # d weight / d index is -1 for the floor corner, +1 for floor + 1
+        sx = (corner % 2) * 2.0 - 1.0
+        sy = (corner // 2 % 2) * 2.0 - 1.0
+        if TRILINEAR:
+            w = wx * wy * wz
+            dwx = sx * wy * wz
+            dwy = wx * sy * wz
+            dwz = wx * wy * ((corner // 4) * 2.0 - 1.0)
+        else:
+            w = wx * wy
+            dwx = sx * wy
+            dwy = wx * sy
+        mask = ok[:, None] & mask_c[None, :]
+        # NaN weights of out-of-bounds corners must not leak into sums (0 * NaN)
+        w = tl.where(ok, w, 0.0)
+        if ATOMIC_PLANES:
+            grow = _texel_offset(xi, yi, zi, grad_strides, TRILINEAR)
+            tl.atomic_add(
+                grad_plane_ptr + grow[:, None] + gcol[None, :],
+                w[:, None] * g,
+                mask=mask,
+                sem="relaxed",
+            )
+        row = _texel_offset(xi, yi, zi, strides, TRILINEAR)
+        v = tl.load(plane_ptr + row[:, None] + col[None, :], mask=mask, other=0.0)
+        gv = tl.sum(g * v.to(tl.float32), axis=1)
+        d_ix += tl.where(ok, gv * dwx, 0.0)
+        d_iy += tl.where(ok, gv * dwy, 0.0)
+        if TRILINEAR:
+            d_iz += tl.where(ok, gv * dwz, 0.0)
+    # chain rule through the unnormalisation: d index / d coordinate = size / 2
+    d_gx = d_ix * (x_size * 0.5)
+    d_gy = d_iy * (y_size * 0.5)
+    if TRILINEAR:
+        d_gz = d_iz * (z_size * 0.5)
+    else:
+        d_gz = d_iz
+    return d_gx, d_gy, d_gz
+
+
+@triton.jit
+def _project_backward(
+    d_gx, d_gy, d_gz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, TRILINEAR: tl.constexpr
+):
+    """The points' gradient ``(d/dx, d/dy, d/dz)`` from that of their coordinates on plane
+    ``p``: the projection's transpose, ``d/dx[j] = sum_k d/dg[k] * proj[p, j, k]``."""
+    base = proj_ptr + p * s_pj_p
+    m0 = tl.load(base).to(tl.float32)
+    m1 = tl.load(base + s_pj_k).to(tl.float32)
+    grad_x = d_gx * m0 + d_gy * m1
+    m0 = tl.load(base + s_pj_j).to(tl.float32)
+    m1 = tl.load(base + s_pj_j + s_pj_k).to(tl.float32)
+    grad_y = d_gx * m0 + d_gy * m1
+    m0 = tl.load(base + 2 * s_pj_j).to(tl.float32)
+    m1 = tl.load(base + 2 * s_pj_j + s_pj_k).to(tl.float32)
+    grad_z = d_gx * m0 + d_gy * m1
+    if TRILINEAR:
+        grad_x += d_gz * tl.load(base + 2 * s_pj_k).to(tl.float32)
+        grad_y += d_gz * tl.load(base + s_pj_j + 2 * s_pj_k).to(tl.float32)
+        grad_z += d_gz * tl.load(base + 2 * s_pj_j + 2 * s_pj_k).to(tl.float32)
+    return grad_x, grad_y, grad_z
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,48 +364,22 @@ def _triplane_forward_kernel(
     else:
         mask_c = offs_c < n_channels
     mask_nc = mask_n[:, None] & mask_c[None, :]
-    col_pl = (offs_c * s_pl_c)[None, :]
+    col_pl = offs_c * s_pl_c
+    strides = (s_pl_d, s_pl_h, s_pl_w)
     out_rows = out_ptr + b * s_o_b + (offs_n * s_o_n)[:, None] + (offs_c * s_o_c)[None, :]
 
     px, py, pz = _load_points(points_ptr, b, offs_n, mask_n, s_pt_b, s_pt_n, s_pt_j)
 
     total = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
     for p in tl.static_range(P):
-        gx = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 0)
-        gy = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 1)
-        x0, tx, w_f, finite_x = _axis_setup(gx, W)
-        y0, ty, h_f, finite_y = _axis_setup(gy, H)
-        finite = finite_x & finite_y
-        if trilinear:
-            gz = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 2)
-            z0, tz, d_f, finite_z = _axis_setup(gz, D)
-            finite = finite & finite_z
-        plane_ptr = planes_ptr + b * s_pl_b + p * s_pl_p
-
+        texels, finite = _plane_texels(
+            px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, D, H, W, trilinear
+        )
         sample = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
-        for dz in tl.static_range(1 + trilinear):
-            if trilinear:
-                zi, wz, ok_z = _axis_corner(z0, tz, d_f, dz)
-                z_off = zi * s_pl_d
-            for dy in tl.static_range(2):
-                yi, wy, ok_y = _axis_corner(y0, ty, h_f, dy)
-                for dx in tl.static_range(2):
-                    xi, wx, ok_x = _axis_corner(x0, tx, w_f, dx)
-                    row = yi * s_pl_h + xi * s_pl_w
-                    w = wx * wy
-                    ok = ok_x & ok_y & mask_n
-                    if trilinear:
-                        row += z_off
-                        w = w * wz
-                        ok = ok & ok_z
-                    # a NaN weight (non-finite coordinate) must not poison the sum: 0 * NaN
-                    w = tl.where(ok, w, 0.0)
-                    v = tl.load(
-                        plane_ptr + row[:, None] + col_pl,
-                        mask=ok[:, None] & mask_c[None, :],
-                        other=0.0,
-                    ).to(tl.float32)
-                    sample += w[:, None] * v
+        plane_ptr = planes_ptr + b * s_pl_b + p * s_pl_p
+        sample = _gather_corners(
+            sample, plane_ptr, col_pl, texels, strides, mask_n, mask_c, trilinear
+        )
         if nan_propagate:
             sample = tl.where(finite[:, None], sample, float("nan"))
 
@@ -313,8 +480,10 @@ def _triplane_backward_kernel(
     else:
         mask_c = offs_c < n_channels
     mask_nc = mask_n[:, None] & mask_c[None, :]
-    col_pl = (offs_c * s_pl_c)[None, :]
-    col_gpl = (offs_c * s_gpl_c)[None, :]
+    col_pl = offs_c * s_pl_c
+    col_gpl = offs_c * s_gpl_c
+    strides = (s_pl_d, s_pl_h, s_pl_w)
+    grad_strides = (s_gpl_d, s_gpl_h, s_gpl_w)
     go_rows = grad_out_ptr + b * s_go_b + (offs_n * s_go_n)[:, None] + (offs_c * s_go_c)[None, :]
 
     px, py, pz = _load_points(points_ptr, b, offs_n, mask_n, s_pt_b, s_pt_n, s_pt_j)
@@ -332,90 +501,37 @@ def _triplane_backward_kernel(
         else:
             g = tl.load(go_rows + p * s_go_p, mask=mask_nc, other=0.0).to(tl.float32)
 
-        gx = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 0)
-        gy = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 1)
-        x0, tx, w_f, finite_x = _axis_setup(gx, W)
-        y0, ty, h_f, finite_y = _axis_setup(gy, H)
-        finite = finite_x & finite_y
-        if trilinear:
-            gz = _project(px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, 2)
-            z0, tz, d_f, finite_z = _axis_setup(gz, D)
-            finite = finite & finite_z
+        texels, finite = _plane_texels(
+            px, py, pz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, D, H, W, trilinear
+        )
         plane_ptr = planes_ptr + b * s_pl_b + p * s_pl_p
         gplane_ptr = grad_planes_ptr + b * s_gpl_b + p * s_gpl_p
-
-        # dL/d(texel coordinate) per axis, summed over corners
-        d_ix = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        d_iy = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        d_iz = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for dz in tl.static_range(1 + trilinear):
-            if trilinear:
-                zi, wz, ok_z = _axis_corner(z0, tz, d_f, dz)
-                z_off = zi * s_pl_d
-                gz_off = zi * s_gpl_d
-            for dy in tl.static_range(2):
-                yi, wy, ok_y = _axis_corner(y0, ty, h_f, dy)
-                for dx in tl.static_range(2):
-                    xi, wx, ok_x = _axis_corner(x0, tx, w_f, dx)
-                    row = yi * s_pl_h + xi * s_pl_w
-                    grow = yi * s_gpl_h + xi * s_gpl_w
-                    ok = ok_x & ok_y & mask_n
-                    if trilinear:
-                        row += z_off
-                        grow += gz_off
-                        ok = ok & ok_z
-                    mask = ok[:, None] & mask_c[None, :]
-                    # d weight / d index is -1 for the floor corner, +1 for floor + 1
-                    sx = dx * 2.0 - 1.0
-                    sy = dy * 2.0 - 1.0
-                    if trilinear:
-                        w = wx * wy * wz
-                        dwx = sx * wy * wz
-                        dwy = wx * sy * wz
-                        dwz = wx * wy * (dz * 2.0 - 1.0)
-                    else:
-                        w = wx * wy
-                        dwx = sx * wy
-                        dwy = wx * sy
-                    # NaN weights of out-of-bounds corners must not leak into sums (0 * NaN)
-                    w = tl.where(ok, w, 0.0)
-                    tl.atomic_add(
-                        gplane_ptr + grow[:, None] + col_gpl,
-                        w[:, None] * g,
-                        mask=mask,
-                        sem="relaxed",
-                    )
-                    v = tl.load(plane_ptr + row[:, None] + col_pl, mask=mask, other=0.0)
-                    gv = tl.sum(g * v.to(tl.float32), axis=1)
-                    d_ix += tl.where(ok, gv * dwx, 0.0)
-                    d_iy += tl.where(ok, gv * dwy, 0.0)
-                    if trilinear:
-                        d_iz += tl.where(ok, gv * dwz, 0.0)
-
-        # chain rule through the unnormalisation: d index / d coordinate = size / 2
-        d_gx = d_ix * (w_f * 0.5)
-        d_gy = d_iy * (h_f * 0.5)
+        d_gx, d_gy, d_gz = _scatter_corners(
+            g,
+            plane_ptr,
+            gplane_ptr,
+            col_pl,
+            col_gpl,
+            texels,
+            strides,
+            grad_strides,
+            mask_n,
+            mask_c,
+            trilinear,
+            True,
+            BLOCK_N,
+        )
         if nan_propagate:
             d_gx = tl.where(finite, d_gx, float("nan"))
             d_gy = tl.where(finite, d_gy, float("nan"))
-        if trilinear:
-            d_gz = d_iz * (d_f * 0.5)
-            if nan_propagate:
-                d_gz = tl.where(finite, d_gz, float("nan"))
-        for j in tl.static_range(3):
-            base = proj_ptr + p * s_pj_p + j * s_pj_j
-            m0 = tl.load(base).to(tl.float32)
-            m1 = tl.load(base + s_pj_k).to(tl.float32)
-            contrib = d_gx * m0 + d_gy * m1
             if trilinear:
-                m2 = tl.load(base + 2 * s_pj_k).to(tl.float32)
-                contrib += d_gz * m2
-            if j == 0:
-                grad_px += contrib
-            elif j == 1:
-                grad_py += contrib
-            else:
-                grad_pz += contrib
+                d_gz = tl.where(finite, d_gz, float("nan"))
+        grad_x, grad_y, grad_z = _project_backward(
+            d_gx, d_gy, d_gz, proj_ptr, p, s_pj_p, s_pj_j, s_pj_k, trilinear
+        )
+        grad_px += grad_x
+        grad_py += grad_y
+        grad_pz += grad_z
 
     gpt = grad_points_ptr + b * s_gpt_b + offs_n * s_gpt_n
     tl.store(gpt, grad_px, mask=mask_n)

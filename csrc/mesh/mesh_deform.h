@@ -9,11 +9,19 @@
 //             |v1 - v0| > 0 and |n| > 0;
 //   transfer  p' = c0 + sum_k <p - v0, e_k> e'_k with (e_k) the posed frame and (e'_k) the
 //             canonical frame of the same face.
-// The grid helpers bin faces into a uniform grid of cells (see mesh_deform_cpu.cpp).
+//   search    the nearest face among a cell's candidates, ties -> lowest face index (by an
+//             explicit comparison, so the result does not depend on the order of the
+//             candidates: ascending on the CPU, arbitrary on the GPU);
+// The grid helpers bin faces into a uniform grid of cells (see mesh_deform_cpu.cpp). The
+// per-point functions at the end (deform_point, deform_point_backward) are the whole per-point
+// work of both kernels; the kernels only differ in how they build the grid and how they add the
+// vertex gradients (serially on the CPU, by atomics on the GPU).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "common.h"
 
@@ -177,12 +185,54 @@ HOST_DEVICE PE_INLINE void transfer_backward(const Vec3<T>& p, const Vec3<T>& v0
 // Uniform grid over the faces' bounding boxes grown by the thickness
 // ------------------------------------------------------------------------------------------
 
+// At most 64 cells per axis (plus one for rounding): at most 65^3 cells per batch element.
+constexpr int64_t kMaxCellsPerAxis = 64;
+
 template <typename T>
 struct GridSpec {
   T origin[3];
   T inv_cell;
-  int64_t dims[3];
+  int64_t dims[3];  // all 0: no grid (every point lies outside it)
 };
+
+// How far a face's bounding box is grown: a hair beyond the thickness, so rounding never drops
+// a face within reach from a cell.
+template <typename T>
+HOST_DEVICE PE_INLINE T grown_thickness(T thickness) {
+  return thickness * T(1.0001);
+}
+
+// The grid over [lo, hi] (the union of the grown face boxes of one batch element): cubic cells
+// of side max(thickness, largest extent / kMaxCellsPerAxis). A non-finite extent (non-finite
+// vertices) gives no grid: dims 0, and point_cell then places no point in it. Host code: the
+// CPU kernel calls it with bounds it computed, the CUDA launcher with bounds from the device.
+template <typename T>
+inline GridSpec<T> make_grid_spec(const T lo[3], const T hi[3], T thickness) {
+  GridSpec<T> g;
+  T extent = T(0);
+  for (int axis = 0; axis < 3; ++axis) extent = std::max(extent, hi[axis] - lo[axis]);
+  if (!std::isfinite(static_cast<double>(extent))) {
+    for (int axis = 0; axis < 3; ++axis) {
+      g.origin[axis] = T(0);
+      g.dims[axis] = 0;
+    }
+    g.inv_cell = T(0);
+    return g;
+  }
+  const T cell = std::max(thickness, extent / T(kMaxCellsPerAxis));
+  g.inv_cell = T(1) / cell;
+  for (int axis = 0; axis < 3; ++axis) {
+    g.origin[axis] = lo[axis];
+    const int64_t d = static_cast<int64_t>(std::ceil((hi[axis] - lo[axis]) / cell));
+    g.dims[axis] = std::min<int64_t>(kMaxCellsPerAxis + 1, std::max<int64_t>(1, d));
+  }
+  return g;
+}
+
+template <typename T>
+inline int64_t cell_count(const GridSpec<T>& g) {
+  return g.dims[0] * g.dims[1] * g.dims[2];
+}
 
 template <typename T>
 HOST_DEVICE PE_INLINE int64_t clamp_cell(T coordinate, const GridSpec<T>& g, int axis) {
@@ -204,6 +254,104 @@ HOST_DEVICE PE_INLINE int64_t point_cell(const Vec3<T>& p, const GridSpec<T>& g)
     cell[axis] = c >= g.dims[axis] ? g.dims[axis] - 1 : c;
   }
   return (cell[2] * g.dims[1] + cell[1]) * g.dims[0] + cell[0];
+}
+
+// ------------------------------------------------------------------------------------------
+// Per point: search, transfer, and the transfer's backward
+// ------------------------------------------------------------------------------------------
+
+template <typename T, typename scalar_t>
+HOST_DEVICE PE_INLINE void store3(scalar_t* p, const Vec3<T>& v) {
+  p[0] = static_cast<scalar_t>(v.x);
+  p[1] = static_cast<scalar_t>(v.y);
+  p[2] = static_cast<scalar_t>(v.z);
+}
+
+// The tie rule of the search: face f at squared distance d2 replaces the best so far when it is
+// nearer, or as near with a lower index. Ties -> lowest face index whatever the candidate order.
+template <typename T>
+HOST_DEVICE PE_INLINE bool nearer(T d2, int64_t f, T best, int64_t best_face) {
+  return d2 < best || (d2 == best && f < best_face);
+}
+
+// The nearest face to p among candidates[begin, end) (face ids into `faces`, (F, 3) vertex ids
+// into `verts`, (V, 3)) when it is nearer than the thickness, else -1.
+template <typename T, typename scalar_t>
+HOST_DEVICE PE_INLINE int64_t nearest_face(const Vec3<T>& p, const scalar_t* verts,
+                                           const int64_t* faces, const int32_t* candidates,
+                                           int64_t begin, int64_t end, T thickness) {
+  T best = std::numeric_limits<T>::infinity();
+  int64_t best_face = -1;
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t f = candidates[k];
+    const int64_t* tri = faces + f * 3;
+    const T d2 = point_triangle_distance2(p, load3<T>(verts + tri[0] * 3),
+                                          load3<T>(verts + tri[1] * 3),
+                                          load3<T>(verts + tri[2] * 3));
+    if (nearer(d2, f, best, best_face)) {
+      best = d2;
+      best_face = f;
+    }
+  }
+  return best_face >= 0 && sqrt_of(best) < thickness ? best_face : -1;
+}
+
+// The forward of one point p of one batch element (verts / canon: that element's (V, 3) posed
+// and canonical vertices; cell_start / cell_faces: its grid's cell lists). Writes the moved
+// point to `result` (p itself when no face is within the thickness, or when either triangle of
+// the chosen face has no frame) and returns the face it moved through, or -1.
+template <typename T, typename scalar_t>
+HOST_DEVICE PE_INLINE int64_t deform_point(const Vec3<T>& p, const GridSpec<T>& grid,
+                                           const int64_t* cell_start,
+                                           const int32_t* cell_faces, const scalar_t* verts,
+                                           const scalar_t* canon, const int64_t* faces,
+                                           T thickness, Vec3<T>& result) {
+  result = p;
+  const int64_t cell = point_cell(p, grid);  // box culling: outside the grid, no face in reach
+  if (cell < 0) return -1;
+  const int64_t face = nearest_face(p, verts, faces, cell_faces, cell_start[cell],
+                                    cell_start[cell + 1], thickness);
+  if (face < 0) return -1;
+  const int64_t* tri = faces + face * 3;
+  const Vec3<T> v0 = load3<T>(verts + tri[0] * 3);
+  const Vec3<T> c0 = load3<T>(canon + tri[0] * 3);
+  const Frame<T> a = triangle_frame(v0, load3<T>(verts + tri[1] * 3), load3<T>(verts + tri[2] * 3));
+  const Frame<T> b = triangle_frame(c0, load3<T>(canon + tri[1] * 3), load3<T>(canon + tri[2] * 3));
+  if (!(a.valid && b.valid)) return -1;  // no frame: the point stays where it is
+  result = transfer(p, v0, a, c0, b);
+  return face;
+}
+
+// The backward of one point moved through `face` (the forward's face index, >= 0): the
+// gradient of the point, and those of the face's three posed and three canonical vertices.
+template <typename T, typename scalar_t>
+HOST_DEVICE PE_INLINE void deform_point_backward(const Vec3<T>& p, const Vec3<T>& g,
+                                                 const scalar_t* verts, const scalar_t* canon,
+                                                 const int64_t* tri, Vec3<T>& gp, Vec3<T> gv[3],
+                                                 Vec3<T> gc[3]) {
+  const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v2 = load3<T>(verts + tri[2] * 3);
+  const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c2 = load3<T>(canon + tri[2] * 3);
+  const Frame<T> a = triangle_frame(v0, load3<T>(verts + tri[1] * 3), v2);
+  const Frame<T> b = triangle_frame(c0, load3<T>(canon + tri[1] * 3), c2);
+  transfer_backward(p, v0, v2, a, c0, c2, b, g, gp, gv, gc);
+}
+
+// Adds a point's six vertex gradients into the (V, 3) accumulators of its batch element with
+// add(T* target, T value): a plain += on the CPU (serial per batch element), atomicAdd on the GPU.
+template <typename T, typename Add>
+HOST_DEVICE PE_INLINE void scatter_face_gradients(const int64_t* tri, const Vec3<T> gv[3],
+                                                  const Vec3<T> gc[3], T* acc_v, T* acc_c,
+                                                  Add add) {
+  for (int k = 0; k < 3; ++k) {
+    T* av = acc_v + tri[k] * 3;
+    T* ac = acc_c + tri[k] * 3;
+    add(av, gv[k].x);
+    add(av + 1, gv[k].y);
+    add(av + 2, gv[k].z);
+    add(ac, gc[k].x);
+    add(ac + 1, gc[k].y);
+    add(ac + 2, gc[k].z);
+  }
 }
 
 }  // namespace mesh

@@ -5,13 +5,15 @@
 // every cell that its bounding box grown by the thickness touches; a counting pass, a prefix
 // sum and a fill in ascending face order, so every cell lists its faces in ascending order).
 // Then, in parallel over the points, each point tests only the faces of its own cell: exact
-// (a face nearer than the thickness is always listed there), ties -> lowest face index by the
-// strict comparison in ascending order, and a point outside the grid is returned unchanged
-// without testing anything (the box culling). Cell size: the thickness, but at least 1/64 of
-// the grid's largest extent (at most 64^3 cells).
+// (a face nearer than the thickness is always listed there), ties -> lowest face index (the
+// shared rule of mesh_deform.h), and a point outside the grid is returned unchanged without
+// testing anything (the box culling). Cell size: the thickness, but at least 1/64 of the
+// grid's largest extent (at most 64^3 cells).
 // Backward: the gradient of each transferred point, from the face chosen by the forward (no
 // second search). Vertex gradients are scattered serially per batch element (parallel over the
 // batch), so they are deterministic.
+// The per-point work (deform_point, deform_point_backward) is mesh_deform.h's, shared with the
+// CUDA kernels; this file holds the grid build and the loops.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -32,23 +34,17 @@ namespace portrait_engine {
 namespace mesh {
 namespace {
 
-constexpr int64_t kMaxCellsPerAxis = 64;
-
-
-
 template <typename T>
 struct Grid {
   GridSpec<T> spec;
   std::vector<int64_t> start;  // cells + 1
   std::vector<int32_t> faces;  // face ids, ascending within a cell
-  bool empty = true;
 };
 
 template <typename T, typename scalar_t>
 void build_grid(const scalar_t* verts, const int64_t* faces, int64_t F, T thickness, Grid<T>& g) {
   std::vector<T> box(F * 6);
-  // grown a hair beyond the thickness, so rounding never drops a face within reach
-  const T grow = thickness * T(1.0001);
+  const T grow = grown_thickness(thickness);
   T lo[3] = {std::numeric_limits<T>::infinity(), std::numeric_limits<T>::infinity(),
              std::numeric_limits<T>::infinity()};
   T hi[3] = {-lo[0], -lo[1], -lo[2]};
@@ -66,22 +62,11 @@ void build_grid(const scalar_t* verts, const int64_t* faces, int64_t F, T thickn
       hi[axis] = std::max(hi[axis], mx + grow);
     }
   }
-  T extent = T(0);
-  for (int axis = 0; axis < 3; ++axis) extent = std::max(extent, hi[axis] - lo[axis]);
-  if (!std::isfinite(static_cast<double>(extent))) {  // non-finite vertices: no grid, no faces
-    g.empty = true;
-    return;
-  }
-  const T cell = std::max(thickness, extent / T(kMaxCellsPerAxis));
-  g.spec.inv_cell = T(1) / cell;
-  int64_t cells = 1;
-  for (int axis = 0; axis < 3; ++axis) {
-    g.spec.origin[axis] = lo[axis];
-    const int64_t d = static_cast<int64_t>(std::ceil((hi[axis] - lo[axis]) / cell));
-    g.spec.dims[axis] = std::min<int64_t>(kMaxCellsPerAxis + 1, std::max<int64_t>(1, d));
-    cells *= g.spec.dims[axis];
-  }
+  g.spec = make_grid_spec(lo, hi, thickness);
+  const int64_t cells = cell_count(g.spec);
+  // no grid (non-finite vertices): no cell lists; point_cell places no point in it
   g.start.assign(cells + 1, 0);
+  if (cells == 0) return;
   auto for_cells = [&](int64_t f, auto&& fn) {
     int64_t c0[3], c1[3];
     for (int axis = 0; axis < 3; ++axis) {
@@ -99,7 +84,6 @@ void build_grid(const scalar_t* verts, const int64_t* faces, int64_t F, T thickn
   for (int64_t f = 0; f < F; ++f) {
     for_cells(f, [&](int64_t c) { g.faces[cursor[c]++] = static_cast<int32_t>(f); });
   }
-  g.empty = false;
 }
 
 template <typename scalar_t>
@@ -123,43 +107,10 @@ void forward_impl(const at::Tensor& points, const at::Tensor& posed, const at::T
     at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const int64_t idx = b * N + n;
-        const Vec3<T> p = load3<T>(p_ptr + idx * 3);
-        int64_t chosen = -1;
-        const int64_t cell = grid.empty ? -1 : point_cell(p, grid.spec);
-        if (cell >= 0) {
-          T best = std::numeric_limits<T>::infinity();
-          int64_t best_face = -1;
-          for (int64_t k = grid.start[cell]; k < grid.start[cell + 1]; ++k) {
-            const int64_t f = grid.faces[k];
-            const int64_t* tri = f_ptr + f * 3;
-            const T d2 = point_triangle_distance2(p, load3<T>(verts + tri[0] * 3),
-                                                  load3<T>(verts + tri[1] * 3),
-                                                  load3<T>(verts + tri[2] * 3));
-            if (d2 < best) {
-              best = d2;
-              best_face = f;
-            }
-          }
-          if (best_face >= 0 && sqrt_of(best) < thick) chosen = best_face;
-        }
-        Vec3<T> result = p;
-        if (chosen >= 0) {
-          const int64_t* tri = f_ptr + chosen * 3;
-          const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v1 = load3<T>(verts + tri[1] * 3),
-                        v2 = load3<T>(verts + tri[2] * 3);
-          const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c1 = load3<T>(canon + tri[1] * 3),
-                        c2 = load3<T>(canon + tri[2] * 3);
-          const Frame<T> a = triangle_frame(v0, v1, v2), bf = triangle_frame(c0, c1, c2);
-          if (a.valid && bf.valid) {
-            result = transfer(p, v0, a, c0, bf);
-          } else {
-            chosen = -1;  // no frame: the point stays where it is
-          }
-        }
-        o_ptr[idx * 3] = static_cast<scalar_t>(result.x);
-        o_ptr[idx * 3 + 1] = static_cast<scalar_t>(result.y);
-        o_ptr[idx * 3 + 2] = static_cast<scalar_t>(result.z);
-        i_ptr[idx] = chosen;
+        Vec3<T> result;
+        i_ptr[idx] = deform_point(load3<T>(p_ptr + idx * 3), grid.spec, grid.start.data(),
+                                  grid.faces.data(), verts, canon, f_ptr, thick, result);
+        store3(o_ptr + idx * 3, result);
       }
     });
   }
@@ -192,30 +143,15 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& points, const a
         const int64_t idx = b * N + n;
         const Vec3<T> g = load3<T>(g_ptr + idx * 3);
         const int64_t f = i_ptr[idx];
-        Vec3<T> gp = g;
+        Vec3<T> gp = g;  // a point left where it was: the identity's gradient
         if (f >= 0) {
           const int64_t* tri = f_ptr + f * 3;
-          const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v1 = load3<T>(verts + tri[1] * 3),
-                        v2 = load3<T>(verts + tri[2] * 3);
-          const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c1 = load3<T>(canon + tri[1] * 3),
-                        c2 = load3<T>(canon + tri[2] * 3);
-          const Frame<T> a = triangle_frame(v0, v1, v2), bf = triangle_frame(c0, c1, c2);
           Vec3<T> gv[3], gc[3];
-          transfer_backward(load3<T>(p_ptr + idx * 3), v0, v2, a, c0, c2, bf, g, gp, gv, gc);
-          for (int k = 0; k < 3; ++k) {
-            T* av = acc_v.data() + tri[k] * 3;
-            T* ac = acc_c.data() + tri[k] * 3;
-            av[0] += gv[k].x;
-            av[1] += gv[k].y;
-            av[2] += gv[k].z;
-            ac[0] += gc[k].x;
-            ac[1] += gc[k].y;
-            ac[2] += gc[k].z;
-          }
+          deform_point_backward(load3<T>(p_ptr + idx * 3), g, verts, canon, tri, gp, gv, gc);
+          scatter_face_gradients(tri, gv, gc, acc_v.data(), acc_c.data(),
+                                 [](T* target, T value) { *target += value; });
         }
-        gp_ptr[idx * 3] = static_cast<scalar_t>(gp.x);
-        gp_ptr[idx * 3 + 1] = static_cast<scalar_t>(gp.y);
-        gp_ptr[idx * 3 + 2] = static_cast<scalar_t>(gp.z);
+        store3(gp_ptr + idx * 3, gp);
       }
       for (int64_t k = 0; k < V * 3; ++k) {
         gv_ptr[b * V * 3 + k] = static_cast<scalar_t>(acc_v[k]);

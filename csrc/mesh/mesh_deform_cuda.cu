@@ -11,8 +11,9 @@
 //      counts, and so the layout, are deterministic); an exclusive scan (at::cumsum) gives the
 //      cell starts; fill: one thread per (b, f) writes its id into its cells (slot order within
 //      a cell is arbitrary, which is why the search compares (distance, face id)
-//      lexicographically: the result does not depend on it);
-//   3. search: one thread per point tests the faces of its cell, then transfers.
+//      lexicographically -- mesh_deform.h's tie rule: the result does not depend on it);
+//   3. search: one thread per point tests the faces of its cell, then transfers
+//      (mesh_deform.h's deform_point, the CPU kernel's per-point function).
 // Backward: one thread per point computes its gradients and adds the six vertex gradients with
 // atomicAdd (fp32 atomics: the vertex gradients can differ run to run in the last bits; the
 // CPU and Triton backends are deterministic).
@@ -42,8 +43,6 @@ namespace mesh {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxCellsPerAxis = 64;
-
 
 int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
@@ -117,47 +116,11 @@ __global__ void search_kernel(const scalar_t* __restrict__ points, const scalar_
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * N) return;
   const int64_t b = idx / N;
-  const scalar_t* verts = posed + b * V * 3;
-  const scalar_t* canon = canonical + b * V * 3;
-  const Vec3<T> p = load3<T>(points + idx * 3);
-  const GridSpec<T> g = specs[b];
-  int64_t chosen = -1;
-  const int64_t cell = g.dims[0] == 0 ? -1 : point_cell(p, g);
-  if (cell >= 0) {
-    const int64_t c = cell_base[b] + cell;
-    T best = std::numeric_limits<T>::infinity();
-    int64_t best_face = -1;
-    for (int64_t k = cell_start[c]; k < cell_start[c + 1]; ++k) {
-      const int64_t f = cell_faces[k];
-      const int64_t* tri = faces + f * 3;
-      const T d2 = point_triangle_distance2(p, load3<T>(verts + tri[0] * 3),
-                                            load3<T>(verts + tri[1] * 3),
-                                            load3<T>(verts + tri[2] * 3));
-      if (d2 < best || (d2 == best && f < best_face)) {
-        best = d2;
-        best_face = f;
-      }
-    }
-    if (best_face >= 0 && sqrt_of(best) < thickness) chosen = best_face;
-  }
-  Vec3<T> result = p;
-  if (chosen >= 0) {
-    const int64_t* tri = faces + chosen * 3;
-    const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v1 = load3<T>(verts + tri[1] * 3),
-                  v2 = load3<T>(verts + tri[2] * 3);
-    const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c1 = load3<T>(canon + tri[1] * 3),
-                  c2 = load3<T>(canon + tri[2] * 3);
-    const Frame<T> a = triangle_frame(v0, v1, v2), bf = triangle_frame(c0, c1, c2);
-    if (a.valid && bf.valid) {
-      result = transfer(p, v0, a, c0, bf);
-    } else {
-      chosen = -1;
-    }
-  }
-  out[idx * 3] = static_cast<scalar_t>(result.x);
-  out[idx * 3 + 1] = static_cast<scalar_t>(result.y);
-  out[idx * 3 + 2] = static_cast<scalar_t>(result.z);
-  face_index[idx] = chosen;
+  Vec3<T> result;
+  face_index[idx] = deform_point(load3<T>(points + idx * 3), specs[b], cell_start + cell_base[b],
+                                 cell_faces, posed + b * V * 3, canonical + b * V * 3, faces,
+                                 thickness, result);
+  store3(out + idx * 3, result);
 }
 
 template <typename scalar_t, typename T>
@@ -174,34 +137,17 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
   const int64_t b = idx / N;
   const Vec3<T> g = load3<T>(grad_out + idx * 3);
   const int64_t f = face_index[idx];
-  Vec3<T> gp = g;
+  Vec3<T> gp = g;  // a point left where it was: the identity's gradient
   if (f >= 0) {
-    const scalar_t* verts = posed + b * V * 3;
-    const scalar_t* canon = canonical + b * V * 3;
     const int64_t* tri = faces + f * 3;
-    const Vec3<T> v0 = load3<T>(verts + tri[0] * 3), v1 = load3<T>(verts + tri[1] * 3),
-                  v2 = load3<T>(verts + tri[2] * 3);
-    const Vec3<T> c0 = load3<T>(canon + tri[0] * 3), c1 = load3<T>(canon + tri[1] * 3),
-                  c2 = load3<T>(canon + tri[2] * 3);
-    const Frame<T> a = triangle_frame(v0, v1, v2), bf = triangle_frame(c0, c1, c2);
     Vec3<T> gv[3], gc[3];
-    transfer_backward(load3<T>(points + idx * 3), v0, v2, a, c0, c2, bf, g, gp, gv, gc);
-    for (int k = 0; k < 3; ++k) {
-      T* av = acc_v + (b * V + tri[k]) * 3;
-      T* ac = acc_c + (b * V + tri[k]) * 3;
-      atomicAdd(av, gv[k].x);
-      atomicAdd(av + 1, gv[k].y);
-      atomicAdd(av + 2, gv[k].z);
-      atomicAdd(ac, gc[k].x);
-      atomicAdd(ac + 1, gc[k].y);
-      atomicAdd(ac + 2, gc[k].z);
-    }
+    deform_point_backward(load3<T>(points + idx * 3), g, posed + b * V * 3,
+                          canonical + b * V * 3, tri, gp, gv, gc);
+    scatter_face_gradients(tri, gv, gc, acc_v + b * V * 3, acc_c + b * V * 3,
+                           [](T* target, T value) { atomicAdd(target, value); });
   }
-  grad_points[idx * 3] = static_cast<scalar_t>(gp.x);
-  grad_points[idx * 3 + 1] = static_cast<scalar_t>(gp.y);
-  grad_points[idx * 3 + 2] = static_cast<scalar_t>(gp.z);
+  store3(grad_points + idx * 3, gp);
 }
-
 
 template <typename scalar_t>
 void forward_impl(const at::Tensor& points, const at::Tensor& posed, const at::Tensor& canonical,
@@ -214,7 +160,7 @@ void forward_impl(const at::Tensor& points, const at::Tensor& posed, const at::T
   const T thick = static_cast<T>(thickness);
   at::Tensor boxes = at::empty({B, F, 6}, acc);
   face_boxes_kernel<scalar_t, T><<<blocks_for(B * F), kThreads, 0, stream>>>(
-      posed.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), B, V, F, thick * T(1.0001),
+      posed.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), B, V, F, grown_thickness(thick),
       boxes.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // per-batch bounds, to the host (6 B values) to size the grids as the CPU kernel does
@@ -224,26 +170,8 @@ void forward_impl(const at::Tensor& points, const at::Tensor& posed, const at::T
   std::vector<GridSpec<T>> specs(B);
   std::vector<int64_t> base(B + 1, 0);
   for (int64_t b = 0; b < B; ++b) {
-    GridSpec<T>& g = specs[b];
-    T extent = T(0);
-    for (int axis = 0; axis < 3; ++axis) extent = std::max(extent, bd[b * 6 + 3 + axis] - bd[b * 6 + axis]);
-    if (!std::isfinite(static_cast<double>(extent))) {
-      g.dims[0] = g.dims[1] = g.dims[2] = 0;
-      g.inv_cell = T(0);
-      g.origin[0] = g.origin[1] = g.origin[2] = T(0);
-      base[b + 1] = base[b];
-      continue;
-    }
-    const T cell = std::max(thick, extent / T(kMaxCellsPerAxis));
-    g.inv_cell = T(1) / cell;
-    int64_t cells = 1;
-    for (int axis = 0; axis < 3; ++axis) {
-      g.origin[axis] = bd[b * 6 + axis];
-      const int64_t d = static_cast<int64_t>(std::ceil((bd[b * 6 + 3 + axis] - bd[b * 6 + axis]) / cell));
-      g.dims[axis] = std::min<int64_t>(kMaxCellsPerAxis + 1, std::max<int64_t>(1, d));
-      cells *= g.dims[axis];
-    }
-    base[b + 1] = base[b] + cells;
+    specs[b] = make_grid_spec(bd + b * 6, bd + b * 6 + 3, thick);
+    base[b + 1] = base[b] + cell_count(specs[b]);
   }
   const int64_t total_cells = base[B];
   at::Tensor spec_t = at::empty({static_cast<int64_t>(B * sizeof(GridSpec<T>))},

@@ -113,7 +113,38 @@ class FullyConnectedLayer(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, activation={self.activation}"
 
 
-class Conv2dLayer(nn.Module):
+class _ResampledConv(nn.Module):
+    """What ``Conv2dLayer`` and ``SynthesisLayer`` share: the sizes, the FIR resampling filter,
+    "same" padding, and the closing ``bias_act`` whose gain and clamp scale with the caller's
+    ``gain``. Subclasses create their own parameters (in the published order, which fixes the
+    random initialisation under a seed)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        activation: str,
+        up: int,
+        resample_filter: tuple,
+        conv_clamp: float | None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.activation = activation
+        self.up = up
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.padding = kernel_size // 2
+        self.act_gain = activation_gain(activation)
+
+    def _bias_act(self, x: torch.Tensor, b: torch.Tensor | None, gain: float) -> torch.Tensor:
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, b, activation=self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+
+class Conv2dLayer(_ResampledConv):
     """Equalised-learning-rate convolution with optional up/down-sampling (FIR filter) and
     ``bias_act``. ``(N, in, H, W)`` -> ``(N, out, H*up/down, W*up/down)``."""
 
@@ -129,17 +160,11 @@ class Conv2dLayer(nn.Module):
         resample_filter: tuple = (1, 3, 3, 1),
         conv_clamp: float | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.activation = activation
-        self.up = up
+        super().__init__(
+            in_channels, out_channels, kernel_size, activation, up, resample_filter, conv_clamp
+        )
         self.down = down
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
-        self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
-        self.act_gain = activation_gain(activation)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
@@ -155,8 +180,7 @@ class Conv2dLayer(nn.Module):
             padding=self.padding,
             flip_weight=(self.up == 1),
         )
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, activation=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return self._bias_act(x, b, gain)
 
     def extra_repr(self) -> str:
         return (
@@ -212,36 +236,28 @@ def modulated_conv2d(
     if demodulate and fused_modconv:
         w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
 
-    if not fused_modconv:
+    if fused_modconv:
+        # the batch as groups of one grouped convolution, each with its own modulated weight
+        x = x.reshape(1, -1, *x.shape[2:])
+        conv_weight, groups = w.reshape(-1, in_channels, kh, kw), batch
+    else:
+        # scale the input, convolve with the shared weight, scale the output (below)
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
-        x = conv2d_resample(
-            x,
-            weight.to(x.dtype),
-            f=resample_filter,
-            up=up,
-            down=down,
-            padding=padding,
-            flip_weight=flip_weight,
-        )
-        if demodulate:
-            x = x * dcoefs.to(x.dtype).reshape(batch, -1, 1, 1)
-        if noise is not None:
-            x = x + noise.to(x.dtype)
-        return x
-
-    x = x.reshape(1, -1, *x.shape[2:])
-    w = w.reshape(-1, in_channels, kh, kw)
+        conv_weight, groups = weight, 1
     x = conv2d_resample(
         x,
-        w.to(x.dtype),
+        conv_weight.to(x.dtype),
         f=resample_filter,
         up=up,
         down=down,
         padding=padding,
-        groups=batch,
+        groups=groups,
         flip_weight=flip_weight,
     )
-    x = x.reshape(batch, -1, *x.shape[2:])
+    if fused_modconv:
+        x = x.reshape(batch, -1, *x.shape[2:])
+    elif demodulate:
+        x = x * dcoefs.to(x.dtype).reshape(batch, -1, 1, 1)
     if noise is not None:
         x = x + noise.to(x.dtype)
     return x
@@ -250,7 +266,7 @@ def modulated_conv2d(
 NOISE_MODES = ("random", "const", "none")
 
 
-class SynthesisLayer(nn.Module):
+class SynthesisLayer(_ResampledConv):
     """Modulated 3 x 3 convolution + noise injection + bias + leaky ReLU.
 
     ``forward(x, w)``: ``x`` ``(N, in, R/up, R/up)``, ``w`` ``(N, w_dim)`` ->
@@ -271,18 +287,12 @@ class SynthesisLayer(nn.Module):
         resample_filter: tuple = (1, 3, 3, 1),
         conv_clamp: float | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(
+            in_channels, out_channels, kernel_size, activation, up, resample_filter, conv_clamp
+        )
         self.w_dim = w_dim
         self.resolution = resolution
-        self.up = up
         self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
-        self.padding = kernel_size // 2
-        self.act_gain = activation_gain(activation)
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         if use_noise:
@@ -326,9 +336,7 @@ class SynthesisLayer(nn.Module):
             flip_weight=(self.up == 1),
             fused_modconv=fused_modconv,
         )
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        gain = self.act_gain * gain
-        return bias_act(x, self.bias, activation=self.activation, gain=gain, clamp=clamp)
+        return self._bias_act(x, self.bias, gain)
 
 
 class ToRGBLayer(nn.Module):
