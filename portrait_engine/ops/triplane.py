@@ -208,6 +208,26 @@ def _validate(planes, points, box_warp, plane_axes, reduce):
     v.check_choice("reduce", reduce, REDUCTIONS)
 
 
+def channels_last_planes(planes: torch.Tensor) -> torch.Tensor:
+    """The same planes (shape, values, gradients) stored channels-last in memory.
+
+    The kernel backends read the planes as ``(B, P, [D,] H, W, C)`` rows of channels and copy
+    ``(B, P, C, [D,] H, W)`` planes into that order on every call (and autograd copies the
+    gradient back). A caller that samples the same planes several times (the renderer's coarse
+    and fine passes) converts them once with this function: each call then finds the layout
+    already in place and copies nothing, and the gradients of all calls are summed before one
+    copy back. Any ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)`` tensor; a view of a
+    contiguous copy, differentiable.
+    """
+    if planes.dim() == 5:
+        return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if planes.dim() == 6:
+        return planes.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
+    raise ValueError(
+        f"planes must have shape (B, P, C, H, W) or (B, P, C, D, H, W), got {tuple(planes.shape)}"
+    )
+
+
 def triplane_sample(
     planes: torch.Tensor,
     points: torch.Tensor,
