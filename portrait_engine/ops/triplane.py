@@ -57,7 +57,10 @@ def _triton_backward(
     trilinear: bool,
     reduce_mean: bool,
     nan_propagate: bool,
+    points_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # points_grad=False allows zeros for the points' gradient; the Triton kernel computes it
+    # anyway (in the same pass as the planes' gradient)
     from portrait_engine.kernels import triplane as kernels
 
     return kernels.triplane_backward(
@@ -69,7 +72,9 @@ def _fake_forward(planes, points, proj, trilinear, reduce_mean, nan_propagate):
     return planes.new_empty(_output_shape(planes, points, reduce_mean))
 
 
-def _fake_backward(grad_out, planes, points, proj, trilinear, reduce_mean, nan_propagate):
+def _fake_backward(
+    grad_out, planes, points, proj, trilinear, reduce_mean, nan_propagate, points_grad=True
+):
     accumulation = accumulation_dtype(planes.dtype)
     return (
         planes.new_empty(planes.shape, dtype=accumulation),
@@ -86,10 +91,20 @@ def _setup_context(ctx, inputs, output):
 def _make_autograd(backward_op):
     def backward(ctx, grad_out):
         planes, points, proj = ctx.saved_tensors
+        # the points' gradient only when autograd asks for it (the native CPU kernel then
+        # skips its gather pass; the result is None either way when it is not asked for)
+        points_grad = ctx.needs_input_grad[1]
         grad_planes, grad_points = backward_op(
-            grad_out.contiguous(), planes, points, proj, *ctx.flags
+            grad_out.contiguous(), planes, points, proj, *ctx.flags, points_grad
         )
-        return grad_planes.to(planes.dtype), grad_points.to(points.dtype), None, None, None, None
+        return (
+            grad_planes.to(planes.dtype),
+            grad_points.to(points.dtype) if points_grad else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     return backward
 
