@@ -96,10 +96,11 @@ HOST_DEVICE PE_INLINE acc_t midpoint(const scalar_t* z, int64_t k) {
 
 // sample_pdf's inverse-CDF sample for one draw u: the bin found by searchsorted(right=True),
 // its neighbours clamped to [0, K], a denominator below 1e-5 replaced by 1.
+// `index` is that count of cdf entries <= u (inverse_cdf_sample finds it by binary search; a
+// caller walking sorted draws can carry it from one draw to the next).
 template <typename scalar_t, typename acc_t>
-HOST_DEVICE PE_INLINE acc_t inverse_cdf_sample(const scalar_t* z, const acc_t* cdf, int64_t bins,
-                                               acc_t u) {
-  const int64_t index = count_at_most<acc_t, acc_t>(cdf, bins + 1, u);
+HOST_DEVICE PE_INLINE acc_t interpolate_cdf(const scalar_t* z, const acc_t* cdf, int64_t bins,
+                                            acc_t u, int64_t index) {
   const int64_t below = index > 0 ? index - 1 : 0;
   const int64_t above = index < bins ? index : bins;
   const acc_t cdf_below = cdf[below];
@@ -108,6 +109,13 @@ HOST_DEVICE PE_INLINE acc_t inverse_cdf_sample(const scalar_t* z, const acc_t* c
   const acc_t m_below = midpoint<scalar_t, acc_t>(z, below);
   const acc_t m_above = midpoint<scalar_t, acc_t>(z, above);
   return m_below + (u - cdf_below) / denom * (m_above - m_below);
+}
+
+template <typename scalar_t, typename acc_t>
+HOST_DEVICE PE_INLINE acc_t inverse_cdf_sample(const scalar_t* z, const acc_t* cdf, int64_t bins,
+                                               acc_t u) {
+  return interpolate_cdf<scalar_t, acc_t>(z, cdf, bins, u,
+                                          count_at_most<acc_t, acc_t>(cdf, bins + 1, u));
 }
 
 // Sorts values[0..n-1] in place, ascending (insertion sort: n is EG3D's 48 importance draws of

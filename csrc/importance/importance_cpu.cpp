@@ -5,11 +5,13 @@
 // across tasks and the result does not depend on the number of threads.
 //   * sample_importance: per ray, the K + 1 cdf entries into a task-local buffer, then one
 //     binary search and interpolation per draw (with sort: the ray's draws insertion-sorted
-//     first, and a running maximum).
-//   * merge_samples_index: per ray, the merged position of every sample by binary search in
-//     the other list (the same rank formula as the CUDA kernel; no sort).
+//     first, one walk over the cdf instead of the searches, and a running maximum).
+//   * merge_samples_index: per ray, one two-pointer walk over both sorted lists, O(S1 + S2)
+//     (a task owns the ray, so nothing is gained by the CUDA kernel's independent binary
+//     searches; on valid input the positions are the same: ties put the first list first).
 //   * merge_samples_scatter / gather: per ray, row copies of C channels to / from the
-//     positions.
+//     positions, into outputs allocated with the huge-page hint (cpu_memory.h): at EG3D's
+//     sizes the page faults of a fresh output cost more than the copy itself.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -22,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu_memory.h"
 #include "importance/checks.h"
 #include "importance/importance.h"
 
@@ -32,6 +35,14 @@ namespace {
 
 // rays per parallel_for chunk: about 16k elements of work per chunk
 int64_t ray_grain(int64_t per_ray) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(per_ray, 1)); }
+
+// One row of `channels` values. A plain loop rather than std::copy_n: the rows are short (EG3D's
+// 32 + 1 channels), and the library memmove's call and size dispatch cost as much as the copy.
+template <typename scalar_t>
+inline void copy_row(const scalar_t* src, scalar_t* dst, int64_t channels) {
+  PE_SIMD
+  for (int64_t c = 0; c < channels; ++c) dst[c] = src[c];
+}
 
 
 at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& weights,
@@ -57,14 +68,22 @@ at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& wei
             for (int64_t k = 0; k < draws; ++k) ray_u[k] = static_cast<acc_t>(ur[k]);
             if (sort) insertion_sort(ray_u.data(), draws);
             scalar_t* o = out_ptr + r * draws;
-            acc_t running = acc_t(0);
-            for (int64_t k = 0; k < draws; ++k) {
-              acc_t t = inverse_cdf_sample<scalar_t, acc_t>(z, cdf.data(), bins, ray_u[k]);
-              if (sort) {
-                running = k == 0 ? t : max_of(running, t);
-                t = running;
+            if (!sort) {
+              for (int64_t k = 0; k < draws; ++k) {
+                o[k] = static_cast<scalar_t>(
+                    inverse_cdf_sample<scalar_t, acc_t>(z, cdf.data(), bins, ray_u[k]));
               }
-              o[k] = static_cast<scalar_t>(t);
+              continue;
+            }
+            // sorted draws: the count of cdf entries <= u only grows, so one walk over the
+            // cdf replaces a binary search per draw (the same count: the cdf is non-decreasing)
+            acc_t running = acc_t(0);
+            int64_t index = 0;
+            for (int64_t k = 0; k < draws; ++k) {
+              while (index <= bins && cdf[index] <= ray_u[k]) ++index;
+              const acc_t t = interpolate_cdf<scalar_t, acc_t>(z, cdf.data(), bins, ray_u[k], index);
+              running = k == 0 ? t : max_of(running, t);
+              o[k] = static_cast<scalar_t>(running);
             }
           }
         });
@@ -90,14 +109,25 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_index_cpu(const at::Tensor& dep
           for (int64_t r = begin; r < end; ++r) {
             const scalar_t* d1 = d1_ptr + r * first;
             const scalar_t* d2 = d2_ptr + r * second;
-            for (int64_t i = 0; i < first; ++i) {
-              p1_ptr[r * first + i] = static_cast<int32_t>(merged_position_first<scalar_t, acc_t>(
-                  i, static_cast<acc_t>(d1[i]), d2, second));
+            int32_t* p1 = p1_ptr + r * first;
+            int32_t* p2 = p2_ptr + r * second;
+            // The merge of two sorted lists: the next sample is the first list's unless the
+            // second's is strictly nearer (ties: the first list first), which gives the ranks
+            // i + #(second < d1[i]) and j + #(first <= d2[j]) of merged_position_first/second.
+            // Every position is written once whatever the input, so the output is always a
+            // permutation (the public op has checked the order and NaN).
+            int64_t i = 0, j = 0;
+            while (i < first && j < second) {
+              if (static_cast<acc_t>(d2[j]) < static_cast<acc_t>(d1[i])) {
+                p2[j] = static_cast<int32_t>(i + j);
+                ++j;
+              } else {
+                p1[i] = static_cast<int32_t>(i + j);
+                ++i;
+              }
             }
-            for (int64_t j = 0; j < second; ++j) {
-              p2_ptr[r * second + j] = static_cast<int32_t>(
-                  merged_position_second<scalar_t, acc_t>(j, static_cast<acc_t>(d2[j]), d1, first));
-            }
+            for (; i < first; ++i) p1[i] = static_cast<int32_t>(i + j);
+            for (; j < second; ++j) p2[j] = static_cast<int32_t>(i + j);
           }
         });
       });
@@ -111,7 +141,7 @@ at::Tensor merge_samples_scatter_cpu(const at::Tensor& values1, const at::Tensor
   const int64_t rays = values1.size(0), first = values1.size(1), second = values2.size(1);
   const int64_t channels = values1.size(2);
   const int64_t total = first + second;
-  at::Tensor out = new_output({rays, total, channels}, values1.options());
+  at::Tensor out = new_large_output({rays, total, channels}, values1.options());
   if (rays == 0 || channels == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, values1.scalar_type(), "merge_samples_scatter_cpu", [&] {
@@ -124,12 +154,12 @@ at::Tensor merge_samples_scatter_cpu(const at::Tensor& values1, const at::Tensor
           for (int64_t r = begin; r < end; ++r) {
             scalar_t* dst = o + r * total * channels;
             for (int64_t i = 0; i < first; ++i) {
-              std::copy_n(v1 + (r * first + i) * channels, channels,
-                          dst + static_cast<int64_t>(p1[r * first + i]) * channels);
+              copy_row(v1 + (r * first + i) * channels,
+                       dst + static_cast<int64_t>(p1[r * first + i]) * channels, channels);
             }
             for (int64_t j = 0; j < second; ++j) {
-              std::copy_n(v2 + (r * second + j) * channels, channels,
-                          dst + static_cast<int64_t>(p2[r * second + j]) * channels);
+              copy_row(v2 + (r * second + j) * channels,
+                       dst + static_cast<int64_t>(p2[r * second + j]) * channels, channels);
             }
           }
         });
@@ -143,8 +173,8 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_gather_cpu(const at::Tensor& gr
   check_merge_gather(grad, positions1, positions2, kCpuSide);
   const int64_t rays = grad.size(0), total = grad.size(1), channels = grad.size(2);
   const int64_t first = positions1.size(1), second = positions2.size(1);
-  at::Tensor grad1 = new_output({rays, first, channels}, grad.options());
-  at::Tensor grad2 = new_output({rays, second, channels}, grad.options());
+  at::Tensor grad1 = new_large_output({rays, first, channels}, grad.options());
+  at::Tensor grad2 = new_large_output({rays, second, channels}, grad.options());
   if (rays == 0 || channels == 0) return {grad1, grad2};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "merge_samples_gather_cpu", [&] {
@@ -157,12 +187,12 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_gather_cpu(const at::Tensor& gr
           for (int64_t r = begin; r < end; ++r) {
             const scalar_t* src = g + r * total * channels;
             for (int64_t i = 0; i < first; ++i) {
-              std::copy_n(src + static_cast<int64_t>(p1[r * first + i]) * channels, channels,
-                          g1 + (r * first + i) * channels);
+              copy_row(src + static_cast<int64_t>(p1[r * first + i]) * channels,
+                       g1 + (r * first + i) * channels, channels);
             }
             for (int64_t j = 0; j < second; ++j) {
-              std::copy_n(src + static_cast<int64_t>(p2[r * second + j]) * channels, channels,
-                          g2 + (r * second + j) * channels);
+              copy_row(src + static_cast<int64_t>(p2[r * second + j]) * channels,
+                       g2 + (r * second + j) * channels, channels);
             }
           }
         });

@@ -8,5 +8,6 @@ TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
       "bool reduce_mean, bool nan_propagate) -> Tensor");
   m.def(
       "triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor points, Tensor proj, "
-      "bool trilinear, bool reduce_mean, bool nan_propagate) -> (Tensor, Tensor)");
+      "bool trilinear, bool reduce_mean, bool nan_propagate, bool points_grad=True) -> "
+      "(Tensor, Tensor)");
 }

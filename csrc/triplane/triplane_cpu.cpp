@@ -5,7 +5,8 @@
 // corners, accumulating the channel vector in the accumulation type.
 //
 // Backward, deterministic and without atomics, in two passes:
-//   1. grad_points: at::parallel_for over the B * N points (a pure gather, like the forward).
+//   1. grad_points: at::parallel_for over the B * N points (a pure gather, like the forward);
+//      skipped when the op says the points need no gradient (points_grad=false).
 //   2. grad_planes: at::parallel_for over tasks (b, p, band), a band being a range of the
 //      plane's D * H rows. A task walks all N points in order and scatter-adds only the corners
 //      that fall in its band, so each texel is written by exactly one task and receives its
@@ -135,7 +136,8 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
 template <typename scalar_t>
 void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
                    const at::Tensor& proj, at::Tensor& grad_planes, at::Tensor& grad_points,
-                   const Sizes& z, bool trilinear, bool reduce_mean, bool nan_propagate) {
+                   const Sizes& z, bool trilinear, bool reduce_mean, bool nan_propagate,
+                   bool points_grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* go_ptr = grad_out.data_ptr<scalar_t>();
   const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
@@ -155,53 +157,57 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const a
     return reduce_mean ? go_ptr + (b * N + n) * C : go_ptr + ((b * P + p) * N + n) * C;
   };
 
-  // Pass 1: grad_points, a gather over the points.
-  at::parallel_for(0, B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> g_buffer(C);
-    acc_t* g = g_buffer.data();
-    for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
-      prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P,
-                                             geo, trilinear);
-    }
-    for (int64_t i = begin; i < end; ++i) {
-      if (i + kPrefetchDistance < end) {
-        prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
-                                               i + kPrefetchDistance, N, P, 0, P, geo,
-                                               trilinear);
+  // Pass 1: grad_points, a gather over the points; skipped (zeros) when nobody needs them,
+  // e.g. EG3D's renderer, whose sample points do not require grad: about 58 % of this
+  // backward's kernel time at the renderer's size (perf, 2026-11-26).
+  if (points_grad) {
+    at::parallel_for(0, B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> g_buffer(C);
+      acc_t* g = g_buffer.data();
+      for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
+        prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P,
+                                               geo, trilinear);
       }
-      const int64_t b = i / N, n = i % N;
-      const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
-      const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
-      const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
-      acc_t out0 = 0, out1 = 0, out2 = 0;
-      for (int64_t p = 0; p < P; ++p) {
-        if (p == 0 || !reduce_mean) {
-          const scalar_t* row = go_row(b, p, n);
-          for (int64_t c = 0; c < C; ++c) g[c] = static_cast<acc_t>(row[c]);
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kPrefetchDistance < end) {
+          prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
+                                                 i + kPrefetchDistance, N, P, 0, P, geo,
+                                                 trilinear);
         }
-        acc_t gx, gy, gz;
-        project(px, py, pz, proj_ptr + p * 9, gx, gy, gz);
-        const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
-        const scalar_t* base = planes_ptr + (b * P + p) * plane_numel;
-        acc_t dix = 0, diy = 0, diz = 0;
-        if (!f.nonfinite) {  // a non-finite sample has no corner in bounds
-          for (int k = 0; k < ncorners; ++k) {
-            const Corner<acc_t> cr = corner(f, k, geo);
-            if (!cr.valid) continue;
-            const acc_t d = dot(base + cr.offset, g, C);
-            dix += cr.dwx * d;
-            diy += cr.dwy * d;
-            diz += cr.dwz * d;
+        const int64_t b = i / N, n = i % N;
+        const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
+        const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
+        const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
+        acc_t out0 = 0, out1 = 0, out2 = 0;
+        for (int64_t p = 0; p < P; ++p) {
+          if (p == 0 || !reduce_mean) {
+            const scalar_t* row = go_row(b, p, n);
+            for (int64_t c = 0; c < C; ++c) g[c] = static_cast<acc_t>(row[c]);
           }
+          acc_t gx, gy, gz;
+          project(px, py, pz, proj_ptr + p * 9, gx, gy, gz);
+          const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
+          const scalar_t* base = planes_ptr + (b * P + p) * plane_numel;
+          acc_t dix = 0, diy = 0, diz = 0;
+          if (!f.nonfinite) {  // a non-finite sample has no corner in bounds
+            for (int k = 0; k < ncorners; ++k) {
+              const Corner<acc_t> cr = corner(f, k, geo);
+              if (!cr.valid) continue;
+              const acc_t d = dot(base + cr.offset, g, C);
+              dix += cr.dwx * d;
+              diy += cr.dwy * d;
+              diz += cr.dwz * d;
+            }
+          }
+          add_point_grad(dix * scale, diy * scale, diz * scale, nan_propagate && f.nonfinite,
+                         trilinear, proj_ptr + p * 9, geo, out0, out1, out2);
         }
-        add_point_grad(dix * scale, diy * scale, diz * scale, nan_propagate && f.nonfinite,
-                       trilinear, proj_ptr + p * 9, geo, out0, out1, out2);
+        gpoints_ptr[i * 3 + 0] = out0;
+        gpoints_ptr[i * 3 + 1] = out1;
+        gpoints_ptr[i * 3 + 2] = out2;
       }
-      gpoints_ptr[i * 3 + 0] = out0;
-      gpoints_ptr[i * 3 + 1] = out1;
-      gpoints_ptr[i * 3 + 2] = out2;
-    }
-  });
+    });
+  }
 
   // Pass 2: grad_planes, tasks (b, p, band), each texel owned by one task.
   const int64_t rows = geo.D * geo.H;
@@ -266,7 +272,8 @@ at::Tensor triplane_sample_forward_cpu(const at::Tensor& planes, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
-    const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate) {
+    const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate,
+    bool points_grad) {
   const at::Tensor proj = proj_in.contiguous();
   const Sizes z = check_inputs(planes, points, proj, kCpuSide);
   check_grad_out(grad_out, planes, z, reduce_mean, kCpuSide);
@@ -277,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_sample_backward_cpu", [&] {
         backward_impl<scalar_t>(grad_out, planes, points, proj, grad_planes, grad_points, z,
-                                trilinear, reduce_mean, nan_propagate);
+                                trilinear, reduce_mean, nan_propagate, points_grad);
       });
   return {grad_planes, grad_points};
 }

@@ -218,7 +218,11 @@ at::Tensor triplane_sample_forward_cuda(const at::Tensor& planes, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
-    const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate) {
+    const at::Tensor& proj_in, bool trilinear, bool reduce_mean, bool nan_propagate,
+    bool points_grad) {
+  // points_grad=false allows zeros for grad_points; this kernel computes them anyway (they
+  // come from the same corner reads as the plane gradient, in the same thread)
+  (void)points_grad;
   const c10::cuda::CUDAGuard guard(planes.device());
   const at::Tensor proj = proj_in.contiguous();
   const Sizes z = check_inputs(planes, points, proj, kCudaSide);

@@ -55,6 +55,7 @@ from portrait_engine.ops import (
     triplane_sample,
 )
 from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS
+from portrait_engine.ops.triplane import channels_last_planes
 
 Deform = Callable[[torch.Tensor], torch.Tensor]
 CROP_DENSITY = -1e3  # PanoHead's density outside the tri-plane crop
@@ -418,6 +419,9 @@ class ImportanceRenderer(nn.Module):
     def _render(self, planes, decoder, origins, directions, deform, generator):
         if self.use_fused(planes, decoder):
             return self._render_fused(planes, decoder, origins, directions, deform, generator)
+        if _backend.resolve(self.backend, planes.device, "triplane_sample_forward") != "torch":
+            # both passes sample these planes: the kernels' channels-last copy is made once
+            planes = channels_last_planes(planes)
         depths_coarse = self.coarse_depths(origins, directions, generator)
         colors_coarse, densities_coarse = self.run_model(
             planes, decoder, origins, directions, depths_coarse, deform, generator

@@ -57,7 +57,10 @@ def _triton_backward(
     trilinear: bool,
     reduce_mean: bool,
     nan_propagate: bool,
+    points_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # points_grad=False allows zeros for the points' gradient; the Triton kernel computes it
+    # anyway (in the same pass as the planes' gradient)
     from portrait_engine.kernels import triplane as kernels
 
     return kernels.triplane_backward(
@@ -69,7 +72,9 @@ def _fake_forward(planes, points, proj, trilinear, reduce_mean, nan_propagate):
     return planes.new_empty(_output_shape(planes, points, reduce_mean))
 
 
-def _fake_backward(grad_out, planes, points, proj, trilinear, reduce_mean, nan_propagate):
+def _fake_backward(
+    grad_out, planes, points, proj, trilinear, reduce_mean, nan_propagate, points_grad=True
+):
     accumulation = accumulation_dtype(planes.dtype)
     return (
         planes.new_empty(planes.shape, dtype=accumulation),
@@ -86,10 +91,20 @@ def _setup_context(ctx, inputs, output):
 def _make_autograd(backward_op):
     def backward(ctx, grad_out):
         planes, points, proj = ctx.saved_tensors
+        # the points' gradient only when autograd asks for it (the native CPU kernel then
+        # skips its gather pass; the result is None either way when it is not asked for)
+        points_grad = ctx.needs_input_grad[1]
         grad_planes, grad_points = backward_op(
-            grad_out.contiguous(), planes, points, proj, *ctx.flags
+            grad_out.contiguous(), planes, points, proj, *ctx.flags, points_grad
         )
-        return grad_planes.to(planes.dtype), grad_points.to(points.dtype), None, None, None, None
+        return (
+            grad_planes.to(planes.dtype),
+            grad_points.to(points.dtype) if points_grad else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     return backward
 
@@ -206,6 +221,26 @@ def _validate(planes, points, box_warp, plane_axes, reduce):
     v.check_same_dtype(("planes", "points"), planes, points)
     v.check_positive_number("box_warp", box_warp)
     v.check_choice("reduce", reduce, REDUCTIONS)
+
+
+def channels_last_planes(planes: torch.Tensor) -> torch.Tensor:
+    """The same planes (shape, values, gradients) stored channels-last in memory.
+
+    The kernel backends read the planes as ``(B, P, [D,] H, W, C)`` rows of channels and copy
+    ``(B, P, C, [D,] H, W)`` planes into that order on every call (and autograd copies the
+    gradient back). A caller that samples the same planes several times (the renderer's coarse
+    and fine passes) converts them once with this function: each call then finds the layout
+    already in place and copies nothing, and the gradients of all calls are summed before one
+    copy back. Any ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)`` tensor; a view of a
+    contiguous copy, differentiable.
+    """
+    if planes.dim() == 5:
+        return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    if planes.dim() == 6:
+        return planes.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
+    raise ValueError(
+        f"planes must have shape (B, P, C, H, W) or (B, P, C, D, H, W), got {tuple(planes.shape)}"
+    )
 
 
 def triplane_sample(

@@ -96,6 +96,25 @@ def test_kernels_match_reference_forward_and_backward(backend, dtype):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_large_outputs_are_written_in_full(backend):
+    # 384 rays x (48 + 48) samples x 64 channels: the merged values (9.4 MiB) are above the
+    # 8 MiB threshold of csrc/cpu_memory.h's huge-page allocation, the value gradients
+    # (4.7 MiB each) below it. Every element is still written, in the same permutation as the
+    # reference's stable sort, ties included (some second-set depths repeat first-set ones).
+    depths1, depths2, values1, values2 = make_inputs(
+        batch=1, rays=384, first=48, second=48, channels=(64,), seed=21
+    )
+    depths2[:, ::3, ::4] = depths1[:, ::3, ::4]
+    depths2 = torch.sort(depths2, dim=-2).values
+    got_out, got_grads = run(backend, depths1, depths2, values1, values2)
+    want_out, want_grads = run("torch", depths1, depths2, values1, values2)
+    for got, want in zip(got_out + got_grads, want_out + want_grads, strict=True):
+        assert not bool(torch.isnan(got).any())
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_ties_put_the_first_set_first(backend):
     depths1 = torch.tensor([0.0, 1.0, 1.0, 2.0]).reshape(1, 1, 4, 1)

@@ -13,6 +13,7 @@ from portrait_engine.ops.reference import (
     PANOHEAD_PLANE_AXES,
     triplane_sample_reference,
 )
+from portrait_engine.ops.triplane import channels_last_planes
 from tests.helpers import assert_close, relative_l2
 
 KERNEL_BACKENDS = [
@@ -294,6 +295,29 @@ def test_non_contiguous_inputs(backend):
     want = run("torch", planes, points, plane_axes="panohead")
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("kind", ["triplane", "trigrid3"])
+def test_channels_last_planes_sample_alike_in_two_calls(backend, kind):
+    # the renderer's use: one channels-last conversion, two samplings of it, gradients summed
+    planes, points = make_inputs(kind, seed=4)
+    axes = "eg3d" if kind == "triplane" else "panohead"
+    converted = channels_last_planes(planes)
+    assert converted.shape == planes.shape and torch.equal(converted, planes)
+    assert converted.permute(0, 1, *range(3, planes.dim()), 2).is_contiguous()
+    leaves = [planes.detach().clone().requires_grad_() for _ in range(2)]
+    outputs = []
+    for leaf, convert in zip(leaves, (channels_last_planes, lambda t: t), strict=True):
+        shared = convert(leaf)
+        first = triplane_sample(shared, points, plane_axes=axes, backend=backend)
+        second = triplane_sample(shared, points.flip(1), plane_axes=axes, backend=backend)
+        (first.square().sum() + (second * 3).sum()).backward()
+        outputs.append((first.detach(), second.detach()))
+    for got, want in zip(outputs[0], outputs[1], strict=True):
+        assert torch.equal(got, want)
+    assert leaves[0].grad.is_contiguous()
+    assert_close(leaves[0].grad, leaves[1].grad, torch.float32)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

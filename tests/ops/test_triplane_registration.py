@@ -45,10 +45,15 @@ def test_opcheck(backend, kind, reduce_mean, requires_grad):
     planes, points, proj, trilinear, *_ = args
     out = getattr(torch.ops.portrait_engine, forward)(*args)
     grad = torch.randn_like(out)
-    torch.library.opcheck(
-        getattr(torch.ops.portrait_engine, backward),
-        [grad, planes.detach(), points.detach(), proj, trilinear, reduce_mean, True],
-    )
+    backward_op = getattr(torch.ops.portrait_engine, backward)
+    backward_args = [grad, planes.detach(), points.detach(), proj, trilinear, reduce_mean, True]
+    torch.library.opcheck(backward_op, backward_args)
+    torch.library.opcheck(backward_op, backward_args + [False])
+    # without the points' gradient: the same planes' gradient, bit for bit
+    with_points = backward_op(*backward_args)
+    without_points = backward_op(*backward_args, False)
+    assert torch.equal(with_points[0], without_points[0])
+    assert without_points[1].shape == with_points[1].shape
 
 
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
