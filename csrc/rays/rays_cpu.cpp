@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "cpu_math.h"
+#include "cpu_memory.h"
 #include "rays/checks.h"
 #include "rays/rays.h"
 
@@ -468,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cpu(
   const MarchSizes z = check_march(colors, densities, depths, depth_range, kCpuSide);
   check_march_backward(grad_rgb, grad_depth, grad_weights, totals, colors, z, kCpuSide);
   const auto dtype = colors.scalar_type();
-  at::Tensor grad_colors = new_output(colors.sizes(), colors.options());
+  at::Tensor grad_colors = new_large_output(colors.sizes(), colors.options());
   at::Tensor grad_densities = new_output(densities.sizes(), densities.options());
   if (z.B * z.R == 0) return {grad_colors, grad_densities};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ray_march_backward_cpu", [&] {
