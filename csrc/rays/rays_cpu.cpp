@@ -14,8 +14,11 @@
 //   3. the colours, in blocks of kChannels channels held in registers while the ray's samples
 //      stream past: the forward sums w̄_j c[j] (Σ_i w_i (c[i] + c[i+1]) / 2 regrouped per
 //      sample); the backward writes ∂L/∂c[j] = s w̄_j g and keeps ⟨g, c[j]⟩;
-//   4. (backward) γ_i from the two samples' dots (in lanes), the prefix P_i (sequential) and
-//      ∂L/∂x_i (in lanes), then each sample's half of its two intervals' ∂L/∂x.
+//   4. (backward) γ_i from the two samples' dots (in lanes), the suffix sums Σ_{l>i} w_l γ_l
+//      (a back-to-front scan over the ray's γ, which this kernel holds anyway: exact, where
+//      the streaming kernels' "total G minus prefix P_i" cancels catastrophically when α_i
+//      rounds to 1 and e_i / p_i reaches ~600), ∂L/∂x_i (in lanes), then each sample's half of
+//      its two intervals' ∂L/∂x.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -272,13 +275,12 @@ PE_INLINE void backward_rays(const MarchArgs<scalar_t>& m, int64_t begin, int64_
     const acc_t* tot = m.saved_totals + r * (C + 2);
     scalar_t* gs = m.grad_densities + r * S;
 
-    // the rgb gradient in acc_t, Σ g and ⟨g, R⟩
+    // the rgb gradient in acc_t, and Σ g
     acc_t* __restrict__ g = a.channels;
-    acc_t g_sum = acc_t(0), g_dot_rgb = acc_t(0);
+    acc_t g_sum = acc_t(0);
     for (int64_t k = 0; k < C; ++k) {
       g[k] = static_cast<acc_t>(m.grad_rgb[r * C + k]);
       g_sum += g[k];
-      g_dot_rgb += g[k] * tot[k];
     }
     const acc_t total = tot[C], depth_sum = tot[C + 1];
     const acc_t grad_depth_r =
@@ -291,27 +293,24 @@ PE_INLINE void backward_rays(const MarchArgs<scalar_t>& m, int64_t begin, int64_
     // either way, so None and zeros agree bit for bit), padded
     for (int64_t i = 0; i < n; ++i) a.grad_w[i] = gw != nullptr ? static_cast<acc_t>(gw[i]) : acc_t(0);
     for (int64_t i = n; i < a.padded; ++i) a.grad_w[i] = acc_t(0);
-    // the scan: T_i, w_i, and Σ w_i ∂L/∂weights_i for the total G
-    acc_t weights_term = acc_t(0);
+    // the scan: T_i, w_i
     {
       acc_t transmittance = acc_t(1);
       for (int64_t i = 0; i < n; ++i) {
         const acc_t w = a.alpha[i] * transmittance;
         a.transmittance[i] = transmittance;
         a.w[i] = w;
-        weights_term += w * a.grad_w[i];
         transmittance = transmittance * a.p[i];
       }
       for (int64_t i = n; i < a.padded; ++i) a.w[i] = a.transmittance[i] = acc_t(0);
     }
-    const acc_t grand = t.scale * g_dot_rgb + t.a * total + t.b * depth_sum + weights_term;
 
     sample_shares(a.w, S, t.scale, a.share);
     colour_grads(m.colors + r * S * C, m.grad_colors + r * S * C, S, C, g, a.share, a.dot);
     for (int64_t j = S; j <= a.padded; ++j) a.dot[j] = acc_t(0);
 
-    // γ_i in lanes; the prefix P_i (sequential), kept as the suffix G - P_i (in a.share, no
-    // longer needed); ∂L/∂x_i in lanes (over γ_i, in a.gamma)
+    // γ_i in lanes; the suffix sums Σ_{l>i} w_l γ_l back to front (in a.share, no longer
+    // needed); ∂L/∂x_i in lanes (over γ_i, in a.gamma)
     acc_t* __restrict__ gamma = a.gamma;
     for (int64_t i0 = 0; i0 < a.padded; i0 += kLanes) {
       PE_SIMD
@@ -323,10 +322,10 @@ PE_INLINE void backward_rays(const MarchArgs<scalar_t>& m, int64_t begin, int64_
       }
     }
     acc_t* __restrict__ suffix = a.share;
-    acc_t prefix = acc_t(0);
-    for (int64_t i = 0; i < n; ++i) {
-      prefix += a.w[i] * gamma[i];
-      suffix[i] = grand - prefix;
+    acc_t later = acc_t(0);
+    for (int64_t i = n - 1; i >= 0; --i) {
+      suffix[i] = later;
+      later += a.w[i] * gamma[i];
     }
     for (int64_t i = n; i < a.padded; ++i) suffix[i] = acc_t(0);
     for (int64_t i0 = 0; i0 < a.padded; i0 += kLanes) {
