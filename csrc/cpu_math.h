@@ -112,6 +112,7 @@ inline float select_float(bool condition, float if_true, float if_false) {
 }
 
 struct VectorMath {
+  static constexpr bool kBranchFree = true;
   static float exp(float x) { return exp_float(x); }
   static float log1p(float x) { return log1p_float(x); }
   static float select(bool condition, float if_true, float if_false) {

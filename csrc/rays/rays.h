@@ -57,7 +57,8 @@ HOST_DEVICE PE_INLINE acc_t sqrt_of(acc_t x) {
 
 // The transcendentals of softplus / interval as a policy: LibMath (std:: / CUDA's functions,
 // the default everywhere) or, in the CPU kernels' vectorised float passes, cpu_math::VectorMath
-// (csrc/cpu_math.h: branch-free polynomials a `#pragma omp simd` loop vectorises).
+// (csrc/cpu_math.h: branch-free polynomials and a select that a `#pragma omp simd` loop
+// vectorises; kBranchFree = true).
 struct LibMath {
   template <typename acc_t>
   HOST_DEVICE PE_INLINE static acc_t exp(acc_t x) {
@@ -67,10 +68,7 @@ struct LibMath {
   HOST_DEVICE PE_INLINE static acc_t log1p(acc_t x) {
     return log1p_of(x);
   }
-  template <typename acc_t>
-  HOST_DEVICE PE_INLINE static acc_t select(bool condition, acc_t if_true, acc_t if_false) {
-    return condition ? if_true : if_false;
-  }
+  static constexpr bool kBranchFree = false;
 };
 
 template <typename acc_t>
@@ -91,16 +89,26 @@ struct Softplus {
   acc_t grad;
 };
 
-// Both sides computed, then Math::select'ed (a bitwise blend in VectorMath: a plain `?:` lets
-// the compiler move the exp / log1p side under a branch, which stops the CPU's interval loop
-// from vectorising); above the threshold the unused side may be inf / NaN.
+// LibMath (CUDA, double) branches as torch does. A branch-free Math (VectorMath) computes both
+// sides and selects (a bitwise blend: with a plain `?:` the compiler moves the exp / log1p side
+// under a branch, which stops the CPU's interval loop from vectorising); above the threshold
+// its unused side may be inf / NaN.
 template <typename acc_t, typename Math = LibMath>
 HOST_DEVICE PE_INLINE Softplus<acc_t> softplus(acc_t x) {
-  const bool linear = x > acc_t(kSoftplusThreshold);
-  const acc_t z = Math::exp(x);
   Softplus<acc_t> r;
-  r.value = Math::select(linear, x, Math::log1p(z));
-  r.grad = Math::select(linear, acc_t(1), z / (z + acc_t(1)));
+  if constexpr (Math::kBranchFree) {
+    const bool linear = x > acc_t(kSoftplusThreshold);
+    const acc_t z = Math::exp(x);
+    r.value = Math::select(linear, x, Math::log1p(z));
+    r.grad = Math::select(linear, acc_t(1), z / (z + acc_t(1)));
+  } else if (x > acc_t(kSoftplusThreshold)) {
+    r.value = x;
+    r.grad = acc_t(1);
+  } else {
+    const acc_t z = Math::exp(x);
+    r.value = Math::log1p(z);
+    r.grad = z / (z + acc_t(1));
+  }
   return r;
 }
 
