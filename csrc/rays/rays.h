@@ -55,6 +55,22 @@ HOST_DEVICE PE_INLINE acc_t sqrt_of(acc_t x) {
 #endif
 }
 
+// The transcendentals of softplus / interval as a policy: LibMath (std:: / CUDA's functions,
+// the default everywhere) or, in the CPU kernels' vectorised float passes, cpu_math::VectorMath
+// (csrc/cpu_math.h: branch-free polynomials and a select that a `#pragma omp simd` loop
+// vectorises; kBranchFree = true).
+struct LibMath {
+  template <typename acc_t>
+  HOST_DEVICE PE_INLINE static acc_t exp(acc_t x) {
+    return exp_of(x);
+  }
+  template <typename acc_t>
+  HOST_DEVICE PE_INLINE static acc_t log1p(acc_t x) {
+    return log1p_of(x);
+  }
+  static constexpr bool kBranchFree = false;
+};
+
 template <typename acc_t>
 HOST_DEVICE PE_INLINE bool is_nan(acc_t x) {
   return x != x;
@@ -73,15 +89,24 @@ struct Softplus {
   acc_t grad;
 };
 
-template <typename acc_t>
+// LibMath (CUDA, double) branches as torch does. A branch-free Math (VectorMath) computes both
+// sides and selects (a bitwise blend: with a plain `?:` the compiler moves the exp / log1p side
+// under a branch, which stops the CPU's interval loop from vectorising); above the threshold
+// its unused side may be inf / NaN.
+template <typename acc_t, typename Math = LibMath>
 HOST_DEVICE PE_INLINE Softplus<acc_t> softplus(acc_t x) {
   Softplus<acc_t> r;
-  if (x > acc_t(kSoftplusThreshold)) {
+  if constexpr (Math::kBranchFree) {
+    const bool linear = x > acc_t(kSoftplusThreshold);
+    const acc_t z = Math::exp(x);
+    r.value = Math::select(linear, x, Math::log1p(z));
+    r.grad = Math::select(linear, acc_t(1), z / (z + acc_t(1)));
+  } else if (x > acc_t(kSoftplusThreshold)) {
     r.value = x;
     r.grad = acc_t(1);
   } else {
-    const acc_t z = exp_of(x);
-    r.value = log1p_of(z);
+    const acc_t z = Math::exp(x);
+    r.value = Math::log1p(z);
     r.grad = z / (z + acc_t(1));
   }
   return r;
@@ -98,13 +123,13 @@ struct Interval {
   acc_t dtau;   // ∂τ/∂x = δ softplus'(x)
 };
 
-template <typename acc_t>
+template <typename acc_t, typename Math = LibMath>
 HOST_DEVICE PE_INLINE Interval<acc_t> interval(acc_t s0, acc_t s1, acc_t z0, acc_t z1) {
   Interval<acc_t> r;
   r.delta = z1 - z0;
   r.x = (s0 + s1) / acc_t(2) - acc_t(1);
-  const Softplus<acc_t> sp = softplus(r.x);
-  r.e = exp_of(-(sp.value * r.delta));
+  const Softplus<acc_t> sp = softplus<acc_t, Math>(r.x);
+  r.e = Math::exp(-(sp.value * r.delta));
   r.dtau = r.delta * sp.grad;
   r.alpha = acc_t(1) - r.e;
   r.p = (acc_t(1) - r.alpha) + acc_t(kTransmittanceEps);

@@ -456,3 +456,56 @@ def test_unused_outputs_reach_the_backward_as_none(backend, monkeypatch):
     rgb, _, _ = ray_march(colors, densities.requires_grad_(), depths, backend=backend)
     rgb.sum().backward()
     assert seen == [True, True]
+
+
+# --------------------------------------------------------------------------------------------
+# The native CPU kernel's instruction-set paths and its polynomial exp / log1p
+# --------------------------------------------------------------------------------------------
+
+CPU_ISAS = ["baseline", "avx2", "avx512"]
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", [_backend_param("native")])
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("flags", FLAGS, ids=FLAG_IDS)
+def test_native_cpu_isa_paths_match_float64_oracle(backend, isa, flags, monkeypatch):
+    """Each compiled path (PORTRAIT_ENGINE_CPU_ISA caps the run-time choice; a path the CPU
+    lacks falls back to the widest it has) on sample counts around the 16-interval blocks and
+    channel counts around the 32- and 8-channel blocks."""
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    for samples, channels in [(2, 1), (16, 8), (17, 32), (18, 33), (49, 41)]:
+        inputs = make_inputs(batch=2, rays=3, samples=samples, channels=channels, seed=samples)
+        got = run(backend, *inputs, *flags)
+        want = run("oracle", *inputs, *flags)
+        assert_all_close(got, [w.float() for w in want], torch.float32)
+
+
+@pytest.mark.parametrize("backend", [_backend_param("native")])
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_softplus_and_exp_match_float64_across_the_range(backend, isa, monkeypatch):
+    """One interval per ray (S = 2) whose softplus argument sweeps [-120, 120] finely: the weight
+    is 1 - exp(-softplus(x) δ) and the density gradient goes through softplus' and exp, so
+    the polynomial exp / log1p of the float kernels (csrc/cpu_math.h) meet float64 everywhere,
+    through the underflow, the softplus threshold (20) and the saturation."""
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    x = torch.linspace(-120.0, 120.0, 48001, dtype=torch.float64)
+    rays = x.numel()
+    densities = (x + 1.0).reshape(1, rays, 1, 1).expand(1, rays, 2, 1).float()
+    # δ from 1e-3 to 1: exp(-softplus(x) δ) spans its whole range
+    delta = torch.logspace(-3, 0, rays, dtype=torch.float64)[torch.randperm(rays)]
+    depths = torch.stack((torch.full_like(delta, 2.0), 2.0 + delta), dim=-1)
+    depths = depths.reshape(1, rays, 2, 1).float()
+    colors = torch.randn(1, rays, 2, 3, generator=torch.Generator().manual_seed(3))
+    got = run(backend, colors, densities, depths)
+    want = run("oracle", colors, densities, depths)
+    # not the depth: where float32's 1 - exp(-τ) rounds to 0 (τ below 3e-8) the ray has no
+    # weight and gets the largest depth, while float64 still divides its tiny weights
+    for name, g, w in zip(NAMES, got, want, strict=True):
+        if name != "depth":
+            try:
+                assert_close(g, w.float(), torch.float32)
+            except AssertionError as error:
+                raise AssertionError(f"{name}: {error}") from None
+    empty = x < -110  # exp underflows: no weight at all, exactly
+    assert (got[2].flatten()[empty] == 0).all()
