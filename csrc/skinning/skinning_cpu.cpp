@@ -1,4 +1,4 @@
-// CPU kernels of portrait_engine::{forward_kinematics,skin_points}_{forward,backward}
+// CPU kernels of portrait_engine::{forward_kinematics,skin_points,blend_shapes}_{forward,backward}
 // (contract: docs/kernel_contract_skinning.md; shared math: skinning.h).
 //
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
@@ -8,10 +8,12 @@
 // points is a small (chunk, J) x (J, B * 12) product run by the BLAS (vectorised for the CPU
 // at hand; the extension itself is compiled for baseline x86-64), into a per-thread buffer of
 // kBlendChunk points: the (B, N, 12) transforms are still never stored.
-// Backward: per point, grad_points and the gradient dM of its
-// blended transform (a (B, N, 12) workspace); the two reductions over points and batch
-// (grad_weights, grad_transforms) are then GEMMs over dM: no atomics, and as deterministic as
-// the BLAS (fixed for a fixed thread count).
+// Backward: per point, grad_points and the gradient dM of its blended transform; the two
+// reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
+// of points on a cache-resident buffer with shared weights (skin_backward_shared), over a
+// (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
+// thread count).
+// blend_shapes (lbs's pose blend shapes): BLAS products over column slices (see below).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -31,13 +33,11 @@ namespace portrait_engine {
 namespace skinning {
 namespace {
 
-
-
 template <typename scalar_t>
 void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
                      bool pose2rot, at::Tensor& rot_out, at::Tensor& pj_out, at::Tensor& rel_out) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t B = joints.size(0), J = joints.size(1);
+  const int64_t B = joints.size(0), J = joints.size(1), pose_stride = J * (pose2rot ? 3 : 9);
   const scalar_t* pose_ptr = pose.data_ptr<scalar_t>();
   const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
   const int64_t* par = parents.data_ptr<int64_t>();
@@ -47,29 +47,9 @@ void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at:
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> rot(J * 9), jnt(J * 3), G(J * 12);
     for (int64_t b = begin; b < end; ++b) {
-      for (int64_t i = 0; i < J; ++i) {
-        for (int c = 0; c < 3; ++c) jnt[i * 3 + c] = static_cast<T>(j_ptr[(b * J + i) * 3 + c]);
-        if (pose2rot) {
-          const scalar_t* r = pose_ptr + (b * J + i) * 3;
-          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-          rodrigues(rv, rot.data() + i * 9);
-        } else {
-          for (int c = 0; c < 9; ++c) rot[i * 9 + c] = static_cast<T>(pose_ptr[(b * J + i) * 9 + c]);
-        }
-      }
-      for (int64_t i = 0; i < J; ++i) {
-        chain_joint(rot.data(), jnt.data(), par, i, G.data());
-        T A[12];
-        relative_transform(G.data() + i * 12, jnt.data() + i * 3, A);
-        scalar_t* rel = rel_ptr + (b * J + i) * 16;
-        for (int k = 0; k < 12; ++k) rel[k] = static_cast<scalar_t>(A[k]);
-        rel[12] = rel[13] = rel[14] = scalar_t(0);
-        rel[15] = scalar_t(1);
-        for (int r = 0; r < 3; ++r) {
-          pj_ptr[(b * J + i) * 3 + r] = static_cast<scalar_t>(G[i * 12 + r * 4 + 3]);
-        }
-        for (int k = 0; k < 9; ++k) rot_ptr[(b * J + i) * 9 + k] = static_cast<scalar_t>(rot[i * 9 + k]);
-      }
+      forward_kinematics_element(pose_ptr + b * pose_stride, j_ptr + b * J * 3, par, J, pose2rot,
+                                 rot.data(), jnt.data(), G.data(), rot_ptr + b * J * 9,
+                                 pj_ptr + b * J * 3, rel_ptr + b * J * 16);
     }
   });
 }
@@ -80,7 +60,7 @@ void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
                       const at::Tensor& joints, const at::Tensor& parents, bool pose2rot,
                       at::Tensor& grad_pose, at::Tensor& grad_joints) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t B = joints.size(0), J = joints.size(1);
+  const int64_t B = joints.size(0), J = joints.size(1), pose_stride = J * (pose2rot ? 3 : 9);
   const scalar_t* pose_ptr = pose.data_ptr<scalar_t>();
   const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
   const int64_t* par = parents.data_ptr<int64_t>();
@@ -90,40 +70,12 @@ void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
   scalar_t* gpose = grad_pose.data_ptr<scalar_t>();
   scalar_t* gj = grad_joints.data_ptr<scalar_t>();
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
-    std::vector<T> rot(J * 9), jnt(J * 3), G(J * 12), dRel(J * 12), dPJ(J * 3), dG(J * 12),
-        dRot(J * 9), dJ(J * 3);
+    std::vector<T> ws(J * kChainBackwardWorkspace);
     for (int64_t b = begin; b < end; ++b) {
-      for (int64_t i = 0; i < J; ++i) {
-        for (int c = 0; c < 3; ++c) {
-          jnt[i * 3 + c] = static_cast<T>(j_ptr[(b * J + i) * 3 + c]);
-          dPJ[i * 3 + c] = static_cast<T>(gpj[(b * J + i) * 3 + c]);
-        }
-        for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grel[(b * J + i) * 16 + k]);
-        if (pose2rot) {
-          const scalar_t* r = pose_ptr + (b * J + i) * 3;
-          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-          rodrigues(rv, rot.data() + i * 9);
-        } else {
-          for (int c = 0; c < 9; ++c) rot[i * 9 + c] = static_cast<T>(pose_ptr[(b * J + i) * 9 + c]);
-        }
-      }
-      for (int64_t i = 0; i < J; ++i) chain_joint(rot.data(), jnt.data(), par, i, G.data());
-      chain_backward(rot.data(), jnt.data(), par, J, G.data(), dRel.data(), dPJ.data(), dG.data(),
-                     dRot.data(), dJ.data());
-      for (int64_t i = 0; i < J; ++i) {
-        T dR[9];
-        for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grot[(b * J + i) * 9 + k]);
-        if (pose2rot) {
-          const scalar_t* r = pose_ptr + (b * J + i) * 3;
-          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-          T dr[3];
-          rodrigues_backward(rv, dR, dr);
-          for (int c = 0; c < 3; ++c) gpose[(b * J + i) * 3 + c] = static_cast<scalar_t>(dr[c]);
-        } else {
-          for (int k = 0; k < 9; ++k) gpose[(b * J + i) * 9 + k] = static_cast<scalar_t>(dR[k]);
-        }
-        for (int c = 0; c < 3; ++c) gj[(b * J + i) * 3 + c] = static_cast<scalar_t>(dJ[i * 3 + c]);
-      }
+      forward_kinematics_backward_element(grot + b * J * 9, gpj + b * J * 3, grel + b * J * 16,
+                                          pose_ptr + b * pose_stride, j_ptr + b * J * 3, par, J,
+                                          pose2rot, ws.data(), gpose + b * pose_stride,
+                                          gj + b * J * 3);
     }
   });
 }
@@ -256,8 +208,57 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
                    });
 }
 
-// Per point: grad_points and dM (the gradient of the blended transform's 12 values), into a
-// workspace in the accumulation type: (B, N, 12) for batched weights, (N, B, 12) for shared.
+// Shared weights, B > 1: per chunk of kBlendChunk points the blend (as in the forward), then per
+// point grad_points and dM (the gradient of the blended transform's 12 values) into a chunk
+// buffer (rows, B * 12), and both reductions over points as products on that buffer while it
+// is in cache (no (N, B, 12) workspace goes through memory):
+//   grad_w[n0 + i, j] = sum_{b,k} dM[i, b * 12 + k] At[j, b * 12 + k]   rows of the output
+//   part[chunk][j, :] = sum_i w[n0 + i, j] dM[i, :]                       summed over chunks after
+// One partial per chunk (the chunks do not depend on the thread count), no atomics.
+template <typename scalar_t>
+void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
+                          const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
+                          at::Tensor& grad_points, at::Tensor& grad_w, at::Tensor& partial) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1), R = B * 12;
+  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const scalar_t* p_ptr = points.data_ptr<scalar_t>();
+  const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
+  scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
+  const at::Tensor At = joint_major_rows(transforms);
+  const at::Tensor At_t = At.t();
+  at::parallel_for(0, partial.size(0), 1, [&](int64_t begin, int64_t end) {
+    at::Tensor M = at::empty({kBlendChunk, R}, At.options());
+    at::Tensor wt = at::empty({kBlendChunk, J}, At.options());
+    at::Tensor dM = at::empty({kBlendChunk, R}, At.options());
+    const T* m_ptr = M.data_ptr<T>();
+    T* dm_ptr = dM.data_ptr<T>();
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t n0 = chunk * kBlendChunk, rows = std::min(kBlendChunk, N - n0);
+      blend_chunk<scalar_t>(w_ptr, At, n0, rows, J, wt, M);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t idx = b * N + n0 + i;
+          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
+                           static_cast<T>(p_ptr[idx * 3 + 2])};
+          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
+                           static_cast<T>(g_ptr[idx * 3 + 2])};
+          T gp[3];
+          skin_point_backward(m_ptr + i * R + b * 12, pv, gv, inverse, gp, dm_ptr + i * R + b * 12);
+          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+        }
+      }
+      const at::Tensor dM_rows = dM.narrow(0, 0, rows);
+      at::Tensor gw = grad_w.narrow(0, n0, rows);
+      at::mm_out(gw, dM_rows, At_t);
+      at::Tensor part = partial[chunk];
+      at::mm_out(part, wt.narrow(0, 0, rows).t(), dM_rows);
+    }
+  });
+}
+
+// Per point (batched weights, or B = 1): grad_points and dM into a (B, N, 12) workspace in the
+// accumulation type, reduced by the GEMMs of the caller.
 template <typename scalar_t>
 void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
                           const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
@@ -271,26 +272,6 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
   T* dm_ptr = dM_ws.data_ptr<T>();
-  if (wb == 0 && B > 1) {  // shared weights: the blend as in the forward
-    const int64_t R = B * 12;
-    for_each_blended_chunk(w_ptr, transforms, N, [&](int64_t n0, int64_t rows, const T* m_ptr) {
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t n = n0 + i, idx = b * N + n;
-          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
-                           static_cast<T>(p_ptr[idx * 3 + 2])};
-          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
-                           static_cast<T>(g_ptr[idx * 3 + 2])};
-          T gp[3];
-          // point-major (N, B, 12): the GEMMs below read it without a transposed copy
-          skin_point_backward(m_ptr + i * R + b * 12, pv, gv, inverse, gp,
-                              dm_ptr + (n * B + b) * 12);
-          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
-        }
-      }
-    });
-    return;
-  }
   at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
@@ -337,6 +318,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   //   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]   (per b when the weights are batched)
   //   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
   const auto acc = points.options().dtype(acc_dtype(points));
+  if (weights.size(0) == 1 && B > 1) {
+    at::Tensor grad_w = at::empty({N, J}, acc);
+    at::Tensor partial = at::empty({(N + kBlendChunk - 1) / kBlendChunk, J, B * 12}, acc);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                    "skin_points_backward_cpu", [&] {
+                                      skin_backward_shared<scalar_t>(grad_out, points, weights,
+                                                                     transforms, inverse,
+                                                                     grad_points, grad_w, partial);
+                                    });
+    at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
+    grad_transforms.narrow(2, 0, 3).copy_(
+        partial.sum(0).view({J, B, 12}).permute({1, 0, 2}).reshape({B, J, 3, 4}));
+    return {grad_points, grad_w.unsqueeze(0).to(weights.scalar_type()),
+            grad_transforms.to(transforms.scalar_type())};
+  }
   at::Tensor dM = at::empty({B, N, 12}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "skin_points_backward_cpu", [&] {
@@ -347,8 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(acc.dtype());
   const at::Tensor W = weights.to(acc.dtype());
   at::Tensor grad_weights, grad_A;
-  if (weights.size(0) == 1) {
-    // shared weights: dM is point-major (N, B, 12) (B = 1: both layouts agree)
+  if (weights.size(0) == 1) {  // B = 1
     const at::Tensor dM_n = dM.view({N, B * 12});
     grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
     grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
@@ -362,6 +357,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
           grad_transforms.to(transforms.scalar_type())};
 }
 
+// ------------------------------------------------------------------------------------------
+// blend_shapes: out = base + coeffs @ dirs (SMPL's pose blend shapes: (B, 207) x (207, V * 3)).
+// The products run as BLAS calls on column slices of kBlendColumns, one task per slice range:
+// at SMPL's size MKL's single (207, B) x (B, V * 3) weight-gradient product runs at a third of
+// its peak (small K, a 17 MB output), and the slices keep a (F, kBlendColumns) block of dirs in
+// L2 while the backward both reads it (grad_coeffs) and writes its gradient (grad_dirs).
+// grad_coeffs is summed from one partial per slice (no atomics; the slices do not depend on the
+// thread count). float and double only; half types run the plain products.
+// ------------------------------------------------------------------------------------------
+
+constexpr int64_t kBlendColumns = 512;
+// Below this batch the products are matrix-vector-like and memory-bound: one BLAS call each
+// is faster than the slices' many calls (measured at B = 1 and 32; the crossover is rough).
+constexpr int64_t kBlendSliceMinBatch = 8;
+
+bool blend_sliced(const at::Tensor& coeffs) {
+  return (coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kDouble) &&
+         coeffs.size(0) >= kBlendSliceMinBatch;
+}
+
+at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& coeffs,
+                                    const at::Tensor& dirs) {
+  check_blend(base, coeffs, dirs, kCpuSide);
+  const int64_t B = coeffs.size(0), C = dirs.size(1);
+  if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
+  at::Tensor out = new_output({B, C}, coeffs.options());
+  at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
+    for (int64_t c0 = begin; c0 < end; c0 += kBlendColumns) {
+      const int64_t width = std::min(kBlendColumns, end - c0);
+      at::Tensor slice = out.narrow(1, c0, width);
+      at::addmm_out(slice, base.narrow(1, c0, width), coeffs, dirs.narrow(1, c0, width));
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
+                                                             const at::Tensor& coeffs,
+                                                             const at::Tensor& dirs,
+                                                             bool dirs_grad) {
+  check_blend_grad(grad_out, coeffs, dirs, kCpuSide);
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+  // dirs_grad = false (model tensors without grad, as in GAN training): no (F, C) gradient
+  at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
+                                   : at::empty({0}, dirs.options());
+  if (!blend_sliced(coeffs) || C == 0 || F == 0) {
+    if (dirs_grad) {
+      // one batch row: an outer product, which the BLAS runs as a slow K = 1 product
+      grad_dirs = B == 1 ? at::mul(coeffs.view({F, 1}), grad_out) : at::mm(coeffs.t(), grad_out);
+    }
+    return {at::mm(grad_out, dirs.t()), grad_dirs};
+  }
+  const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
+  at::Tensor partial = at::empty({slices, B, F}, coeffs.options());
+  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t c0 = s * kBlendColumns, width = std::min(kBlendColumns, C - c0);
+      at::Tensor part = partial[s];
+      at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
+      if (dirs_grad) {
+        at::Tensor slice = grad_dirs.narrow(1, c0, width);
+        at::mm_out(slice, coeffs.t(), grad_out.narrow(1, c0, width));
+      }
+    }
+  });
+  return {partial.sum(0), grad_dirs};
+}
+
 }  // namespace
 }  // namespace skinning
 }  // namespace portrait_engine
@@ -372,4 +435,6 @@ TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
          &portrait_engine::skinning::forward_kinematics_backward_cpu);
   m.impl("skin_points_forward", &portrait_engine::skinning::skin_points_forward_cpu);
   m.impl("skin_points_backward", &portrait_engine::skinning::skin_points_backward_cpu);
+  m.impl("blend_shapes_forward", &portrait_engine::skinning::blend_shapes_forward_cpu);
+  m.impl("blend_shapes_backward", &portrait_engine::skinning::blend_shapes_backward_cpu);
 }

@@ -178,6 +178,51 @@ _FK_NATIVE = register_native_pair(
 )
 
 
+# blend_shapes (native only): base (1 or B, C), coeffs (B, F), dirs (F, C), contiguous, one
+#   dtype; returns base + coeffs @ dirs (B, C). The backward returns (grad_coeffs (B, F),
+#   grad_dirs (F, C), or an empty tensor when dirs_grad is False: model tensors without grad,
+#   as in GAN training, skip their (F, C) gradient); base's gradient is grad_out itself.
+
+
+def _blend_fake_forward(base, coeffs, dirs):
+    return coeffs.new_empty((coeffs.shape[0], dirs.shape[1]))
+
+
+def _blend_fake_backward(grad_out, coeffs, dirs, dirs_grad):
+    return coeffs.new_empty(coeffs.shape), dirs.new_empty(dirs.shape if dirs_grad else (0,))
+
+
+def _blend_setup_context(ctx, inputs, output):
+    base, coeffs, dirs = inputs
+    ctx.save_for_backward(coeffs, dirs)
+    ctx.base_rows = base.shape[0]
+
+
+def _blend_make_autograd(backward_op):
+    def backward(ctx, grad_out):
+        coeffs, dirs = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dirs_grad = ctx.needs_input_grad[2]
+        grad_coeffs, grad_dirs = backward_op(grad_out, coeffs, dirs, dirs_grad)
+        if ctx.base_rows != grad_out.shape[0]:  # a base shared by the batch
+            grad_base = grad_out.sum(0, keepdim=True)
+        else:
+            grad_base = grad_out
+        return grad_base, grad_coeffs, grad_dirs if dirs_grad else None
+
+    return backward
+
+
+_BLEND_NATIVE = register_native_pair(
+    "blend_shapes_forward",
+    "blend_shapes_backward",
+    fake_forward=_blend_fake_forward,
+    fake_backward=_blend_fake_backward,
+    setup_context=_blend_setup_context,
+    make_backward=_blend_make_autograd,
+)
+
+
 def _skin_op(name: str):
     if name == "triton":
         return torch.ops.portrait_engine.skin_points_triton_forward
@@ -438,7 +483,14 @@ def lbs(
     )
     ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
     pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
-    # v_posed = v_shaped + P vec(R - I), the add fused into the product
-    v_posed = torch.addmm(v_shaped, pose_feature, posedirs).view(batch, num_verts, 3)
+    # v_posed = v_shaped + P vec(R - I), the add fused into the product (native: BLAS products
+    # over column slices, csrc/skinning/skinning_cpu.cpp says why)
+    if name == "native" and _BLEND_NATIVE:
+        v_posed = torch.ops.portrait_engine.blend_shapes_forward(
+            v_shaped, pose_feature, posedirs.contiguous()
+        )
+    else:
+        v_posed = torch.addmm(v_shaped, pose_feature, posedirs)
+    v_posed = v_posed.view(batch, num_verts, 3)
     vertices = _skin_op(name)(v_posed, lbs_weights.unsqueeze(0).contiguous(), transforms, False)
     return vertices, posed_joints
