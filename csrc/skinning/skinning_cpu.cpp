@@ -384,6 +384,7 @@ at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& co
   if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
   at::Tensor out = new_output({B, C}, coeffs.options());
   at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in the backward
     for (int64_t c0 = begin; c0 < end; c0 += kBlendColumns) {
       const int64_t width = std::min(kBlendColumns, end - c0);
       at::Tensor slice = out.narrow(1, c0, width);
@@ -412,6 +413,9 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
   const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
   at::Tensor partial = at::empty({slices, B, F}, coeffs.options());
   at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    // worker threads do not inherit the caller's "below autograd" state, and the inputs may
+    // require grad: without the guard the out= products refuse them
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t s = begin; s < end; ++s) {
       const int64_t c0 = s * kBlendColumns, width = std::min(kBlendColumns, C - c0);
       at::Tensor part = partial[s];

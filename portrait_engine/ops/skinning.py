@@ -458,7 +458,14 @@ def lbs(
     # v_shaped = T + Σ β_l S_l as one (B, V·3) product (smplx's einsum becomes a batched
     # product over badly strided operands, the larger cost on the CPU)
     template = v_template.reshape(-1, num_verts * 3)
-    if template.shape[0] in (1, betas.shape[0]):
+    native_blend = name == "native" and _BLEND_NATIVE
+    if native_blend and template.shape[0] in (1, betas.shape[0]):
+        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size): the BLAS runs the
+        # products with the long V·3 side as the output rows' length, not as an N = NB column
+        v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
+            template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+        )
+    elif template.shape[0] in (1, betas.shape[0]):
         v_shaped = torch.addmm(template, betas, shape_dirs.t())
     else:  # a batch of templates for one betas row
         v_shaped = template + torch.mm(betas, shape_dirs.t())
@@ -469,9 +476,15 @@ def lbs(
         # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
         # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
         # is made nor differentiated through
-        regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
-        regressed_template = torch.matmul(J_regressor, v_template)  # (J, 3) or (B, J, 3)
-        regressed_offsets = torch.mm(betas, regressed_dirs.view(num_joints * 3, -1).t())
+        if v_template.dim() == 2:
+            # one product 𝒥 [T | S] (J, 3 + 3·NB): BLAS runs an N = 3 product far below speed
+            template_and_dirs = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
+            regressed = torch.mm(J_regressor, template_and_dirs)
+            regressed_template, regressed_dirs = regressed[:, :3], regressed[:, 3:]
+        else:
+            regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
+            regressed_template = torch.matmul(J_regressor, v_template)  # (B, J, 3)
+        regressed_offsets = torch.mm(betas, regressed_dirs.reshape(num_joints * 3, -1).t())
         joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
     joints = joints.expand(batch, -1, -1)
     if pose2rot:
@@ -485,7 +498,7 @@ def lbs(
     pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
     # v_posed = v_shaped + P vec(R - I), the add fused into the product (native: BLAS products
     # over column slices, csrc/skinning/skinning_cpu.cpp says why)
-    if name == "native" and _BLEND_NATIVE:
+    if native_blend:
         v_posed = torch.ops.portrait_engine.blend_shapes_forward(
             v_shaped, pose_feature, posedirs.contiguous()
         )

@@ -102,3 +102,18 @@ def _run_pose_only(backend, inputs):
     torch.autograd.backward([vertices, joints], [gv, gj])
     assert all(leaves[i].grad is None for i in DIFFERENTIABLE if i > 1)
     return [vertices.detach(), joints.detach(), leaves[0].grad, leaves[1].grad]
+
+
+def test_lbs_on_two_threads_matches_smplx():
+    """The CPU kernels run their BLAS slices on worker threads, whose dispatch state is not the
+    caller's: with model tensors that require grad, that must still work (and agree)."""
+    inputs = make_inputs(batch=9, rings=20, around=24)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = run("native", inputs)
+    finally:
+        torch.set_num_threads(before)
+    want = run("smplx", inputs)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, torch.float32, scale=10)
