@@ -21,6 +21,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+// blend_shapes' AVX-512 kernels: compiled with a per-function target attribute (the rest of the
+// extension is built for baseline x86-64) and chosen at run time by __builtin_cpu_supports.
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PE_AVX512_BLEND 1
+#endif
+
 #include <algorithm>
 #include <limits>
 #include <tuple>
@@ -359,12 +366,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 
 // ------------------------------------------------------------------------------------------
 // blend_shapes: out = base + coeffs @ dirs (SMPL's pose blend shapes: (B, 207) x (207, V * 3)).
-// The products run as BLAS calls on column slices of kBlendColumns, one task per slice range:
-// at SMPL's size MKL's single (207, B) x (B, V * 3) weight-gradient product runs at a third of
-// its peak (small K, a 17 MB output), and the slices keep a (F, kBlendColumns) block of dirs in
-// L2 while the backward both reads it (grad_coeffs) and writes its gradient (grad_dirs).
-// grad_coeffs is summed from one partial per slice (no atomics; the slices do not depend on the
-// thread count). float and double only; half types run the plain products.
+// The products run on column slices of kBlendColumns, one task per slice range, each slice's
+// (F, kBlendColumns) block of dirs in L2 while the backward both reads it (grad_coeffs) and
+// writes its gradient (grad_dirs). On each slice: float on an AVX-512 CPU, the register-tiled
+// kernels below (the BLAS runs these shapes far below its peak); double, or a CPU without
+// AVX-512, BLAS calls per slice. grad_coeffs is summed from one partial per slice (no atomics;
+// the slices do not depend on the thread count). Half types run the plain products.
 // ------------------------------------------------------------------------------------------
 
 constexpr int64_t kBlendColumns = 512;
@@ -377,21 +384,153 @@ bool blend_sliced(const at::Tensor& coeffs) {
          coeffs.size(0) >= kBlendSliceMinBatch;
 }
 
+#if defined(PE_AVX512_BLEND)
+// The products of blend_shapes for float on an AVX-512 CPU (checked at run time; the extension
+// itself is built for baseline x86-64). The BLAS runs them far below its peak at lbs's shapes
+// (B = 32, F = 207, C = 20670, one core of a loaded machine: the (F, B) x (B, C) weight
+// gradient at ~15-20 GFLOP/s, the other two at ~20-35, where a 1024^3 product ran at ~45): its
+// blocking is made for long inner dimensions and square outputs. Here, per column slice:
+//
+// rows_times_matrix: out[r, c] = init[r, c] + sum_k a[k * ak + r * ar] m[k * C + c] for the R
+//   rows from `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by,
+//   each output value stored once. The forward (a = coeffs, rows b, k = f, m = dirs, init =
+//   base) and grad_dirs (a = coeffs, rows f, k = b, m = grad, no init).
+template <int R>
+__attribute__((target("avx512f"))) void rows_times_matrix_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
+    float* out, int64_t K, int64_t C, int64_t row, int64_t c0, int64_t width) {
+  const int64_t full = c0 + (width / 64) * 64;
+  for (int64_t c = c0; c < full; c += 64) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r) {
+      const float* i = init == nullptr ? nullptr : init + (init_rows == 1 ? 0 : row + r) * C + c;
+      for (int q = 0; q < 4; ++q) {
+        acc[r][q] = i == nullptr ? _mm512_setzero_ps() : _mm512_loadu_ps(i + 16 * q);
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float* g = m + k * C + c;
+      const __m512 g0 = _mm512_loadu_ps(g), g1 = _mm512_loadu_ps(g + 16),
+                   g2 = _mm512_loadu_ps(g + 32), g3 = _mm512_loadu_ps(g + 48);
+      for (int r = 0; r < R; ++r) {
+        const __m512 w = _mm512_set1_ps(a[k * ak + (row + r) * ar]);
+        acc[r][0] = _mm512_fmadd_ps(w, g0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(w, g1, acc[r][1]);
+        acc[r][2] = _mm512_fmadd_ps(w, g2, acc[r][2]);
+        acc[r][3] = _mm512_fmadd_ps(w, g3, acc[r][3]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = out + (row + r) * C + c;
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(o + 16 * q, acc[r][q]);
+    }
+  }
+  for (int64_t c = full; c < c0 + width; ++c) {  // the last < 64 columns
+    for (int r = 0; r < R; ++r) {
+      float sum = init == nullptr ? 0.f : init[(init_rows == 1 ? 0 : row + r) * C + c];
+      for (int64_t k = 0; k < K; ++k) sum += a[k * ak + (row + r) * ar] * m[k * C + c];
+      out[(row + r) * C + c] = sum;
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
+    float* out, int64_t rows, int64_t K, int64_t C, int64_t c0, int64_t width) {
+  int64_t row = 0;
+  for (; row + 4 <= rows; row += 4) {
+    rows_times_matrix_avx512<4>(a, ak, ar, m, init, init_rows, out, K, C, row, c0, width);
+  }
+  for (; row < rows; ++row) {
+    rows_times_matrix_avx512<1>(a, ak, ar, m, init, init_rows, out, K, C, row, c0, width);
+  }
+}
+
+// dots: out[i * ldo + j] = sum_c x[i * C + c] y[j * C + c] over the slice, for an RX x RY block
+//   of rows from (i, j) (RX x RY registers, reduced once at the end). grad_coeffs (x = grad,
+//   y = dirs, out = the slice's partial).
+template <int RX, int RY>
+__attribute__((target("avx512f"))) void dots_avx512(const float* x, const float* y, float* out,
+                                                   int64_t ldo, int64_t C, int64_t i, int64_t j,
+                                                   int64_t c0, int64_t width) {
+  __m512 acc[RX][RY];
+  for (int a = 0; a < RX; ++a) {
+    for (int b = 0; b < RY; ++b) acc[a][b] = _mm512_setzero_ps();
+  }
+  for (int64_t c = c0; c < c0 + width; c += 16) {
+    const int64_t left = c0 + width - c;  // a partial last step reads masked lanes as 0
+    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    __m512 xv[RX], yv[RY];
+    for (int a = 0; a < RX; ++a) xv[a] = _mm512_maskz_loadu_ps(mask, x + (i + a) * C + c);
+    for (int b = 0; b < RY; ++b) yv[b] = _mm512_maskz_loadu_ps(mask, y + (j + b) * C + c);
+    for (int a = 0; a < RX; ++a) {
+      for (int b = 0; b < RY; ++b) acc[a][b] = _mm512_fmadd_ps(xv[a], yv[b], acc[a][b]);
+    }
+  }
+  for (int a = 0; a < RX; ++a) {
+    for (int b = 0; b < RY; ++b) out[(i + a) * ldo + j + b] = _mm512_reduce_add_ps(acc[a][b]);
+  }
+}
+
+__attribute__((target("avx512f"))) void dots_all_avx512(const float* x, int64_t rows_x,
+                                                       const float* y, int64_t rows_y, float* out,
+                                                       int64_t C, int64_t c0, int64_t width) {
+  int64_t j = 0;
+  for (; j + 4 <= rows_y; j += 4) {
+    int64_t i = 0;
+    for (; i + 4 <= rows_x; i += 4) dots_avx512<4, 4>(x, y, out, rows_y, C, i, j, c0, width);
+    for (; i < rows_x; ++i) dots_avx512<1, 4>(x, y, out, rows_y, C, i, j, c0, width);
+  }
+  for (; j < rows_y; ++j) {
+    for (int64_t i = 0; i < rows_x; ++i) dots_avx512<1, 1>(x, y, out, rows_y, C, i, j, c0, width);
+  }
+}
+
+bool blend_avx512(const at::Tensor& t) {
+  static const bool available = __builtin_cpu_supports("avx512f");
+  return available && t.scalar_type() == at::kFloat;
+}
+#endif
+
 at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& coeffs,
                                     const at::Tensor& dirs) {
   check_blend(base, coeffs, dirs, kCpuSide);
-  const int64_t B = coeffs.size(0), C = dirs.size(1);
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
   if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
   at::Tensor out = new_output({B, C}, coeffs.options());
   at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in the backward
     for (int64_t c0 = begin; c0 < end; c0 += kBlendColumns) {
       const int64_t width = std::min(kBlendColumns, end - c0);
+#if defined(PE_AVX512_BLEND)
+      if (blend_avx512(coeffs)) {
+        rows_times_matrix_all_avx512(coeffs.data_ptr<float>(), 1, F, dirs.data_ptr<float>(),
+                                     base.data_ptr<float>(), base.size(0),
+                                     out.data_ptr<float>(), B, F, C, c0, width);
+        continue;
+      }
+#endif
       at::Tensor slice = out.narrow(1, c0, width);
       at::addmm_out(slice, base.narrow(1, c0, width), coeffs, dirs.narrow(1, c0, width));
     }
   });
   return out;
+}
+
+// grad_dirs[:, c0 : c0 + width] = coeffs^T grad[:, c0 : c0 + width].
+void blend_dirs_grad_slice(const at::Tensor& grad_out, const at::Tensor& coeffs,
+                           at::Tensor& grad_dirs, int64_t c0, int64_t width) {
+#if defined(PE_AVX512_BLEND)
+  if (blend_avx512(coeffs)) {
+    const int64_t B = coeffs.size(0), F = coeffs.size(1), C = grad_out.size(1);
+    rows_times_matrix_all_avx512(coeffs.data_ptr<float>(), F, 1, grad_out.data_ptr<float>(),
+                                 nullptr, 0, grad_dirs.data_ptr<float>(), F, B, C, c0, width);
+    return;
+  }
+#endif
+  at::Tensor slice = grad_dirs.narrow(1, c0, width);
+  at::mm_out(slice, coeffs.t(), grad_out.narrow(1, c0, width));
 }
 
 std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
@@ -419,11 +558,17 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
     for (int64_t s = begin; s < end; ++s) {
       const int64_t c0 = s * kBlendColumns, width = std::min(kBlendColumns, C - c0);
       at::Tensor part = partial[s];
-      at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
-      if (dirs_grad) {
-        at::Tensor slice = grad_dirs.narrow(1, c0, width);
-        at::mm_out(slice, coeffs.t(), grad_out.narrow(1, c0, width));
+#if defined(PE_AVX512_BLEND)
+      if (blend_avx512(coeffs)) {
+        dots_all_avx512(grad_out.data_ptr<float>(), B, dirs.data_ptr<float>(), F,
+                        part.data_ptr<float>(), C, c0, width);
+      } else {
+        at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
       }
+#else
+      at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
+#endif
+      if (dirs_grad) blend_dirs_grad_slice(grad_out, coeffs, grad_dirs, c0, width);
     }
   });
   return {partial.sum(0), grad_dirs};
