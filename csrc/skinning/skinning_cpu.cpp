@@ -540,8 +540,7 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
   check_blend_grad(grad_out, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
   // dirs_grad = false (model tensors without grad, as in GAN training): no (F, C) gradient
-  at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
-                                   : at::empty({0}, dirs.options());
+  at::Tensor grad_dirs = at::empty({0}, dirs.options());
   if (!blend_sliced(coeffs) || C == 0 || F == 0) {
     if (dirs_grad) {
       // one batch row: an outer product, which the BLAS runs as a slow K = 1 product
@@ -549,6 +548,7 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
     }
     return {at::mm(grad_out, dirs.t()), grad_dirs};
   }
+  if (dirs_grad) grad_dirs = new_output(dirs.sizes(), dirs.options());
   const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
   at::Tensor partial = at::empty({slices, B, F}, coeffs.options());
   at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
