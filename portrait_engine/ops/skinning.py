@@ -1,8 +1,9 @@
 """Linear blend skinning: the public ops ``lbs`` and ``skin_points``, registration, autograd.
 
 ``lbs`` is ``smplx.lbs.lbs`` (same arguments, results and gradients) built from two fused
-kernels under the dense blend-shape products (which stay ``torch.matmul``: GEMMs that BLAS /
-cuBLAS already run at peak):
+kernels under the dense blend-shape products (``torch`` GEMMs for Triton; for the native
+backend the ``blend_shapes`` op: cuBLAS on a GPU, on the CPU register-tiled kernels over
+column slices, since the BLAS runs lbs's small-K / few-row shapes far below its peak):
 
 * ``forward_kinematics``: Rodrigues of every joint, the chain of global transforms along the
   kinematic tree and the relative transforms, in one launch (one program per batch element
