@@ -214,6 +214,10 @@ def _blend_make_autograd(backward_op):
     return backward
 
 
+# the batch from which the CPU blend_shapes kernel slices its products (kBlendSliceMinBatch in
+# csrc/skinning/skinning_cpu.cpp); below it the kernel runs one BLAS call per product
+_CPU_SLICED_BLEND_BATCH = 8
+
 _BLEND_NATIVE = register_native_pair(
     "blend_shapes_forward",
     "blend_shapes_backward",
@@ -460,9 +464,15 @@ def lbs(
     # product over badly strided operands, the larger cost on the CPU)
     template = v_template.reshape(-1, num_verts * 3)
     native_blend = name == "native" and _BLEND_NATIVE
-    if native_blend and template.shape[0] in (1, betas.shape[0]):
-        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size): the BLAS runs the
-        # products with the long V·3 side as the output rows' length, not as an N = NB column
+    if (
+        native_blend
+        and template.shape[0] in (1, betas.shape[0])
+        and betas.device.type == "cpu"
+        and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
+    ):
+        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size) for the CPU kernel's
+        # sliced products: the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB
+        # output, far below its peak. Smaller batches gain nothing over the copy's cost.
         v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
             template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
         )
