@@ -29,6 +29,7 @@
 #endif
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -487,6 +488,29 @@ __attribute__((target("avx512f"))) void dots_all_avx512(const float* x, int64_t 
   }
 }
 
+// outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
+//   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
+//   line of the cold output (write-allocate), doubling the memory traffic.
+__attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, const float* g,
+                                                           float* out, int64_t C, int64_t f0,
+                                                           int64_t f1) {
+  for (int64_t f = f0; f < f1; ++f) {
+    float* row = out + f * C;
+    const float kf = k[f];
+    const __m512 kv = _mm512_set1_ps(kf);
+    // floats up to the row's first 64-byte boundary (rows are 4-byte aligned)
+    const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) & 63) / 4;
+    const int64_t head = std::min<int64_t>(past == 0 ? 0 : 16 - past, C);
+    int64_t c = 0;
+    for (; c < head; ++c) row[c] = kf * g[c];
+    for (; c + 16 <= C; c += 16) {
+      _mm512_stream_ps(row + c, _mm512_mul_ps(kv, _mm512_loadu_ps(g + c)));
+    }
+    for (; c < C; ++c) row[c] = kf * g[c];
+  }
+  _mm_sfence();
+}
+
 bool blend_avx512(const at::Tensor& t) {
   static const bool available = __builtin_cpu_supports("avx512f");
   return available && t.scalar_type() == at::kFloat;
@@ -533,6 +557,25 @@ void blend_dirs_grad_slice(const at::Tensor& grad_out, const at::Tensor& coeffs,
   at::mm_out(slice, coeffs.t(), grad_out.narrow(1, c0, width));
 }
 
+// grad_dirs for one batch row: the outer product coeffs[0] x grad_out[0] (which the BLAS runs as
+// a slow K = 1 product).
+at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
+  const int64_t F = coeffs.size(1), C = grad_out.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_avx512(coeffs)) {
+    at::Tensor out = new_output({F, C}, coeffs.options());
+    const float* k = coeffs.data_ptr<float>();
+    const float* g = grad_out.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, F, 8, [&](int64_t begin, int64_t end) {
+      outer_stream_avx512(k, g, o, C, begin, end);
+    });
+    return out;
+  }
+#endif
+  return at::mul(coeffs.view({F, 1}), grad_out);
+}
+
 std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
                                                              const at::Tensor& coeffs,
                                                              const at::Tensor& dirs,
@@ -543,8 +586,7 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
   at::Tensor grad_dirs = at::empty({0}, dirs.options());
   if (!blend_sliced(coeffs) || C == 0 || F == 0) {
     if (dirs_grad) {
-      // one batch row: an outer product, which the BLAS runs as a slow K = 1 product
-      grad_dirs = B == 1 ? at::mul(coeffs.view({F, 1}), grad_out) : at::mm(coeffs.t(), grad_out);
+      grad_dirs = B == 1 ? blend_outer(grad_out, coeffs) : at::mm(coeffs.t(), grad_out);
     }
     return {at::mm(grad_out, dirs.t()), grad_dirs};
   }
