@@ -216,7 +216,13 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
                    });
 }
 
-// Shared weights, B > 1: per chunk of kBlendChunk points the blend (as in the forward), then per
+// Small batches keep one (N, B, 12) workspace and two whole GEMMs: their per-chunk products
+// below would be tiny (R = 12 B columns), and at B = 2 (the samples-inverse benchmark case) the
+// chunked path measured no gain (loaded machine, noisy: 1.6-2.5x vs 2.1-2.7x the eager op).
+constexpr int64_t kSharedChunkMinBatch = 8;
+
+// Shared weights, B >= kSharedChunkMinBatch: per chunk of kBlendChunk points the blend (as in
+// the forward), then per
 // point grad_points and dM (the gradient of the blended transform's 12 values) into a chunk
 // buffer (rows, B * 12), and both reductions over points as products on that buffer while it
 // is in cache (no (N, B, 12) workspace goes through memory):
@@ -265,8 +271,9 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
   });
 }
 
-// Per point (batched weights, or B = 1): grad_points and dM into a (B, N, 12) workspace in the
-// accumulation type, reduced by the GEMMs of the caller.
+// Per point: grad_points and dM into a workspace in the accumulation type, reduced by the GEMMs
+// of the caller: (B, N, 12) for batched weights, point-major (N, B, 12) for shared ones (the
+// path of batches below kSharedChunkMinBatch; B = 1: both layouts agree).
 template <typename scalar_t>
 void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
                           const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
@@ -280,6 +287,26 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
   const scalar_t* a_ptr = transforms.data_ptr<scalar_t>();
   scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
   T* dm_ptr = dM_ws.data_ptr<T>();
+  if (wb == 0 && B > 1) {  // shared weights: the blend as in the forward
+    const int64_t R = B * 12;
+    for_each_blended_chunk(w_ptr, transforms, N, [&](int64_t n0, int64_t rows, const T* m_ptr) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t n = n0 + i, idx = b * N + n;
+          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
+                           static_cast<T>(p_ptr[idx * 3 + 2])};
+          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
+                           static_cast<T>(g_ptr[idx * 3 + 2])};
+          T gp[3];
+          // point-major (N, B, 12): the GEMMs below read it without a transposed copy
+          skin_point_backward(m_ptr + i * R + b * 12, pv, gv, inverse, gp,
+                              dm_ptr + (n * B + b) * 12);
+          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
@@ -326,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   //   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]   (per b when the weights are batched)
   //   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
   const auto acc = points.options().dtype(acc_dtype(points));
-  if (weights.size(0) == 1 && B > 1) {
+  if (weights.size(0) == 1 && B >= kSharedChunkMinBatch) {
     at::Tensor grad_w = at::empty({N, J}, acc);
     at::Tensor partial = at::empty({(N + kBlendChunk - 1) / kBlendChunk, J, B * 12}, acc);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
@@ -351,7 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(acc.dtype());
   const at::Tensor W = weights.to(acc.dtype());
   at::Tensor grad_weights, grad_A;
-  if (weights.size(0) == 1) {  // B = 1
+  if (weights.size(0) == 1) {  // shared weights, point-major dM
     const at::Tensor dM_n = dM.view({N, B * 12});
     grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
     grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
