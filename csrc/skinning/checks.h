@@ -76,5 +76,33 @@ inline void check_skin_grad(const at::Tensor& grad_out, const at::Tensor& points
               "skin_points (", side.tag, "): grad_out must be a contiguous (B, N, 3) tensor");
 }
 
+inline void check_blend(const at::Tensor& base, const at::Tensor& coeffs, const at::Tensor& dirs,
+                        const KernelSide& side) {
+  TORCH_CHECK(coeffs.dim() == 2 && coeffs.is_contiguous() && dirs.dim() == 2 &&
+                  dirs.is_contiguous() && dirs.size(0) == coeffs.size(1),
+              "blend_shapes (", side.tag,
+              "): coeffs must be a contiguous (B, F) and dirs a contiguous (F, C) tensor");
+  TORCH_CHECK(base.dim() == 2 && base.is_contiguous() &&
+                  (base.size(0) == 1 || base.size(0) == coeffs.size(0)) &&
+                  base.size(1) == dirs.size(1),
+              "blend_shapes (", side.tag,
+              "): base (gradient) must be a contiguous (1 or B, C) tensor");
+  TORCH_CHECK(base.scalar_type() == coeffs.scalar_type() &&
+                  dirs.scalar_type() == coeffs.scalar_type() &&
+                  at::isFloatingType(coeffs.scalar_type()),
+              "blend_shapes (", side.tag, "): dtype mismatch");
+  TORCH_CHECK(on_side(coeffs, coeffs, side) && on_side(dirs, coeffs, side) &&
+                  on_side(base, coeffs, side),
+              "blend_shapes (", side.tag, "): tensors must be on one ", side.tag, " device");
+}
+
+// The backward's grad_out: (B, C), one row per coeffs row (never broadcast).
+inline void check_blend_grad(const at::Tensor& grad_out, const at::Tensor& coeffs,
+                             const at::Tensor& dirs, const KernelSide& side) {
+  check_blend(grad_out, coeffs, dirs, side);
+  TORCH_CHECK(grad_out.size(0) == coeffs.size(0), "blend_shapes (", side.tag,
+              "): grad_out must be a contiguous (B, C) tensor");
+}
+
 }  // namespace skinning
 }  // namespace portrait_engine

@@ -16,4 +16,8 @@ TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
   m.def(
       "skin_points_backward(Tensor grad_out, Tensor points, Tensor weights, Tensor transforms, "
       "bool inverse) -> (Tensor, Tensor, Tensor)");
+  m.def("blend_shapes_forward(Tensor base, Tensor coeffs, Tensor dirs) -> Tensor");
+  m.def(
+      "blend_shapes_backward(Tensor grad_out, Tensor coeffs, Tensor dirs, bool dirs_grad) -> "
+      "(Tensor, Tensor)");
 }

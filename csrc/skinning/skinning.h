@@ -219,6 +219,94 @@ HOST_DEVICE PE_INLINE void chain_backward(const T* rot, const T* joints, const i
 }
 
 // ------------------------------------------------------------------------------------------
+// Forward kinematics of one batch element, end to end: what one CPU task or one CUDA thread
+// runs. Every pointer is already offset to the batch element (pose: J x 3 axis-angle or
+// J x 9 rotations; joints, posed joints: J x 3; rel: J x 16; rot: J x 9). The workspaces are
+// in the accumulation type T.
+// ------------------------------------------------------------------------------------------
+
+// jnt (J x 3) <- joints; rot (J x 9) <- the local rotations (Rodrigues of pose, or pose).
+template <typename scalar_t, typename T>
+HOST_DEVICE PE_INLINE void load_local_frames(const scalar_t* pose, const scalar_t* joints,
+                                             int64_t J, bool pose2rot, T* rot, T* jnt) {
+  for (int64_t i = 0; i < J; ++i) {
+    for (int c = 0; c < 3; ++c) jnt[i * 3 + c] = static_cast<T>(joints[i * 3 + c]);
+    if (pose2rot) {
+      const scalar_t* r = pose + i * 3;
+      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+      rodrigues(rv, rot + i * 9);
+    } else {
+      for (int k = 0; k < 9; ++k) rot[i * 9 + k] = static_cast<T>(pose[i * 9 + k]);
+    }
+  }
+}
+
+// Workspaces: rot (9J), jnt (3J), G (12J). Outputs: rot_out (J x 9), pj_out (J x 3),
+// rel_out (J x 16, bottom rows written as 0 0 0 1).
+template <typename scalar_t, typename T>
+HOST_DEVICE PE_INLINE void forward_kinematics_element(const scalar_t* pose, const scalar_t* joints,
+                                                      const int64_t* parents, int64_t J,
+                                                      bool pose2rot, T* rot, T* jnt, T* G,
+                                                      scalar_t* rot_out, scalar_t* pj_out,
+                                                      scalar_t* rel_out) {
+  load_local_frames(pose, joints, J, pose2rot, rot, jnt);
+  for (int64_t i = 0; i < J; ++i) {
+    chain_joint(rot, jnt, parents, i, G);
+    T A[12];
+    relative_transform(G + i * 12, jnt + i * 3, A);
+    scalar_t* rel = rel_out + i * 16;
+    for (int k = 0; k < 12; ++k) rel[k] = static_cast<scalar_t>(A[k]);
+    rel[12] = rel[13] = rel[14] = scalar_t(0);
+    rel[15] = scalar_t(1);
+    for (int r = 0; r < 3; ++r) pj_out[i * 3 + r] = static_cast<scalar_t>(G[i * 12 + r * 4 + 3]);
+    for (int k = 0; k < 9; ++k) rot_out[i * 9 + k] = static_cast<scalar_t>(rot[i * 9 + k]);
+  }
+}
+
+// The number of T values of forward_kinematics_backward_element's workspace per joint.
+constexpr int64_t kChainBackwardWorkspace = 63;
+
+// Backward of forward_kinematics_element: the gradients of its three outputs (grad_rot J x 9,
+// grad_pj J x 3, grad_rel J x 16, only the top rows read) to grad_pose (J x 3 or J x 9) and
+// grad_joints (J x 3). The global transforms are recomputed. ws: kChainBackwardWorkspace * J
+// values (rot 9J, jnt 3J, G 12J, dRel 12J, dPJ 3J, dG 12J, dRot 9J, dJ 3J).
+template <typename scalar_t, typename T>
+HOST_DEVICE PE_INLINE void forward_kinematics_backward_element(
+    const scalar_t* grad_rot, const scalar_t* grad_pj, const scalar_t* grad_rel,
+    const scalar_t* pose, const scalar_t* joints, const int64_t* parents, int64_t J,
+    bool pose2rot, T* ws, scalar_t* grad_pose, scalar_t* grad_joints) {
+  T* rot = ws;
+  T* jnt = rot + 9 * J;
+  T* G = jnt + 3 * J;
+  T* dRel = G + 12 * J;
+  T* dPJ = dRel + 12 * J;
+  T* dG = dPJ + 3 * J;
+  T* dRot = dG + 12 * J;
+  T* dJ = dRot + 9 * J;
+  load_local_frames(pose, joints, J, pose2rot, rot, jnt);
+  for (int64_t i = 0; i < J; ++i) {
+    for (int c = 0; c < 3; ++c) dPJ[i * 3 + c] = static_cast<T>(grad_pj[i * 3 + c]);
+    for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grad_rel[i * 16 + k]);
+  }
+  for (int64_t i = 0; i < J; ++i) chain_joint(rot, jnt, parents, i, G);
+  chain_backward(rot, jnt, parents, J, G, dRel, dPJ, dG, dRot, dJ);
+  for (int64_t i = 0; i < J; ++i) {
+    T dR[9];
+    for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grad_rot[i * 9 + k]);
+    if (pose2rot) {
+      const scalar_t* r = pose + i * 3;
+      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
+      T dr[3];
+      rodrigues_backward(rv, dR, dr);
+      for (int c = 0; c < 3; ++c) grad_pose[i * 3 + c] = static_cast<scalar_t>(dr[c]);
+    } else {
+      for (int k = 0; k < 9; ++k) grad_pose[i * 9 + k] = static_cast<scalar_t>(dR[k]);
+    }
+    for (int c = 0; c < 3; ++c) grad_joints[i * 3 + c] = static_cast<scalar_t>(dJ[i * 3 + c]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // Skinning of one point
 // ------------------------------------------------------------------------------------------
 

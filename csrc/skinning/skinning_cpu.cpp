@@ -1,4 +1,4 @@
-// CPU kernels of portrait_engine::{forward_kinematics,skin_points}_{forward,backward}
+// CPU kernels of portrait_engine::{forward_kinematics,skin_points,blend_shapes}_{forward,backward}
 // (contract: docs/kernel_contract_skinning.md; shared math: skinning.h).
 //
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
@@ -8,10 +8,12 @@
 // points is a small (chunk, J) x (J, B * 12) product run by the BLAS (vectorised for the CPU
 // at hand; the extension itself is compiled for baseline x86-64), into a per-thread buffer of
 // kBlendChunk points: the (B, N, 12) transforms are still never stored.
-// Backward: per point, grad_points and the gradient dM of its
-// blended transform (a (B, N, 12) workspace); the two reductions over points and batch
-// (grad_weights, grad_transforms) are then GEMMs over dM: no atomics, and as deterministic as
-// the BLAS (fixed for a fixed thread count).
+// Backward: per point, grad_points and the gradient dM of its blended transform; the two
+// reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
+// of points on a cache-resident buffer with shared weights (skin_backward_shared), over a
+// (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
+// thread count).
+// blend_shapes (lbs's pose blend shapes): BLAS products over column slices (see below).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -19,7 +21,15 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+// blend_shapes' AVX-512 kernels: compiled with a per-function target attribute (the rest of the
+// extension is built for baseline x86-64) and chosen at run time by __builtin_cpu_supports.
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PE_AVX512_BLEND 1
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -31,13 +41,11 @@ namespace portrait_engine {
 namespace skinning {
 namespace {
 
-
-
 template <typename scalar_t>
 void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents,
                      bool pose2rot, at::Tensor& rot_out, at::Tensor& pj_out, at::Tensor& rel_out) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t B = joints.size(0), J = joints.size(1);
+  const int64_t B = joints.size(0), J = joints.size(1), pose_stride = J * (pose2rot ? 3 : 9);
   const scalar_t* pose_ptr = pose.data_ptr<scalar_t>();
   const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
   const int64_t* par = parents.data_ptr<int64_t>();
@@ -47,29 +55,9 @@ void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at:
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> rot(J * 9), jnt(J * 3), G(J * 12);
     for (int64_t b = begin; b < end; ++b) {
-      for (int64_t i = 0; i < J; ++i) {
-        for (int c = 0; c < 3; ++c) jnt[i * 3 + c] = static_cast<T>(j_ptr[(b * J + i) * 3 + c]);
-        if (pose2rot) {
-          const scalar_t* r = pose_ptr + (b * J + i) * 3;
-          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-          rodrigues(rv, rot.data() + i * 9);
-        } else {
-          for (int c = 0; c < 9; ++c) rot[i * 9 + c] = static_cast<T>(pose_ptr[(b * J + i) * 9 + c]);
-        }
-      }
-      for (int64_t i = 0; i < J; ++i) {
-        chain_joint(rot.data(), jnt.data(), par, i, G.data());
-        T A[12];
-        relative_transform(G.data() + i * 12, jnt.data() + i * 3, A);
-        scalar_t* rel = rel_ptr + (b * J + i) * 16;
-        for (int k = 0; k < 12; ++k) rel[k] = static_cast<scalar_t>(A[k]);
-        rel[12] = rel[13] = rel[14] = scalar_t(0);
-        rel[15] = scalar_t(1);
-        for (int r = 0; r < 3; ++r) {
-          pj_ptr[(b * J + i) * 3 + r] = static_cast<scalar_t>(G[i * 12 + r * 4 + 3]);
-        }
-        for (int k = 0; k < 9; ++k) rot_ptr[(b * J + i) * 9 + k] = static_cast<scalar_t>(rot[i * 9 + k]);
-      }
+      forward_kinematics_element(pose_ptr + b * pose_stride, j_ptr + b * J * 3, par, J, pose2rot,
+                                 rot.data(), jnt.data(), G.data(), rot_ptr + b * J * 9,
+                                 pj_ptr + b * J * 3, rel_ptr + b * J * 16);
     }
   });
 }
@@ -80,7 +68,7 @@ void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
                       const at::Tensor& joints, const at::Tensor& parents, bool pose2rot,
                       at::Tensor& grad_pose, at::Tensor& grad_joints) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t B = joints.size(0), J = joints.size(1);
+  const int64_t B = joints.size(0), J = joints.size(1), pose_stride = J * (pose2rot ? 3 : 9);
   const scalar_t* pose_ptr = pose.data_ptr<scalar_t>();
   const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
   const int64_t* par = parents.data_ptr<int64_t>();
@@ -90,40 +78,12 @@ void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
   scalar_t* gpose = grad_pose.data_ptr<scalar_t>();
   scalar_t* gj = grad_joints.data_ptr<scalar_t>();
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
-    std::vector<T> rot(J * 9), jnt(J * 3), G(J * 12), dRel(J * 12), dPJ(J * 3), dG(J * 12),
-        dRot(J * 9), dJ(J * 3);
+    std::vector<T> ws(J * kChainBackwardWorkspace);
     for (int64_t b = begin; b < end; ++b) {
-      for (int64_t i = 0; i < J; ++i) {
-        for (int c = 0; c < 3; ++c) {
-          jnt[i * 3 + c] = static_cast<T>(j_ptr[(b * J + i) * 3 + c]);
-          dPJ[i * 3 + c] = static_cast<T>(gpj[(b * J + i) * 3 + c]);
-        }
-        for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grel[(b * J + i) * 16 + k]);
-        if (pose2rot) {
-          const scalar_t* r = pose_ptr + (b * J + i) * 3;
-          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-          rodrigues(rv, rot.data() + i * 9);
-        } else {
-          for (int c = 0; c < 9; ++c) rot[i * 9 + c] = static_cast<T>(pose_ptr[(b * J + i) * 9 + c]);
-        }
-      }
-      for (int64_t i = 0; i < J; ++i) chain_joint(rot.data(), jnt.data(), par, i, G.data());
-      chain_backward(rot.data(), jnt.data(), par, J, G.data(), dRel.data(), dPJ.data(), dG.data(),
-                     dRot.data(), dJ.data());
-      for (int64_t i = 0; i < J; ++i) {
-        T dR[9];
-        for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grot[(b * J + i) * 9 + k]);
-        if (pose2rot) {
-          const scalar_t* r = pose_ptr + (b * J + i) * 3;
-          const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-          T dr[3];
-          rodrigues_backward(rv, dR, dr);
-          for (int c = 0; c < 3; ++c) gpose[(b * J + i) * 3 + c] = static_cast<scalar_t>(dr[c]);
-        } else {
-          for (int k = 0; k < 9; ++k) gpose[(b * J + i) * 9 + k] = static_cast<scalar_t>(dR[k]);
-        }
-        for (int c = 0; c < 3; ++c) gj[(b * J + i) * 3 + c] = static_cast<scalar_t>(dJ[i * 3 + c]);
-      }
+      forward_kinematics_backward_element(grot + b * J * 9, gpj + b * J * 3, grel + b * J * 16,
+                                          pose_ptr + b * pose_stride, j_ptr + b * J * 3, par, J,
+                                          pose2rot, ws.data(), gpose + b * pose_stride,
+                                          gj + b * J * 3);
     }
   });
 }
@@ -256,8 +216,64 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
                    });
 }
 
-// Per point: grad_points and dM (the gradient of the blended transform's 12 values), into a
-// workspace in the accumulation type: (B, N, 12) for batched weights, (N, B, 12) for shared.
+// Small batches keep one (N, B, 12) workspace and two whole GEMMs: their per-chunk products
+// below would be tiny (R = 12 B columns), and at B = 2 (the samples-inverse benchmark case) the
+// chunked path measured no gain (loaded machine, noisy: 1.6-2.5x vs 2.1-2.7x the eager op).
+constexpr int64_t kSharedChunkMinBatch = 8;
+
+// Shared weights, B >= kSharedChunkMinBatch: per chunk of kBlendChunk points the blend (as in
+// the forward), then per
+// point grad_points and dM (the gradient of the blended transform's 12 values) into a chunk
+// buffer (rows, B * 12), and both reductions over points as products on that buffer while it
+// is in cache (no (N, B, 12) workspace goes through memory):
+//   grad_w[n0 + i, j] = sum_{b,k} dM[i, b * 12 + k] At[j, b * 12 + k]   rows of the output
+//   part[chunk][j, :] = sum_i w[n0 + i, j] dM[i, :]                       summed over chunks after
+// One partial per chunk (the chunks do not depend on the thread count), no atomics.
+template <typename scalar_t>
+void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
+                          const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
+                          at::Tensor& grad_points, at::Tensor& grad_w, at::Tensor& partial) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1), R = B * 12;
+  const scalar_t* g_ptr = grad_out.data_ptr<scalar_t>();
+  const scalar_t* p_ptr = points.data_ptr<scalar_t>();
+  const scalar_t* w_ptr = weights.data_ptr<scalar_t>();
+  scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
+  const at::Tensor At = joint_major_rows(transforms);
+  const at::Tensor At_t = At.t();
+  at::parallel_for(0, partial.size(0), 1, [&](int64_t begin, int64_t end) {
+    at::Tensor M = at::empty({kBlendChunk, R}, At.options());
+    at::Tensor wt = at::empty({kBlendChunk, J}, At.options());
+    at::Tensor dM = at::empty({kBlendChunk, R}, At.options());
+    const T* m_ptr = M.data_ptr<T>();
+    T* dm_ptr = dM.data_ptr<T>();
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t n0 = chunk * kBlendChunk, rows = std::min(kBlendChunk, N - n0);
+      blend_chunk<scalar_t>(w_ptr, At, n0, rows, J, wt, M);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t idx = b * N + n0 + i;
+          const T pv[3] = {static_cast<T>(p_ptr[idx * 3]), static_cast<T>(p_ptr[idx * 3 + 1]),
+                           static_cast<T>(p_ptr[idx * 3 + 2])};
+          const T gv[3] = {static_cast<T>(g_ptr[idx * 3]), static_cast<T>(g_ptr[idx * 3 + 1]),
+                           static_cast<T>(g_ptr[idx * 3 + 2])};
+          T gp[3];
+          skin_point_backward(m_ptr + i * R + b * 12, pv, gv, inverse, gp, dm_ptr + i * R + b * 12);
+          for (int k = 0; k < 3; ++k) gp_ptr[idx * 3 + k] = static_cast<scalar_t>(gp[k]);
+        }
+      }
+      const at::Tensor dM_rows = dM.narrow(0, 0, rows);
+      at::Tensor gw = grad_w.narrow(0, n0, rows);
+      at::mm_out(gw, dM_rows, At_t);
+      at::Tensor part = partial[chunk];
+      at::mm_out(part, wt.narrow(0, 0, rows).t(), dM_rows);
+    }
+  });
+}
+
+// Per point: grad_points and dM into a workspace in the accumulation type, reduced by the GEMMs
+// of the caller: (B, N, 12) for batched weights, point-major (N, B, 12) for shared ones (the
+// path of batches below kSharedChunkMinBatch; B = 1: both layouts agree).
 template <typename scalar_t>
 void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
                           const at::Tensor& weights, const at::Tensor& transforms, bool inverse,
@@ -337,6 +353,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   //   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]   (per b when the weights are batched)
   //   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
   const auto acc = points.options().dtype(acc_dtype(points));
+  if (weights.size(0) == 1 && B >= kSharedChunkMinBatch) {
+    at::Tensor grad_w = at::empty({N, J}, acc);
+    at::Tensor partial = at::empty({(N + kBlendChunk - 1) / kBlendChunk, J, B * 12}, acc);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
+                                    "skin_points_backward_cpu", [&] {
+                                      skin_backward_shared<scalar_t>(grad_out, points, weights,
+                                                                     transforms, inverse,
+                                                                     grad_points, grad_w, partial);
+                                    });
+    at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
+    grad_transforms.narrow(2, 0, 3).copy_(
+        partial.sum(0).view({J, B, 12}).permute({1, 0, 2}).reshape({B, J, 3, 4}));
+    return {grad_points, grad_w.unsqueeze(0).to(weights.scalar_type()),
+            grad_transforms.to(transforms.scalar_type())};
+  }
   at::Tensor dM = at::empty({B, N, 12}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "skin_points_backward_cpu", [&] {
@@ -347,8 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(acc.dtype());
   const at::Tensor W = weights.to(acc.dtype());
   at::Tensor grad_weights, grad_A;
-  if (weights.size(0) == 1) {
-    // shared weights: dM is point-major (N, B, 12) (B = 1: both layouts agree)
+  if (weights.size(0) == 1) {  // shared weights, point-major dM
     const at::Tensor dM_n = dM.view({N, B * 12});
     grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
     grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
@@ -362,6 +392,257 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
           grad_transforms.to(transforms.scalar_type())};
 }
 
+// ------------------------------------------------------------------------------------------
+// blend_shapes: out = base + coeffs @ dirs (SMPL's pose blend shapes: (B, 207) x (207, V * 3)).
+// The products run on column slices of kBlendColumns, one task per slice range, each slice's
+// (F, kBlendColumns) block of dirs in L2 while the backward both reads it (grad_coeffs) and
+// writes its gradient (grad_dirs). On each slice: float on an AVX-512 CPU, the register-tiled
+// kernels below (the BLAS runs these shapes far below its peak); double, or a CPU without
+// AVX-512, BLAS calls per slice. grad_coeffs is summed from one partial per slice (no atomics;
+// the slices do not depend on the thread count). Half types run the plain products.
+// ------------------------------------------------------------------------------------------
+
+constexpr int64_t kBlendColumns = 512;
+// Below this batch the products are matrix-vector-like and memory-bound: one BLAS call each
+// is faster than the slices' many calls (measured at B = 1 and 32; the crossover is rough).
+constexpr int64_t kBlendSliceMinBatch = 8;
+
+bool blend_sliced(const at::Tensor& coeffs) {
+  return (coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kDouble) &&
+         coeffs.size(0) >= kBlendSliceMinBatch;
+}
+
+#if defined(PE_AVX512_BLEND)
+// The products of blend_shapes for float on an AVX-512 CPU (checked at run time; the extension
+// itself is built for baseline x86-64). The BLAS runs them far below its peak at lbs's shapes
+// (B = 32, F = 207, C = 20670, one core of a loaded machine: the (F, B) x (B, C) weight
+// gradient at ~15-20 GFLOP/s, the other two at ~20-35, where a 1024^3 product ran at ~45): its
+// blocking is made for long inner dimensions and square outputs. Here, per column slice:
+//
+// rows_times_matrix: out[r, c] = init[r, c] + sum_k a[k * ak + r * ar] m[k * C + c] for the R
+//   rows from `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by,
+//   each output value stored once. The forward (a = coeffs, rows b, k = f, m = dirs, init =
+//   base) and grad_dirs (a = coeffs, rows f, k = b, m = grad, no init).
+template <int R>
+__attribute__((target("avx512f"))) void rows_times_matrix_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
+    float* out, int64_t K, int64_t C, int64_t row, int64_t c0, int64_t width) {
+  const int64_t full = c0 + (width / 64) * 64;
+  for (int64_t c = c0; c < full; c += 64) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r) {
+      const float* i = init == nullptr ? nullptr : init + (init_rows == 1 ? 0 : row + r) * C + c;
+      for (int q = 0; q < 4; ++q) {
+        acc[r][q] = i == nullptr ? _mm512_setzero_ps() : _mm512_loadu_ps(i + 16 * q);
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float* g = m + k * C + c;
+      const __m512 g0 = _mm512_loadu_ps(g), g1 = _mm512_loadu_ps(g + 16),
+                   g2 = _mm512_loadu_ps(g + 32), g3 = _mm512_loadu_ps(g + 48);
+      for (int r = 0; r < R; ++r) {
+        const __m512 w = _mm512_set1_ps(a[k * ak + (row + r) * ar]);
+        acc[r][0] = _mm512_fmadd_ps(w, g0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(w, g1, acc[r][1]);
+        acc[r][2] = _mm512_fmadd_ps(w, g2, acc[r][2]);
+        acc[r][3] = _mm512_fmadd_ps(w, g3, acc[r][3]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = out + (row + r) * C + c;
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(o + 16 * q, acc[r][q]);
+    }
+  }
+  for (int64_t c = full; c < c0 + width; ++c) {  // the last < 64 columns
+    for (int r = 0; r < R; ++r) {
+      float sum = init == nullptr ? 0.f : init[(init_rows == 1 ? 0 : row + r) * C + c];
+      for (int64_t k = 0; k < K; ++k) sum += a[k * ak + (row + r) * ar] * m[k * C + c];
+      out[(row + r) * C + c] = sum;
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
+    float* out, int64_t rows, int64_t K, int64_t C, int64_t c0, int64_t width) {
+  int64_t row = 0;
+  for (; row + 4 <= rows; row += 4) {
+    rows_times_matrix_avx512<4>(a, ak, ar, m, init, init_rows, out, K, C, row, c0, width);
+  }
+  for (; row < rows; ++row) {
+    rows_times_matrix_avx512<1>(a, ak, ar, m, init, init_rows, out, K, C, row, c0, width);
+  }
+}
+
+// dots: out[i * ldo + j] = sum_c x[i * C + c] y[j * C + c] over the slice, for an RX x RY block
+//   of rows from (i, j) (RX x RY registers, reduced once at the end). grad_coeffs (x = grad,
+//   y = dirs, out = the slice's partial).
+template <int RX, int RY>
+__attribute__((target("avx512f"))) void dots_avx512(const float* x, const float* y, float* out,
+                                                   int64_t ldo, int64_t C, int64_t i, int64_t j,
+                                                   int64_t c0, int64_t width) {
+  __m512 acc[RX][RY];
+  for (int a = 0; a < RX; ++a) {
+    for (int b = 0; b < RY; ++b) acc[a][b] = _mm512_setzero_ps();
+  }
+  for (int64_t c = c0; c < c0 + width; c += 16) {
+    const int64_t left = c0 + width - c;  // a partial last step reads masked lanes as 0
+    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    __m512 xv[RX], yv[RY];
+    for (int a = 0; a < RX; ++a) xv[a] = _mm512_maskz_loadu_ps(mask, x + (i + a) * C + c);
+    for (int b = 0; b < RY; ++b) yv[b] = _mm512_maskz_loadu_ps(mask, y + (j + b) * C + c);
+    for (int a = 0; a < RX; ++a) {
+      for (int b = 0; b < RY; ++b) acc[a][b] = _mm512_fmadd_ps(xv[a], yv[b], acc[a][b]);
+    }
+  }
+  for (int a = 0; a < RX; ++a) {
+    for (int b = 0; b < RY; ++b) out[(i + a) * ldo + j + b] = _mm512_reduce_add_ps(acc[a][b]);
+  }
+}
+
+__attribute__((target("avx512f"))) void dots_all_avx512(const float* x, int64_t rows_x,
+                                                       const float* y, int64_t rows_y, float* out,
+                                                       int64_t C, int64_t c0, int64_t width) {
+  int64_t j = 0;
+  for (; j + 4 <= rows_y; j += 4) {
+    int64_t i = 0;
+    for (; i + 4 <= rows_x; i += 4) dots_avx512<4, 4>(x, y, out, rows_y, C, i, j, c0, width);
+    for (; i < rows_x; ++i) dots_avx512<1, 4>(x, y, out, rows_y, C, i, j, c0, width);
+  }
+  for (; j < rows_y; ++j) {
+    for (int64_t i = 0; i < rows_x; ++i) dots_avx512<1, 1>(x, y, out, rows_y, C, i, j, c0, width);
+  }
+}
+
+// outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
+//   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
+//   line of the cold output (write-allocate), doubling the memory traffic.
+__attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, const float* g,
+                                                           float* out, int64_t C, int64_t f0,
+                                                           int64_t f1) {
+  for (int64_t f = f0; f < f1; ++f) {
+    float* row = out + f * C;
+    const float kf = k[f];
+    const __m512 kv = _mm512_set1_ps(kf);
+    // floats up to the row's first 64-byte boundary (rows are 4-byte aligned)
+    const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) & 63) / 4;
+    const int64_t head = std::min<int64_t>(past == 0 ? 0 : 16 - past, C);
+    int64_t c = 0;
+    for (; c < head; ++c) row[c] = kf * g[c];
+    for (; c + 16 <= C; c += 16) {
+      _mm512_stream_ps(row + c, _mm512_mul_ps(kv, _mm512_loadu_ps(g + c)));
+    }
+    for (; c < C; ++c) row[c] = kf * g[c];
+  }
+  _mm_sfence();
+}
+
+bool blend_avx512(const at::Tensor& t) {
+  static const bool available = __builtin_cpu_supports("avx512f");
+  return available && t.scalar_type() == at::kFloat;
+}
+#endif
+
+at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& coeffs,
+                                    const at::Tensor& dirs) {
+  check_blend(base, coeffs, dirs, kCpuSide);
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+  if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
+  at::Tensor out = new_output({B, C}, coeffs.options());
+  at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in the backward
+    for (int64_t c0 = begin; c0 < end; c0 += kBlendColumns) {
+      const int64_t width = std::min(kBlendColumns, end - c0);
+#if defined(PE_AVX512_BLEND)
+      if (blend_avx512(coeffs)) {
+        rows_times_matrix_all_avx512(coeffs.data_ptr<float>(), 1, F, dirs.data_ptr<float>(),
+                                     base.data_ptr<float>(), base.size(0),
+                                     out.data_ptr<float>(), B, F, C, c0, width);
+        continue;
+      }
+#endif
+      at::Tensor slice = out.narrow(1, c0, width);
+      at::addmm_out(slice, base.narrow(1, c0, width), coeffs, dirs.narrow(1, c0, width));
+    }
+  });
+  return out;
+}
+
+// grad_dirs[:, c0 : c0 + width] = coeffs^T grad[:, c0 : c0 + width].
+void blend_dirs_grad_slice(const at::Tensor& grad_out, const at::Tensor& coeffs,
+                           at::Tensor& grad_dirs, int64_t c0, int64_t width) {
+#if defined(PE_AVX512_BLEND)
+  if (blend_avx512(coeffs)) {
+    const int64_t B = coeffs.size(0), F = coeffs.size(1), C = grad_out.size(1);
+    rows_times_matrix_all_avx512(coeffs.data_ptr<float>(), F, 1, grad_out.data_ptr<float>(),
+                                 nullptr, 0, grad_dirs.data_ptr<float>(), F, B, C, c0, width);
+    return;
+  }
+#endif
+  at::Tensor slice = grad_dirs.narrow(1, c0, width);
+  at::mm_out(slice, coeffs.t(), grad_out.narrow(1, c0, width));
+}
+
+// grad_dirs for one batch row: the outer product coeffs[0] x grad_out[0] (which the BLAS runs as
+// a slow K = 1 product).
+at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
+  const int64_t F = coeffs.size(1), C = grad_out.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_avx512(coeffs)) {
+    at::Tensor out = new_output({F, C}, coeffs.options());
+    const float* k = coeffs.data_ptr<float>();
+    const float* g = grad_out.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, F, 8, [&](int64_t begin, int64_t end) {
+      outer_stream_avx512(k, g, o, C, begin, end);
+    });
+    return out;
+  }
+#endif
+  return at::mul(coeffs.view({F, 1}), grad_out);
+}
+
+std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
+                                                             const at::Tensor& coeffs,
+                                                             const at::Tensor& dirs,
+                                                             bool dirs_grad) {
+  check_blend_grad(grad_out, coeffs, dirs, kCpuSide);
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+  // dirs_grad = false (model tensors without grad, as in GAN training): no (F, C) gradient
+  at::Tensor grad_dirs = at::empty({0}, dirs.options());
+  if (!blend_sliced(coeffs) || C == 0 || F == 0) {
+    if (dirs_grad) {
+      grad_dirs = B == 1 ? blend_outer(grad_out, coeffs) : at::mm(coeffs.t(), grad_out);
+    }
+    return {at::mm(grad_out, dirs.t()), grad_dirs};
+  }
+  if (dirs_grad) grad_dirs = new_output(dirs.sizes(), dirs.options());
+  const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
+  at::Tensor partial = at::empty({slices, B, F}, coeffs.options());
+  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    // worker threads do not inherit the caller's "below autograd" state, and the inputs may
+    // require grad: without the guard the out= products refuse them
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t c0 = s * kBlendColumns, width = std::min(kBlendColumns, C - c0);
+      at::Tensor part = partial[s];
+#if defined(PE_AVX512_BLEND)
+      if (blend_avx512(coeffs)) {
+        dots_all_avx512(grad_out.data_ptr<float>(), B, dirs.data_ptr<float>(), F,
+                        part.data_ptr<float>(), C, c0, width);
+      } else {
+        at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
+      }
+#else
+      at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
+#endif
+      if (dirs_grad) blend_dirs_grad_slice(grad_out, coeffs, grad_dirs, c0, width);
+    }
+  });
+  return {partial.sum(0), grad_dirs};
+}
+
 }  // namespace
 }  // namespace skinning
 }  // namespace portrait_engine
@@ -372,4 +653,6 @@ TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
          &portrait_engine::skinning::forward_kinematics_backward_cpu);
   m.impl("skin_points_forward", &portrait_engine::skinning::skin_points_forward_cpu);
   m.impl("skin_points_backward", &portrait_engine::skinning::skin_points_backward_cpu);
+  m.impl("blend_shapes_forward", &portrait_engine::skinning::blend_shapes_forward_cpu);
+  m.impl("blend_shapes_backward", &portrait_engine::skinning::blend_shapes_backward_cpu);
 }

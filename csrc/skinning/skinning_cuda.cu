@@ -35,8 +35,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-
-
 template <typename scalar_t, typename T>
 __global__ void fk_forward_kernel(const scalar_t* __restrict__ pose,
                                   const scalar_t* __restrict__ joints,
@@ -46,30 +44,10 @@ __global__ void fk_forward_kernel(const scalar_t* __restrict__ pose,
                                   scalar_t* __restrict__ pj_out, scalar_t* __restrict__ rel_out) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  T* rot = rot_ws + b * J * 9;
-  T* jnt = jnt_ws + b * J * 3;
-  T* G = g_ws + b * J * 12;
-  for (int64_t i = 0; i < J; ++i) {
-    for (int c = 0; c < 3; ++c) jnt[i * 3 + c] = static_cast<T>(joints[(b * J + i) * 3 + c]);
-    if (pose2rot) {
-      const scalar_t* r = pose + (b * J + i) * 3;
-      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-      rodrigues(rv, rot + i * 9);
-    } else {
-      for (int k = 0; k < 9; ++k) rot[i * 9 + k] = static_cast<T>(pose[(b * J + i) * 9 + k]);
-    }
-  }
-  for (int64_t i = 0; i < J; ++i) {
-    chain_joint(rot, jnt, parents, i, G);
-    T A[12];
-    relative_transform(G + i * 12, jnt + i * 3, A);
-    scalar_t* rel = rel_out + (b * J + i) * 16;
-    for (int k = 0; k < 12; ++k) rel[k] = static_cast<scalar_t>(A[k]);
-    rel[12] = rel[13] = rel[14] = scalar_t(0);
-    rel[15] = scalar_t(1);
-    for (int r = 0; r < 3; ++r) pj_out[(b * J + i) * 3 + r] = static_cast<scalar_t>(G[i * 12 + r * 4 + 3]);
-    for (int k = 0; k < 9; ++k) rot_out[(b * J + i) * 9 + k] = static_cast<scalar_t>(rot[i * 9 + k]);
-  }
+  const int64_t pose_stride = J * (pose2rot ? 3 : 9);
+  forward_kinematics_element(pose + b * pose_stride, joints + b * J * 3, parents, J, pose2rot,
+                             rot_ws + b * J * 9, jnt_ws + b * J * 3, g_ws + b * J * 12,
+                             rot_out + b * J * 9, pj_out + b * J * 3, rel_out + b * J * 16);
 }
 
 template <typename scalar_t, typename T>
@@ -83,45 +61,12 @@ __global__ void fk_backward_kernel(const scalar_t* __restrict__ grad_rot,
                                    scalar_t* __restrict__ gjoints) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  // per batch element: rot 9J, jnt 3J, G 12J, dRel 12J, dPJ 3J, dG 12J, dRot 9J, dJ 3J
-  T* rot = ws + b * J * 63;
-  T* jnt = rot + 9 * J;
-  T* G = jnt + 3 * J;
-  T* dRel = G + 12 * J;
-  T* dPJ = dRel + 12 * J;
-  T* dG = dPJ + 3 * J;
-  T* dRot = dG + 12 * J;
-  T* dJ = dRot + 9 * J;
-  for (int64_t i = 0; i < J; ++i) {
-    for (int c = 0; c < 3; ++c) {
-      jnt[i * 3 + c] = static_cast<T>(joints[(b * J + i) * 3 + c]);
-      dPJ[i * 3 + c] = static_cast<T>(grad_pj[(b * J + i) * 3 + c]);
-    }
-    for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grad_rel[(b * J + i) * 16 + k]);
-    if (pose2rot) {
-      const scalar_t* r = pose + (b * J + i) * 3;
-      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-      rodrigues(rv, rot + i * 9);
-    } else {
-      for (int k = 0; k < 9; ++k) rot[i * 9 + k] = static_cast<T>(pose[(b * J + i) * 9 + k]);
-    }
-  }
-  for (int64_t i = 0; i < J; ++i) chain_joint(rot, jnt, parents, i, G);
-  chain_backward(rot, jnt, parents, J, G, dRel, dPJ, dG, dRot, dJ);
-  for (int64_t i = 0; i < J; ++i) {
-    T dR[9];
-    for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grad_rot[(b * J + i) * 9 + k]);
-    if (pose2rot) {
-      const scalar_t* r = pose + (b * J + i) * 3;
-      const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};
-      T dr[3];
-      rodrigues_backward(rv, dR, dr);
-      for (int c = 0; c < 3; ++c) gpose[(b * J + i) * 3 + c] = static_cast<scalar_t>(dr[c]);
-    } else {
-      for (int k = 0; k < 9; ++k) gpose[(b * J + i) * 9 + k] = static_cast<scalar_t>(dR[k]);
-    }
-    for (int c = 0; c < 3; ++c) gjoints[(b * J + i) * 3 + c] = static_cast<scalar_t>(dJ[i * 3 + c]);
-  }
+  const int64_t pose_stride = J * (pose2rot ? 3 : 9);
+  forward_kinematics_backward_element(grad_rot + b * J * 9, grad_pj + b * J * 3,
+                                      grad_rel + b * J * 16, pose + b * pose_stride,
+                                      joints + b * J * 3, parents, J, pose2rot,
+                                      ws + b * J * kChainBackwardWorkspace, gpose + b * pose_stride,
+                                      gjoints + b * J * 3);
 }
 
 template <typename scalar_t, typename T>
@@ -244,7 +189,8 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cuda(
   at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
   at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
   if (B == 0 || J == 0) return {grad_pose, grad_joints};
-  at::Tensor ws = at::empty({B, J, 63}, joints.options().dtype(acc_dtype(joints)));
+  at::Tensor ws =
+      at::empty({B, J, kChainBackwardWorkspace}, joints.options().dtype(acc_dtype(joints)));
   const int threads = 64;
   const int blocks = static_cast<int>((B + threads - 1) / threads);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -320,6 +266,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
   return {grad_points, grad_weights, grad_transforms.to(transforms.scalar_type())};
 }
 
+// blend_shapes: out = base + coeffs @ dirs; cuBLAS runs the products as they are.
+at::Tensor blend_shapes_forward_cuda(const at::Tensor& base, const at::Tensor& coeffs,
+                                     const at::Tensor& dirs) {
+  check_blend(base, coeffs, dirs, kCudaSide);
+  const c10::cuda::CUDAGuard guard(coeffs.device());
+  return at::addmm(base, coeffs, dirs);
+}
+
+std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cuda(const at::Tensor& grad_out,
+                                                              const at::Tensor& coeffs,
+                                                              const at::Tensor& dirs,
+                                                              bool dirs_grad) {
+  check_blend_grad(grad_out, coeffs, dirs, kCudaSide);
+  const c10::cuda::CUDAGuard guard(coeffs.device());
+  at::Tensor grad_dirs = dirs_grad ? at::mm(coeffs.t(), grad_out) : at::empty({0}, dirs.options());
+  return {at::mm(grad_out, dirs.t()), grad_dirs};
+}
+
 }  // namespace
 }  // namespace skinning
 }  // namespace portrait_engine
@@ -330,4 +294,6 @@ TORCH_LIBRARY_IMPL(portrait_engine, CUDA, m) {
          &portrait_engine::skinning::forward_kinematics_backward_cuda);
   m.impl("skin_points_forward", &portrait_engine::skinning::skin_points_forward_cuda);
   m.impl("skin_points_backward", &portrait_engine::skinning::skin_points_backward_cuda);
+  m.impl("blend_shapes_forward", &portrait_engine::skinning::blend_shapes_forward_cuda);
+  m.impl("blend_shapes_backward", &portrait_engine::skinning::blend_shapes_backward_cuda);
 }

@@ -1,8 +1,9 @@
 """Linear blend skinning: the public ops ``lbs`` and ``skin_points``, registration, autograd.
 
 ``lbs`` is ``smplx.lbs.lbs`` (same arguments, results and gradients) built from two fused
-kernels under the dense blend-shape products (which stay ``torch.matmul``: GEMMs that BLAS /
-cuBLAS already run at peak):
+kernels under the dense blend-shape products (``torch`` GEMMs for Triton; for the native
+backend the ``blend_shapes`` op: cuBLAS on a GPU, on the CPU register-tiled kernels over
+column slices, since the BLAS runs lbs's small-K / few-row shapes far below its peak):
 
 * ``forward_kinematics``: Rodrigues of every joint, the chain of global transforms along the
   kinematic tree and the relative transforms, in one launch (one program per batch element
@@ -175,6 +176,55 @@ register_pair(
 )
 _FK_NATIVE = register_native_pair(
     "forward_kinematics_forward", "forward_kinematics_backward", **_FK_REGISTRATION
+)
+
+
+# blend_shapes (native only): base (1 or B, C), coeffs (B, F), dirs (F, C), contiguous, one
+#   dtype; returns base + coeffs @ dirs (B, C). The backward returns (grad_coeffs (B, F),
+#   grad_dirs (F, C), or an empty tensor when dirs_grad is False: model tensors without grad,
+#   as in GAN training, skip their (F, C) gradient); base's gradient is grad_out itself.
+
+
+def _blend_fake_forward(base, coeffs, dirs):
+    return coeffs.new_empty((coeffs.shape[0], dirs.shape[1]))
+
+
+def _blend_fake_backward(grad_out, coeffs, dirs, dirs_grad):
+    return coeffs.new_empty(coeffs.shape), dirs.new_empty(dirs.shape if dirs_grad else (0,))
+
+
+def _blend_setup_context(ctx, inputs, output):
+    base, coeffs, dirs = inputs
+    ctx.save_for_backward(coeffs, dirs)
+    ctx.base_rows = base.shape[0]
+
+
+def _blend_make_autograd(backward_op):
+    def backward(ctx, grad_out):
+        coeffs, dirs = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dirs_grad = ctx.needs_input_grad[2]
+        grad_coeffs, grad_dirs = backward_op(grad_out, coeffs, dirs, dirs_grad)
+        if ctx.base_rows != grad_out.shape[0]:  # a base shared by the batch
+            grad_base = grad_out.sum(0, keepdim=True)
+        else:
+            grad_base = grad_out
+        return grad_base, grad_coeffs, grad_dirs if dirs_grad else None
+
+    return backward
+
+
+# the batch from which the CPU blend_shapes kernel slices its products (kBlendSliceMinBatch in
+# csrc/skinning/skinning_cpu.cpp); below it the kernel runs one BLAS call per product
+_CPU_SLICED_BLEND_BATCH = 8
+
+_BLEND_NATIVE = register_native_pair(
+    "blend_shapes_forward",
+    "blend_shapes_backward",
+    fake_forward=_blend_fake_forward,
+    fake_backward=_blend_fake_backward,
+    setup_context=_blend_setup_context,
+    make_backward=_blend_make_autograd,
 )
 
 
@@ -413,7 +463,20 @@ def lbs(
     # v_shaped = T + Σ β_l S_l as one (B, V·3) product (smplx's einsum becomes a batched
     # product over badly strided operands, the larger cost on the CPU)
     template = v_template.reshape(-1, num_verts * 3)
-    if template.shape[0] in (1, betas.shape[0]):
+    native_blend = name == "native" and _BLEND_NATIVE
+    if (
+        native_blend
+        and template.shape[0] in (1, betas.shape[0])
+        and betas.device.type == "cpu"
+        and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
+    ):
+        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size) for the CPU kernel's
+        # sliced products: the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB
+        # output, far below its peak. Smaller batches gain nothing over the copy's cost.
+        v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
+            template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+        )
+    elif template.shape[0] in (1, betas.shape[0]):
         v_shaped = torch.addmm(template, betas, shape_dirs.t())
     else:  # a batch of templates for one betas row
         v_shaped = template + torch.mm(betas, shape_dirs.t())
@@ -424,9 +487,15 @@ def lbs(
         # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
         # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
         # is made nor differentiated through
-        regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
-        regressed_template = torch.matmul(J_regressor, v_template)  # (J, 3) or (B, J, 3)
-        regressed_offsets = torch.mm(betas, regressed_dirs.view(num_joints * 3, -1).t())
+        if v_template.dim() == 2:
+            # one product 𝒥 [T | S] (J, 3 + 3·NB): BLAS runs an N = 3 product far below speed
+            template_and_dirs = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
+            regressed = torch.mm(J_regressor, template_and_dirs)
+            regressed_template, regressed_dirs = regressed[:, :3], regressed[:, 3:]
+        else:
+            regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
+            regressed_template = torch.matmul(J_regressor, v_template)  # (B, J, 3)
+        regressed_offsets = torch.mm(betas, regressed_dirs.reshape(num_joints * 3, -1).t())
         joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
     joints = joints.expand(batch, -1, -1)
     if pose2rot:
@@ -438,7 +507,14 @@ def lbs(
     )
     ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
     pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
-    # v_posed = v_shaped + P vec(R - I), the add fused into the product
-    v_posed = torch.addmm(v_shaped, pose_feature, posedirs).view(batch, num_verts, 3)
+    # v_posed = v_shaped + P vec(R - I), the add fused into the product (native: BLAS products
+    # over column slices, csrc/skinning/skinning_cpu.cpp says why)
+    if native_blend:
+        v_posed = torch.ops.portrait_engine.blend_shapes_forward(
+            v_shaped, pose_feature, posedirs.contiguous()
+        )
+    else:
+        v_posed = torch.addmm(v_shaped, pose_feature, posedirs)
+    v_posed = v_posed.view(batch, num_verts, 3)
     vertices = _skin_op(name)(v_posed, lbs_weights.unsqueeze(0).contiguous(), transforms, False)
     return vertices, posed_joints

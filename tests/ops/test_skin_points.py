@@ -77,6 +77,22 @@ def test_matches_float64_oracle(backend, inverse, shared, dtype):
         assert_close(g, w.to(dtype), dtype, scale=10)
 
 
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_weights_large_batch_matches_float64_oracle(inverse, dtype):
+    """The native CPU backward's per-chunk path (shared weights, B >= 8): several 256-point
+    chunks and a partial one."""
+    ok, reason = pe.backend_status("cpu", NATIVE_OP)["native"]
+    if not ok:
+        pytest.skip(reason)
+    inputs = make_inputs(batch=9, count=600, joints=7, dtype=dtype)
+    got = run("native", *inputs, inverse=inverse)
+    want = run("oracle", *inputs, inverse=inverse)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w.to(dtype), dtype, scale=10)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_bottom_row_is_not_read_and_gets_zero_gradient(backend):
     points, weights, transforms = make_inputs()

@@ -1,0 +1,119 @@
+"""lbs's native pose-blend-shape kernels (``blend_shapes_{forward,backward}``), and lbs at a mesh
+large enough that those kernels split the vertices into several column slices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import portrait_engine as pe
+from tests.helpers import assert_close
+from tests.ops.test_lbs import DIFFERENTIABLE, make_inputs, run
+
+_OK, _REASON = pe.backend_status("cpu", "blend_shapes_forward")["native"]
+pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
+
+# 1100 columns: two full 512-column slices of the CPU kernel and a partial one
+COLUMNS = 1100
+FEATURES = 23
+
+
+def blend_inputs(batch, base_rows, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(base_rows, COLUMNS, generator=generator).to(dtype)
+    coeffs = torch.randn(batch, FEATURES, generator=generator).to(dtype)
+    dirs = torch.randn(FEATURES, COLUMNS, generator=generator).to(dtype)
+    return base, coeffs, dirs
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each)
+@pytest.mark.parametrize(("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1)])
+@pytest.mark.parametrize("dirs_grad", [True, False])
+def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad):
+    base, coeffs, dirs = blend_inputs(batch, base_rows, dtype)
+    ops = torch.ops.portrait_engine
+    out = ops.blend_shapes_forward(base, coeffs, dirs)
+    b, k, d = base.double(), coeffs.double(), dirs.double()
+    assert_close(out, torch.addmm(b, k, d), dtype)
+    grad = torch.randn(batch, COLUMNS, dtype=dtype)
+    grad_coeffs, grad_dirs = ops.blend_shapes_backward(grad, coeffs, dirs, dirs_grad)
+    # grad_coeffs sums 1100 products of unit normals (|sum| ~ 33) by slices: fp32 rounding of
+    # such a sum is ~ 33 * 1e-7 * sqrt(1100), above the 1e-5 absolute tolerance near zero
+    assert_close(grad_coeffs, grad.double() @ d.t(), dtype, scale=10)
+    if dirs_grad:
+        assert_close(grad_dirs, k.t() @ grad.double(), dtype)
+    else:
+        assert grad_dirs.numel() == 0
+
+
+@pytest.mark.parametrize("dirs_grad", [True, False])
+def test_opcheck_blend_shapes(dirs_grad):
+    base, coeffs, dirs = blend_inputs(9, 1, torch.float32)
+    ops = torch.ops.portrait_engine
+    args = (base.requires_grad_(), coeffs.requires_grad_(), dirs.requires_grad_(dirs_grad))
+    torch.library.opcheck(ops.blend_shapes_forward, args)
+    grad = torch.randn(9, COLUMNS)
+    torch.library.opcheck(
+        ops.blend_shapes_backward, (grad, coeffs.detach(), dirs.detach(), dirs_grad)
+    )
+
+
+def test_gradcheck_blend_shapes_float64():
+    base, coeffs, dirs = blend_inputs(9, 1, torch.float64)
+    leaves = [x.requires_grad_() for x in (base, coeffs, dirs)]
+    # fast mode (random projections of the Jacobian): the full one has ~36k input columns
+    assert torch.autograd.gradcheck(
+        torch.ops.portrait_engine.blend_shapes_forward, leaves, fast_mode=True
+    )
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("model_grads", [True, False])
+def test_lbs_on_a_mesh_of_several_slices_matches_smplx(batch, model_grads):
+    # 20 x 24 rings: 482 vertices, 1446 blend-shape columns (three slices)
+    inputs = make_inputs(batch=batch, rings=20, around=24)
+    if not model_grads:  # GAN training: only betas and pose need gradients
+        got = _run_pose_only("native", inputs)
+        want = _run_pose_only("smplx", inputs)
+    else:
+        got = run("native", inputs)
+        want = run("smplx", inputs)
+    for g, w in zip(got, want, strict=True):
+        # as test_lbs: fp32 sums of many products in another order than smplx's
+        assert_close(g, w, torch.float32, scale=10)
+
+
+def _run_pose_only(backend, inputs):
+    import smplx.lbs
+
+    from portrait_engine.ops import lbs
+
+    leaves = [x.detach().clone().requires_grad_(i in (0, 1)) for i, x in enumerate(inputs)]
+    if backend == "smplx":
+        vertices, joints = smplx.lbs.lbs(*leaves)
+    else:
+        vertices, joints = lbs(*leaves, backend=backend)
+    generator = torch.Generator().manual_seed(1)
+    gv = torch.randn(vertices.shape, generator=generator)
+    gj = torch.randn(joints.shape, generator=generator)
+    torch.autograd.backward([vertices, joints], [gv, gj])
+    assert all(leaves[i].grad is None for i in DIFFERENTIABLE if i > 1)
+    return [vertices.detach(), joints.detach(), leaves[0].grad, leaves[1].grad]
+
+
+def test_lbs_on_two_threads_matches_smplx():
+    """The CPU kernels run their BLAS slices on worker threads, whose dispatch state is not the
+    caller's: with model tensors that require grad, that must still work (and agree)."""
+    inputs = make_inputs(batch=9, rings=20, around=24)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = run("native", inputs)
+    finally:
+        torch.set_num_threads(before)
+    want = run("smplx", inputs)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, torch.float32, scale=10)
