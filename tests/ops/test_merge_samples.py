@@ -101,8 +101,9 @@ def test_kernels_match_reference_forward_and_backward(backend, dtype):
 def test_large_outputs_are_written_in_full(backend):
     # 384 rays x (48 + 48) samples x 64 channels: the merged values (9.4 MiB) and the value
     # gradients (4.7 MiB each) are above the 4 MiB threshold of csrc/cpu_memory.h's huge-page
-    # allocation; the depths (0.1 MiB) below it. Every element is still written, in the same permutation as the
-    # reference's stable sort, ties included (some second-set depths repeat first-set ones).
+    # allocation; the depths (0.1 MiB) below it. Every element is still written, in the same
+    # permutation as the reference's stable sort, ties included (some second-set depths repeat
+    # first-set ones).
     depths1, depths2, values1, values2 = make_inputs(
         batch=1, rays=384, first=48, second=48, channels=(64,), seed=21
     )
