@@ -21,9 +21,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_math.h"
+
 // blend_shapes' AVX-512 kernels: compiled with a per-function target attribute (the rest of the
-// extension is built for baseline x86-64) and chosen at run time by __builtin_cpu_supports.
-#if defined(__x86_64__) && defined(__GNUC__)
+// extension is built for baseline x86-64) and chosen at run time by cpu_math::cpu_isa(), the
+// dispatch the other CPU kernels use (PORTRAIT_ENGINE_CPU_ISA caps it).
+#if PE_HAVE_ISA_CLONES
 #include <immintrin.h>
 #define PE_AVX512_BLEND 1
 #endif
@@ -539,8 +542,7 @@ __attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, cons
 }
 
 bool blend_avx512(const at::Tensor& t) {
-  static const bool available = __builtin_cpu_supports("avx512f");
-  return available && t.scalar_type() == at::kFloat;
+  return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
 }
 #endif
 

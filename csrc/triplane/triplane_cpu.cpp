@@ -32,8 +32,8 @@ namespace triplane {
 namespace {
 
 
-// Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The gathers and scatters
-// are random accesses into planes far larger than L2, so they are latency bound; issuing the
+// Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The
+// gathers and scatters are random accesses into planes far larger than L2, so they are latency bound; issuing the
 // next point's cache lines while the current point is processed hides most of that latency.
 constexpr int64_t kPrefetchDistance = 2;  // points ahead
 
@@ -67,6 +67,27 @@ inline void prefetch_point(const target_t* target, const scalar_t* points_ptr, c
 #endif
 }
 
+// The points [begin, end) of one parallel_for task, in order: body(i, b, n, px, py, pz) for
+// each, after prefetching (for reading) the corner texels of the point kPrefetchDistance ahead.
+// The walk of the forward and of the backward's points pass.
+template <typename scalar_t, typename acc_t, typename Body>
+inline void for_each_point(const scalar_t* planes_ptr, const scalar_t* points_ptr,
+                           const acc_t* proj_ptr, int64_t begin, int64_t end, int64_t N, int64_t P,
+                           const Geometry& geo, bool trilinear, Body&& body) {
+  for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
+    prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P, geo,
+                                           trilinear);
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kPrefetchDistance < end) {
+      prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
+                                             i + kPrefetchDistance, N, P, 0, P, geo, trilinear);
+    }
+    body(i, i / N, i % N, static_cast<acc_t>(points_ptr[i * 3 + 0]),
+         static_cast<acc_t>(points_ptr[i * 3 + 1]), static_cast<acc_t>(points_ptr[i * 3 + 2]));
+  }
+}
+
 // Points per parallel_for chunk: about 16k channel-corner products per chunk.
 int64_t point_grain(const Sizes& z, bool trilinear) {
   const int64_t work = std::max<int64_t>(1, z.P * num_corners(trilinear) * z.geo.C);
@@ -91,20 +112,8 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
   at::parallel_for(0, z.B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc_buffer(C);
     acc_t* acc = acc_buffer.data();
-    for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
-      prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P,
-                                             geo, trilinear);
-    }
-    for (int64_t i = begin; i < end; ++i) {
-      if (i + kPrefetchDistance < end) {
-        prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
-                                               i + kPrefetchDistance, N, P, 0, P, geo,
-                                               trilinear);
-      }
-      const int64_t b = i / N, n = i % N;
-      const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
-      const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
-      const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
+    for_each_point(planes_ptr, points_ptr, proj_ptr, begin, end, N, P, geo, trilinear,
+                   [&](int64_t i, int64_t b, int64_t n, acc_t px, acc_t py, acc_t pz) {
       if (reduce_mean) fill(acc, acc_t(0), C);
       for (int64_t p = 0; p < P; ++p) {
         if (!reduce_mean) fill(acc, acc_t(0), C);
@@ -129,7 +138,7 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
         scalar_t* dst = out_ptr + i * C;
         for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c] * inv_p);
       }
-    }
+    });
   });
 }
 
@@ -164,20 +173,8 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const a
     at::parallel_for(0, B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> g_buffer(C);
       acc_t* g = g_buffer.data();
-      for (int64_t i = begin; i < std::min(end, begin + kPrefetchDistance); ++i) {
-        prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr, i, N, P, 0, P,
-                                               geo, trilinear);
-      }
-      for (int64_t i = begin; i < end; ++i) {
-        if (i + kPrefetchDistance < end) {
-          prefetch_point<scalar_t, acc_t, false>(planes_ptr, points_ptr, proj_ptr,
-                                                 i + kPrefetchDistance, N, P, 0, P, geo,
-                                                 trilinear);
-        }
-        const int64_t b = i / N, n = i % N;
-        const acc_t px = static_cast<acc_t>(points_ptr[i * 3 + 0]);
-        const acc_t py = static_cast<acc_t>(points_ptr[i * 3 + 1]);
-        const acc_t pz = static_cast<acc_t>(points_ptr[i * 3 + 2]);
+      for_each_point(planes_ptr, points_ptr, proj_ptr, begin, end, N, P, geo, trilinear,
+                     [&](int64_t i, int64_t b, int64_t n, acc_t px, acc_t py, acc_t pz) {
         acc_t out0 = 0, out1 = 0, out2 = 0;
         for (int64_t p = 0; p < P; ++p) {
           if (p == 0 || !reduce_mean) {
@@ -205,7 +202,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const a
         gpoints_ptr[i * 3 + 0] = out0;
         gpoints_ptr[i * 3 + 1] = out1;
         gpoints_ptr[i * 3 + 2] = out2;
-      }
+      });
     });
   }
 

@@ -31,7 +31,11 @@ def blend_inputs(batch, base_rows, dtype, seed=0):
 # 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each)
 @pytest.mark.parametrize(("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1)])
 @pytest.mark.parametrize("dirs_grad", [True, False])
-def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad):
+# avx2 caps the run-time choice below the AVX-512 kernels: the per-slice BLAS path of a CPU
+# without AVX-512 (the widest path this CPU has otherwise)
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, isa, monkeypatch):
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
     base, coeffs, dirs = blend_inputs(batch, base_rows, dtype)
     ops = torch.ops.portrait_engine
     out = ops.blend_shapes_forward(base, coeffs, dirs)
