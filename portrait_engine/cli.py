@@ -254,6 +254,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 
     config = BenchConfig(
         ops=args.ops or list(OPS),
+        shapes=args.shapes,
         device=args.device,
         dtypes=args.dtype,
         providers=args.providers,
@@ -351,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, build flags, backends per device, GPUs")
     b = sub.add_parser("bench", help="time every op on every backend against the reference")
     b.add_argument("ops", nargs="*", help="ops to time (default: all)")
+    b.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="GLOB",
+        help="time only the cases whose size name matches one of these globs (e.g. '*-b4-128*')",
+    )
     b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     b.add_argument(
         "--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"]

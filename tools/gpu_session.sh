@@ -48,19 +48,28 @@ export PYTHONFAULTHANDLER=1
 timeout 60 python3 -m portrait_engine.cli info >"$W/info.txt" 2>&1
 
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
-# 1. the ops of the open issues (#3 rays and importance sampling, #4 skinning), eager vs ours
-step bench_ops 85 "${BENCH[@]}" --out "$W/bench/ops" \
-  ray_march sample_importance merge_samples ray_sample lbs skin_points mesh_deform \
-  render_rays renderer triplane_sample attention_pool --providers torch triton native
-# 2. the cuda tests, on 8 processes sharing the GPU
-step pytest 110 python3 -m pytest -m cuda -q --maxfail=300 -n 8 -p no:cacheprovider \
+# 1. the cuda tests first (correctness before speed), on 8 processes sharing the GPU; -v so
+#    that a run stopped by its time share still names every test it finished
+step pytest 150 python3 -m pytest -m cuda -v --maxfail=300 -n 8 -p no:cacheprovider \
   --continue-on-collection-errors --timeout 120 --junitxml="$W/pytest.xml" tests
-# 3. torch.compile for the same ops, then the model steps with every provider
+# 2. the issues' sizes not yet timed on a GPU: the whole renderer (#3), mesh_deform (#4), the
+#    fused render at B=4 128², tri-plane sampling and attention pooling; eager vs ours
+step bench_ops 110 "${BENCH[@]}" --out "$W/bench/ops" \
+  renderer mesh_deform render_rays triplane_sample attention_pool \
+  --shapes eg3d portrait-128x128x48-f20k '*-b4-128x128' eg3d-triplane panohead-trigrid \
+  fr-7x7 fr-14x14 --providers torch triton native
+# 3. torch.compile of the same renderer and of the ops whose compile row is missing
 step bench_compile 90 "${BENCH[@]}" --out "$W/bench/compile" \
-  ray_march sample_importance merge_samples lbs skin_points renderer triplane_sample \
+  renderer render_rays lbs skin_points sample_importance merge_samples triplane_sample \
+  --shapes eg3d 'triplane-b4-128x128' smpl-b32 smpl-b1 samples-inverse eg3d-triplane \
   --providers torch_compile
+# 4. where the CUDA render kernel's time goes: Nsight Compute on one forward+backward
+step ncu_render 50 ncu --clock-control none --section SpeedOfLight --section LaunchStats \
+  --section Occupancy --section MemoryWorkloadAnalysis -k regex:render_ -c 4 \
+  python3 tools/run_case.py render_rays triplane-b4-64x64 native --iters 1
+# 5. the model steps at paper size, every provider
 step bench_models 200 "${BENCH[@]}" --out "$W/bench/models" \
-  portrait_gan_train_step generator ri_train_step margin_head renderer_unfused
+  portrait_gan_train_step generator --shapes paper
 
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"
 tar -C /tmp -czf "$OUT/session.tar.gz" gpu_session
@@ -83,4 +92,6 @@ EOF
 echo "=== smoke"; cut -c1-300 "$W/smoke.log" | grep -v "^  File" | head -40; head -12 "$W/info.txt"
 echo "=== build"; grep -E " error|Error" "$W/build.log" | head -20; tail -2 "$W/build.log"
 echo "=== pytest"; grep -E "^(FAILED|ERROR)" "$W/pytest.log" | cut -c1-220 | head -40; tail -3 "$W/pytest.log"
+echo "passed $(grep -c ' PASSED ' "$W/pytest.log") failed $(grep -c ' FAILED ' "$W/pytest.log") skipped $(grep -c ' SKIPPED ' "$W/pytest.log")"
+echo "=== ncu"; grep -E "render_|Duration|Memory Throughput|Compute \(SM\)|Registers|Local|Achieved Occ|Theoretical Occ|Block Size|Grid Size|==ERR|==WARN" "$W/ncu_render.log" 2>/dev/null | cut -c1-160 | head -60
 echo "=== steps"; cat "$W/steps.txt"

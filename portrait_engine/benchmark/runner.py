@@ -11,6 +11,7 @@ gets an ``error`` row, and the other providers are timed with an ``unchecked`` n
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import math
 import os
 import platform
@@ -36,6 +37,7 @@ MAX_ROTATING_SETS = 8
 @dataclass
 class BenchConfig:
     ops: list[str] = field(default_factory=lambda: list(OPS))
+    shapes: list[str] | None = None  # glob patterns on the case names; None: every case
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     providers: list[str] = field(default_factory=lambda: list(PROVIDERS))
@@ -431,6 +433,8 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
 
     for op in config.ops:
         for case in OPS[op](config.resolved_quick()):
+            if config.shapes and not any(fnmatch.fnmatch(case.shape, p) for p in config.shapes):
+                continue
             rows.extend(run_case(case, config, ceil, progress))
             if partial is not None:  # what a run stopped part-way leaves: a valid result
                 partial.write_text(schema.dumps({**result_so_far(), "partial": True}))
