@@ -47,7 +47,16 @@ export PYTHONFAULTHANDLER=1
   echo ">>> $code"; timeout 60 python3 -c "$code" 2>&1 | tail -25; done; } >"$W/smoke.log" 2>&1
 timeout 60 python3 -m portrait_engine.cli info >"$W/info.txt" 2>&1
 
+# TESTS_ONLY="paths or node ids": a second, shorter lease that runs only those tests (with
+# tracebacks) after the build, and no benchmarks
+if [ -n "${TESTS_ONLY:-}" ]; then
+  # shellcheck disable=SC2086
+  step pytest $((TOTAL)) python3 -m pytest -m cuda -v --tb=short -n 8 -p no:cacheprovider \
+    --timeout 120 --junitxml="$W/pytest.xml" $TESTS_ONLY
+  SKIP_BENCH=1
+fi
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
+if [ -z "${SKIP_BENCH:-}" ]; then
 # 1. the cuda tests first (correctness before speed), on 8 processes sharing the GPU; -v so
 #    that a run stopped by its time share still names every test it finished
 step pytest 150 python3 -m pytest -m cuda -v --maxfail=300 -n 8 -p no:cacheprovider \
@@ -70,6 +79,7 @@ step ncu_render 50 ncu --clock-control none --section SpeedOfLight --section Lau
 # 5. the model steps at paper size, every provider
 step bench_models 200 "${BENCH[@]}" --out "$W/bench/models" \
   portrait_gan_train_step generator --shapes paper
+fi
 
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"
 tar -C /tmp -czf "$OUT/session.tar.gz" gpu_session
