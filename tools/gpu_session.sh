@@ -50,9 +50,9 @@ timeout 60 python3 -m portrait_engine.cli info >"$W/info.txt" 2>&1
 # TESTS_ONLY="paths or node ids": a second, shorter lease that runs only those tests (with
 # tracebacks) after the build, and no benchmarks
 if [ -n "${TESTS_ONLY:-}" ]; then
-  # shellcheck disable=SC2086
-  step pytest $((TOTAL)) python3 -m pytest -m cuda -v --tb=short -n 8 -p no:cacheprovider \
-    --timeout 120 --junitxml="$W/pytest.xml" $TESTS_ONLY
+  eval "set -- $TESTS_ONLY"  # shell words: quote a -k expression that has spaces
+  step pytest "$TOTAL" python3 -m pytest -m cuda -v --tb=short -n 8 -p no:cacheprovider \
+    --timeout 120 --junitxml="$W/pytest.xml" "$@"
   SKIP_BENCH=1
 fi
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
