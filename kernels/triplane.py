@@ -189,15 +189,13 @@ def _gather_corners(acc, plane_ptr, col, texels, strides, mask_n, mask_c, TRILIN
         w = wx * wy
         if TRILINEAR:
             w = w * wz
-        # a NaN weight (non-finite coordinate) must not poison the sum: 0 * NaN
-        w = tl.where(ok, w, 0.0)
         row = _texel_offset(xi, yi, zi, strides, TRILINEAR)
-        v = tl.load(
-            plane_ptr + row[:, None] + col[None, :],
-            mask=ok[:, None] & mask_c[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        acc += w[:, None] * v
+        ok2 = ok[:, None] & mask_c[None, :]
+        v = tl.load(plane_ptr + row[:, None] + col[None, :], mask=ok2, other=0.0).to(tl.float32)
+        # a NaN weight (non-finite coordinate) must not poison the sum: 0 * NaN. The select
+        # is on the (N, C) tile: Triton 3.6's layout pass rejected the (N,) select here in the
+        # fused render kernels (tri-grid, BLOCK_R = 16; 'arith.select' shape mismatch)
+        acc += tl.where(ok2, w[:, None] * v, 0.0)
     return acc
 
 
@@ -560,7 +558,10 @@ def _blocks(n_points: int, channels: int, backward: bool) -> tuple[int, int, int
     if backward:
         block_n = max(4, min(64, 512 // block_c))
     else:
-        block_n = max(8, min(128, (2048 if even else 1024) // block_c))
+        # 1024 // C for a power-of-two C: 2048 // C spilled at C = 32 (BLOCK_N = 64: 255
+        # registers, 104 B of spills with Triton 3.6, 4.4 KB with 3.9); BLOCK_N = 32 compiles
+        # to 152 registers and no spills (tools/check_triton_compile.py --kernels triplane)
+        block_n = max(8, min(128, 1024 // block_c))
     return block_n, block_c, 4
 
 

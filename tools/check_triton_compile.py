@@ -6,6 +6,12 @@ about registers; this runs the real pipeline (AST -> TTIR -> TTGIR -> LLVM -> PT
 instructions in the SASS. Run it without ``TRITON_INTERPRET``::
 
     python tools/check_triton_compile.py --planes bf16 --warps 8 --rays 16
+    python tools/check_triton_compile.py --kernels triplane attention_pool
+
+It found two things the interpreter cannot: Triton 3.6 (the GPU machine's) rejected the fused
+render kernels' tri-grid gather (a layout-pass failure, fixed in kernels/triplane.py), and it
+turns a broadcast multiply + sum over an axis into a tensor-core dot (TF32 for fp32): the
+"MMA" column of this report shows where.
 
 Exits non-zero when a kernel fails to compile.
 """
@@ -59,31 +65,41 @@ def _ptxas_report(bin_dir: str, ptx: str) -> tuple[str, collections.Counter]:
         sass = subprocess.run(
             [os.path.join(bin_dir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True
         ).stdout
-    return info, collections.Counter(re.findall(r"\b(H?G?MMA[.A-Z0-9]*)", sass))
+    return info, collections.Counter(re.findall(r"\b(H?G?MMA\.[.A-Z0-9]+)", sass))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--planes", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--warps", type=int, default=8)
-    parser.add_argument("--rays", type=int, default=16, help="BLOCK_R")
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--out", type=int, default=32)
-    parser.add_argument("--triplane", action="store_true", help="bilinear (default: tri-grid)")
-    parser.add_argument("--deterministic", action="store_true")
-    args = parser.parse_args()
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("unset TRITON_INTERPRET: the interpreter does not compile", file=sys.stderr)
-        return 2
-
+def _compile(fn, constexprs: dict, pointer_types: dict, floats: tuple, warps: int, bin_dir: str):
+    """Compile ``fn`` for sm_90 and print its ptxas figures; returns whether it compiled."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    names = [p.name for p in fn.params]
+    values = {(names.index(k),): v for k, v in constexprs.items() if k in names}
+    sig = _signature(fn, pointer_types, floats)
+    start = time.time()
+    label = fn.__name__ + " " + " ".join(f"{k}={v}" for k, v in constexprs.items())
+    try:
+        kernel = triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=values),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": warps, "num_stages": 1},
+        )
+    except Exception as error:  # noqa: BLE001 -- report every kernel, then fail
+        print(f"{label}: FAILED to compile: {error}")
+        return False
+    info, mma = _ptxas_report(bin_dir, kernel.asm["ptx"])
+    print(
+        f"{label} warps={warps}: compiled in {time.time() - start:.0f} s, "
+        f"shared {kernel.metadata.shared} B; {info}; "
+        + (", ".join(f"{n} x{c}" for n, c in sorted(mma.items())) or "no tensor-core ops")
+    )
+    return True
+
+
+def _render(args, bin_dir: str) -> bool:
     from portrait_engine.kernels import render
 
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     constexprs = dict(
         P=3,
         TRILINEAR=not args.triplane,
@@ -93,36 +109,87 @@ def main() -> int:
         SCALE_RGB=True,
         FULL_WEIGHTS=True,
         HALF_DOT=args.planes != "fp32",
-        DOT_PRECISION="tf32",
+        DOT_PRECISION=args.precision,
         BLOCK_R=args.rays,
         BLOCK_C=render._pow2(args.channels),
         BLOCK_H=render._pow2(args.hidden),
         BLOCK_O=render._pow2(args.out),
         DETERMINISTIC=args.deterministic,
     )
-    failed = False
+    ok = True
     for fn in (render._render_forward_kernel, render._render_backward_kernel):
-        names = [p.name for p in fn.params]
-        values = {(names.index(k),): v for k, v in constexprs.items() if k in names}
-        sig = _signature(fn, {"planes_ptr": "*" + args.planes}, ("crop_limit",))
-        start = time.time()
-        try:
-            kernel = triton.compile(
-                ASTSource(fn=fn, signature=sig, constexprs=values),
-                target=GPUTarget("cuda", 90, 32),
-                options={"num_warps": args.warps, "num_stages": 1},
-            )
-        except Exception as error:  # noqa: BLE001 -- report every kernel, then fail
-            print(f"{fn.__name__}: FAILED to compile: {error}")
-            failed = True
-            continue
-        info, mma = _ptxas_report(bin_dir, kernel.asm["ptx"])
-        print(
-            f"{fn.__name__}: compiled in {time.time() - start:.0f} s, "
-            f"shared {kernel.metadata.shared} B; {info}; "
-            + (", ".join(f"{n} x{c}" for n, c in sorted(mma.items())) or "no tensor-core ops")
+        ok &= _compile(
+            fn, constexprs, {"planes_ptr": "*" + args.planes}, ("crop_limit",), args.warps, bin_dir
         )
-    return 1 if failed else 0
+    return ok
+
+
+def _triplane(args, bin_dir: str) -> bool:
+    """The tri-plane sampling kernels at the launcher's blocks for C = 32, 33 and 96."""
+    from portrait_engine.kernels import triplane
+
+    ok = True
+    for channels in (32, 33, 96):
+        for backward, fn in ((False, triplane._triplane_forward_kernel),
+                             (True, triplane._triplane_backward_kernel)):
+            # the interpreter branch of _blocks is not taken here (no TRITON_INTERPRET)
+            block_n, block_c, warps = triplane._blocks(16384, channels, backward)
+            constexprs = dict(
+                P=3,
+                trilinear=not args.triplane,
+                reduce_mean=True,
+                nan_propagate=False,
+                BLOCK_N=block_n,
+                BLOCK_C=block_c,
+                EVEN_C=block_c == channels,
+            )
+            types = {"planes_ptr": "*" + args.planes, "out_ptr": "*" + args.planes}
+            ok &= _compile(fn, constexprs, types, (), warps, bin_dir)
+    return ok
+
+
+def _attention_pool(args, bin_dir: str) -> bool:
+    """The attention-pool kernels at the launcher's blocks for K = 1, 4, 11 maps."""
+    from portrait_engine.kernels import attention_pool as ap
+
+    ok = True
+    for maps in (1, 4, 11):
+        for backward, fn in ((False, ap._attention_pool_forward_kernel),
+                             (True, ap._attention_pool_backward_kernel)):
+            block_k, block_c, block_l, warps = ap._blocks(maps, 512, 49, backward)
+            constexprs = dict(BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_L=block_l)
+            ok &= _compile(fn, constexprs, {}, (), warps, bin_dir)
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--kernels", nargs="+", default=["render"], choices=["render", "triplane", "attention_pool"]
+    )
+    parser.add_argument("--planes", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--warps", type=int, default=8)
+    parser.add_argument("--rays", type=int, default=16, help="BLOCK_R")
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--out", type=int, default=32)
+    parser.add_argument("--precision", default="tf32", choices=("tf32", "ieee"))
+    parser.add_argument("--triplane", action="store_true", help="bilinear (default: tri-grid)")
+    parser.add_argument("--deterministic", action="store_true")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: the interpreter does not compile", file=sys.stderr)
+        return 2
+
+    import triton
+
+    print(f"triton {triton.__version__}")
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    checks = {"render": _render, "triplane": _triplane, "attention_pool": _attention_pool}
+    ok = True
+    for name in args.kernels:
+        ok &= checks[name](args, bin_dir)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -57,7 +57,11 @@ def test_gpu_lbs_float64_and_bfloat16(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_gpu_skin_points(backend, inverse, shared, dtype):
     _require(backend, "skin_points_forward")
-    inputs = test_skin_points.make_inputs(batch=3, count=5000, joints=24, shared=shared)
+    # the inverse is checked on well-conditioned blends (make_inputs's "star"): along a 24-joint
+    # chain, condition numbers near 1e4 amplify float32 rounding past 1e-5 on any backend (on
+    # an H200 and on the CPU alike) and overflow float16
+    tree = "star" if inverse else "chain"
+    inputs = test_skin_points.make_inputs(batch=3, count=5000, joints=24, shared=shared, tree=tree)
     inputs = [t.to(dtype).cuda() for t in inputs]
     got = test_skin_points.run(backend, *inputs, inverse=inverse)
     want = test_skin_points.run("oracle", *inputs, inverse=inverse)
