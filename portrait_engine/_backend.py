@@ -30,8 +30,13 @@ AUTO_ORDER = {
 # Per-op exceptions to AUTO_ORDER, (device type, native op) -> order, from measurements:
 # ray_march on an H200 (benchmarks/results/NVIDIA-H200/full.md, B=4 128^2 rays, C=32,
 # forward+backward): Triton 1.07 ms vs CUDA 1.20 ms at 48 samples, 1.68 vs 2.34 ms at 96.
+# render_rays (the fused renderer) on the same H200 (the `renderer` case: ImportanceRenderer
+# fwd+bwd, B=4 128^2 rays, 48+48 samples, EG3D planes): Triton 22.6 ms vs CUDA 36.5 ms; the
+# CUDA backward (one thread per ray, decoder-weight gradients through per-sample atomics) took
+# 65.6 ms of a 64^2-ray case under Nsight Compute (logs-2026-11-26b/ncu_render.log).
 AUTO_ORDER_BY_OP = {
     ("cuda", "ray_march_forward"): ("triton", "native", "torch"),
+    ("cuda", "render_rays_forward"): ("triton", "native", "torch"),
 }
 
 _state = threading.local()

@@ -142,6 +142,9 @@ def test_auto_takes_the_per_op_order_where_one_is_measured(monkeypatch):
     cuda = torch.device("cuda")
     # ray_march: Triton measured faster than the CUDA kernel on an H200
     assert pe._backend.resolve("auto", cuda, "ray_march_forward") == "triton"
+    # render_rays: the fused Triton renderer measured faster than the CUDA one on an H200
+    assert pe._backend.resolve("auto", cuda, "render_rays_forward") == "triton"
+    assert pe._backend.resolve("auto", torch.device("cpu"), "render_rays_forward") == "native"
     assert pe._backend.resolve("auto", cuda, "triplane_sample_forward") == "native"
     assert pe._backend.resolve("auto", torch.device("cpu"), "ray_march_forward") == "native"
     # an explicit choice is kept
