@@ -57,26 +57,24 @@ if [ -n "${TESTS_ONLY:-}" ]; then
 fi
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
 if [ -z "${SKIP_BENCH:-}" ]; then
+# The plan, from the 2026-11-26 sessions: on 8 processes the whole `cuda` suite (about 670
+# tests, each compiling its Triton kernels) needs more than 150 s; one renderer case with three
+# providers took most of 110 s; torch.compile of the renderer alone took more than 90 s.
 # 1. the cuda tests first (correctness before speed), on 8 processes sharing the GPU; -v so
 #    that a run stopped by its time share still names every test it finished
-step pytest 150 python3 -m pytest -m cuda -v --maxfail=300 -n 8 -p no:cacheprovider \
+step pytest 240 python3 -m pytest -m cuda -v --maxfail=300 -n 8 -p no:cacheprovider \
   --continue-on-collection-errors --timeout 120 --junitxml="$W/pytest.xml" tests
-# 2. the issues' sizes not yet timed on a GPU: the whole renderer (#3), mesh_deform (#4), the
-#    fused render at B=4 128², tri-plane sampling and attention pooling; eager vs ours
-step bench_ops 110 "${BENCH[@]}" --out "$W/bench/ops" \
-  renderer mesh_deform render_rays triplane_sample attention_pool \
-  --shapes eg3d portrait-128x128x48-f20k '*-b4-128x128' eg3d-triplane panohead-trigrid \
-  fr-7x7 fr-14x14 --providers torch triton native
-# 3. torch.compile of the same renderer and of the ops whose compile row is missing
-step bench_compile 90 "${BENCH[@]}" --out "$W/bench/compile" \
-  renderer render_rays lbs skin_points sample_importance merge_samples triplane_sample \
-  --shapes eg3d 'triplane-b4-128x128' smpl-b32 smpl-b1 samples-inverse eg3d-triplane \
-  --providers torch_compile
-# 4. where the CUDA render kernel's time goes: Nsight Compute on one forward+backward
-step ncu_render 50 ncu --clock-control none --section SpeedOfLight --section LaunchStats \
-  --section Occupancy --section MemoryWorkloadAnalysis -k regex:render_ -c 4 \
-  python3 tools/run_case.py render_rays triplane-b4-64x64 native --iters 1
-# 5. the model steps at paper size, every provider
+# 2. the issues' sizes not yet timed on a GPU, eager vs ours: mesh_deform (#4), the fused
+#    render at B=4 128², tri-plane sampling, attention pooling (the renderer: logs-2026-11-26b)
+step bench_ops 150 "${BENCH[@]}" --out "$W/bench/ops" \
+  mesh_deform render_rays triplane_sample attention_pool \
+  --shapes portrait-128x128x48-f20k 'triplane-b4-128x128' eg3d-triplane panohead-trigrid \
+  fr-7x7 --providers torch triton native
+# 3. torch.compile rows still missing (the renderer's last: its compile is the slowest)
+step bench_compile 120 "${BENCH[@]}" --out "$W/bench/compile" \
+  lbs skin_points sample_importance merge_samples triplane_sample renderer \
+  --shapes smpl-b32 smpl-b1 samples-inverse eg3d eg3d-triplane --providers torch_compile
+# 4. the model steps at paper size, every provider
 step bench_models 200 "${BENCH[@]}" --out "$W/bench/models" \
   portrait_gan_train_step generator --shapes paper
 fi
