@@ -552,15 +552,14 @@ def _blocks(n_points: int, channels: int, backward: bool) -> tuple[int, int, int
         return max(block_n, 16), block_c, 4
     # GPU (sizes checked with ptxas for sm_90: no spills, <= ~200 registers, trilinear): the
     # unrolled corners keep several gathers in flight per thread, so tiles stay modest.
-    # Uneven C gathers element by element (no vector loads) and needs more registers than a
-    # power-of-two C; backward also holds the upstream-gradient tile and the atomics.
-    even = block_c == channels
+    # Backward also holds the upstream-gradient tile and the atomics.
     if backward:
         block_n = max(4, min(64, 512 // block_c))
     else:
-        # 1024 // C for a power-of-two C: 2048 // C spilled at C = 32 (BLOCK_N = 64: 255
-        # registers, 104 B of spills with Triton 3.6, 4.4 KB with 3.9); BLOCK_N = 32 compiles
-        # to 152 registers and no spills (tools/check_triton_compile.py --kernels triplane)
+        # 1024 // BLOCK_C for any C. A power-of-two C once had 2048 // C, which spilled at
+        # C = 32 (BLOCK_N = 64: 255 registers, 104 B of spills with Triton 3.6, 4.4 KB with
+        # 3.9); BLOCK_N = 32 compiles to 152 registers and no spills on 3.6
+        # (tools/check_triton_compile.py --kernels triplane). Not yet timed on a GPU.
         block_n = max(8, min(128, 1024 // block_c))
     return block_n, block_c, 4
 

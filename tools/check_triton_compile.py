@@ -130,8 +130,10 @@ def _triplane(args, bin_dir: str) -> bool:
 
     ok = True
     for channels in (32, 33, 96):
-        for backward, fn in ((False, triplane._triplane_forward_kernel),
-                             (True, triplane._triplane_backward_kernel)):
+        for backward, fn in (
+            (False, triplane._triplane_forward_kernel),
+            (True, triplane._triplane_backward_kernel),
+        ):
             # the interpreter branch of _blocks is not taken here (no TRITON_INTERPRET)
             block_n, block_c, warps = triplane._blocks(16384, channels, backward)
             constexprs = dict(
@@ -154,8 +156,10 @@ def _attention_pool(args, bin_dir: str) -> bool:
 
     ok = True
     for maps in (1, 4, 11):
-        for backward, fn in ((False, ap._attention_pool_forward_kernel),
-                             (True, ap._attention_pool_backward_kernel)):
+        for backward, fn in (
+            (False, ap._attention_pool_forward_kernel),
+            (True, ap._attention_pool_backward_kernel),
+        ):
             block_k, block_c, block_l, warps = ap._blocks(maps, 512, 49, backward)
             constexprs = dict(BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_L=block_l)
             ok &= _compile(fn, constexprs, {}, (), warps, bin_dir)
