@@ -88,5 +88,19 @@ inline void check_ray_sample(const at::Tensor& cam2world, const at::Tensor& intr
   TORCH_CHECK(resolution > 0, "ray_sample (", side.tag, "): resolution must be positive");
 }
 
+inline void check_ray_sample_grads(const at::Tensor& grad_origins,
+                                   const at::Tensor& grad_directions, const at::Tensor& cam2world,
+                                   int64_t resolution, const KernelSide& side) {
+  for (const at::Tensor* g : {&grad_origins, &grad_directions}) {
+    TORCH_CHECK(g->dim() == 3 && g->size(0) == cam2world.size(0) &&
+                    g->size(1) == resolution * resolution && g->size(2) == 3 &&
+                    g->is_contiguous() && on_side(*g, cam2world, side) &&
+                    g->scalar_type() == cam2world.scalar_type(),
+                "ray_sample backward (", side.tag,
+                "): grad_origins and grad_directions must be contiguous (B, resolution^2, 3) "
+                "tensors of cam2world's dtype and device");
+  }
+}
+
 }  // namespace rays
 }  // namespace portrait_engine

@@ -200,14 +200,26 @@ HOST_DEVICE PE_INLINE acc_t grad_x(acc_t e, acc_t p, acc_t dtau, acc_t gamma, ac
 // centre u = (col + 0.5) / res, v = (row + 0.5) / res. m: the 12 first entries of the row-major
 // cam2world; k: fx, sk, cx, fy, cy. F.normalize: divided by max(|d|, 1e-12).
 template <typename acc_t>
-HOST_DEVICE PE_INLINE void ray_direction(const acc_t* m, acc_t fx, acc_t sk, acc_t cx, acc_t fy,
-                                         acc_t cy, int64_t row, int64_t col, int64_t res,
-                                         acc_t* out) {
+struct PixelPoint {
+  acc_t v, x, y;  // the pixel centre's row coordinate and its camera-space (x, y)
+};
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE PixelPoint<acc_t> pixel_point(acc_t fx, acc_t sk, acc_t cx, acc_t fy,
+                                                    acc_t cy, int64_t row, int64_t col,
+                                                    int64_t res) {
   const acc_t inv = acc_t(1) / static_cast<acc_t>(res);
   const acc_t u = static_cast<acc_t>(col) * inv + acc_t(0.5) * inv;
   const acc_t v = static_cast<acc_t>(row) * inv + acc_t(0.5) * inv;
-  const acc_t x = (u - cx + cy * sk / fy - sk * v / fy) / fx;
-  const acc_t y = (v - cy) / fy;
+  return {v, (u - cx + cy * sk / fy - sk * v / fy) / fx, (v - cy) / fy};
+}
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE void ray_direction(const acc_t* m, acc_t fx, acc_t sk, acc_t cx, acc_t fy,
+                                         acc_t cy, int64_t row, int64_t col, int64_t res,
+                                         acc_t* out) {
+  const PixelPoint<acc_t> p = pixel_point(fx, sk, cx, fy, cy, row, col, res);
+  const acc_t x = p.x, y = p.y;
   const acc_t d0 = m[0] * x + m[1] * y + m[2];
   const acc_t d1 = m[4] * x + m[5] * y + m[6];
   const acc_t d2 = m[8] * x + m[9] * y + m[10];
@@ -216,6 +228,62 @@ HOST_DEVICE PE_INLINE void ray_direction(const acc_t* m, acc_t fx, acc_t sk, acc
   out[0] = d0 / norm;
   out[1] = d1 / norm;
   out[2] = d2 / norm;
+}
+
+// ray_sample's backward, one ray's share: the closed-form gradients of ray_direction (those of
+// portrait_engine/ops/rays.py's _ray_sample_backward, summed over rays by the caller). With
+// p = (x, y, 1), d = R p, n = max(|d|, 1e-12), unit = d / n:
+// dL/dd = (g_d - unit <unit, g_d>) / n; dL/dR += dL/dd p^T; dL/dt += g_o; dL/dp = R^T dL/dd,
+// chained through x(fx, sk, cx, fy, cy) and y(fy, cy). acc: the kSampleGrads running sums,
+// dL/dR row-major (9), dL/dt (3), dL/d(fx, sk, cx, fy, cy) (5).
+constexpr int kSampleGrads = 17;
+
+template <typename acc_t>
+HOST_DEVICE PE_INLINE void ray_sample_grad(const acc_t* m, acc_t fx, acc_t sk, acc_t cx, acc_t fy,
+                                           acc_t cy, int64_t row, int64_t col, int64_t res,
+                                           const acc_t* g_o, const acc_t* g_d, acc_t* acc) {
+  const PixelPoint<acc_t> p = pixel_point(fx, sk, cx, fy, cy, row, col, res);
+  const acc_t v = p.v, x = p.x, y = p.y;
+  const acc_t d[3] = {m[0] * x + m[1] * y + m[2], m[4] * x + m[5] * y + m[6],
+                      m[8] * x + m[9] * y + m[10]};
+  acc_t norm = sqrt_of(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  norm = norm > acc_t(1e-12) ? norm : acc_t(1e-12);
+  const acc_t unit[3] = {d[0] / norm, d[1] / norm, d[2] / norm};
+  const acc_t along = unit[0] * g_d[0] + unit[1] * g_d[1] + unit[2] * g_d[2];
+  acc_t gd[3];
+  for (int r = 0; r < 3; ++r) {
+    gd[r] = (g_d[r] - unit[r] * along) / norm;
+    acc[3 * r + 0] += gd[r] * x;
+    acc[3 * r + 1] += gd[r] * y;
+    acc[3 * r + 2] += gd[r];
+    acc[9 + r] += g_o[r];
+  }
+  const acc_t gx = m[0] * gd[0] + m[4] * gd[1] + m[8] * gd[2];
+  const acc_t gy = m[1] * gd[0] + m[5] * gd[1] + m[9] * gd[2];
+  acc[12] += gx * (-x / fx);
+  acc[13] += gx * (cy - v) / (fy * fx);
+  acc[14] += -gx / fx;
+  acc[15] += gx * (-sk * (cy - v) / (fy * fy * fx)) - gy * y / fy;
+  acc[16] += gx * sk / (fy * fx) - gy / fy;
+}
+
+// Writes one batch element's kSampleGrads sums into its (4, 4) cam2world gradient (rotation
+// and translation columns; the bottom row has none) and (3, 3) intrinsics gradient (fx, sk, cx,
+// fy, cy), every other entry zero.
+template <typename acc_t, typename scalar_t>
+HOST_DEVICE PE_INLINE void write_sample_grads(const acc_t* acc, scalar_t* grad_m,
+                                              scalar_t* grad_k) {
+  for (int j = 0; j < 16; ++j) grad_m[j] = scalar_t(0);
+  for (int r = 0; r < 3; ++r) {
+    for (int c = 0; c < 3; ++c) grad_m[4 * r + c] = static_cast<scalar_t>(acc[3 * r + c]);
+    grad_m[4 * r + 3] = static_cast<scalar_t>(acc[9 + r]);
+  }
+  for (int j = 0; j < 9; ++j) grad_k[j] = scalar_t(0);
+  grad_k[0] = static_cast<scalar_t>(acc[12]);
+  grad_k[1] = static_cast<scalar_t>(acc[13]);
+  grad_k[2] = static_cast<scalar_t>(acc[14]);
+  grad_k[4] = static_cast<scalar_t>(acc[15]);
+  grad_k[5] = static_cast<scalar_t>(acc[16]);
 }
 
 }  // namespace rays

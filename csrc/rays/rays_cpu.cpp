@@ -1,4 +1,4 @@
-// CPU kernels of portrait_engine::ray_march_{forward,backward} and ray_sample_forward
+// CPU kernels of portrait_engine::ray_march_{forward,backward} and ray_sample_{forward,backward}
 // (contract: docs/kernel_contract_rays.md; shared math: rays.h).
 //
 // ray_march: at::parallel_for over the rays; a task owns whole rays, so there is no reduction
@@ -515,6 +515,66 @@ std::tuple<at::Tensor, at::Tensor> ray_sample_forward_cpu(const at::Tensor& cam2
   return {origins, directions};
 }
 
+// The backward's rays are summed in fixed chunks (one thread's serial sum each), then the
+// chunks in order: the result does not depend on the number of threads.
+constexpr int64_t kSampleChunk = 2048;
+
+std::tuple<at::Tensor, at::Tensor> ray_sample_backward_cpu(const at::Tensor& grad_origins,
+                                                           const at::Tensor& grad_directions,
+                                                           const at::Tensor& cam2world,
+                                                           const at::Tensor& intrinsics,
+                                                           int64_t resolution) {
+  check_ray_sample(cam2world, intrinsics, resolution, kCpuSide);
+  check_ray_sample_grads(grad_origins, grad_directions, cam2world, resolution, kCpuSide);
+  const int64_t B = cam2world.size(0), M = resolution * resolution;
+  at::Tensor grad_m = new_output({B, 4, 4}, cam2world.options());
+  at::Tensor grad_k = new_output({B, 3, 3}, intrinsics.options());
+  if (B == 0) return {grad_m, grad_k};
+  const int64_t chunks = (M + kSampleChunk - 1) / kSampleChunk;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, cam2world.scalar_type(), "ray_sample_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* m_ptr = cam2world.data_ptr<scalar_t>();
+        const scalar_t* k_ptr = intrinsics.data_ptr<scalar_t>();
+        const scalar_t* go_ptr = grad_origins.data_ptr<scalar_t>();
+        const scalar_t* gd_ptr = grad_directions.data_ptr<scalar_t>();
+        std::vector<acc_t> partial(static_cast<size_t>(B * chunks * kSampleGrads), acc_t(0));
+        at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t b = task / chunks, first = (task % chunks) * kSampleChunk;
+            const int64_t last = std::min(M, first + kSampleChunk);
+            acc_t m[12];
+            for (int j = 0; j < 12; ++j) m[j] = static_cast<acc_t>(m_ptr[b * 16 + j]);
+            const scalar_t* k = k_ptr + b * 9;
+            const acc_t fx = k[0], sk = k[1], cx = k[2], fy = k[4], cy = k[5];
+            acc_t* acc = partial.data() + task * kSampleGrads;
+            for (int64_t pixel = first; pixel < last; ++pixel) {
+              const int64_t idx = (b * M + pixel) * 3;
+              const acc_t g_o[3] = {static_cast<acc_t>(go_ptr[idx]),
+                                    static_cast<acc_t>(go_ptr[idx + 1]),
+                                    static_cast<acc_t>(go_ptr[idx + 2])};
+              const acc_t g_d[3] = {static_cast<acc_t>(gd_ptr[idx]),
+                                    static_cast<acc_t>(gd_ptr[idx + 1]),
+                                    static_cast<acc_t>(gd_ptr[idx + 2])};
+              ray_sample_grad(m, fx, sk, cx, fy, cy, pixel / resolution, pixel % resolution,
+                              resolution, g_o, g_d, acc);
+            }
+          }
+        });
+        scalar_t* gm = grad_m.data_ptr<scalar_t>();
+        scalar_t* gk = grad_k.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < B; ++b) {
+          acc_t total[kSampleGrads] = {};
+          for (int64_t c = 0; c < chunks; ++c) {
+            const acc_t* acc = partial.data() + (b * chunks + c) * kSampleGrads;
+            for (int j = 0; j < kSampleGrads; ++j) total[j] += acc[j];
+          }
+          write_sample_grads(total, gm + b * 16, gk + b * 9);
+        }
+      });
+  return {grad_m, grad_k};
+}
+
 }  // namespace
 }  // namespace rays
 }  // namespace portrait_engine
@@ -523,4 +583,5 @@ TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
   m.impl("ray_march_forward", &portrait_engine::rays::ray_march_forward_cpu);
   m.impl("ray_march_backward", &portrait_engine::rays::ray_march_backward_cpu);
   m.impl("ray_sample_forward", &portrait_engine::rays::ray_sample_forward_cpu);
+  m.impl("ray_sample_backward", &portrait_engine::rays::ray_sample_backward_cpu);
 }

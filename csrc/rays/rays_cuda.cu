@@ -1,4 +1,4 @@
-// CUDA kernels of portrait_engine::ray_march_{forward,backward} and ray_sample_forward
+// CUDA kernels of portrait_engine::ray_march_{forward,backward} and ray_sample_{forward,backward}
 // (contract: docs/kernel_contract_rays.md; shared math: rays.h).
 //
 // ray_march: a group of G lanes (8 or 32, within one warp) owns a ray; lane l holds channels
@@ -9,7 +9,7 @@
 // the backward's ⟨g, c_mid⟩ per sample is a butterfly of log2(G) shuffles within the group.
 // No atomics, no shared memory: results are deterministic. Index math is int64.
 //
-// ray_sample: one thread per (batch element, pixel).
+// ray_sample: one thread per (batch element, pixel); its backward, see ray_sample_backward_kernel.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -334,6 +334,106 @@ std::tuple<at::Tensor, at::Tensor> ray_march_backward_cuda(
   return {grad_colors, grad_densities};
 }
 
+// ray_sample backward: block (chunk, b) sums its kSampleChunk rays' kSampleGrads gradient terms
+// (a strided serial sum per thread, then a fixed shuffle + shared-memory tree) into one partial;
+// a second kernel adds each batch element's partials in chunk order. No atomics: deterministic.
+constexpr int64_t kSampleChunk = 4096;
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    ray_sample_backward_kernel(const scalar_t* __restrict__ grad_origins,
+                               const scalar_t* __restrict__ grad_directions,
+                               const scalar_t* __restrict__ cam2world,
+                               const scalar_t* __restrict__ intrinsics,
+                               acc_t* __restrict__ partial, int64_t resolution) {
+  __shared__ acc_t s_sums[kThreads / 32][kSampleGrads];
+  const int64_t b = blockIdx.y, chunk = blockIdx.x, pixels = resolution * resolution;
+  acc_t m[12];
+#pragma unroll
+  for (int j = 0; j < 12; ++j) m[j] = static_cast<acc_t>(cam2world[b * 16 + j]);
+  const scalar_t* k = intrinsics + b * 9;
+  const acc_t fx = static_cast<acc_t>(k[0]), sk = static_cast<acc_t>(k[1]);
+  const acc_t cx = static_cast<acc_t>(k[2]), fy = static_cast<acc_t>(k[4]);
+  const acc_t cy = static_cast<acc_t>(k[5]);
+  acc_t acc[kSampleGrads];
+#pragma unroll
+  for (int j = 0; j < kSampleGrads; ++j) acc[j] = acc_t(0);
+  const int64_t last = min(pixels, (chunk + 1) * kSampleChunk);
+  for (int64_t pixel = chunk * kSampleChunk + threadIdx.x; pixel < last; pixel += kThreads) {
+    const int64_t idx = (b * pixels + pixel) * 3;
+    const acc_t g_o[3] = {static_cast<acc_t>(grad_origins[idx]),
+                          static_cast<acc_t>(grad_origins[idx + 1]),
+                          static_cast<acc_t>(grad_origins[idx + 2])};
+    const acc_t g_d[3] = {static_cast<acc_t>(grad_directions[idx]),
+                          static_cast<acc_t>(grad_directions[idx + 1]),
+                          static_cast<acc_t>(grad_directions[idx + 2])};
+    ray_sample_grad(m, fx, sk, cx, fy, cy, pixel / resolution, pixel % resolution, resolution,
+                    g_o, g_d, acc);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int j = 0; j < kSampleGrads; ++j) {
+    acc_t v = acc[j];
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) s_sums[warp][j] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < kSampleGrads) {
+    acc_t total = acc_t(0);
+    for (int w = 0; w < kThreads / 32; ++w) total += s_sums[w][threadIdx.x];
+    partial[(b * gridDim.x + chunk) * kSampleGrads + threadIdx.x] = total;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void ray_sample_finish_kernel(const acc_t* __restrict__ partial, int64_t batch,
+                                         int64_t chunks, scalar_t* __restrict__ grad_m,
+                                         scalar_t* __restrict__ grad_k) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  acc_t total[kSampleGrads];
+  for (int j = 0; j < kSampleGrads; ++j) total[j] = acc_t(0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int j = 0; j < kSampleGrads; ++j) total[j] += partial[(b * chunks + c) * kSampleGrads + j];
+  }
+  write_sample_grads(total, grad_m + b * 16, grad_k + b * 9);
+}
+
+std::tuple<at::Tensor, at::Tensor> ray_sample_backward_cuda(const at::Tensor& grad_origins,
+                                                            const at::Tensor& grad_directions,
+                                                            const at::Tensor& cam2world,
+                                                            const at::Tensor& intrinsics,
+                                                            int64_t resolution) {
+  const c10::cuda::CUDAGuard guard(cam2world.device());
+  check_ray_sample(cam2world, intrinsics, resolution, kCudaSide);
+  check_ray_sample_grads(grad_origins, grad_directions, cam2world, resolution, kCudaSide);
+  const int64_t B = cam2world.size(0), M = resolution * resolution;
+  at::Tensor grad_m = new_output({B, 4, 4}, cam2world.options());
+  at::Tensor grad_k = new_output({B, 3, 3}, intrinsics.options());
+  if (B == 0) return {grad_m, grad_k};
+  TORCH_CHECK(B <= 65535, "ray_sample backward (cuda): at most 65535 cameras per call");
+  const int64_t chunks = ceil_div(M, kSampleChunk);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(cam2world.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, cam2world.scalar_type(), "ray_sample_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        at::Tensor partial = at::empty({B, chunks, kSampleGrads},
+                                       cam2world.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(B));
+        ray_sample_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+            grad_origins.data_ptr<scalar_t>(), grad_directions.data_ptr<scalar_t>(),
+            cam2world.data_ptr<scalar_t>(), intrinsics.data_ptr<scalar_t>(),
+            partial.data_ptr<acc_t>(), resolution);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const auto blocks = static_cast<unsigned int>(ceil_div(B, kThreads));
+        ray_sample_finish_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+            partial.data_ptr<acc_t>(), B, chunks, grad_m.data_ptr<scalar_t>(),
+            grad_k.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return {grad_m, grad_k};
+}
+
 std::tuple<at::Tensor, at::Tensor> ray_sample_forward_cuda(const at::Tensor& cam2world,
                                                            const at::Tensor& intrinsics,
                                                            int64_t resolution) {
@@ -364,4 +464,5 @@ TORCH_LIBRARY_IMPL(portrait_engine, CUDA, m) {
   m.impl("ray_march_forward", &portrait_engine::rays::ray_march_forward_cuda);
   m.impl("ray_march_backward", &portrait_engine::rays::ray_march_backward_cuda);
   m.impl("ray_sample_forward", &portrait_engine::rays::ray_sample_forward_cuda);
+  m.impl("ray_sample_backward", &portrait_engine::rays::ray_sample_backward_cuda);
 }

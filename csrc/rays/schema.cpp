@@ -11,4 +11,7 @@ TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
       "Tensor colors, Tensor densities, Tensor depths, Tensor depth_range, Tensor totals, "
       "bool white_back, bool scale_rgb) -> (Tensor, Tensor)");
   m.def("ray_sample_forward(Tensor cam2world, Tensor intrinsics, int resolution) -> (Tensor, Tensor)");
+  m.def(
+      "ray_sample_backward(Tensor grad_origins, Tensor grad_directions, Tensor cam2world, "
+      "Tensor intrinsics, int resolution) -> (Tensor, Tensor)");
 }

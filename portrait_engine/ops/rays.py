@@ -341,21 +341,45 @@ def _setup_sample_context(ctx, inputs, output):
     ctx.resolution = resolution
 
 
-def _sample_autograd(ctx, grad_origins, grad_directions):
-    cam2world, intrinsics = ctx.saved_tensors
-    grad_m, grad_k = _ray_sample_backward(
-        grad_origins, grad_directions, cam2world, intrinsics, ctx.resolution
-    )
-    return grad_m, grad_k, None
+def _make_sample_autograd(native: bool):
+    """The backward of a ray_sample forward op: the C++ kernel's (``ray_sample_backward``, one
+    pass over the rays) after the native forward, the closed form in torch ops otherwise."""
+
+    def backward(ctx, grad_origins, grad_directions):
+        cam2world, intrinsics = ctx.saved_tensors
+        if native:
+            grad_m, grad_k = torch.ops.portrait_engine.ray_sample_backward(
+                grad_origins.contiguous(),
+                grad_directions.contiguous(),
+                cam2world,
+                intrinsics,
+                ctx.resolution,
+            )
+        else:
+            grad_m, grad_k = _ray_sample_backward(
+                grad_origins, grad_directions, cam2world, intrinsics, ctx.resolution
+            )
+        return grad_m, grad_k, None
+
+    return backward
+
+
+def _fake_sample_backward(grad_origins, grad_directions, cam2world, intrinsics, resolution):
+    return cam2world.new_empty(cam2world.shape), intrinsics.new_empty(intrinsics.shape)
 
 
 for _name in ("ray_sample_triton_forward", "ray_sample_forward"):
-    if _name == "ray_sample_forward" and not _extension.has_op(_name):
+    _native = _name == "ray_sample_forward"
+    if _native and not _extension.has_op(_name):
         continue
     torch.library.register_fake(f"portrait_engine::{_name}")(_fake_sample_forward)
     torch.library.register_autograd(
-        f"portrait_engine::{_name}", _sample_autograd, setup_context=_setup_sample_context
+        f"portrait_engine::{_name}",
+        _make_sample_autograd(_native and _extension.has_op("ray_sample_backward")),
+        setup_context=_setup_sample_context,
     )
+if _extension.has_op("ray_sample_backward"):
+    torch.library.register_fake("portrait_engine::ray_sample_backward")(_fake_sample_backward)
 
 
 # --------------------------------------------------------------------------------------------
