@@ -28,8 +28,12 @@ def blend_inputs(batch, base_rows, dtype, seed=0):
 
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each)
-@pytest.mark.parametrize(("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1)])
+# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each); from 16
+# rows its AVX-512 grad_coeffs is the outer-product form over the batch padded to 16 lanes: 17
+# (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
+@pytest.mark.parametrize(
+    ("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1), (17, 1), (40, 40)]
+)
 @pytest.mark.parametrize("dirs_grad", [True, False])
 # avx2 caps the run-time choice below the AVX-512 kernels: the per-slice BLAS path of a CPU
 # without AVX-512 (the widest path this CPU has otherwise)
@@ -74,7 +78,7 @@ def test_gradcheck_blend_shapes_float64():
 
 
 @pytest.mark.usefixtures("poison_outputs")
-@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("batch", [1, 9, 32])
 @pytest.mark.parametrize("model_grads", [True, False])
 def test_lbs_on_a_mesh_of_several_slices_matches_smplx(batch, model_grads):
     # 20 x 24 rings: 482 vertices, 1446 blend-shape columns (three slices)
