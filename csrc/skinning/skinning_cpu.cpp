@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "skinning/checks.h"
@@ -132,6 +133,58 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
 // (384 KiB at SMPL's B = 32: within L2), enough that a product's call overhead is small.
 constexpr int64_t kBlendChunk = 256;
 
+#if defined(PE_AVX512_BLEND)
+// (defined with blend_shapes below; the chunk blend reuses its register-tiled product)
+__attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
+    float* out, int64_t rows, int64_t K, int64_t C, int64_t c0, int64_t width);
+bool blend_avx512(const at::Tensor& t);
+
+// M (12 values) = sum_j w[j] A[j][:3, :]: a joint's 4x4 storage is one 16-lane vector (the
+// bottom row is blended too, and dropped), so a point's blend is J FMAs, in four chains (the
+// scalar blend<T> is 12 J multiply-adds).
+__attribute__((target("avx512f"))) void blend_point_avx512(const float* w, const float* A,
+                                                          int64_t J, float M[12]) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  int64_t j = 0;
+  for (; j + 4 <= J; j += 4) {
+    for (int q = 0; q < 4; ++q) {
+      acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(w[j + q]), _mm512_loadu_ps(A + (j + q) * 16), acc[q]);
+    }
+  }
+  for (; j < J; ++j) acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(A + j * 16), acc[0]);
+  alignas(64) float sum[16];
+  _mm512_store_ps(sum, _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  for (int i = 0; i < 12; ++i) M[i] = sum[i];
+}
+#endif
+
+// Whether the float kernels may take the AVX-512 paths above (float on an AVX-512 CPU).
+bool vector_blend(const at::Tensor& transforms) {
+#if defined(PE_AVX512_BLEND)
+  return blend_avx512(transforms);
+#else
+  (void)transforms;
+  return false;
+#endif
+}
+
+// One point's blended transform: blend<T>, or for float storage with `vector` its AVX-512 form.
+template <typename T, typename scalar_t>
+void blend_point(const scalar_t* w, const scalar_t* A, int64_t J, bool vector, T M[12]) {
+#if defined(PE_AVX512_BLEND)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (vector) {
+      blend_point_avx512(w, A, J, M);
+      return;
+    }
+  }
+#endif
+  (void)vector;
+  blend<T>(w, A, J, M);
+}
+
 // Joint-major top rows of the transforms, At[j, b * 12 + k] = A[b, j, k // 4, k % 4], as a
 // (J, B * 12) tensor in the accumulation dtype.
 at::Tensor joint_major_rows(const at::Tensor& transforms) {
@@ -151,6 +204,18 @@ void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_
   const scalar_t* w = w_ptr + n0 * J;
   T* wt_ptr = wt.data_ptr<T>();
   for (int64_t i = 0; i < rows * J; ++i) wt_ptr[i] = static_cast<T>(w[i]);
+#if defined(PE_AVX512_BLEND)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    // the BLAS runs this K = J product at ~45 GFLOP/s (one core, loaded machine), the tiled
+    // kernel of blend_shapes at ~60-70
+    if (blend_avx512(At)) {
+      const int64_t R = At.size(1);
+      rows_times_matrix_all_avx512(wt_ptr, 1, J, At.data_ptr<float>(), nullptr, 0,
+                                   M.data_ptr<float>(), rows, J, R, 0, R);
+      return;
+    }
+  }
+#endif
   at::Tensor out = M.narrow(0, 0, rows);
   at::mm_out(out, wt.narrow(0, 0, rows), At);
 }
@@ -203,12 +268,13 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
     });
     return;
   }
+  const bool vector = vector_blend(transforms);
   at::parallel_for(0, B * N, std::max<int64_t>(1, 8192 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
                        const int64_t b = idx / N, n = idx % N;
                        T M[12];
-                       blend<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, M);
+                       blend_point<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, vector, M);
                        const scalar_t* p = p_ptr + idx * 3;
                        const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]),
                                         static_cast<T>(p[2])};
@@ -310,12 +376,13 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
     });
     return;
   }
+  const bool vector = vector_blend(transforms);
   at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
                        const int64_t b = idx / N, n = idx % N;
                        T M[12];
-                       blend<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, M);
+                       blend_point<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, vector, M);
                        const T pv[3] = {static_cast<T>(p_ptr[idx * 3]),
                                         static_cast<T>(p_ptr[idx * 3 + 1]),
                                         static_cast<T>(p_ptr[idx * 3 + 2])};
