@@ -38,6 +38,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "skinning/blend_shapes_cpu.h"
 #include "skinning/checks.h"
 #include "skinning/skinning.h"
 
@@ -473,9 +474,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // ------------------------------------------------------------------------------------------
 
 constexpr int64_t kBlendColumns = 512;
-// Below this batch the products are matrix-vector-like and memory-bound: one BLAS call each
-// is faster than the slices' many calls (measured at B = 1 and 32; the crossover is rough).
-constexpr int64_t kBlendSliceMinBatch = 8;
+// (kBlendSliceMinBatch, the batch from which the products are sliced: blend_shapes_cpu.h)
 
 bool blend_sliced(const at::Tensor& coeffs) {
   return (coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kDouble) &&

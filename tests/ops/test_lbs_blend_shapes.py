@@ -125,3 +125,14 @@ def test_lbs_on_two_threads_matches_smplx():
     want = run("smplx", inputs)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float32, scale=10)
+
+
+def test_front_end_reads_the_kernels_slicing_batch():
+    """lbs's front end takes the CPU kernel's slicing threshold from the extension (one
+    definition, csrc/skinning/blend_shapes_cpu.h), not from a copy that could drift."""
+    import portrait_engine._C as native
+    from portrait_engine.ops import skinning
+
+    assert isinstance(native.CPU_SLICED_BLEND_BATCH, int)
+    assert native.CPU_SLICED_BLEND_BATCH >= 1
+    assert skinning._CPU_SLICED_BLEND_BATCH == native.CPU_SLICED_BLEND_BATCH
