@@ -30,8 +30,7 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each); from 16
 # rows (and 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded
-# to 16 lanes: 17
-# (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
+# to 16 lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
 @pytest.mark.parametrize(
     ("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
