@@ -1,10 +1,11 @@
 // The Python module portrait_engine._C. It holds nothing: importing it loads the shared
 // library, whose static initialisers register the ops under torch.ops.portrait_engine
-// (csrc/ops.cpp and the TORCH_LIBRARY_IMPL blocks), and the constant BUILD_INFO (how it was
-// built), and CPU_SLICED_BLEND_BATCH (skinning/blend_shapes_cpu.h; lbs's front end reads the
-// kernel's threshold here). Plain CPython API, no <torch/extension.h>. BUILD_INFO is a module constant rather than
-// only the op's string result so that Python reads it without a std::string crossing into
-// libtorch (a mismatch of the C++ string ABI between the extension and torch crashes there).
+// (csrc/ops.cpp and the TORCH_LIBRARY_IMPL blocks), the constant BUILD_INFO (how it was built)
+// and CPU_SLICED_BLEND_BATCH (skinning/blend_shapes_cpu.h: lbs's front end reads the CPU
+// kernel's threshold here rather than keeping a copy). Plain CPython API, no
+// <torch/extension.h>. BUILD_INFO is a module constant rather than only the op's string result
+// so that Python reads it without a std::string crossing into libtorch (a mismatch of the C++
+// string ABI between the extension and torch crashes there).
 
 #include <Python.h>
 

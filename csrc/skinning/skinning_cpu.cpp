@@ -4,16 +4,19 @@
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
 // (Rodrigues, chain, relative transform) in the accumulation type.
 // skin_points forward: parallel over points, the blended transform formed per point in
-// registers (never stored). With weights shared by a batch of B > 1, the blend of a chunk of
-// points is a small (chunk, J) x (J, B * 12) product run by the BLAS (vectorised for the CPU
-// at hand; the extension itself is compiled for baseline x86-64), into a per-thread buffer of
-// kBlendChunk points: the (B, N, 12) transforms are still never stored.
+// registers (never stored; float on an AVX-512 CPU: J vector FMAs over the joints' 4x4
+// storage). With weights shared by a batch of B > 1, the blend of a chunk of points is a small
+// (chunk, J) x (J, B * 12) product (float on AVX-512: blend_shapes' register-tiled kernel;
+// otherwise the BLAS, vectorised for the CPU at hand; the extension itself is compiled for
+// baseline x86-64), into a per-thread buffer of kBlendChunk points: the (B, N, 12) transforms
+// are still never stored.
 // Backward: per point, grad_points and the gradient dM of its blended transform; the two
 // reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
 // of points on a cache-resident buffer with shared weights (skin_backward_shared), over a
 // (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
-// blend_shapes (lbs's pose blend shapes): BLAS products over column slices (see below).
+// blend_shapes (lbs's pose blend shapes): products over column slices, register-tiled AVX-512
+// kernels for float, BLAS otherwise (see below).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -151,12 +154,16 @@ __attribute__((target("avx512f"))) void blend_point_avx512(const float* w, const
   int64_t j = 0;
   for (; j + 4 <= J; j += 4) {
     for (int q = 0; q < 4; ++q) {
-      acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(w[j + q]), _mm512_loadu_ps(A + (j + q) * 16), acc[q]);
+      acc[q] =
+          _mm512_fmadd_ps(_mm512_set1_ps(w[j + q]), _mm512_loadu_ps(A + (j + q) * 16), acc[q]);
     }
   }
-  for (; j < J; ++j) acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(A + j * 16), acc[0]);
+  for (; j < J; ++j) {
+    acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(A + j * 16), acc[0]);
+  }
   alignas(64) float sum[16];
-  _mm512_store_ps(sum, _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  _mm512_store_ps(sum,
+                  _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
   for (int i = 0; i < 12; ++i) M[i] = sum[i];
 }
 #endif
@@ -754,7 +761,8 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
   const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
 #if defined(PE_AVX512_BLEND)
   // the outer-product form's partials are (F, Bp), transposed once at the end
-  const bool outer = blend_avx512(coeffs) && B >= kOuterCoeffsMinBatch && F >= kOuterCoeffsMinRows;
+  const bool outer =
+      blend_avx512(coeffs) && B >= kOuterCoeffsMinBatch && F >= kOuterCoeffsMinRows;
 #else
   const bool outer = false;
 #endif
