@@ -4,16 +4,19 @@
 // forward_kinematics: at::parallel_for over batch elements; each walks its J joints once
 // (Rodrigues, chain, relative transform) in the accumulation type.
 // skin_points forward: parallel over points, the blended transform formed per point in
-// registers (never stored). With weights shared by a batch of B > 1, the blend of a chunk of
-// points is a small (chunk, J) x (J, B * 12) product run by the BLAS (vectorised for the CPU
-// at hand; the extension itself is compiled for baseline x86-64), into a per-thread buffer of
-// kBlendChunk points: the (B, N, 12) transforms are still never stored.
+// registers (never stored; float on an AVX-512 CPU: J vector FMAs over the joints' 4x4
+// storage). With weights shared by a batch of B > 1, the blend of a chunk of points is a small
+// (chunk, J) x (J, B * 12) product (float on AVX-512: blend_shapes' register-tiled kernel;
+// otherwise the BLAS, vectorised for the CPU at hand; the extension itself is compiled for
+// baseline x86-64), into a per-thread buffer of kBlendChunk points: the (B, N, 12) transforms
+// are still never stored.
 // Backward: per point, grad_points and the gradient dM of its blended transform; the two
 // reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
 // of points on a cache-resident buffer with shared weights (skin_backward_shared), over a
 // (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
-// blend_shapes (lbs's pose blend shapes): BLAS products over column slices (see below).
+// blend_shapes (lbs's pose blend shapes): products over column slices, register-tiled AVX-512
+// kernels for float, BLAS otherwise (see below).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -35,8 +38,10 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "skinning/blend_shapes_cpu.h"
 #include "skinning/checks.h"
 #include "skinning/skinning.h"
 
@@ -132,6 +137,62 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
 // (384 KiB at SMPL's B = 32: within L2), enough that a product's call overhead is small.
 constexpr int64_t kBlendChunk = 256;
 
+#if defined(PE_AVX512_BLEND)
+// (defined with blend_shapes below; the chunk blend reuses its register-tiled product)
+__attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
+    float* out, int64_t rows, int64_t K, int64_t C, int64_t c0, int64_t width);
+bool blend_avx512(const at::Tensor& t);
+
+// M (12 values) = sum_j w[j] A[j][:3, :]: a joint's 4x4 storage is one 16-lane vector (the
+// bottom row is blended too, and dropped), so a point's blend is J FMAs, in four chains (the
+// scalar blend<T> is 12 J multiply-adds).
+__attribute__((target("avx512f"))) void blend_point_avx512(const float* w, const float* A,
+                                                          int64_t J, float M[12]) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  int64_t j = 0;
+  for (; j + 4 <= J; j += 4) {
+    for (int q = 0; q < 4; ++q) {
+      acc[q] =
+          _mm512_fmadd_ps(_mm512_set1_ps(w[j + q]), _mm512_loadu_ps(A + (j + q) * 16), acc[q]);
+    }
+  }
+  for (; j < J; ++j) {
+    acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(A + j * 16), acc[0]);
+  }
+  alignas(64) float sum[16];
+  _mm512_store_ps(sum,
+                  _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  for (int i = 0; i < 12; ++i) M[i] = sum[i];
+}
+#endif
+
+// Whether the float kernels may take the AVX-512 paths above (float on an AVX-512 CPU).
+bool vector_blend(const at::Tensor& transforms) {
+#if defined(PE_AVX512_BLEND)
+  return blend_avx512(transforms);
+#else
+  (void)transforms;
+  return false;
+#endif
+}
+
+// One point's blended transform: blend<T>, or for float storage with `vector` its AVX-512 form.
+template <typename T, typename scalar_t>
+void blend_point(const scalar_t* w, const scalar_t* A, int64_t J, bool vector, T M[12]) {
+#if defined(PE_AVX512_BLEND)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (vector) {
+      blend_point_avx512(w, A, J, M);
+      return;
+    }
+  }
+#endif
+  (void)vector;
+  blend<T>(w, A, J, M);
+}
+
 // Joint-major top rows of the transforms, At[j, b * 12 + k] = A[b, j, k // 4, k % 4], as a
 // (J, B * 12) tensor in the accumulation dtype.
 at::Tensor joint_major_rows(const at::Tensor& transforms) {
@@ -151,6 +212,18 @@ void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_
   const scalar_t* w = w_ptr + n0 * J;
   T* wt_ptr = wt.data_ptr<T>();
   for (int64_t i = 0; i < rows * J; ++i) wt_ptr[i] = static_cast<T>(w[i]);
+#if defined(PE_AVX512_BLEND)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    // the BLAS runs this K = J product at ~45 GFLOP/s (one core, loaded machine), the tiled
+    // kernel of blend_shapes at ~60-70
+    if (blend_avx512(At)) {
+      const int64_t R = At.size(1);
+      rows_times_matrix_all_avx512(wt_ptr, 1, J, At.data_ptr<float>(), nullptr, 0,
+                                   M.data_ptr<float>(), rows, J, R, 0, R);
+      return;
+    }
+  }
+#endif
   at::Tensor out = M.narrow(0, 0, rows);
   at::mm_out(out, wt.narrow(0, 0, rows), At);
 }
@@ -203,12 +276,13 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
     });
     return;
   }
+  const bool vector = vector_blend(transforms);
   at::parallel_for(0, B * N, std::max<int64_t>(1, 8192 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
                        const int64_t b = idx / N, n = idx % N;
                        T M[12];
-                       blend<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, M);
+                       blend_point<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, vector, M);
                        const scalar_t* p = p_ptr + idx * 3;
                        const T pv[3] = {static_cast<T>(p[0]), static_cast<T>(p[1]),
                                         static_cast<T>(p[2])};
@@ -310,12 +384,13 @@ void skin_backward_points(const at::Tensor& grad_out, const at::Tensor& points,
     });
     return;
   }
+  const bool vector = vector_blend(transforms);
   at::parallel_for(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(J, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t idx = begin; idx < end; ++idx) {
                        const int64_t b = idx / N, n = idx % N;
                        T M[12];
-                       blend<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, M);
+                       blend_point<T>(w_ptr + b * wb + n * J, a_ptr + b * J * 16, J, vector, M);
                        const T pv[3] = {static_cast<T>(p_ptr[idx * 3]),
                                         static_cast<T>(p_ptr[idx * 3 + 1]),
                                         static_cast<T>(p_ptr[idx * 3 + 2])};
@@ -406,9 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // ------------------------------------------------------------------------------------------
 
 constexpr int64_t kBlendColumns = 512;
-// Below this batch the products are matrix-vector-like and memory-bound: one BLAS call each
-// is faster than the slices' many calls (measured at B = 1 and 32; the crossover is rough).
-constexpr int64_t kBlendSliceMinBatch = 8;
+// (kBlendSliceMinBatch, the batch from which the products are sliced: blend_shapes_cpu.h)
 
 bool blend_sliced(const at::Tensor& coeffs) {
   return (coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kDouble) &&
@@ -518,6 +591,71 @@ __attribute__((target("avx512f"))) void dots_all_avx512(const float* x, int64_t 
   }
 }
 
+// grad_coeffs in outer-product form, for batches of kOuterCoeffsMinBatch and more: the dots
+//   above reduce every (b, f) pair horizontally and read both operands once per 4 x 4 block,
+//   ~35 GFLOP/s on one core at B = 32 against ~80 here (measured 7.8-11.9 ms vs 3.3 ms for the
+//   (32, 20670) x (20670, 207) product, standalone, loaded machine). Per slice the grad columns
+//   are transposed into gT (width, Bp), the batch padded with zeros to Bp (a multiple of 16);
+//   then out[f, b] = sum_c dirs[f, c] gT[c, b] with an R x 16Q register tile: per column c,
+//   Q vectors of gT and R broadcasts of dirs feed R * Q FMAs.
+constexpr int64_t kOuterCoeffsMinBatch = 16;  // below, the padded lanes would be half the work
+// With few dirs rows the transposition is not repaid: at F = 10 (lbs's shape blend shapes,
+// B = 32) the dots took 0.36 ms and this form 0.56 (standalone, one core, loaded machine).
+constexpr int64_t kOuterCoeffsMinRows = 32;
+
+template <int R, int Q>
+__attribute__((target("avx512f"))) void coeffs_tile_avx512(const float* gT, int64_t Bp,
+                                                          const float* dirs, int64_t C,
+                                                          float* out, int64_t f, int64_t b0,
+                                                          int64_t width) {
+  __m512 acc[R][Q];
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ps();
+  }
+  const float* d = dirs + f * C;
+  for (int64_t c = 0; c < width; ++c) {
+    __m512 g[Q];
+    for (int q = 0; q < Q; ++q) g[q] = _mm512_loadu_ps(gT + c * Bp + b0 + 16 * q);
+    for (int r = 0; r < R; ++r) {
+      const __m512 w = _mm512_set1_ps(d[r * C + c]);
+      for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_fmadd_ps(w, g[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < Q; ++q) _mm512_storeu_ps(out + (f + r) * Bp + b0 + 16 * q, acc[r][q]);
+  }
+}
+
+template <int R, int Q>
+__attribute__((target("avx512f"))) void coeffs_rows_avx512(const float* gT, int64_t Bp,
+                                                          const float* dirs, int64_t F, int64_t C,
+                                                          float* out, int64_t b0, int64_t width) {
+  int64_t f = 0;
+  for (; f + R <= F; f += R) coeffs_tile_avx512<R, Q>(gT, Bp, dirs, C, out, f, b0, width);
+  for (; f + 4 <= F; f += 4) coeffs_tile_avx512<4, Q>(gT, Bp, dirs, C, out, f, b0, width);
+  for (; f < F; ++f) coeffs_tile_avx512<1, Q>(gT, Bp, dirs, C, out, f, b0, width);
+}
+
+// out (F, Bp) = dirs[:, c0 : c0 + width] grad[:, c0 : c0 + width]^T (columns b >= B are 0);
+// gT: a (width, Bp) buffer.
+__attribute__((target("avx512f"))) void coeffs_outer_avx512(const float* grad, int64_t B,
+                                                           const float* dirs, int64_t F,
+                                                           int64_t C, int64_t c0, int64_t width,
+                                                           float* gT, float* out) {
+  const int64_t Bp = (B + 15) / 16 * 16;
+  for (int64_t b = 0; b < B; ++b) {
+    const float* g = grad + b * C + c0;
+    for (int64_t c = 0; c < width; ++c) gT[c * Bp + b] = g[c];
+  }
+  for (int64_t c = 0; c < width; ++c) {
+    for (int64_t b = B; b < Bp; ++b) gT[c * Bp + b] = 0.f;
+  }
+  const float* d = dirs + c0;
+  int64_t b0 = 0;
+  for (; b0 + 32 <= Bp; b0 += 32) coeffs_rows_avx512<8, 2>(gT, Bp, d, F, C, out, b0, width);
+  if (b0 < Bp) coeffs_rows_avx512<16, 1>(gT, Bp, d, F, C, out, b0, width);
+}
+
 // outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
 //   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
 //   line of the cold output (write-allocate), doubling the memory traffic.
@@ -621,16 +759,29 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
   }
   if (dirs_grad) grad_dirs = new_output(dirs.sizes(), dirs.options());
   const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
-  at::Tensor partial = at::empty({slices, B, F}, coeffs.options());
+#if defined(PE_AVX512_BLEND)
+  // the outer-product form's partials are (F, Bp), transposed once at the end
+  const bool outer =
+      blend_avx512(coeffs) && B >= kOuterCoeffsMinBatch && F >= kOuterCoeffsMinRows;
+#else
+  const bool outer = false;
+#endif
+  const int64_t padded = (B + 15) / 16 * 16;
+  at::Tensor partial = outer ? at::empty({slices, F, padded}, coeffs.options())
+                             : at::empty({slices, B, F}, coeffs.options());
   at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
     // worker threads do not inherit the caller's "below autograd" state, and the inputs may
     // require grad: without the guard the out= products refuse them
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    std::vector<float> transposed(outer ? kBlendColumns * padded : 0);
     for (int64_t s = begin; s < end; ++s) {
       const int64_t c0 = s * kBlendColumns, width = std::min(kBlendColumns, C - c0);
       at::Tensor part = partial[s];
 #if defined(PE_AVX512_BLEND)
-      if (blend_avx512(coeffs)) {
+      if (outer) {
+        coeffs_outer_avx512(grad_out.data_ptr<float>(), B, dirs.data_ptr<float>(), F, C, c0,
+                            width, transposed.data(), part.data_ptr<float>());
+      } else if (blend_avx512(coeffs)) {
         dots_all_avx512(grad_out.data_ptr<float>(), B, dirs.data_ptr<float>(), F,
                         part.data_ptr<float>(), C, c0, width);
       } else {
@@ -642,6 +793,7 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
       if (dirs_grad) blend_dirs_grad_slice(grad_out, coeffs, grad_dirs, c0, width);
     }
   });
+  if (outer) return {partial.sum(0).narrow(1, 0, B).t().contiguous(), grad_dirs};
   return {partial.sum(0), grad_dirs};
 }
 

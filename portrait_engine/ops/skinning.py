@@ -214,10 +214,6 @@ def _blend_make_autograd(backward_op):
     return backward
 
 
-# the batch from which the CPU blend_shapes kernel slices its products (kBlendSliceMinBatch in
-# csrc/skinning/skinning_cpu.cpp); below it the kernel runs one BLAS call per product
-_CPU_SLICED_BLEND_BATCH = 8
-
 _BLEND_NATIVE = register_native_pair(
     "blend_shapes_forward",
     "blend_shapes_backward",
@@ -226,6 +222,23 @@ _BLEND_NATIVE = register_native_pair(
     setup_context=_blend_setup_context,
     make_backward=_blend_make_autograd,
 )
+
+
+def _cpu_sliced_blend_batch() -> int | None:
+    """The batch from which the CPU blend_shapes kernel slices its products (below it the kernel
+    runs one BLAS call per product): the kernel's own constant (kBlendSliceMinBatch in
+    csrc/skinning/blend_shapes_cpu.h) as the extension publishes it. None without the op, or
+    from a build older than the constant (lbs then keeps the plain shape-blend product: same
+    values, the kernel's unsliced path)."""
+    if not _BLEND_NATIVE:
+        return None
+    import portrait_engine._C as native
+
+    value = getattr(native, "CPU_SLICED_BLEND_BATCH", None)
+    return None if value is None else int(value)
+
+
+_CPU_SLICED_BLEND_BATCH = _cpu_sliced_blend_batch()
 
 
 def _skin_op(name: str):
@@ -468,6 +481,7 @@ def lbs(
         native_blend
         and template.shape[0] in (1, betas.shape[0])
         and betas.device.type == "cpu"
+        and _CPU_SLICED_BLEND_BATCH is not None
         and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
     ):
         # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size) for the CPU kernel's

@@ -18,25 +18,31 @@ COLUMNS = 1100
 FEATURES = 23
 
 
-def blend_inputs(batch, base_rows, dtype, seed=0):
+def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
     generator = torch.Generator().manual_seed(seed)
     base = torch.randn(base_rows, COLUMNS, generator=generator).to(dtype)
-    coeffs = torch.randn(batch, FEATURES, generator=generator).to(dtype)
-    dirs = torch.randn(FEATURES, COLUMNS, generator=generator).to(dtype)
+    coeffs = torch.randn(batch, features, generator=generator).to(dtype)
+    dirs = torch.randn(features, COLUMNS, generator=generator).to(dtype)
     return base, coeffs, dirs
 
 
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each)
-@pytest.mark.parametrize(("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1)])
+# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each); from 16
+# rows (and 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded
+# to 16 lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
+@pytest.mark.parametrize(
+    ("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1), (17, 1), (40, 40)]
+)
 @pytest.mark.parametrize("dirs_grad", [True, False])
+# the outer-product grad_coeffs runs from 32 dirs rows (37: 8-row tiles, a 4-row and a 1-row one)
+@pytest.mark.parametrize("features", [FEATURES, 37])
 # avx2 caps the run-time choice below the AVX-512 kernels: the per-slice BLAS path of a CPU
 # without AVX-512 (the widest path this CPU has otherwise)
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
-def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, isa, monkeypatch):
+def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features, isa, monkeypatch):
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
-    base, coeffs, dirs = blend_inputs(batch, base_rows, dtype)
+    base, coeffs, dirs = blend_inputs(batch, base_rows, dtype, features=features)
     ops = torch.ops.portrait_engine
     out = ops.blend_shapes_forward(base, coeffs, dirs)
     b, k, d = base.double(), coeffs.double(), dirs.double()
@@ -74,7 +80,7 @@ def test_gradcheck_blend_shapes_float64():
 
 
 @pytest.mark.usefixtures("poison_outputs")
-@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("batch", [1, 9, 32])
 @pytest.mark.parametrize("model_grads", [True, False])
 def test_lbs_on_a_mesh_of_several_slices_matches_smplx(batch, model_grads):
     # 20 x 24 rings: 482 vertices, 1446 blend-shape columns (three slices)
@@ -121,3 +127,14 @@ def test_lbs_on_two_threads_matches_smplx():
     want = run("smplx", inputs)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float32, scale=10)
+
+
+def test_front_end_reads_the_kernels_slicing_batch():
+    """lbs's front end takes the CPU kernel's slicing threshold from the extension (one
+    definition, csrc/skinning/blend_shapes_cpu.h), not from a copy that could drift."""
+    import portrait_engine._C as native
+    from portrait_engine.ops import skinning
+
+    assert isinstance(native.CPU_SLICED_BLEND_BATCH, int)
+    assert native.CPU_SLICED_BLEND_BATCH >= 1
+    assert skinning._CPU_SLICED_BLEND_BATCH == native.CPU_SLICED_BLEND_BATCH

@@ -104,6 +104,27 @@ def test_shared_weights_large_batch_matches_float64_oracle(inverse, dtype):
         assert_close(g, w.to(dtype), dtype, scale=10)
 
 
+@pytest.mark.usefixtures("poison_outputs")
+# float32 on an AVX-512 CPU blends each point with J vector FMAs (B = 1, batched weights) and a
+# chunk of shared-weights points with the register-tiled product (B >= 8; B = 9's 108 columns
+# end in a partial tile); capping at avx2 runs the scalar blend and the BLAS instead
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_weights", "batched_weights"])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_native_cpu_float_paths_match_float64_oracle(isa, batch, shared, inverse, monkeypatch):
+    ok, reason = pe.backend_status("cpu", NATIVE_OP)["native"]
+    if not ok:
+        pytest.skip(reason)
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    # 7 joints: the vector blend's 4-joint steps and a remainder
+    inputs = make_inputs(batch=batch, count=600, joints=7, shared=shared, tree="star")
+    got = run("native", *inputs, inverse=inverse)
+    want = run("oracle", *inputs, inverse=inverse)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w.to(torch.float32), torch.float32, scale=10)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_bottom_row_is_not_read_and_gets_zero_gradient(backend):
     points, weights, transforms = make_inputs()
