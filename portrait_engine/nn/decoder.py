@@ -83,6 +83,10 @@ class OSGDecoder(nn.Module):
     "sigma": (B, N, 1)}`` (EG3D's interface; the directions are accepted and unused, as there).
     """
 
+    # the renderer passes per-sample directions only to decoders that read them (a subclass
+    # whose forward uses ``ray_directions`` sets this to True)
+    uses_ray_directions = False
+
     def __init__(
         self,
         n_features: int = 32,
