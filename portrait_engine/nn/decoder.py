@@ -4,7 +4,8 @@ What EG3D (Chan et al., CVPR 2022, sec. 3.2 and its released ``OSGDecoder``) spe
 
 - the features of the P planes at a point are averaged (the engine's ``triplane_sample`` with
   ``reduce="mean"`` already returns that mean; a ``(B, P, N, C)`` input is averaged here);
-- a two-layer MLP: FullyConnected(C -> 64), softplus, FullyConnected(64 -> 1 + C_out);
+- a two-layer MLP: FullyConnected(C -> 64), softplus, FullyConnected(64 -> 1 + C_out) (the
+  softplus runs on the backend in force: :func:`portrait_engine.ops.softplus`);
 - the fully-connected layers are StyleGAN2's: weights stored as ``randn / lr_mul`` and used as
   ``W · lr_mul / sqrt(in_features)``, biases (initialised to 0) used as ``b · lr_mul``
   (the equalized learning rate: the optimiser sees unit-scale parameters);
@@ -22,6 +23,8 @@ import math
 
 import torch
 from torch import nn
+
+from portrait_engine.ops import softplus
 
 HIDDEN_DIM = 64  # EG3D's decoder width
 RGB_PADDING = 0.001  # sigmoid(x) * (1 + 2 * 0.001) - 0.001
@@ -69,6 +72,14 @@ class FullyConnectedLayer(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class Softplus(nn.Module):
+    """``torch.nn.Softplus()`` (beta 1, threshold 20) on the backend in force
+    (:func:`portrait_engine.ops.softplus`; ``use_backend("torch")`` gives torch's own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softplus(x)
+
+
 class OSGDecoder(nn.Module):
     """EG3D's tri-plane decoder: ``(B, N, C)`` (or ``(B, P, N, C)``) features -> rgb, sigma.
 
@@ -100,7 +111,7 @@ class OSGDecoder(nn.Module):
         self.output_dim = output_dim
         self.net = nn.Sequential(
             FullyConnectedLayer(n_features, hidden_dim, lr_multiplier=lr_multiplier),
-            nn.Softplus(),
+            Softplus(),
             FullyConnectedLayer(hidden_dim, 1 + output_dim, lr_multiplier=lr_multiplier),
         )
 
@@ -123,4 +134,4 @@ class OSGDecoder(nn.Module):
         return {"rgb": rgb, "sigma": sigma}
 
 
-__all__ = ["FullyConnectedLayer", "OSGDecoder"]
+__all__ = ["FullyConnectedLayer", "OSGDecoder", "Softplus"]

@@ -4,6 +4,7 @@ Readable, differentiable by autograd, and written to match the published models'
 one module per op family, everything re-exported here.
 """
 
+from portrait_engine.ops.reference.activation import SOFTPLUS_THRESHOLD, softplus_reference
 from portrait_engine.ops.reference.importance import (
     importance_uniforms,
     merge_samples_reference,
@@ -45,6 +46,7 @@ from portrait_engine.ops.reference.triplane import (
 
 __all__ = [
     "CAMERA_LABEL_SIZE",
+    "SOFTPLUS_THRESHOLD",
     "TRANSMITTANCE_EPS",
     "EG3D_PLANE_AXES",
     "NAMED_PLANE_AXES",
@@ -60,6 +62,7 @@ __all__ = [
     "nearest_faces_reference",
     "point_triangle_distance2",
     "skin_points_reference",
+    "softplus_reference",
     "triangle_frames",
     "plane_axes_tensor",
     "project_onto_planes",
