@@ -27,5 +27,27 @@ inline void check_backward(const at::Tensor& grad, const at::Tensor& x, const Ke
               grad.scalar_type(), " for ", x.sizes(), " ", x.scalar_type());
 }
 
+// decoder_outputs: x (N, O), O >= 2; grad_sigma (N, 1) and grad_rgb (N, O - 1) like x.
+inline void check_decoder_outputs(const at::Tensor& x, const KernelSide& side) {
+  check_input(x, "x", x, side);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= 2, "decoder_outputs (", side.tag,
+              "): x must be (N, 1 + C_out) with C_out >= 1, got ", x.sizes());
+}
+
+inline void check_decoder_outputs_backward(const at::Tensor& grad_sigma, const at::Tensor& grad_rgb,
+                                           const at::Tensor& x, const KernelSide& side) {
+  check_decoder_outputs(x, side);
+  check_input(grad_sigma, "grad_sigma", x, side);
+  check_input(grad_rgb, "grad_rgb", x, side);
+  const int64_t n = x.size(0), o = x.size(1);
+  TORCH_CHECK(grad_sigma.dim() == 2 && grad_sigma.size(0) == n && grad_sigma.size(1) == 1 &&
+                  grad_rgb.dim() == 2 && grad_rgb.size(0) == n && grad_rgb.size(1) == o - 1 &&
+                  grad_sigma.scalar_type() == x.scalar_type() &&
+                  grad_rgb.scalar_type() == x.scalar_type(),
+              "decoder_outputs (", side.tag, "): grad_sigma (N, 1) and grad_rgb (N, C_out) must "
+              "match x ", x.sizes(), " ", x.scalar_type(), ", got ", grad_sigma.sizes(), " ",
+              grad_sigma.scalar_type(), " and ", grad_rgb.sizes(), " ", grad_rgb.scalar_type());
+}
+
 }  // namespace activation
 }  // namespace portrait_engine

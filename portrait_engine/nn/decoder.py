@@ -11,7 +11,8 @@ What EG3D (Chan et al., CVPR 2022, sec. 3.2 and its released ``OSGDecoder``) spe
   (the equalized learning rate: the optimiser sees unit-scale parameters);
 - outputs: ``sigma = x[..., :1]`` (raw; the ray marcher applies ``softplus(σ - 1)``) and
   ``rgb = sigmoid(x[..., 1:]) · (1 + 2·0.001) - 0.001`` (a sigmoid widened by 0.001 on each
-  side, so that 0 and 1 are reachable, as in MipNeRF).
+  side, so that 0 and 1 are reachable, as in MipNeRF; :func:`portrait_engine.ops.decoder_outputs`,
+  on the backend in force).
 
 The parameter names (``net.0.weight``, ``net.0.bias``, ``net.2.weight``, ``net.2.bias``) are
 EG3D's, so its released decoder weights load by name.
@@ -24,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from portrait_engine.ops import softplus
+from portrait_engine.ops import decoder_outputs, softplus
 
 HIDDEN_DIM = 64  # EG3D's decoder width
 RGB_PADDING = 0.001  # sigmoid(x) * (1 + 2 * 0.001) - 0.001
@@ -127,10 +128,10 @@ class OSGDecoder(nn.Module):
                 f"features must have shape (B, N, {self.n_features}) or (B, P, N, "
                 f"{self.n_features}), got {tuple(features.shape)}"
             )
-        sigma, x = self.net(features).split([1, self.output_dim], dim=-1)
-        # split rather than two slices: its backward is one concatenation instead of two
-        # zero-filled scatters of the (B, N, 1 + C_out) gradient
-        rgb = torch.sigmoid(x) * (1 + 2 * RGB_PADDING) - RGB_PADDING
+        # sigma = x[..., :1], rgb = sigmoid(x[..., 1:]) * (1 + 2 * RGB_PADDING) - RGB_PADDING,
+        # on the backend in force (the torch reference splits rather than slicing twice: its
+        # backward is one concatenation instead of two zero-filled scatters)
+        sigma, rgb = decoder_outputs(self.net(features))
         return {"rgb": rgb, "sigma": sigma}
 
 

@@ -1,6 +1,6 @@
-"""softplus (the OSG decoder's hidden activation): every backend against torch's softplus and
-float64, forward and backward, across the threshold, the under- and overflow, NaN and inf;
-each CPU instruction-set path; registration (opcheck) and torch.compile."""
+"""The OSG decoder's element-wise ops, softplus (hidden activation) and decoder_outputs (output
+head): every backend against float64, forward and backward, across the threshold, saturation,
+NaN and inf; each CPU instruction-set path; registration (opcheck) and torch.compile."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import portrait_engine as pe
-from portrait_engine.ops import softplus
+from portrait_engine.ops import decoder_outputs, softplus
 from tests.helpers import assert_close
 
 KERNEL_BACKENDS = [
@@ -144,6 +144,129 @@ def test_torch_compile_fullgraph(backend):
 
     def fn(t):
         return softplus(t, backend=backend).square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    (got,) = torch.autograd.grad(compiled(x), x)
+    (want,) = torch.autograd.grad(fn(x), x)
+    assert_close(got, want, torch.float32)
+
+
+# --- decoder_outputs: the OSG decoder's output head --------------------------------------------
+
+HEAD_BACKENDS = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            not pe.backend_status("cpu", "decoder_outputs_forward")[name][0],
+            reason=pe.backend_status("cpu", "decoder_outputs_forward")[name][1],
+        ),
+    )
+    for name in ("triton", "native")
+]
+HEAD_OPS = {
+    "triton": ("decoder_outputs_triton_forward", "decoder_outputs_triton_backward"),
+    "native": ("decoder_outputs_forward", "decoder_outputs_backward"),
+}
+
+
+def run_head(backend, x, grads):
+    x = x.detach().clone().requires_grad_()
+    sigma, rgb = decoder_outputs(x, backend=backend)
+    torch.autograd.backward((sigma, rgb), grads)
+    return sigma.detach(), rgb.detach(), x.grad
+
+
+def head_oracle(x, grads):
+    """float64 EG3D head: split, widened sigmoid."""
+    x64 = x.double().detach().requires_grad_()
+    sigma, colors = x64.split([1, x.shape[-1] - 1], dim=-1)
+    rgb = torch.sigmoid(colors) * (1 + 2 * 0.001) - 0.001
+    torch.autograd.backward((sigma, rgb), tuple(g.double() for g in grads))
+    return sigma.detach(), rgb.detach(), x64.grad
+
+
+def head_inputs(shape, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64) * 6
+    x.view(-1)[:4] = torch.tensor([-120.0, 120.0, 0.0, 30.0])  # saturation both ways
+    grads = (
+        torch.randn((*shape[:-1], 1), generator=generator).to(dtype),
+        torch.randn((*shape[:-1], shape[-1] - 1), generator=generator).to(dtype),
+    )
+    return x.to(dtype), grads
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", ["torch"] + HEAD_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 301, 33), (5, 2), (1, 7, 18)], ids=["eg3d", "one", "odd"])
+def test_decoder_outputs_match_float64(backend, dtype, shape):
+    x, grads = head_inputs(shape, dtype)
+    got = run_head(backend, x, grads)
+    want = head_oracle(x, grads)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype and g.shape == w.shape
+        assert_close(g, w.to(dtype), dtype)
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", [p for p in HEAD_BACKENDS if p.values[0] == "native"])
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_decoder_outputs_native_isa_paths(backend, isa, monkeypatch):
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    for shape in [(3, 97, 33), (4, 9), (2, 5, 41)]:
+        x, grads = head_inputs(shape, seed=shape[-1])
+        got = run_head(backend, x, grads)
+        want = head_oracle(x, grads)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w.float(), torch.float32)
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", HEAD_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decoder_outputs_half_precision(backend, dtype):
+    x, grads = head_inputs((3, 64, 33), dtype)
+    got = run_head(backend, x, grads)
+    want = head_oracle(x.float(), tuple(g.float() for g in grads))
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        assert_close(g, w.to(dtype), dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + HEAD_BACKENDS)
+def test_decoder_outputs_gradient_of_one_output_and_bad_input(backend):
+    x, _ = head_inputs((4, 6, 9))
+    x.requires_grad_()
+    (only_rgb,) = torch.autograd.grad(decoder_outputs(x, backend=backend)[1].sum(), x)
+    (want,) = torch.autograd.grad(decoder_outputs(x, backend="torch")[1].sum(), x)
+    assert_close(only_rgb, want, torch.float32)
+    assert torch.all(only_rgb[..., 0] == 0)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 1 \+ C_out\)"):
+        decoder_outputs(torch.zeros(3, 1), backend=backend)
+    with pytest.raises(TypeError, match="x must be"):
+        decoder_outputs(torch.zeros(3, 4, dtype=torch.int64), backend=backend)
+
+
+@pytest.mark.parametrize("backend", HEAD_BACKENDS)
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_decoder_outputs_opcheck(backend, requires_grad):
+    forward, backward = HEAD_OPS[backend]
+    x, grads = head_inputs((13, 33))
+    x.requires_grad_(requires_grad)
+    torch.library.opcheck(getattr(torch.ops.portrait_engine, forward), (x,))
+    args = (grads[0].contiguous(), grads[1].contiguous(), x.detach())
+    torch.library.opcheck(getattr(torch.ops.portrait_engine, backward), args)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + HEAD_BACKENDS)
+def test_decoder_outputs_torch_compile_fullgraph(backend):
+    x, _ = head_inputs((2, 8, 33))
+    x.requires_grad_()
+
+    def fn(t):
+        sigma, rgb = decoder_outputs(t, backend=backend)
+        return sigma.square().sum() + rgb.square().sum()
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     (got,) = torch.autograd.grad(compiled(x), x)

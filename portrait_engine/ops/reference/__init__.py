@@ -4,7 +4,11 @@ Readable, differentiable by autograd, and written to match the published models'
 one module per op family, everything re-exported here.
 """
 
-from portrait_engine.ops.reference.activation import SOFTPLUS_THRESHOLD, softplus_reference
+from portrait_engine.ops.reference.activation import (
+    SOFTPLUS_THRESHOLD,
+    decoder_outputs_reference,
+    softplus_reference,
+)
 from portrait_engine.ops.reference.importance import (
     importance_uniforms,
     merge_samples_reference,
@@ -67,6 +71,7 @@ __all__ = [
     "plane_axes_tensor",
     "project_onto_planes",
     "color_activation_reference",
+    "decoder_outputs_reference",
     "decode_reference",
     "decoder_effective_weights",
     "render_rays_reference",
