@@ -13,6 +13,11 @@
 //      contributions in point order, whatever the number of threads. Bands (which recompute
 //      the cheap coordinate math per band) are only used when there are fewer (b, p) pairs than
 //      about twice the number of threads.
+//
+// The extension is built for baseline x86-64 (SSE2: 4 floats per vector); the per-range
+// functions of both are also compiled for AVX2 and AVX-512 and picked at run time
+// (cpu_math::cpu_isa(), capped by PORTRAIT_ENGINE_CPU_ISA), as the ray kernels are, so the
+// channel loops (gather_axpy, dot, scatter_axpy over C) run 8 or 16 channels per instruction.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -24,6 +29,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu_math.h"
 #include "triplane/checks.h"
 #include "triplane/triplane.h"
 
@@ -31,6 +37,7 @@ namespace portrait_engine {
 namespace triplane {
 namespace {
 
+using cpu_math::Isa;
 
 // Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The
 // gathers and scatters are random accesses into planes far larger than L2, so they are latency bound; issuing the
@@ -94,52 +101,255 @@ int64_t point_grain(const Sizes& z, bool trilinear) {
   return std::max<int64_t>(1, 16384 / work);
 }
 
+// The pointers and sizes of one launch, shared by the per-range functions below (which the
+// ISA clones compile once per instruction set).
+template <typename scalar_t>
+struct SampleArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* planes;
+  const scalar_t* points;
+  const acc_t* proj;
+  scalar_t* out;          // forward: (B, N, C) for mean, (B, P, N, C) for none
+  const scalar_t* go;     // backward: grad_out, laid out as `out`
+  acc_t* grad_planes;     // backward: (B, P, D, H, W, C) in acc_t
+  acc_t* grad_points;     // backward: (B, N, 3) in acc_t
+  Sizes z;
+  bool trilinear, reduce_mean, nan_propagate;
+  int64_t bands;  // backward pass 2: bands of rows per (b, p)
+
+  // grad_out row of (b, n, p): (B, N, C) for mean, (B, P, N, C) for none.
+  const scalar_t* go_row(int64_t b, int64_t p, int64_t n) const {
+    const int64_t C = z.geo.C;
+    return reduce_mean ? go + (b * z.N + n) * C : go + ((b * z.P + p) * z.N + n) * C;
+  }
+};
+
+// Forward over the points [begin, end).
+template <typename scalar_t>
+void forward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Geometry geo = a.z.geo;
+  const int64_t C = geo.C, P = a.z.P, N = a.z.N;
+  const int64_t plane_numel = geo.plane_numel();
+  const int ncorners = num_corners(a.trilinear);
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
+  std::vector<acc_t> acc_buffer(C);
+  acc_t* acc = acc_buffer.data();
+  for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
+                 [&](int64_t i, int64_t b, int64_t n, acc_t px, acc_t py, acc_t pz) {
+    if (a.reduce_mean) fill(acc, acc_t(0), C);
+    for (int64_t p = 0; p < P; ++p) {
+      if (!a.reduce_mean) fill(acc, acc_t(0), C);
+      acc_t gx, gy, gz;
+      project(px, py, pz, a.proj + p * 9, gx, gy, gz);
+      const Footprint<acc_t> f = make_footprint(gx, gy, gz, a.trilinear, geo);
+      const scalar_t* base = a.planes + (b * P + p) * plane_numel;
+      if (a.nan_propagate && f.nonfinite) {
+        fill(acc, quiet_nan<acc_t>(), C);
+      } else {
+        for (int k = 0; k < ncorners; ++k) {
+          const Corner<acc_t> cr = corner(f, k, geo);
+          if (cr.valid) gather_axpy(acc, base + cr.offset, cr.w, C);
+        }
+      }
+      if (!a.reduce_mean) {
+        scalar_t* dst = a.out + ((b * P + p) * N + n) * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c]);
+      }
+    }
+    if (a.reduce_mean) {
+      scalar_t* dst = a.out + i * C;
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c] * inv_p);
+    }
+  });
+}
+
+// Backward pass 1 over the points [begin, end): grad_points, a gather like the forward.
+template <typename scalar_t>
+void backward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Geometry geo = a.z.geo;
+  const int64_t C = geo.C, P = a.z.P, N = a.z.N;
+  const int64_t plane_numel = geo.plane_numel();
+  const int ncorners = num_corners(a.trilinear);
+  const acc_t scale = a.reduce_mean ? acc_t(1) / static_cast<acc_t>(P) : acc_t(1);
+  std::vector<acc_t> g_buffer(C);
+  acc_t* g = g_buffer.data();
+  for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
+                 [&](int64_t i, int64_t b, int64_t n, acc_t px, acc_t py, acc_t pz) {
+    acc_t out0 = 0, out1 = 0, out2 = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      if (p == 0 || !a.reduce_mean) {
+        const scalar_t* row = a.go_row(b, p, n);
+        for (int64_t c = 0; c < C; ++c) g[c] = static_cast<acc_t>(row[c]);
+      }
+      acc_t gx, gy, gz;
+      project(px, py, pz, a.proj + p * 9, gx, gy, gz);
+      const Footprint<acc_t> f = make_footprint(gx, gy, gz, a.trilinear, geo);
+      const scalar_t* base = a.planes + (b * P + p) * plane_numel;
+      acc_t dix = 0, diy = 0, diz = 0;
+      if (!f.nonfinite) {  // a non-finite sample has no corner in bounds
+        for (int k = 0; k < ncorners; ++k) {
+          const Corner<acc_t> cr = corner(f, k, geo);
+          if (!cr.valid) continue;
+          const acc_t d = dot(base + cr.offset, g, C);
+          dix += cr.dwx * d;
+          diy += cr.dwy * d;
+          diz += cr.dwz * d;
+        }
+      }
+      add_point_grad(dix * scale, diy * scale, diz * scale, a.nan_propagate && f.nonfinite,
+                     a.trilinear, a.proj + p * 9, geo, out0, out1, out2);
+    }
+    a.grad_points[i * 3 + 0] = out0;
+    a.grad_points[i * 3 + 1] = out1;
+    a.grad_points[i * 3 + 2] = out2;
+  });
+}
+
+// Backward pass 2 over the tasks [begin, end) of (b, p, band): grad_planes, each texel owned by
+// one task and written in point order.
+template <typename scalar_t>
+void backward_planes(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Geometry geo = a.z.geo;
+  const int64_t P = a.z.P, N = a.z.N;
+  const int64_t plane_numel = geo.plane_numel();
+  const int ncorners = num_corners(a.trilinear);
+  const acc_t scale = a.reduce_mean ? acc_t(1) / static_cast<acc_t>(P) : acc_t(1);
+  const int64_t rows = geo.D * geo.H;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t bp = t / a.bands, band = t % a.bands;
+    const int64_t b = bp / P, p = bp % P;
+    const int64_t row_lo = band * rows / a.bands, row_hi = (band + 1) * rows / a.bands;
+    const acc_t* m = a.proj + p * 9;
+    acc_t* gbase = a.grad_planes + bp * plane_numel;
+    const int64_t first = b * N;  // flat point index of (b, 0)
+    for (int64_t n = 0; n < std::min(N, kPrefetchDistance); ++n) {
+      prefetch_point<scalar_t, acc_t, true>(a.grad_planes, a.points, a.proj, first + n, N, P, p,
+                                            p + 1, geo, a.trilinear);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      if (n + kPrefetchDistance < N) {
+        prefetch_point<scalar_t, acc_t, true>(a.grad_planes, a.points, a.proj,
+                                              first + n + kPrefetchDistance, N, P, p, p + 1, geo,
+                                              a.trilinear);
+      }
+      const scalar_t* pt = a.points + (b * N + n) * 3;
+      acc_t gx, gy, gz;
+      project(static_cast<acc_t>(pt[0]), static_cast<acc_t>(pt[1]), static_cast<acc_t>(pt[2]), m,
+              gx, gy, gz);
+      const Footprint<acc_t> f = make_footprint(gx, gy, gz, a.trilinear, geo);
+      if (f.nonfinite) continue;
+      const scalar_t* row = a.go_row(b, p, n);
+      for (int k = 0; k < ncorners; ++k) {
+        const Corner<acc_t> cr = corner(f, k, geo);
+        if (cr.valid && cr.row >= row_lo && cr.row < row_hi) {
+          scatter_axpy(gbase + cr.offset, row, cr.w * scale, geo.C);
+        }
+      }
+    }
+  }
+}
+
+// The three range functions compiled for AVX2 and AVX-512 as well (flatten: each whole range
+// inlined, so the channel loops vectorise at the instruction set's width), picked at run time
+// by cpu_math::cpu_isa() as the ray kernels do (PORTRAIT_ENGINE_CPU_ISA caps the choice).
+#if PE_HAVE_ISA_CLONES
+template <typename scalar_t>
+PE_TARGET_AVX2 void forward_points_avx2(const SampleArgs<scalar_t>& a, int64_t begin,
+                                        int64_t end) {
+  forward_points<scalar_t>(a, begin, end);
+}
+template <typename scalar_t>
+PE_TARGET_AVX512 void forward_points_avx512(const SampleArgs<scalar_t>& a, int64_t begin,
+                                            int64_t end) {
+  forward_points<scalar_t>(a, begin, end);
+}
+template <typename scalar_t>
+PE_TARGET_AVX2 void backward_points_avx2(const SampleArgs<scalar_t>& a, int64_t begin,
+                                         int64_t end) {
+  backward_points<scalar_t>(a, begin, end);
+}
+template <typename scalar_t>
+PE_TARGET_AVX512 void backward_points_avx512(const SampleArgs<scalar_t>& a, int64_t begin,
+                                             int64_t end) {
+  backward_points<scalar_t>(a, begin, end);
+}
+template <typename scalar_t>
+PE_TARGET_AVX2 void backward_planes_avx2(const SampleArgs<scalar_t>& a, int64_t begin,
+                                         int64_t end) {
+  backward_planes<scalar_t>(a, begin, end);
+}
+template <typename scalar_t>
+PE_TARGET_AVX512 void backward_planes_avx512(const SampleArgs<scalar_t>& a, int64_t begin,
+                                             int64_t end) {
+  backward_planes<scalar_t>(a, begin, end);
+}
+#endif
+
+enum class Pass { kForward, kBackwardPoints, kBackwardPlanes };
+
+template <typename scalar_t>
+using RangeFn = void (*)(const SampleArgs<scalar_t>&, int64_t, int64_t);
+
+template <typename scalar_t>
+RangeFn<scalar_t> pick(Pass pass) {
+#if PE_HAVE_ISA_CLONES
+  switch (cpu_math::cpu_isa()) {
+    case Isa::kAvx512:
+      switch (pass) {
+        case Pass::kForward: return forward_points_avx512<scalar_t>;
+        case Pass::kBackwardPoints: return backward_points_avx512<scalar_t>;
+        case Pass::kBackwardPlanes: return backward_planes_avx512<scalar_t>;
+      }
+      break;
+    case Isa::kAvx2:
+      switch (pass) {
+        case Pass::kForward: return forward_points_avx2<scalar_t>;
+        case Pass::kBackwardPoints: return backward_points_avx2<scalar_t>;
+        case Pass::kBackwardPlanes: return backward_planes_avx2<scalar_t>;
+      }
+      break;
+    case Isa::kBaseline:
+      break;
+  }
+#endif
+  switch (pass) {
+    case Pass::kForward: return forward_points<scalar_t>;
+    case Pass::kBackwardPoints: return backward_points<scalar_t>;
+    case Pass::kBackwardPlanes: break;
+  }
+  return backward_planes<scalar_t>;
+}
+
+template <typename scalar_t>
+SampleArgs<scalar_t> sample_args(const at::Tensor& planes, const at::Tensor& points,
+                                 const at::Tensor& proj, const Sizes& z, bool trilinear,
+                                 bool reduce_mean, bool nan_propagate) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SampleArgs<scalar_t> a{};
+  a.planes = planes.data_ptr<scalar_t>();
+  a.points = points.data_ptr<scalar_t>();
+  a.proj = proj.data_ptr<acc_t>();
+  a.z = z;
+  a.trilinear = trilinear;
+  a.reduce_mean = reduce_mean;
+  a.nan_propagate = nan_propagate;
+  a.bands = 1;
+  return a;
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& proj,
                   at::Tensor& out, const Sizes& z, bool trilinear, bool reduce_mean,
                   bool nan_propagate) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
-  const scalar_t* points_ptr = points.data_ptr<scalar_t>();
-  const acc_t* proj_ptr = proj.data_ptr<acc_t>();
-  scalar_t* out_ptr = out.data_ptr<scalar_t>();
-  const Geometry geo = z.geo;
-  const int64_t C = geo.C, P = z.P, N = z.N;
-  const int64_t plane_numel = geo.plane_numel();
-  const int ncorners = num_corners(trilinear);
-  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
-
-  at::parallel_for(0, z.B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc_buffer(C);
-    acc_t* acc = acc_buffer.data();
-    for_each_point(planes_ptr, points_ptr, proj_ptr, begin, end, N, P, geo, trilinear,
-                   [&](int64_t i, int64_t b, int64_t n, acc_t px, acc_t py, acc_t pz) {
-      if (reduce_mean) fill(acc, acc_t(0), C);
-      for (int64_t p = 0; p < P; ++p) {
-        if (!reduce_mean) fill(acc, acc_t(0), C);
-        acc_t gx, gy, gz;
-        project(px, py, pz, proj_ptr + p * 9, gx, gy, gz);
-        const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
-        const scalar_t* base = planes_ptr + (b * P + p) * plane_numel;
-        if (nan_propagate && f.nonfinite) {
-          fill(acc, quiet_nan<acc_t>(), C);
-        } else {
-          for (int k = 0; k < ncorners; ++k) {
-            const Corner<acc_t> cr = corner(f, k, geo);
-            if (cr.valid) gather_axpy(acc, base + cr.offset, cr.w, C);
-          }
-        }
-        if (!reduce_mean) {
-          scalar_t* dst = out_ptr + ((b * P + p) * N + n) * C;
-          for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c]);
-        }
-      }
-      if (reduce_mean) {
-        scalar_t* dst = out_ptr + i * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c] * inv_p);
-      }
-    });
-  });
+  SampleArgs<scalar_t> a =
+      sample_args<scalar_t>(planes, points, proj, z, trilinear, reduce_mean, nan_propagate);
+  a.out = out.data_ptr<scalar_t>();
+  const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kForward);
+  at::parallel_for(0, z.B * z.N, point_grain(z, trilinear),
+                   [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }
 
 template <typename scalar_t>
@@ -148,104 +358,28 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const a
                    const Sizes& z, bool trilinear, bool reduce_mean, bool nan_propagate,
                    bool points_grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* go_ptr = grad_out.data_ptr<scalar_t>();
-  const scalar_t* planes_ptr = planes.data_ptr<scalar_t>();
-  const scalar_t* points_ptr = points.data_ptr<scalar_t>();
-  const acc_t* proj_ptr = proj.data_ptr<acc_t>();
-  acc_t* gplanes_ptr = grad_planes.data_ptr<acc_t>();
-  acc_t* gpoints_ptr = grad_points.data_ptr<acc_t>();
-  const Geometry geo = z.geo;
-  const int64_t C = geo.C, P = z.P, N = z.N, B = z.B;
-  const int64_t plane_numel = geo.plane_numel();
-  const int ncorners = num_corners(trilinear);
-  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
-  const acc_t scale = reduce_mean ? inv_p : acc_t(1);
-
-  // grad_out row of (b, n, p): (B, N, C) for mean, (B, P, N, C) for none.
-  auto go_row = [&](int64_t b, int64_t p, int64_t n) -> const scalar_t* {
-    return reduce_mean ? go_ptr + (b * N + n) * C : go_ptr + ((b * P + p) * N + n) * C;
-  };
+  SampleArgs<scalar_t> a =
+      sample_args<scalar_t>(planes, points, proj, z, trilinear, reduce_mean, nan_propagate);
+  a.go = grad_out.data_ptr<scalar_t>();
+  a.grad_planes = grad_planes.data_ptr<acc_t>();
+  a.grad_points = grad_points.data_ptr<acc_t>();
 
   // Pass 1: grad_points, a gather over the points; skipped (zeros) when nobody needs them,
   // e.g. EG3D's renderer, whose sample points do not require grad: about 58 % of this
   // backward's kernel time at the renderer's size (perf, 2026-11-26).
   if (points_grad) {
-    at::parallel_for(0, B * N, point_grain(z, trilinear), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> g_buffer(C);
-      acc_t* g = g_buffer.data();
-      for_each_point(planes_ptr, points_ptr, proj_ptr, begin, end, N, P, geo, trilinear,
-                     [&](int64_t i, int64_t b, int64_t n, acc_t px, acc_t py, acc_t pz) {
-        acc_t out0 = 0, out1 = 0, out2 = 0;
-        for (int64_t p = 0; p < P; ++p) {
-          if (p == 0 || !reduce_mean) {
-            const scalar_t* row = go_row(b, p, n);
-            for (int64_t c = 0; c < C; ++c) g[c] = static_cast<acc_t>(row[c]);
-          }
-          acc_t gx, gy, gz;
-          project(px, py, pz, proj_ptr + p * 9, gx, gy, gz);
-          const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
-          const scalar_t* base = planes_ptr + (b * P + p) * plane_numel;
-          acc_t dix = 0, diy = 0, diz = 0;
-          if (!f.nonfinite) {  // a non-finite sample has no corner in bounds
-            for (int k = 0; k < ncorners; ++k) {
-              const Corner<acc_t> cr = corner(f, k, geo);
-              if (!cr.valid) continue;
-              const acc_t d = dot(base + cr.offset, g, C);
-              dix += cr.dwx * d;
-              diy += cr.dwy * d;
-              diz += cr.dwz * d;
-            }
-          }
-          add_point_grad(dix * scale, diy * scale, diz * scale, nan_propagate && f.nonfinite,
-                         trilinear, proj_ptr + p * 9, geo, out0, out1, out2);
-        }
-        gpoints_ptr[i * 3 + 0] = out0;
-        gpoints_ptr[i * 3 + 1] = out1;
-        gpoints_ptr[i * 3 + 2] = out2;
-      });
-    });
+    const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kBackwardPoints);
+    at::parallel_for(0, z.B * z.N, point_grain(z, trilinear),
+                     [&](int64_t begin, int64_t end) { fn(a, begin, end); });
   }
 
   // Pass 2: grad_planes, tasks (b, p, band), each texel owned by one task.
-  const int64_t rows = geo.D * geo.H;
-  const int64_t pairs = B * P;
+  const int64_t rows = z.geo.D * z.geo.H;
+  const int64_t pairs = z.B * z.P;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t bands =
-      std::max<int64_t>(1, std::min<int64_t>(rows, (2 * threads + pairs - 1) / pairs));
-  at::parallel_for(0, pairs * bands, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bp = t / bands, band = t % bands;
-      const int64_t b = bp / P, p = bp % P;
-      const int64_t row_lo = band * rows / bands, row_hi = (band + 1) * rows / bands;
-      const acc_t* m = proj_ptr + p * 9;
-      acc_t* gbase = gplanes_ptr + bp * plane_numel;
-      const int64_t first = b * N;  // flat point index of (b, 0)
-      for (int64_t n = 0; n < std::min(N, kPrefetchDistance); ++n) {
-        prefetch_point<scalar_t, acc_t, true>(gplanes_ptr, points_ptr, proj_ptr, first + n, N, P,
-                                              p, p + 1, geo, trilinear);
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        if (n + kPrefetchDistance < N) {
-          prefetch_point<scalar_t, acc_t, true>(gplanes_ptr, points_ptr, proj_ptr,
-                                                first + n + kPrefetchDistance, N, P, p, p + 1,
-                                                geo, trilinear);
-        }
-        const scalar_t* pt = points_ptr + (b * N + n) * 3;
-        acc_t gx, gy, gz;
-        project(static_cast<acc_t>(pt[0]), static_cast<acc_t>(pt[1]), static_cast<acc_t>(pt[2]),
-                m, gx, gy, gz);
-        const Footprint<acc_t> f = make_footprint(gx, gy, gz, trilinear, geo);
-        if (f.nonfinite) continue;
-        const scalar_t* row = go_row(b, p, n);
-        for (int k = 0; k < ncorners; ++k) {
-          const Corner<acc_t> cr = corner(f, k, geo);
-          if (cr.valid && cr.row >= row_lo && cr.row < row_hi) {
-            scatter_axpy(gbase + cr.offset, row, cr.w * scale, C);
-          }
-        }
-      }
-    }
-  });
+  a.bands = std::max<int64_t>(1, std::min<int64_t>(rows, (2 * threads + pairs - 1) / pairs));
+  const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kBackwardPlanes);
+  at::parallel_for(0, pairs * a.bands, 1, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }
 
 at::Tensor triplane_sample_forward_cpu(const at::Tensor& planes, const at::Tensor& points,

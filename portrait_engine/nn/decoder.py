@@ -4,13 +4,15 @@ What EG3D (Chan et al., CVPR 2022, sec. 3.2 and its released ``OSGDecoder``) spe
 
 - the features of the P planes at a point are averaged (the engine's ``triplane_sample`` with
   ``reduce="mean"`` already returns that mean; a ``(B, P, N, C)`` input is averaged here);
-- a two-layer MLP: FullyConnected(C -> 64), softplus, FullyConnected(64 -> 1 + C_out);
+- a two-layer MLP: FullyConnected(C -> 64), softplus, FullyConnected(64 -> 1 + C_out) (the
+  softplus runs on the backend in force: :func:`portrait_engine.ops.softplus`);
 - the fully-connected layers are StyleGAN2's: weights stored as ``randn / lr_mul`` and used as
   ``W · lr_mul / sqrt(in_features)``, biases (initialised to 0) used as ``b · lr_mul``
   (the equalized learning rate: the optimiser sees unit-scale parameters);
 - outputs: ``sigma = x[..., :1]`` (raw; the ray marcher applies ``softplus(σ - 1)``) and
   ``rgb = sigmoid(x[..., 1:]) · (1 + 2·0.001) - 0.001`` (a sigmoid widened by 0.001 on each
-  side, so that 0 and 1 are reachable, as in MipNeRF).
+  side, so that 0 and 1 are reachable, as in MipNeRF; :func:`portrait_engine.ops.decoder_outputs`,
+  on the backend in force).
 
 The parameter names (``net.0.weight``, ``net.0.bias``, ``net.2.weight``, ``net.2.bias``) are
 EG3D's, so its released decoder weights load by name.
@@ -22,6 +24,8 @@ import math
 
 import torch
 from torch import nn
+
+from portrait_engine.ops import decoder_outputs, softplus
 
 HIDDEN_DIM = 64  # EG3D's decoder width
 RGB_PADDING = 0.001  # sigmoid(x) * (1 + 2 * 0.001) - 0.001
@@ -69,6 +73,14 @@ class FullyConnectedLayer(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class Softplus(nn.Module):
+    """``torch.nn.Softplus()`` (beta 1, threshold 20) on the backend in force
+    (:func:`portrait_engine.ops.softplus`; ``use_backend("torch")`` gives torch's own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return softplus(x)
+
+
 class OSGDecoder(nn.Module):
     """EG3D's tri-plane decoder: ``(B, N, C)`` (or ``(B, P, N, C)``) features -> rgb, sigma.
 
@@ -83,6 +95,10 @@ class OSGDecoder(nn.Module):
     "sigma": (B, N, 1)}`` (EG3D's interface; the directions are accepted and unused, as there).
     """
 
+    # the renderer passes per-sample directions only to decoders that read them (a subclass
+    # whose forward uses ``ray_directions`` sets this to True)
+    uses_ray_directions = False
+
     def __init__(
         self,
         n_features: int = 32,
@@ -96,7 +112,7 @@ class OSGDecoder(nn.Module):
         self.output_dim = output_dim
         self.net = nn.Sequential(
             FullyConnectedLayer(n_features, hidden_dim, lr_multiplier=lr_multiplier),
-            nn.Softplus(),
+            Softplus(),
             FullyConnectedLayer(hidden_dim, 1 + output_dim, lr_multiplier=lr_multiplier),
         )
 
@@ -112,11 +128,11 @@ class OSGDecoder(nn.Module):
                 f"features must have shape (B, N, {self.n_features}) or (B, P, N, "
                 f"{self.n_features}), got {tuple(features.shape)}"
             )
-        sigma, x = self.net(features).split([1, self.output_dim], dim=-1)
-        # split rather than two slices: its backward is one concatenation instead of two
-        # zero-filled scatters of the (B, N, 1 + C_out) gradient
-        rgb = torch.sigmoid(x) * (1 + 2 * RGB_PADDING) - RGB_PADDING
+        # sigma = x[..., :1], rgb = sigmoid(x[..., 1:]) * (1 + 2 * RGB_PADDING) - RGB_PADDING,
+        # on the backend in force (the torch reference splits rather than slicing twice: its
+        # backward is one concatenation instead of two zero-filled scatters)
+        sigma, rgb = decoder_outputs(self.net(features))
         return {"rgb": rgb, "sigma": sigma}
 
 
-__all__ = ["FullyConnectedLayer", "OSGDecoder"]
+__all__ = ["FullyConnectedLayer", "OSGDecoder", "Softplus"]

@@ -183,7 +183,9 @@ class ImportanceRenderer(nn.Module):
     ``forward(planes, decoder, ray_origins, ray_directions, *, generator=None, deform=None)``
     with ``planes`` ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)``, rays ``(B, R, 3)``, and a
     decoder mapping ``(features (B, N, C), directions (B, N, 3))`` to ``{"rgb", "sigma"}``,
-    returns ``(rgb (B, R, C_out), depth (B, R, 1), weight_sum (B, R, 1))`` as EG3D does.
+    returns ``(rgb (B, R, C_out), depth (B, R, 1), weight_sum (B, R, 1))`` as EG3D does. A
+    decoder whose ``uses_ray_directions`` attribute is False (``OSGDecoder``: EG3D's ignores
+    them) gets ``None`` for the directions, which spares a ``(B, N, 3)`` copy per pass.
     """
 
     def __init__(
@@ -287,8 +289,11 @@ class ImportanceRenderer(nn.Module):
         """Colours ``(B, R, S, C_out)`` and raw densities ``(B, R, S, 1)`` at ``depths``."""
         batch, rays, samples, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(batch, -1, 3)
-        sample_directions = directions.unsqueeze(-2).expand(-1, -1, samples, -1)
-        sample_directions = sample_directions.reshape(batch, -1, 3)
+        sample_directions = None
+        if getattr(decoder, "uses_ray_directions", True):
+            # one direction per sample, a (B, R·S, 3) copy: made only for decoders that read it
+            sample_directions = directions.unsqueeze(-2).expand(-1, -1, samples, -1)
+            sample_directions = sample_directions.reshape(batch, -1, 3)
         if deform is not None:
             points = deform(points)
         features = triplane_sample(

@@ -12,8 +12,11 @@
 | :func:`skin_points` | blend per-joint transforms per point and apply or invert them |
 | :func:`mesh_deform` | 3DPortraitGAN's posed-to-canonical point transfer (nearest triangle) |
 | :func:`render_rays` | fused neural renderer: sample, OSG-decode and march each ray in one kernel |
+| :func:`softplus` | the OSG decoder's hidden activation (``torch.nn.Softplus()``) |
+| :func:`decoder_outputs` | the OSG decoder's output head: raw density, widened-sigmoid colours |
 """
 
+from portrait_engine.ops.activation import decoder_outputs, softplus
 from portrait_engine.ops.attention_pool import attention_pool
 from portrait_engine.ops.importance import merge_samples, sample_importance
 from portrait_engine.ops.mesh_deform import mesh_deform
@@ -24,6 +27,7 @@ from portrait_engine.ops.triplane import triplane_sample
 
 __all__ = [
     "attention_pool",
+    "decoder_outputs",
     "lbs",
     "merge_samples",
     "mesh_deform",
@@ -32,6 +36,7 @@ __all__ = [
     "render_rays",
     "sample_importance",
     "skin_points",
+    "softplus",
     "triplane_sample",
     "unpack_camera_label",
 ]

@@ -201,6 +201,42 @@ def test_deform_hook_sees_every_sample_point():
         torch.testing.assert_close(a, b)
 
 
+def test_decoder_gets_sample_directions_only_when_it_reads_them():
+    """OSGDecoder (EG3D's ignores the directions) gets None; a decoder that says it reads them
+    gets each sample's ray direction, (B, R·S, 3), and both render the same image."""
+    planes, decoder, origins, directions = make_scene(rays=4, seed=6)
+    seen = []
+
+    class DirectionDecoder(OSGDecoder):
+        uses_ray_directions = True
+
+        def forward(self, features, ray_directions=None):
+            seen.append(ray_directions)
+            return super().forward(features, ray_directions)
+
+    reading = DirectionDecoder(decoder.n_features, decoder.output_dim)
+    reading.load_state_dict(decoder.state_dict())
+    ignoring = []
+
+    def spy(features, ray_directions=None):
+        ignoring.append(ray_directions)
+        return decoder(features, ray_directions)
+
+    spy.uses_ray_directions = False
+    renderer = ImportanceRenderer(
+        depth_resolution=6, depth_resolution_importance=5, deterministic=True, backend="torch"
+    )
+    with_directions = renderer(planes, reading, origins, directions)
+    without = renderer(planes, spy, origins, directions)
+    assert ignoring == [None, None]
+    assert [tuple(d.shape) for d in seen] == [(1, 4 * 6, 3), (1, 4 * 5, 3)]
+    want = directions.unsqueeze(-2).expand(-1, -1, 6, -1).reshape(1, -1, 3)
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
+    assert OSGDecoder.uses_ray_directions is False
+    for a, b in zip(with_directions, without, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
 def test_torch_compile_of_march_and_importance(backend):
     planes, decoder, origins, directions = make_scene(seed=6)

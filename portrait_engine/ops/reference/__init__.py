@@ -4,6 +4,11 @@ Readable, differentiable by autograd, and written to match the published models'
 one module per op family, everything re-exported here.
 """
 
+from portrait_engine.ops.reference.activation import (
+    SOFTPLUS_THRESHOLD,
+    decoder_outputs_reference,
+    softplus_reference,
+)
 from portrait_engine.ops.reference.importance import (
     importance_uniforms,
     merge_samples_reference,
@@ -45,6 +50,7 @@ from portrait_engine.ops.reference.triplane import (
 
 __all__ = [
     "CAMERA_LABEL_SIZE",
+    "SOFTPLUS_THRESHOLD",
     "TRANSMITTANCE_EPS",
     "EG3D_PLANE_AXES",
     "NAMED_PLANE_AXES",
@@ -60,10 +66,12 @@ __all__ = [
     "nearest_faces_reference",
     "point_triangle_distance2",
     "skin_points_reference",
+    "softplus_reference",
     "triangle_frames",
     "plane_axes_tensor",
     "project_onto_planes",
     "color_activation_reference",
+    "decoder_outputs_reference",
     "decode_reference",
     "decoder_effective_weights",
     "render_rays_reference",
