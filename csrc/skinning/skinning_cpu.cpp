@@ -136,6 +136,9 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
 // Points per BLAS blend in the shared-weights paths: (kBlendChunk, B * 12) values per thread
 // (384 KiB at SMPL's B = 32: within L2), enough that a product's call overhead is small.
 constexpr int64_t kBlendChunk = 256;
+// The narrowest joint-major transform matrix (B * 12 columns) whose chunk blend takes the
+// AVX-512 tiled product rather than the BLAS (measured: see blend_chunk).
+constexpr int64_t kTiledBlendMinColumns = 192;
 
 #if defined(PE_AVX512_BLEND)
 // (defined with blend_shapes below; the chunk blend reuses its register-tiled product)
@@ -215,9 +218,11 @@ void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_
 #if defined(PE_AVX512_BLEND)
   if constexpr (std::is_same_v<scalar_t, float>) {
     // the BLAS runs this K = J product at ~45 GFLOP/s (one core, loaded machine), the tiled
-    // kernel of blend_shapes at ~60-70
-    if (blend_avx512(At)) {
-      const int64_t R = At.size(1);
+    // kernel of blend_shapes at ~60-70 -- for wide At only: at B * 12 = 24 to 96 columns the
+    // tiled kernel was 3.7-8.7x slower than the BLAS (skin_points forward, 6890 and 16384
+    // points, quiet machine), at 192 and 384 columns 5-15 % faster
+    const int64_t R = At.size(1);
+    if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
       rows_times_matrix_all_avx512(wt_ptr, 1, J, At.data_ptr<float>(), nullptr, 0,
                                    M.data_ptr<float>(), rows, J, R, 0, R);
       return;

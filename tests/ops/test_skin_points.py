@@ -106,10 +106,11 @@ def test_shared_weights_large_batch_matches_float64_oracle(inverse, dtype):
 
 @pytest.mark.usefixtures("poison_outputs")
 # float32 on an AVX-512 CPU blends each point with J vector FMAs (B = 1, batched weights) and a
-# chunk of shared-weights points with the register-tiled product (B >= 8; B = 9's 108 columns
-# end in a partial tile); capping at avx2 runs the scalar blend and the BLAS instead
+# chunk of shared-weights points with the register-tiled product (from B * 12 = 192 columns;
+# B = 17's 204 columns end in a partial tile; B = 9 takes the BLAS); capping at avx2 runs the
+# scalar blend and the BLAS instead
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
-@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("batch", [1, 9, 17])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_weights", "batched_weights"])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_native_cpu_float_paths_match_float64_oracle(isa, batch, shared, inverse, monkeypatch):
