@@ -23,6 +23,8 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "renderer": ("importance", "renderer_cases"),
     "render_rays": ("render", "render_rays_cases"),
     "renderer_unfused": ("render", "renderer_unfused_cases"),
+    "softplus": ("activation", "softplus_cases"),
+    "decoder_outputs": ("activation", "decoder_outputs_cases"),
     "generator": ("portrait_gan", "generator_cases"),
     "portrait_gan_train_step": ("portrait_gan", "portrait_gan_train_step_cases"),
     "lbs": ("skinning", "lbs_cases"),
