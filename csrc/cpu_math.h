@@ -139,6 +139,21 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 #define PE_HAVE_ISA_CLONES 0
 #endif
 
+// PE_ISA_CLONES(FN, ARGS) defines FN_avx2 and FN_avx512: the range function
+// `template <typename scalar_t> void FN(const ARGS<scalar_t>&, int64_t begin, int64_t end)`
+// compiled again for each instruction set (whole, through `flatten`), for cpu_isa() to pick.
+#if PE_HAVE_ISA_CLONES
+#define PE_ISA_CLONES(FN, ARGS)                                                            \
+  template <typename scalar_t>                                                             \
+  PE_TARGET_AVX2 void FN##_avx2(const ARGS<scalar_t>& a, int64_t begin, int64_t end) {     \
+    FN<scalar_t>(a, begin, end);                                                           \
+  }                                                                                        \
+  template <typename scalar_t>                                                             \
+  PE_TARGET_AVX512 void FN##_avx512(const ARGS<scalar_t>& a, int64_t begin, int64_t end) { \
+    FN<scalar_t>(a, begin, end);                                                           \
+  }
+#endif
+
 // The widest instruction set this CPU (and OS) supports, capped by the environment variable
 // PORTRAIT_ENGINE_CPU_ISA = baseline | avx2 | avx512 (read on every call, so tests can run
 // each path; the cost is one getenv per kernel launch).

@@ -81,23 +81,8 @@ void backward_range(const Args<scalar_t>& a, int64_t begin, int64_t end) {
 
 // The same loops compiled for AVX2 and AVX-512 (flatten: the math inlined into the loop).
 #if PE_HAVE_ISA_CLONES
-template <typename scalar_t>
-PE_TARGET_AVX2 void forward_range_avx2(const Args<scalar_t>& a, int64_t begin, int64_t end) {
-  forward_range<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void forward_range_avx512(const Args<scalar_t>& a, int64_t begin, int64_t end) {
-  forward_range<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX2 void backward_range_avx2(const Args<scalar_t>& a, int64_t begin, int64_t end) {
-  backward_range<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void backward_range_avx512(const Args<scalar_t>& a, int64_t begin,
-                                            int64_t end) {
-  backward_range<scalar_t>(a, begin, end);
-}
+PE_ISA_CLONES(forward_range, Args)
+PE_ISA_CLONES(backward_range, Args)
 #endif
 
 template <typename scalar_t>
@@ -178,26 +163,8 @@ void head_backward_range(const HeadArgs<scalar_t>& a, int64_t begin, int64_t end
 }
 
 #if PE_HAVE_ISA_CLONES
-template <typename scalar_t>
-PE_TARGET_AVX2 void head_forward_range_avx2(const HeadArgs<scalar_t>& a, int64_t begin,
-                                            int64_t end) {
-  head_forward_range<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void head_forward_range_avx512(const HeadArgs<scalar_t>& a, int64_t begin,
-                                                int64_t end) {
-  head_forward_range<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX2 void head_backward_range_avx2(const HeadArgs<scalar_t>& a, int64_t begin,
-                                             int64_t end) {
-  head_backward_range<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void head_backward_range_avx512(const HeadArgs<scalar_t>& a, int64_t begin,
-                                                 int64_t end) {
-  head_backward_range<scalar_t>(a, begin, end);
-}
+PE_ISA_CLONES(head_forward_range, HeadArgs)
+PE_ISA_CLONES(head_backward_range, HeadArgs)
 #endif
 
 template <typename scalar_t>

@@ -346,25 +346,8 @@ PE_INLINE void backward_rays(const MarchArgs<scalar_t>& m, int64_t begin, int64_
 // The same templates compiled for AVX2 and AVX-512 (flatten: the whole pass inlined, so the
 // target applies to every loop in it).
 #if PE_HAVE_ISA_CLONES
-template <typename scalar_t>
-PE_TARGET_AVX2 void forward_rays_avx2(const MarchArgs<scalar_t>& m, int64_t begin, int64_t end) {
-  forward_rays<scalar_t>(m, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void forward_rays_avx512(const MarchArgs<scalar_t>& m, int64_t begin,
-                                          int64_t end) {
-  forward_rays<scalar_t>(m, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX2 void backward_rays_avx2(const MarchArgs<scalar_t>& m, int64_t begin,
-                                       int64_t end) {
-  backward_rays<scalar_t>(m, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void backward_rays_avx512(const MarchArgs<scalar_t>& m, int64_t begin,
-                                           int64_t end) {
-  backward_rays<scalar_t>(m, begin, end);
-}
+PE_ISA_CLONES(forward_rays, MarchArgs)
+PE_ISA_CLONES(backward_rays, MarchArgs)
 #endif
 
 template <typename scalar_t>

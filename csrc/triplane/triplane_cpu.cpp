@@ -256,36 +256,9 @@ void backward_planes(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) 
 // inlined, so the channel loops vectorise at the instruction set's width), picked at run time
 // by cpu_math::cpu_isa() as the ray kernels do (PORTRAIT_ENGINE_CPU_ISA caps the choice).
 #if PE_HAVE_ISA_CLONES
-template <typename scalar_t>
-PE_TARGET_AVX2 void forward_points_avx2(const SampleArgs<scalar_t>& a, int64_t begin,
-                                        int64_t end) {
-  forward_points<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void forward_points_avx512(const SampleArgs<scalar_t>& a, int64_t begin,
-                                            int64_t end) {
-  forward_points<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX2 void backward_points_avx2(const SampleArgs<scalar_t>& a, int64_t begin,
-                                         int64_t end) {
-  backward_points<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void backward_points_avx512(const SampleArgs<scalar_t>& a, int64_t begin,
-                                             int64_t end) {
-  backward_points<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX2 void backward_planes_avx2(const SampleArgs<scalar_t>& a, int64_t begin,
-                                         int64_t end) {
-  backward_planes<scalar_t>(a, begin, end);
-}
-template <typename scalar_t>
-PE_TARGET_AVX512 void backward_planes_avx512(const SampleArgs<scalar_t>& a, int64_t begin,
-                                             int64_t end) {
-  backward_planes<scalar_t>(a, begin, end);
-}
+PE_ISA_CLONES(forward_points, SampleArgs)
+PE_ISA_CLONES(backward_points, SampleArgs)
+PE_ISA_CLONES(backward_planes, SampleArgs)
 #endif
 
 enum class Pass { kForward, kBackwardPoints, kBackwardPlanes };
