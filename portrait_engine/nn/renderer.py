@@ -303,7 +303,11 @@ class ImportanceRenderer(nn.Module):
             plane_axes=self.plane_axes,
             backend=self.backend,
         )
-        out = decoder(features, sample_directions)
+        if self.backend is None:
+            out = decoder(features, sample_directions)
+        else:  # the decoder's ops (softplus, decoder_outputs) follow the renderer's backend
+            with _backend.use_backend(self.backend):
+                out = decoder(features, sample_directions)
         colors, sigma = out["rgb"], out["sigma"]
         noise = self.density_noise_draw(sigma.shape, generator, sigma.device, sigma.dtype)
         if noise is not None:

@@ -237,6 +237,24 @@ def test_decoder_gets_sample_directions_only_when_it_reads_them():
         torch.testing.assert_close(a, b)
 
 
+def test_the_decoder_runs_on_the_renderers_backend():
+    """A renderer built with backend="torch" runs the decoder's ops (softplus, the output head)
+    on torch too, whatever backend is in force outside it; without one they follow the global."""
+    planes, decoder, origins, directions = make_scene(rays=4, seed=7)
+    seen = []
+
+    def spy(features, ray_directions=None):
+        seen.append(pe.get_backend())
+        return decoder(features, ray_directions)
+
+    spy.uses_ray_directions = False
+    kwargs = dict(depth_resolution=6, depth_resolution_importance=5, deterministic=True)
+    with pe.use_backend("native"):
+        ImportanceRenderer(backend="torch", fused=False, **kwargs)(planes, spy, origins, directions)
+        ImportanceRenderer(fused=False, **kwargs)(planes, spy, origins, directions)
+    assert seen == ["torch", "torch", "native", "native"]
+
+
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
 def test_torch_compile_of_march_and_importance(backend):
     planes, decoder, origins, directions = make_scene(seed=6)
