@@ -435,5 +435,16 @@ def test_fused_default_follows_the_backend():
         assert ImportanceRenderer(backend="native").use_fused(planes)
         with pe.use_backend("native"):
             assert ImportanceRenderer().use_fused(planes)
+
+
+def test_fused_default_on_a_gpu(monkeypatch):
+    """On a GPU the default is fused wherever a kernel backend resolves (planes on the meta
+    device stand in for a GPU here; the backend resolution is what a GPU machine gives)."""
+    from portrait_engine.nn import renderer as renderer_module
+
+    planes = torch.zeros(1, 3, 4, 5, 5, device="meta")
+    for name, fused in (("native", True), ("torch", False)):
+        monkeypatch.setattr(renderer_module._backend, "resolve", lambda *a, n=name: n)
+        assert ImportanceRenderer().use_fused(planes) is fused
     with pytest.raises(TypeError, match="fused"):
         ImportanceRenderer(fused=1)
