@@ -88,12 +88,17 @@ def _ray_march_forward_kernel(
     SCALE_RGB: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     acc_ty = range_ptr.dtype.element_ty
     pid = tl.program_id(0).to(tl.int64)
     n_rays = tl.cast(n_rays, tl.int64)
     n_samples = tl.cast(S, tl.int64)
-    n_channels = tl.cast(C, tl.int64)
+    if EVEN_C:  # a compile-time row stride: the colour rows load and store as vectors
+        n_channels = BLOCK_C
+    else:
+        n_channels = tl.cast(C, tl.int64)
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     mask_r = offs_r < n_rays
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -110,7 +115,7 @@ def _ray_march_forward_kernel(
     total = tl.zeros((BLOCK_R,), acc_ty)
     depth_sum = tl.zeros((BLOCK_R,), acc_ty)
     weight_rows = offs_r * (n_samples - 1)
-    for i in range(1, n_samples):
+    for i in tl.range(1, n_samples, loop_unroll_factor=UNROLL):
         c_next = tl.load(color_rows + i * n_channels, mask=mask_rc, other=0.0).to(acc_ty)
         s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
         z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
@@ -173,6 +178,8 @@ def _ray_march_backward_kernel(
     HAS_GRAD_WEIGHTS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     # HAS_GRAD_DEPTH / HAS_GRAD_WEIGHTS: False when no gradient reached that output (its
     # pointer is then a stand-in that is never read) and its terms are skipped
@@ -180,7 +187,10 @@ def _ray_march_backward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     n_rays = tl.cast(n_rays, tl.int64)
     n_samples = tl.cast(S, tl.int64)
-    n_channels = tl.cast(C, tl.int64)
+    if EVEN_C:  # a compile-time row stride: the colour rows load and store as vectors
+        n_channels = BLOCK_C
+    else:
+        n_channels = tl.cast(C, tl.int64)
     offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     mask_r = offs_r < n_rays
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -224,7 +234,7 @@ def _ray_march_backward_kernel(
     if HAS_GRAD_WEIGHTS:
         s_prev, z_prev = s_first, z_first
         transmittance = tl.full((BLOCK_R,), 1.0, acc_ty)
-        for i in range(1, n_samples):
+        for i in tl.range(1, n_samples, loop_unroll_factor=UNROLL):
             s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
             z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
             alpha, e, p, dtau = _interval(s_prev, s_next, z_prev, z_next)
@@ -246,7 +256,7 @@ def _ray_march_backward_kernel(
     prefix = tl.zeros((BLOCK_R,), acc_ty)
     gx_prev = tl.zeros((BLOCK_R,), acc_ty)  # ∂L/∂x of the interval before the sample
     w_prev = tl.zeros((BLOCK_R,), acc_ty)
-    for i in range(1, n_samples):
+    for i in tl.range(1, n_samples, loop_unroll_factor=UNROLL):
         c_next = tl.load(color_rows + i * n_channels, mask=mask_rc, other=0.0).to(acc_ty)
         s_next = tl.load(densities_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
         z_next = tl.load(depths_ptr + sample_rows + i, mask=mask_r, other=0.0).to(acc_ty)
@@ -350,16 +360,24 @@ def _ray_sample_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def _march_blocks(n_rays: int, channels: int) -> tuple[int, int, int]:
-    """``(BLOCK_R, BLOCK_C, num_warps)``: all channels in one tile, rays per program."""
+def march_config(n_rays: int, channels: int) -> dict:
+    """The launch of both ray_march kernels: ``BLOCK_R`` rays per program, all channels in one
+    ``BLOCK_C`` tile, the sample loop unrolled ``UNROLL`` times, ``num_warps``, ``num_stages``.
+    ``tools/sweep_ray_march.py`` times alternatives on a GPU (``config=`` of the launchers)."""
     block_c = triton.next_power_of_2(max(channels, 1))
     if _interpreting():
         block_r = min(triton.next_power_of_2(max(n_rays, 1)), max(1, 16384 // block_c))
-        return block_r, block_c, 4
+        return dict(
+            BLOCK_R=block_r, BLOCK_C=block_c, EVEN_C=block_c == channels, UNROLL=1,
+            num_warps=4, num_stages=1,
+        )
     # GPU: a (BLOCK_R, BLOCK_C) tile of ~1k elements (8 fp32 per thread at 4 warps) for each
     # of c_prev, c_next, the rgb accumulator (and grad_rgb in the backward)
     block_r = max(1, min(64, 1024 // block_c))
-    return block_r, block_c, 4
+    return dict(
+        BLOCK_R=block_r, BLOCK_C=block_c, EVEN_C=block_c == channels, UNROLL=1,
+        num_warps=4, num_stages=3,
+    )
 
 
 def ray_march_forward(
@@ -369,6 +387,7 @@ def ray_march_forward(
     depth_range: torch.Tensor,
     white_back: bool,
     scale_rgb: bool,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rgb (B,R,C), depth (B,R,1), weights (B,R,S-1,1), totals (B,R,C+2))``.
 
@@ -384,9 +403,9 @@ def ray_march_forward(
     n_rays = batch * rays
     if n_rays == 0:
         return rgb, depth, weights, totals
-    block_r, block_c, num_warps = _march_blocks(n_rays, channels)
+    config = config or march_config(n_rays, channels)
     with _device_guard(colors):
-        _ray_march_forward_kernel[(triton.cdiv(n_rays, block_r),)](
+        _ray_march_forward_kernel[(triton.cdiv(n_rays, config["BLOCK_R"]),)](
             colors,
             densities,
             depths,
@@ -400,9 +419,7 @@ def ray_march_forward(
             channels,
             WHITE_BACK=bool(white_back),
             SCALE_RGB=bool(scale_rgb),
-            BLOCK_R=block_r,
-            BLOCK_C=block_c,
-            num_warps=num_warps,
+            **config,
         )
     return rgb, depth, weights, totals
 
@@ -418,6 +435,7 @@ def ray_march_backward(
     totals: torch.Tensor,
     white_back: bool,
     scale_rgb: bool,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_colors (B,R,S,C), grad_densities (B,R,S,1))`` in the input dtype; a ``None``
     output gradient (none reached that output) contributes nothing and is not read."""
@@ -428,9 +446,9 @@ def ray_march_backward(
     n_rays = batch * rays
     if n_rays == 0:
         return grad_colors, grad_densities
-    block_r, block_c, num_warps = _march_blocks(n_rays, channels)
+    config = config or march_config(n_rays, channels)
     with _device_guard(colors):
-        _ray_march_backward_kernel[(triton.cdiv(n_rays, block_r),)](
+        _ray_march_backward_kernel[(triton.cdiv(n_rays, config["BLOCK_R"]),)](
             grad_rgb,
             grad_rgb if grad_depth is None else grad_depth,
             grad_rgb if grad_weights is None else grad_weights,
@@ -448,9 +466,7 @@ def ray_march_backward(
             SCALE_RGB=bool(scale_rgb),
             HAS_GRAD_DEPTH=grad_depth is not None,
             HAS_GRAD_WEIGHTS=grad_weights is not None,
-            BLOCK_R=block_r,
-            BLOCK_C=block_c,
-            num_warps=num_warps,
+            **config,
         )
     return grad_colors, grad_densities
 

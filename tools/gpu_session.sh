@@ -60,21 +60,23 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 # The plan, from the 2026-11-26 sessions: on 8 processes the whole `cuda` suite (about 670
 # tests, each compiling its Triton kernels) needs more than 150 s; one renderer case with three
 # providers took most of 110 s; torch.compile of the renderer alone took more than 90 s.
-# 1. the cuda tests first (correctness before speed), on 8 processes sharing the GPU; -v so
-#    that a run stopped by its time share still names every test it finished
-step pytest 240 python3 -m pytest -m cuda -v --maxfail=300 -n 8 -p no:cacheprovider \
+# 1. the Triton ray_march launch sweep (#3's ray_march target) and a kernel profile of native
+#    lbs (#4's lbs target): short, and what the next CPU-side work is chosen from
+step sweep_ray_march 70 python3 tools/sweep_ray_march.py --out "$W/sweep_ray_march.json"
+step profile_lbs 40 bash -c 'for s in smpl-b32 smpl-b1; do python3 tools/run_case.py lbs $s native --iters 3 --profile 30; done'
+# 2. the cuda tests (correctness before speed), on 16 processes sharing the GPU; -v so that a
+#    run stopped by its time share still names every test it finished
+step pytest 200 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
   --continue-on-collection-errors --timeout 120 --junitxml="$W/pytest.xml" tests
-# 2. the issues' sizes not yet timed on a GPU, eager vs ours: mesh_deform (#4), the fused
-#    render at B=4 128², tri-plane sampling, attention pooling (the renderer: logs-2026-11-26b)
-step bench_ops 150 "${BENCH[@]}" --out "$W/bench/ops" \
+# 3. the issues' sizes not yet timed on a GPU, eager vs ours: mesh_deform (#4), the fused
+#    render at B=4 128², tri-plane sampling, attention pooling
+step bench_ops 110 "${BENCH[@]}" --out "$W/bench/ops" \
   mesh_deform render_rays triplane_sample attention_pool \
-  --shapes portrait-128x128x48-f20k 'triplane-b4-128x128' eg3d-triplane panohead-trigrid \
-  fr-7x7 --providers torch triton native
-# 3. torch.compile rows still missing (the renderer's last: its compile is the slowest)
-step bench_compile 120 "${BENCH[@]}" --out "$W/bench/compile" \
-  lbs skin_points sample_importance merge_samples triplane_sample renderer \
-  --shapes smpl-b32 smpl-b1 samples-inverse eg3d eg3d-triplane --providers torch_compile
-# 4. the model steps at paper size, every provider
+  --shapes portrait-128x128x48-f20k 'triplane-b4-128x128' eg3d-triplane fr-7x7 \
+  --providers torch triton native
+# 4. torch.compile of the renderer (#3's ≥ 1.5x-compile target), then the model steps
+step bench_compile 120 "${BENCH[@]}" --out "$W/bench/compile" renderer --shapes eg3d \
+  --providers torch_compile
 step bench_models 200 "${BENCH[@]}" --out "$W/bench/models" \
   portrait_gan_train_step generator --shapes paper
 fi
@@ -102,4 +104,6 @@ echo "=== build"; grep -E " error|Error" "$W/build.log" | head -20; tail -2 "$W/
 echo "=== pytest"; grep -E "^(FAILED|ERROR)" "$W/pytest.log" | cut -c1-220 | head -40; tail -3 "$W/pytest.log"
 echo "passed $(grep -c ' PASSED ' "$W/pytest.log") failed $(grep -c ' FAILED ' "$W/pytest.log") skipped $(grep -c ' SKIPPED ' "$W/pytest.log")"
 echo "=== ncu"; grep -E "render_|Duration|Memory Throughput|Compute \(SM\)|Registers|Local|Achieved Occ|Theoretical Occ|Block Size|Grid Size|==ERR|==WARN" "$W/ncu_render.log" 2>/dev/null | cut -c1-160 | head -60
+echo "=== sweep"; grep -E "^BEST|failed|wrong" "$W/sweep_ray_march.log" 2>/dev/null | cut -c1-300 | head -20
+echo "=== lbs profile"; grep -v -E "^-+" "$W/profile_lbs.log" 2>/dev/null | cut -c1-150 | head -72
 echo "=== steps"; cat "$W/steps.txt"

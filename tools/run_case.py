@@ -1,6 +1,7 @@
 """Run one benchmark case's provider forward (+ backward) a few times: a target for profilers.
 
     python tools/run_case.py OP SHAPE PROVIDER [--iters N] [--forward-only] [--device cuda]
+                             [--profile ROWS]
 
 e.g. ``ncu --clock-control none -k regex:render python tools/run_case.py render_rays
 triplane-b4-64x64 native --iters 1``. The inputs are the harness's (``Case.make_inputs``), at
@@ -29,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the quick suite's sizes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="after the iterations, one more under torch.profiler: print its ROWS costliest kernels",
+    )
     args = parser.parse_args(argv)
 
     cases = {case.shape: case for case in OPS[args.op](args.quick)}
@@ -51,7 +59,27 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         print(f"iteration {i}: {1e3 * (time.perf_counter() - start):.2f} ms", flush=True)
+    if args.profile:
+        _profile(function, inputs, kwargs, args, device)
     return 0
+
+
+def _profile(function, inputs, kwargs, args, device: torch.device) -> None:
+    """One more iteration under torch.profiler; the kernels (or CPU ops) by total time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        with torch.no_grad() if args.forward_only else torch.enable_grad():
+            out = function(*inputs, **kwargs)
+            if not args.forward_only:
+                out.backward(torch.ones_like(out))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=args.profile, max_name_column_width=60))
 
 
 if __name__ == "__main__":
