@@ -360,23 +360,34 @@ def _ray_sample_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def march_config(n_rays: int, channels: int) -> dict:
-    """The launch of both ray_march kernels: ``BLOCK_R`` rays per program, all channels in one
+def march_config(n_rays: int, channels: int, backward: bool = False) -> dict:
+    """The launch of a ray_march kernel: ``BLOCK_R`` rays per program, all channels in one
     ``BLOCK_C`` tile, the sample loop unrolled ``UNROLL`` times, ``num_warps``, ``num_stages``.
     ``tools/sweep_ray_march.py`` times alternatives on a GPU (``config=`` of the launchers)."""
     block_c = triton.next_power_of_2(max(channels, 1))
+    even_c = block_c == channels
     if _interpreting():
         block_r = min(triton.next_power_of_2(max(n_rays, 1)), max(1, 16384 // block_c))
         return dict(
-            BLOCK_R=block_r, BLOCK_C=block_c, EVEN_C=block_c == channels, UNROLL=1,
-            num_warps=4, num_stages=1,
+            BLOCK_R=block_r, BLOCK_C=block_c, EVEN_C=even_c, UNROLL=1, num_warps=4, num_stages=1
         )
-    # GPU: a (BLOCK_R, BLOCK_C) tile of ~1k elements (8 fp32 per thread at 4 warps) for each
-    # of c_prev, c_next, the rgb accumulator (and grad_rgb in the backward)
-    block_r = max(1, min(64, 1024 // block_c))
+    # GPU, up to 32 channels (EG3D's C = 32), from the sweep on an H200 (B=4, 128x128 rays,
+    # S=48, kernel alone; benchmarks/results/NVIDIA-H200/logs-2026-11-26c/sweep_ray_march.json):
+    # forward 32 rays x 32 channels on ONE warp (0.223 ms; the former 32 rays on 4 warps:
+    # 0.324 ms), backward 8 rays on 2 warps (0.346 ms; former 0.447 ms). A ray's 128-byte row
+    # per warp load either way; fewer warps per program keep more programs resident. Loop
+    # unrolling and num_stages changed nothing measurable (no loads are pipelined here).
+    if block_c <= 32:
+        if backward:
+            block_r, warps = max(1, min(64, 256 // block_c)), 2
+        else:
+            block_r, warps = max(1, min(64, 1024 // block_c)), 1
+    else:
+        # wider colours, not swept: a (BLOCK_R, BLOCK_C) tile of ~1k elements on 4 warps (8
+        # fp32 per thread) for c_prev, c_next, the rgb accumulator (and grad_rgb)
+        block_r, warps = max(1, 1024 // block_c), 4
     return dict(
-        BLOCK_R=block_r, BLOCK_C=block_c, EVEN_C=block_c == channels, UNROLL=1,
-        num_warps=4, num_stages=3,
+        BLOCK_R=block_r, BLOCK_C=block_c, EVEN_C=even_c, UNROLL=1, num_warps=warps, num_stages=3
     )
 
 
@@ -446,7 +457,7 @@ def ray_march_backward(
     n_rays = batch * rays
     if n_rays == 0:
         return grad_colors, grad_densities
-    config = config or march_config(n_rays, channels)
+    config = config or march_config(n_rays, channels, backward=True)
     with _device_guard(colors):
         _ray_march_backward_kernel[(triton.cdiv(n_rays, config["BLOCK_R"]),)](
             grad_rgb,

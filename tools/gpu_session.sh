@@ -49,13 +49,22 @@ timeout 60 python3 -m portrait_engine.cli info >"$W/info.txt" 2>&1
 
 # TESTS_ONLY="paths or node ids": a second, shorter lease that runs only those tests (with
 # tracebacks) after the build, and no benchmarks
+# (TESTS_SHARE seconds, all by default), then, with BENCH_ONLY="bench arguments|...", those
+# benchmark runs (later options override the defaults: --min-runs 2)
 if [ -n "${TESTS_ONLY:-}" ]; then
   eval "set -- $TESTS_ONLY"  # shell words: quote a -k expression that has spaces
-  step pytest "$TOTAL" python3 -m pytest -m cuda -v --tb=short -n 8 -p no:cacheprovider \
-    --timeout 120 --junitxml="$W/pytest.xml" "$@"
+  step pytest "${TESTS_SHARE:-$TOTAL}" python3 -m pytest -m cuda -v --tb=short -n 16 \
+    -p no:cacheprovider --timeout 120 --junitxml="$W/pytest.xml" "$@"
   SKIP_BENCH=1
 fi
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
+if [ -n "${BENCH_ONLY:-}" ]; then  # argument sets separated by '|', one bench run each
+  IFS='|' read -ra SETS <<<"$BENCH_ONLY"
+  for i in "${!SETS[@]}"; do
+    eval "set -- ${SETS[$i]}"
+    step "bench_$i" "$TOTAL" "${BENCH[@]}" --out "$W/bench/b$i" "$@"
+  done
+fi
 if [ -z "${SKIP_BENCH:-}" ]; then
 # The plan, from the 2026-11-26 sessions: on 8 processes the whole `cuda` suite (about 670
 # tests, each compiling its Triton kernels) needs more than 150 s; one renderer case with three

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="ROWS",
-        help="after the iterations, one more under torch.profiler: print its ROWS costliest kernels",
+        help="then one more iteration under torch.profiler: print its ROWS costliest kernels",
     )
     args = parser.parse_args(argv)
 

@@ -17,15 +17,18 @@ import itertools
 import json
 import statistics
 import sys
+from functools import partial
 
 import torch
 
 
-def _inputs(samples: int, generator: torch.Generator):
-    batch, rays, channels = 4, 128 * 128, 32
+def _inputs(samples: int, side: int, generator: torch.Generator):
+    batch, rays, channels = 4, side * side, 32
     colors = torch.rand(batch, rays, samples, channels, generator=generator)
     densities = 4 * torch.randn(batch, rays, samples, 1, generator=generator)
-    depths = torch.sort(2.25 + 0.9 * torch.rand(batch, rays, samples, 1, generator=generator), dim=2)
+    depths = torch.sort(
+        2.25 + 0.9 * torch.rand(batch, rays, samples, 1, generator=generator), dim=2
+    )
     depth_range = torch.stack([depths.values.min(), depths.values.max()])
     grad_rgb = torch.randn(batch, rays, channels, generator=generator)
     grad_depth = torch.randn(batch, rays, 1, generator=generator)
@@ -47,72 +50,70 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _sweep(name: str, fn, default: dict, samples: int, repeats: int, results: list) -> None:
+    """Stage 1 (blocks x warps), then stage 2 (unroll x stages) at stage 1's best."""
+    reference = fn(default)
+
+    def run(config: dict, stage: str) -> float:
+        try:
+            out = fn(config)
+            err = max(
+                float((o.double() - r.double()).abs().max() / r.double().abs().max())
+                for o, r in zip(out, reference, strict=True)
+            )
+            ms = _time(lambda: fn(config), repeats) if err < 1e-4 else float("nan")
+            status = "ok" if err < 1e-4 else f"wrong {err:.2e}"
+        except Exception as error:  # noqa: BLE001 -- a config that fails is reported
+            ms, status = float("nan"), f"failed: {str(error)[:160]}"
+        row = dict(samples=samples, kernel=name, stage=stage, ms=ms, status=status, **config)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        return ms
+
+    default_ms = run(dict(default), "default")
+    best = (default_ms, dict(default))
+    for block_r, warps in itertools.product((8, 16, 32, 64), (1, 2, 4, 8)):
+        config = dict(default, BLOCK_R=block_r, num_warps=warps)
+        if config != default:
+            ms = run(config, "blocks")
+            if ms == ms and ms < best[0]:
+                best = (ms, config)
+    top = best[1]
+    for unroll, stages in itertools.product((1, 2, 4), (1, 3)):
+        config = dict(top, UNROLL=unroll, num_stages=stages)
+        if config != top:
+            ms = run(config, "loop")
+            if ms == ms and ms < best[0]:
+                best = (ms, config)
+    print(f"BEST S={samples} {name}: {best[0]:.4f} ms {best[1]} (default {default_ms:.4f} ms)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from portrait_engine.kernels import rays
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, nargs="+", default=[48])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--side", type=int, default=128, help="rays per image side")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    results = []
+    results: list[dict] = []
     for samples in args.samples:
         colors, densities, depths, depth_range, grad_rgb, grad_depth = _inputs(
-            samples, torch.Generator().manual_seed(samples)
+            samples, args.side, torch.Generator().manual_seed(samples)
         )
-        default = rays.march_config(colors.shape[0] * colors.shape[1], colors.shape[3])
-
-        def forward(config):
-            return rays.ray_march_forward(
-                colors, densities, depths, depth_range, False, True, config=config
-            )
-
-        totals = forward(default)[3]
-
-        def backward(config):
-            return rays.ray_march_backward(
-                grad_rgb, grad_depth, None, colors, densities, depths, depth_range, totals,
-                False, True, config=config,
-            )
-
-        for name, fn in (("forward", forward), ("backward", backward)):
-            reference = fn(default)
-
-            def run(config, stage):
-                try:
-                    out = fn(config)
-                    err = max(
-                        float((o.double() - r.double()).abs().max() / r.double().abs().max())
-                        for o, r in zip(out, reference)
-                    )
-                    ms = _time(lambda: fn(config), args.repeats) if err < 1e-4 else float("nan")
-                    status = "ok" if err < 1e-4 else f"wrong {err:.2e}"
-                except Exception as error:  # noqa: BLE001 -- a config that fails is reported
-                    ms, status = float("nan"), f"failed: {str(error)[:160]}"
-                row = dict(samples=samples, kernel=name, stage=stage, ms=ms, status=status, **config)
-                results.append(row)
-                print(json.dumps(row), flush=True)
-                return ms
-
-            default_ms = run(dict(default), "default")
-            best = (default_ms, dict(default))
-            for block_r, warps in itertools.product((8, 16, 32, 64), (1, 2, 4, 8)):
-                config = dict(default, BLOCK_R=block_r, num_warps=warps)
-                if config == default:
-                    continue
-                ms = run(config, "blocks")
-                if ms == ms and ms < best[0]:
-                    best = (ms, config)
-            top = best[1]
-            for unroll, stages in itertools.product((1, 2, 4), (1, 3)):
-                config = dict(top, UNROLL=unroll, num_stages=stages)
-                if config == top:
-                    continue
-                ms = run(config, "loop")
-                if ms == ms and ms < best[0]:
-                    best = (ms, config)
-            print(f"BEST S={samples} {name}: {best[0]:.4f} ms {best[1]} (default {default_ms:.4f} ms)",
-                  flush=True)
+        n_rays, channels = colors.shape[0] * colors.shape[1], colors.shape[3]
+        inputs = (colors, densities, depths, depth_range)
+        totals = rays.ray_march_forward(*inputs, False, True)[3]
+        kernels = {
+            "forward": partial(rays.ray_march_forward, *inputs, False, True),
+            "backward": partial(
+                rays.ray_march_backward, grad_rgb, grad_depth, None, *inputs, totals, False, True
+            ),
+        }
+        for name, kernel in kernels.items():
+            default = rays.march_config(n_rays, channels, backward=name == "backward")
+            _sweep(name, lambda c, k=kernel: k(config=c), default, samples, args.repeats, results)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

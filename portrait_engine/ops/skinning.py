@@ -18,6 +18,7 @@ Kernels: ``kernels/skinning.py`` (Triton), ``csrc/skinning/`` (C++ CPU and CUDA)
 from __future__ import annotations
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
@@ -407,12 +408,27 @@ def _validate_lbs(
         v.check_same_device(("betas", name), betas, tensor)
     if torch.compiler.is_compiling():  # the tree's values are data; checked in eager mode
         return
+    _check_tree(parents)
+
+
+# parents tensors whose values were checked, with their version counter then. Reading a GPU
+# tensor's values waits for the GPU: done on every call, it serialised lbs's kernel launches
+# with the previous call's GPU work (H200 profile, 2026-11-26). A tensor object is checked
+# again only after an in-place change (its version counter moves).
+_CHECKED_TREES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _check_tree(parents: torch.Tensor) -> None:
+    version = parents._version
+    if _CHECKED_TREES.get(parents) == version:
+        return
     parent_list = parents.tolist()
     if parent_list[0] != -1 or any(not 0 <= p < i for i, p in enumerate(parent_list) if i > 0):
         raise ValueError(
             "parents must describe a kinematic tree in topological order (parents[0] = -1, "
             f"0 <= parents[i] < i), got {parent_list}"
         )
+    _CHECKED_TREES[parents] = version
 
 
 def lbs(

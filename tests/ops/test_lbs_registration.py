@@ -85,3 +85,19 @@ def test_bad_inputs_raise_clear_errors(case):
     kwargs.update(override)
     with pytest.raises(error, match=message):
         lbs(*[kwargs[name] for name in names], pose2rot=pose2rot)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_a_checked_tree_changed_in_place_is_checked_again(backend):
+    """The tree's values are read once per tensor (a GPU read waits for the GPU), and again
+    after an in-place change: a tree broken in place after a good call is still refused."""
+    inputs = list(make_inputs())
+    parents = inputs[6]
+    lbs(*inputs, backend=backend)
+    lbs(*inputs, backend=backend)  # checked once, cached
+    parents[5] = 7
+    with pytest.raises(ValueError, match="topological order"):
+        lbs(*inputs, backend=backend)
+    parents[5] = 5  # changed again: checked again
+    with pytest.raises(ValueError, match="topological order"):
+        lbs(*inputs, backend=backend)
