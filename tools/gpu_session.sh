@@ -25,6 +25,9 @@ step() { # step NAME SHARE_SECONDS CMD...: run CMD under min(SHARE, time left - 
   local t0; t0=$(date +%s)
   timeout -k 5 "$t" "$@" >"$W/$name.log" 2>&1
   local rc=$?
+  # a step stopped at its share can leave pytest-xdist workers running on the GPU: they
+  # slowed the next step's timings on 2026-11-26 (ray_march S=48 rows, wide p20-p80)
+  pkill -9 -f "pytest|execnet" 2>/dev/null && sleep 2
   echo "$name rc=$rc ${t}s-limit took=$(($(date +%s) - t0))s" | tee -a "$W/steps.txt"
 }
 
@@ -79,9 +82,12 @@ step pytest 200 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprov
   --continue-on-collection-errors --timeout 120 --junitxml="$W/pytest.xml" tests
 # 3. the issues' sizes not yet timed on a GPU, eager vs ours: mesh_deform (#4), the fused
 #    render at B=4 128², tri-plane sampling, attention pooling
-step bench_ops 110 "${BENCH[@]}" --out "$W/bench/ops" \
-  mesh_deform render_rays triplane_sample attention_pool \
-  --shapes portrait-128x128x48-f20k 'triplane-b4-128x128' eg3d-triplane fr-7x7 \
+step bench_ops 80 "${BENCH[@]}" --out "$W/bench/ops" \
+  render_rays triplane_sample attention_pool \
+  --shapes 'triplane-b4-128x128' eg3d-triplane fr-7x7 --providers torch triton native
+# the brute-force mesh_deform reference at paper size (3.1M points x 20k faces) wrote no row
+# in 110 s at 5 runs: 2 runs, short budget
+step bench_mesh 90 "${BENCH[@]}" --out "$W/bench/mesh" mesh_deform --min-runs 2 --budget 0.1 \
   --providers torch triton native
 # 4. torch.compile of the renderer (#3's ≥ 1.5x-compile target), then the model steps
 step bench_compile 120 "${BENCH[@]}" --out "$W/bench/compile" renderer --shapes eg3d \

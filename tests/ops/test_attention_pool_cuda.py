@@ -38,10 +38,34 @@ def test_gpu_matches_reference(backend, size, maps, channels, channels_last, dty
     )
     features, scores = features.cuda(), scores.cuda()
     got = run(backend, features, scores)
-    want = run("torch", features.float(), scores.float())
-    for g, w in zip(got, want, strict=True):
+    if dtype != torch.float32:
+        want = run("torch", features.float(), scores.float())
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == dtype
+            assert_close(g, w, dtype, scale=2)
+        return
+    # float32 against float64 (of the same inputs). The score gradient a (t - δ) subtracts two
+    # C-term sums, t = Σ_c g_c f_c and δ = Σ_c g_c o_c: its rounding error scales with the
+    # magnitude of those sums, not with the result (exactly 0 at L = 1, where a = 1). Against
+    # a float32 reference (whose own rounding adds to the kernel's), K = 11, L = 30 failed the
+    # plain float32 tolerance on an H200 (2026-11-26). Bound: the summation estimate
+    # 4·eps·sqrt(C) times a (Σ|g f| + |δ|), plus the float32 tolerance.
+    want = run("torch", features.double(), scores.double())
+    for g, w in zip(got[:2], want[:2], strict=True):
         assert g.dtype == dtype
         assert_close(g, w, dtype, scale=2)
+    f = features.double().flatten(2)  # (B, C, L)
+    a = torch.softmax(scores.double().flatten(2), dim=-1)  # (B, K, L)
+    grad = torch.randn(want[0].shape, generator=torch.Generator().manual_seed(7)).double()
+    delta = (grad * want[0]).sum(-1, keepdim=True)  # (B, K, 1)
+    magnitude = a * (torch.einsum("bkc,bcl->bkl", grad.abs(), f.abs()) + delta.abs())
+    bound = 4 * torch.finfo(torch.float32).eps * channels**0.5 * magnitude + 1e-5
+    error = (got[2].double() - want[2]).abs().flatten(2)
+    assert got[2].dtype == dtype
+    assert bool((error <= bound).all()), (
+        f"score gradient error {float(error.max()):.3g} over its bound at "
+        f"{[int(i) for i in divmod(int((error - bound).argmax()), error.shape[-1])]}"
+    )
 
 
 @pytest.mark.parametrize("backend", ["triton", "native"])
