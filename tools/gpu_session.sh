@@ -27,7 +27,7 @@ step() { # step NAME SHARE_SECONDS CMD...: run CMD under min(SHARE, time left - 
   local rc=$?
   # a step stopped at its share can leave pytest-xdist workers running on the GPU: they
   # slowed the next step's timings on 2026-11-26 (ray_march S=48 rows, wide p20-p80)
-  pkill -9 -f "pytest|execnet" 2>/dev/null && sleep 2
+  pkill -9 -f "python3 -m pytest|sys.stdin.readline" 2>/dev/null && sleep 2  # xdist workers: execnet
   echo "$name rc=$rc ${t}s-limit took=$(($(date +%s) - t0))s" | tee -a "$W/steps.txt"
 }
 
