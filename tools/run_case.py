@@ -50,21 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.forward_only:
         inputs = [x.requires_grad_() if x.is_floating_point() else x for x in inputs]
     function = case.functions[args.provider]
-    for i in range(args.iters):
-        start = time.perf_counter()
+
+    def iteration() -> None:
         with torch.no_grad() if args.forward_only else torch.enable_grad():
             out = function(*inputs, **kwargs)
             if not args.forward_only:
                 out.backward(torch.ones_like(out))
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    for i in range(args.iters):
+        start = time.perf_counter()
+        iteration()
         print(f"iteration {i}: {1e3 * (time.perf_counter() - start):.2f} ms", flush=True)
     if args.profile:
-        _profile(function, inputs, kwargs, args, device)
+        _profile(iteration, args.profile, device)
     return 0
 
 
-def _profile(function, inputs, kwargs, args, device: torch.device) -> None:
+def _profile(iteration, rows: int, device: torch.device) -> None:
     """One more iteration under torch.profiler; the kernels (or CPU ops) by total time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -72,14 +76,9 @@ def _profile(function, inputs, kwargs, args, device: torch.device) -> None:
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
-        with torch.no_grad() if args.forward_only else torch.enable_grad():
-            out = function(*inputs, **kwargs)
-            if not args.forward_only:
-                out.backward(torch.ones_like(out))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        iteration()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=args.profile, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":
