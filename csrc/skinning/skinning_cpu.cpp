@@ -16,7 +16,8 @@
 // (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
 // blend_shapes (lbs's pose blend shapes): products over column slices, register-tiled AVX-512
-// kernels for float, BLAS otherwise (see below).
+// kernels for float, BLAS otherwise (see below); below kBlendSliceMinBatch, streamed AVX-512
+// kernels over column blocks for float (one pass over dirs each way).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -36,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -482,7 +484,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // writes its gradient (grad_dirs). On each slice: float on an AVX-512 CPU, the register-tiled
 // kernels below (the BLAS runs these shapes far below its peak); double, or a CPU without
 // AVX-512, BLAS calls per slice. grad_coeffs is summed from one partial per slice (no atomics;
-// the slices do not depend on the thread count). Half types run the plain products.
+// the slices do not depend on the thread count). Half types run the plain products. Batches
+// below kBlendSliceMinBatch: the streamed kernels (float, AVX-512) or one BLAS call each.
 // ------------------------------------------------------------------------------------------
 
 constexpr int64_t kBlendColumns = 512;
@@ -661,31 +664,188 @@ __attribute__((target("avx512f"))) void coeffs_outer_avx512(const float* grad, i
   if (b0 < Bp) coeffs_rows_avx512<16, 1>(gT, Bp, d, F, C, out, b0, width);
 }
 
-// outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
-//   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
-//   line of the cold output (write-allocate), doubling the memory traffic.
-__attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, const float* g,
-                                                           float* out, int64_t C, int64_t f0,
-                                                           int64_t f1) {
-  for (int64_t f = f0; f < f1; ++f) {
-    float* row = out + f * C;
-    const float kf = k[f];
-    const __m512 kv = _mm512_set1_ps(kf);
-    // floats up to the row's first 64-byte boundary (rows are 4-byte aligned)
-    const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) & 63) / 4;
-    const int64_t head = std::min<int64_t>(past == 0 ? 0 : 16 - past, C);
-    int64_t c = 0;
-    for (; c < head; ++c) row[c] = kf * g[c];
-    for (; c + 16 <= C; c += 16) {
-      _mm512_stream_ps(row + c, _mm512_mul_ps(kv, _mm512_loadu_ps(g + c)));
-    }
-    for (; c < C; ++c) row[c] = kf * g[c];
-  }
-  _mm_sfence();
-}
-
 bool blend_avx512(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
+}
+
+// Small batches (B < kBlendSliceMinBatch; SMPL at B = 1): the products are matrix-vector-like,
+//   bound by the passes over the 17 MB dirs and the 17 MB write of its gradient, not by
+//   arithmetic. The BLAS runs them as separate passes (the forward's and grad_coeffs' matrix-
+//   vector products on one thread: 0.85 and 1.0 ms at B = 1 with dirs out of cache, 2 threads,
+//   against 0.66 ms for a plain 17 MB read); here each pass is parallel over column blocks of
+//   kStreamColumns, every row of dirs read as one contiguous 4 KiB run, and the backward reads
+//   dirs and writes grad_dirs in the same pass. Templated on the batch so that the per-row
+//   accumulators live in registers.
+constexpr int64_t kStreamColumns = 1024;
+constexpr int64_t kStreamMaxBatch = kBlendSliceMinBatch - 1;
+
+// out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the block [c0, c0 + width):
+// the block's NB output rows (4 KiB each) stay in L1 while the F rows of dirs stream by, four at
+// a time.
+template <int NB>
+__attribute__((target("avx512f"))) void stream_forward_block_avx512(
+    const float* base, int64_t base_rows, const float* coeffs, const float* dirs, float* out,
+    int64_t F, int64_t C, int64_t c0, int64_t width) {
+  const int64_t full = width / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (width - full)) - 1u);
+  for (int b = 0; b < NB; ++b) {
+    std::memcpy(out + b * C + c0, base + (base_rows == 1 ? 0 : b) * C + c0,
+                static_cast<size_t>(width) * sizeof(float));
+  }
+  int64_t f = 0;
+  for (; f + 4 <= F; f += 4) {
+    const float* d = dirs + f * C + c0;
+    for (int b = 0; b < NB; ++b) {
+      const float* k = coeffs + b * F + f;
+      const __m512 k0 = _mm512_set1_ps(k[0]), k1 = _mm512_set1_ps(k[1]),
+                   k2 = _mm512_set1_ps(k[2]), k3 = _mm512_set1_ps(k[3]);
+      float* o = out + b * C + c0;
+      int64_t c = 0;
+      for (; c < full; c += 16) {
+        __m512 acc = _mm512_loadu_ps(o + c);
+        acc = _mm512_fmadd_ps(k0, _mm512_loadu_ps(d + c), acc);
+        acc = _mm512_fmadd_ps(k1, _mm512_loadu_ps(d + C + c), acc);
+        acc = _mm512_fmadd_ps(k2, _mm512_loadu_ps(d + 2 * C + c), acc);
+        acc = _mm512_fmadd_ps(k3, _mm512_loadu_ps(d + 3 * C + c), acc);
+        _mm512_storeu_ps(o + c, acc);
+      }
+      if (tail != 0) {
+        __m512 acc = _mm512_maskz_loadu_ps(tail, o + c);
+        acc = _mm512_fmadd_ps(k0, _mm512_maskz_loadu_ps(tail, d + c), acc);
+        acc = _mm512_fmadd_ps(k1, _mm512_maskz_loadu_ps(tail, d + C + c), acc);
+        acc = _mm512_fmadd_ps(k2, _mm512_maskz_loadu_ps(tail, d + 2 * C + c), acc);
+        acc = _mm512_fmadd_ps(k3, _mm512_maskz_loadu_ps(tail, d + 3 * C + c), acc);
+        _mm512_mask_storeu_ps(o + c, tail, acc);
+      }
+    }
+  }
+  for (; f < F; ++f) {
+    const float* d = dirs + f * C + c0;
+    for (int b = 0; b < NB; ++b) {
+      const __m512 k0 = _mm512_set1_ps(coeffs[b * F + f]);
+      float* o = out + b * C + c0;
+      int64_t c = 0;
+      for (; c < full; c += 16) {
+        _mm512_storeu_ps(o + c,
+                         _mm512_fmadd_ps(k0, _mm512_loadu_ps(d + c), _mm512_loadu_ps(o + c)));
+      }
+      if (tail != 0) {
+        _mm512_mask_storeu_ps(o + c, tail,
+                              _mm512_fmadd_ps(k0, _mm512_maskz_loadu_ps(tail, d + c),
+                                              _mm512_maskz_loadu_ps(tail, o + c)));
+      }
+    }
+  }
+}
+
+// The backward's one pass over a block: per row f of dirs, grad_coeffs' partial dots
+// part[b * F + f] = sum_c grad[b, c] dirs[f, c] over the block and, with grad_dirs,
+// grad_dirs[f, c] = sum_b coeffs[b, f] grad[b, c] by non-temporal stores (written once, read by
+// no one here: ordinary stores would first read every line of the cold output). The NB grad rows
+// of the block (4 KiB each) stay in L1; two accumulators per batch row (the dots' FMA chains
+// would otherwise bound the read rate at B = 1).
+template <int NB>
+__attribute__((target("avx512f"))) void stream_backward_block_avx512(
+    const float* grad, const float* coeffs, const float* dirs, float* grad_dirs, float* part,
+    int64_t F, int64_t C, int64_t c0, int64_t width) {
+  const float* g = grad + c0;
+  for (int64_t f = 0; f < F; ++f) {
+    const float* d = dirs + f * C + c0;
+    float* o = grad_dirs == nullptr ? nullptr : grad_dirs + f * C + c0;
+    // scalar columns up to o's first 64-byte boundary (rows are 4-byte aligned), then whole
+    // aligned vectors, then a masked tail
+    int64_t head = 0;
+    if (o != nullptr) {
+      const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(o) & 63) / 4;
+      head = std::min<int64_t>(past == 0 ? 0 : 16 - past, width);
+    }
+    __m512 k[NB], acc[NB][2];
+    float dot[NB];
+    for (int b = 0; b < NB; ++b) {
+      k[b] = _mm512_set1_ps(coeffs[b * F + f]);
+      acc[b][0] = _mm512_setzero_ps();
+      acc[b][1] = _mm512_setzero_ps();
+      dot[b] = 0.f;
+    }
+    int64_t c = 0;
+    for (; c < head; ++c) {
+      float w = 0.f;
+      for (int b = 0; b < NB; ++b) {
+        const float gv = g[b * C + c];
+        dot[b] += gv * d[c];
+        w += coeffs[b * F + f] * gv;
+      }
+      o[c] = w;
+    }
+    for (; c + 32 <= width; c += 32) {
+      const __m512 d0 = _mm512_loadu_ps(d + c), d1 = _mm512_loadu_ps(d + c + 16);
+      __m512 w0 = _mm512_setzero_ps(), w1 = _mm512_setzero_ps();
+      for (int b = 0; b < NB; ++b) {
+        const __m512 g0 = _mm512_loadu_ps(g + b * C + c), g1 = _mm512_loadu_ps(g + b * C + c + 16);
+        acc[b][0] = _mm512_fmadd_ps(g0, d0, acc[b][0]);
+        acc[b][1] = _mm512_fmadd_ps(g1, d1, acc[b][1]);
+        w0 = _mm512_fmadd_ps(k[b], g0, w0);
+        w1 = _mm512_fmadd_ps(k[b], g1, w1);
+      }
+      if (o != nullptr) {
+        _mm512_stream_ps(o + c, w0);
+        _mm512_stream_ps(o + c + 16, w1);
+      }
+    }
+    for (; c < width; c += 16) {  // the last 1 to 31 columns, masked (ordinary stores)
+      const int64_t left = width - c;
+      const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff)
+                                        : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 d0 = _mm512_maskz_loadu_ps(mask, d + c);
+      __m512 w0 = _mm512_setzero_ps();
+      for (int b = 0; b < NB; ++b) {
+        const __m512 g0 = _mm512_maskz_loadu_ps(mask, g + b * C + c);
+        acc[b][0] = _mm512_fmadd_ps(g0, d0, acc[b][0]);
+        w0 = _mm512_fmadd_ps(k[b], g0, w0);
+      }
+      if (o != nullptr) _mm512_mask_storeu_ps(o + c, mask, w0);
+    }
+    for (int b = 0; b < NB; ++b) {
+      part[b * F + f] = dot[b] + _mm512_reduce_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]));
+    }
+  }
+}
+
+// Runs the NB-templated block function for the batch B (1 .. kStreamMaxBatch).
+template <template <int> class Kernel, typename... Args>
+void stream_by_batch(int64_t B, Args... args) {
+  static_assert(kStreamMaxBatch == 7, "one case per small batch");
+  switch (B) {
+    case 1: Kernel<1>::run(args...); break;
+    case 2: Kernel<2>::run(args...); break;
+    case 3: Kernel<3>::run(args...); break;
+    case 4: Kernel<4>::run(args...); break;
+    case 5: Kernel<5>::run(args...); break;
+    case 6: Kernel<6>::run(args...); break;
+    default: Kernel<7>::run(args...); break;
+  }
+}
+
+template <int NB>
+struct StreamForward {
+  static void run(const float* base, int64_t base_rows, const float* coeffs, const float* dirs,
+                  float* out, int64_t F, int64_t C, int64_t c0, int64_t width) {
+    stream_forward_block_avx512<NB>(base, base_rows, coeffs, dirs, out, F, C, c0, width);
+  }
+};
+
+template <int NB>
+struct StreamBackward {
+  static void run(const float* grad, const float* coeffs, const float* dirs, float* grad_dirs,
+                  float* part, int64_t F, int64_t C, int64_t c0, int64_t width) {
+    stream_backward_block_avx512<NB>(grad, coeffs, dirs, grad_dirs, part, F, C, c0, width);
+  }
+};
+
+// Whether blend_shapes takes the streaming kernels above: float on an AVX-512 CPU, B below the
+// sliced path's batch.
+bool blend_streamed(const at::Tensor& coeffs) {
+  return coeffs.size(0) >= 1 && coeffs.size(0) <= kStreamMaxBatch && blend_avx512(coeffs);
 }
 #endif
 
@@ -693,6 +853,22 @@ at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& co
                                     const at::Tensor& dirs) {
   check_blend(base, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_streamed(coeffs) && C > 0) {
+    at::Tensor out = new_output({B, C}, coeffs.options());
+    const float* k = coeffs.data_ptr<float>();
+    const float* d = dirs.data_ptr<float>();
+    const float* base_ptr = base.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, C, kStreamColumns, [&](int64_t begin, int64_t end) {
+      for (int64_t c0 = begin; c0 < end; c0 += kStreamColumns) {
+        stream_by_batch<StreamForward>(B, base_ptr, base.size(0), k, d, o, F, C, c0,
+                                       std::min(kStreamColumns, end - c0));
+      }
+    });
+    return out;
+  }
+#endif
   if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
   at::Tensor out = new_output({B, C}, coeffs.options());
   at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
@@ -732,21 +908,38 @@ void blend_dirs_grad_slice(const at::Tensor& grad_out, const at::Tensor& coeffs,
 // grad_dirs for one batch row: the outer product coeffs[0] x grad_out[0] (which the BLAS runs as
 // a slow K = 1 product).
 at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
-  const int64_t F = coeffs.size(1), C = grad_out.size(1);
-#if defined(PE_AVX512_BLEND)
-  if (blend_avx512(coeffs)) {
-    at::Tensor out = new_output({F, C}, coeffs.options());
-    const float* k = coeffs.data_ptr<float>();
-    const float* g = grad_out.data_ptr<float>();
-    float* o = out.data_ptr<float>();
-    at::parallel_for(0, F, 8, [&](int64_t begin, int64_t end) {
-      outer_stream_avx512(k, g, o, C, begin, end);
-    });
-    return out;
-  }
-#endif
+  const int64_t F = coeffs.size(1);
   return at::mul(coeffs.view({F, 1}), grad_out);
 }
+
+#if defined(PE_AVX512_BLEND)
+// The streamed backward of small batches: one pass over column blocks, grad_coeffs summed from
+// one (B, F) partial per block (in block order: fixed for any thread count; no atomics).
+std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& grad_out,
+                                                           const at::Tensor& coeffs,
+                                                           const at::Tensor& dirs,
+                                                           bool dirs_grad) {
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+  at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
+                                   : at::empty({0}, dirs.options());
+  const int64_t blocks = (C + kStreamColumns - 1) / kStreamColumns;
+  at::Tensor partial = at::empty({blocks, B, F}, coeffs.options());
+  const float* g = grad_out.data_ptr<float>();
+  const float* k = coeffs.data_ptr<float>();
+  const float* d = dirs.data_ptr<float>();
+  float* gd = dirs_grad ? grad_dirs.data_ptr<float>() : nullptr;
+  float* part = partial.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t c0 = block * kStreamColumns;
+      stream_by_batch<StreamBackward>(B, g, k, d, gd, part + block * B * F, F, C, c0,
+                                      std::min(kStreamColumns, C - c0));
+    }
+    _mm_sfence();  // the non-temporal stores are visible before the task ends
+  });
+  return {partial.sum(0), grad_dirs};
+}
+#endif
 
 std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
                                                              const at::Tensor& coeffs,
@@ -754,6 +947,11 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
                                                              bool dirs_grad) {
   check_blend_grad(grad_out, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_streamed(coeffs) && C > 0 && F > 0) {
+    return blend_backward_streamed(grad_out, coeffs, dirs, dirs_grad);
+  }
+#endif
   // dirs_grad = false (model tensors without grad, as in GAN training): no (F, C) gradient
   at::Tensor grad_dirs = at::empty({0}, dirs.options());
   if (!blend_sliced(coeffs) || C == 0 || F == 0) {

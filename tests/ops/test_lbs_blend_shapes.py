@@ -13,7 +13,9 @@ from tests.ops.test_lbs import DIFFERENTIABLE, make_inputs, run
 _OK, _REASON = pe.backend_status("cpu", "blend_shapes_forward")["native"]
 pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
 
-# 1100 columns: two full 512-column slices of the CPU kernel and a partial one
+# 1100 columns: two full 512-column slices of the CPU kernel and a partial one (batches from 8);
+# below 8, one full 1024-column block of the streamed AVX-512 kernels and a partial one, its rows
+# starting at varying 64-byte offsets (4400-byte rows)
 COLUMNS = 1100
 FEATURES = 23
 
@@ -28,11 +30,12 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each); from 16
-# rows (and 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded
-# to 16 lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
+# 9 rows: the CPU kernel slices the columns from 8 rows on; fewer rows take the streamed AVX-512
+# kernels (one instance per batch: 1, 3 and 7 run here) or one product each; from 16 rows (and
+# 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded to 16
+# lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
 @pytest.mark.parametrize(
-    ("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1), (17, 1), (40, 40)]
+    ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
 @pytest.mark.parametrize("dirs_grad", [True, False])
 # the outer-product grad_coeffs runs from 32 dirs rows (37: 8-row tiles, a 4-row and a 1-row one)
