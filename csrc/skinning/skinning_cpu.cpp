@@ -12,8 +12,9 @@
 // are still never stored.
 // Backward: per point, grad_points and the gradient dM of its blended transform; the two
 // reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
-// of points on a cache-resident buffer with shared weights (skin_backward_shared), over a
-// (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
+// of points on a cache-resident buffer with shared weights (skin_backward_shared; grad_transforms'
+// product on the register-tiled kernel where the chunk blend takes it), over a (B, N, 12)
+// workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
 // blend_shapes (lbs's pose blend shapes): products over column slices, register-tiled AVX-512
 // kernels for float, BLAS otherwise (see below); below kBlendSliceMinBatch, streamed AVX-512
@@ -350,6 +351,19 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
       at::Tensor gw = grad_w.narrow(0, n0, rows);
       at::mm_out(gw, dM_rows, At_t);
       at::Tensor part = partial[chunk];
+#if defined(PE_AVX512_BLEND)
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        // part[j, :] = sum_i wt[i, j] dM[i, :]: blend_shapes' register-tiled product (a J x R
+        // output, K = rows) from the chunk blend's column threshold; at lbs's B = 32 (R = 384)
+        // the whole backward went 6.2-7.0 -> 6.0-6.3 ms (one thread, loaded machine, old and
+        // new builds alternated)
+        if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
+          rows_times_matrix_all_avx512(wt.data_ptr<float>(), J, 1, dm_ptr, nullptr, 0,
+                                       part.data_ptr<float>(), J, rows, R, 0, R);
+          continue;
+        }
+      }
+#endif
       at::mm_out(part, wt.narrow(0, 0, rows).t(), dM_rows);
     }
   });
