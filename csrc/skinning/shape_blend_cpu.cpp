@@ -290,7 +290,8 @@ std::tuple<at::Tensor, at::Tensor> shape_blend_forward_cpu(const at::Tensor& v_t
   const auto dtype = v_template.scalar_type();
   const auto acc = v_template.options().dtype(acc_dtype(v_template));
   at::Tensor v_shaped = new_output({B, V, 3}, acc);
-  at::Tensor partial = at::zeros({blocks, J, padded(M)}, acc);
+  // each block writes the first M values of its J rows (the padding is never read)
+  at::Tensor partial = at::empty({blocks, J, padded(M)}, acc);
   if (V > 0) {
     const auto in = in_acc({v_template, betas, shapedirs, regressor});
     AT_DISPATCH_FLOATING_TYPES(acc.dtype().toScalarType(), "shape_blend_forward_cpu", [&] {
@@ -308,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor> shape_blend_forward_cpu(const at::Tensor& v_t
       });
     });
   }
-  return {v_shaped.to(dtype), partial.sum(0).narrow(1, 0, M).to(dtype).contiguous()};
+  return {v_shaped.to(dtype), partial.narrow(2, 0, M).sum(0).to(dtype)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shape_blend_backward_cpu(
@@ -324,7 +325,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shape_blend_backward_
   at::Tensor grad_tmpl = new_output(v_template.sizes(), acc);
   at::Tensor grad_dirs = new_output(shapedirs.sizes(), acc);
   at::Tensor grad_regressor = new_output(regressor.sizes(), acc);
-  at::Tensor partial = at::zeros({blocks, B, padded(NB)}, acc);
+  // each block writes the first NB values of its B rows (the padding is never read)
+  at::Tensor partial = at::empty({blocks, B, padded(NB)}, acc);
   if (V > 0) {
     const auto in =
         in_acc({v_template, betas, shapedirs, regressor, grad_v_shaped, grad_regressed});
@@ -347,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shape_blend_backward_
       });
     });
   }
-  return {grad_tmpl.to(dtype), partial.sum(0).narrow(1, 0, NB).to(dtype).contiguous(),
+  return {grad_tmpl.to(dtype), partial.narrow(2, 0, NB).sum(0).to(dtype),
           grad_dirs.to(dtype), grad_regressor.to(dtype)};
 }
 
