@@ -678,6 +678,29 @@ __attribute__((target("avx512f"))) void coeffs_outer_avx512(const float* grad, i
   if (b0 < Bp) coeffs_rows_avx512<16, 1>(gT, Bp, d, F, C, out, b0, width);
 }
 
+// outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
+//   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
+//   line of the cold output (write-allocate), doubling the memory traffic.
+__attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, const float* g,
+                                                           float* out, int64_t C, int64_t f0,
+                                                           int64_t f1) {
+  for (int64_t f = f0; f < f1; ++f) {
+    float* row = out + f * C;
+    const float kf = k[f];
+    const __m512 kv = _mm512_set1_ps(kf);
+    // floats up to the row's first 64-byte boundary (rows are 4-byte aligned)
+    const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) & 63) / 4;
+    const int64_t head = std::min<int64_t>(past == 0 ? 0 : 16 - past, C);
+    int64_t c = 0;
+    for (; c < head; ++c) row[c] = kf * g[c];
+    for (; c + 16 <= C; c += 16) {
+      _mm512_stream_ps(row + c, _mm512_mul_ps(kv, _mm512_loadu_ps(g + c)));
+    }
+    for (; c < C; ++c) row[c] = kf * g[c];
+  }
+  _mm_sfence();
+}
+
 bool blend_avx512(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
 }
@@ -687,15 +710,18 @@ bool blend_avx512(const at::Tensor& t) {
 //   arithmetic. The BLAS runs them as separate passes (the forward's and grad_coeffs' matrix-
 //   vector products on one thread: 0.85 and 1.0 ms at B = 1 with dirs out of cache, 2 threads,
 //   against 0.66 ms for a plain 17 MB read); here each pass is parallel over column blocks of
-//   kStreamColumns, every row of dirs read as one contiguous 4 KiB run, and the backward reads
-//   dirs and writes grad_dirs in the same pass. Templated on the batch so that the per-row
+//   kStreamColumns, every row of dirs read as one contiguous 16 KiB run (prefetched: 4096
+//   columns and the prefetch measured 0.87-0.90 / 1.54-1.61 ms forward / backward against
+//   0.97-1.03 / 1.69-1.82 with 1024 and none, one thread, loaded machine), and the backward
+//   reads dirs and writes grad_dirs in the same pass. Templated on the batch so that the per-row
 //   accumulators live in registers.
-constexpr int64_t kStreamColumns = 1024;
+constexpr int64_t kStreamColumns = 4096;
 constexpr int64_t kStreamMaxBatch = kBlendSliceMinBatch - 1;
+constexpr int64_t kStreamPrefetch = 256;  // floats: 1 KiB ahead in each row of dirs
 
 // out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the block [c0, c0 + width):
-// the block's NB output rows (4 KiB each) stay in L1 while the F rows of dirs stream by, four at
-// a time.
+// the block's NB output rows (16 KiB each) stay in L1 / L2 while the F rows of dirs stream by,
+// four at a time.
 template <int NB>
 __attribute__((target("avx512f"))) void stream_forward_block_avx512(
     const float* base, int64_t base_rows, const float* coeffs, const float* dirs, float* out,
@@ -716,6 +742,12 @@ __attribute__((target("avx512f"))) void stream_forward_block_avx512(
       float* o = out + b * C + c0;
       int64_t c = 0;
       for (; c < full; c += 16) {
+        // software prefetch of the four rows, kStreamPrefetch floats ahead (the hardware
+        // prefetchers restart at every 4 KiB page of each row)
+        _mm_prefetch(reinterpret_cast<const char*>(d + c + kStreamPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(d + C + c + kStreamPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(d + 2 * C + c + kStreamPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(d + 3 * C + c + kStreamPrefetch), _MM_HINT_T0);
         __m512 acc = _mm512_loadu_ps(o + c);
         acc = _mm512_fmadd_ps(k0, _mm512_loadu_ps(d + c), acc);
         acc = _mm512_fmadd_ps(k1, _mm512_loadu_ps(d + C + c), acc);
@@ -756,7 +788,7 @@ __attribute__((target("avx512f"))) void stream_forward_block_avx512(
 // part[b * F + f] = sum_c grad[b, c] dirs[f, c] over the block and, with grad_dirs,
 // grad_dirs[f, c] = sum_b coeffs[b, f] grad[b, c] by non-temporal stores (written once, read by
 // no one here: ordinary stores would first read every line of the cold output). The NB grad rows
-// of the block (4 KiB each) stay in L1; two accumulators per batch row (the dots' FMA chains
+// of the block (16 KiB each) stay in L1 / L2; two accumulators per batch row (the dots' FMA chains
 // would otherwise bound the read rate at B = 1).
 template <int NB>
 __attribute__((target("avx512f"))) void stream_backward_block_avx512(
@@ -792,6 +824,8 @@ __attribute__((target("avx512f"))) void stream_backward_block_avx512(
       o[c] = w;
     }
     for (; c + 32 <= width; c += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(d + c + kStreamPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(d + c + 16 + kStreamPrefetch), _MM_HINT_T0);
       const __m512 d0 = _mm512_loadu_ps(d + c), d1 = _mm512_loadu_ps(d + c + 16);
       __m512 w0 = _mm512_setzero_ps(), w1 = _mm512_setzero_ps();
       for (int b = 0; b < NB; ++b) {
@@ -857,10 +891,16 @@ struct StreamBackward {
 };
 
 // Whether blend_shapes takes the streaming kernels above: float on an AVX-512 CPU, B below the
-// sliced path's batch.
+// sliced path's batch, two threads or more. On one thread the BLAS's matrix-vector products and
+// outer_stream's whole-row writes were faster than these passes (B = 1, dirs out of cache,
+// loaded machine: forward 0.71-0.81 vs 0.78-1.01 ms, backward 1.37-1.49 vs 1.54-1.74 ms); from
+// two threads the streamed passes win, being parallel where the BLAS's matrix-vector products
+// are not (lbs at B = 1, 2 threads: 4.28 -> 3.51 ms).
 bool blend_streamed(const at::Tensor& coeffs) {
   return coeffs.size(0) >= 1 && coeffs.size(0) <= kStreamMaxBatch && blend_avx512(coeffs);
 }
+
+bool blend_streamed_parallel() { return at::get_num_threads() > 1; }
 #endif
 
 at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& coeffs,
@@ -868,7 +908,7 @@ at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& co
   check_blend(base, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
 #if defined(PE_AVX512_BLEND)
-  if (blend_streamed(coeffs) && C > 0) {
+  if (blend_streamed(coeffs) && blend_streamed_parallel() && C > 0) {
     at::Tensor out = new_output({B, C}, coeffs.options());
     const float* k = coeffs.data_ptr<float>();
     const float* d = dirs.data_ptr<float>();
@@ -922,7 +962,19 @@ void blend_dirs_grad_slice(const at::Tensor& grad_out, const at::Tensor& coeffs,
 // grad_dirs for one batch row: the outer product coeffs[0] x grad_out[0] (which the BLAS runs as
 // a slow K = 1 product).
 at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
-  const int64_t F = coeffs.size(1);
+  const int64_t F = coeffs.size(1), C = grad_out.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_avx512(coeffs)) {
+    at::Tensor out = new_output({F, C}, coeffs.options());
+    const float* k = coeffs.data_ptr<float>();
+    const float* g = grad_out.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, F, 8, [&](int64_t begin, int64_t end) {
+      outer_stream_avx512(k, g, o, C, begin, end);
+    });
+    return out;
+  }
+#endif
   return at::mul(coeffs.view({F, 1}), grad_out);
 }
 
@@ -962,7 +1014,7 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
   check_blend_grad(grad_out, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
 #if defined(PE_AVX512_BLEND)
-  if (blend_streamed(coeffs) && C > 0 && F > 0) {
+  if (blend_streamed(coeffs) && blend_streamed_parallel() && C > 0 && F > 0) {
     return blend_backward_streamed(grad_out, coeffs, dirs, dirs_grad);
   }
 #endif

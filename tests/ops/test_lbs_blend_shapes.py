@@ -14,8 +14,8 @@ _OK, _REASON = pe.backend_status("cpu", "blend_shapes_forward")["native"]
 pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
 
 # 1100 columns: two full 512-column slices of the CPU kernel and a partial one (batches from 8);
-# below 8, one full 1024-column block of the streamed AVX-512 kernels and a partial one, its rows
-# starting at varying 64-byte offsets (4400-byte rows)
+# below 8, one partial 4096-column block of the streamed AVX-512 kernels, its rows starting at
+# varying 64-byte offsets (4400-byte rows; the test below runs several blocks)
 COLUMNS = 1100
 FEATURES = 23
 
@@ -57,6 +57,36 @@ def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features
     assert_close(grad_coeffs, grad.double() @ d.t(), dtype, scale=10)
     if dirs_grad:
         assert_close(grad_dirs, k.t() @ grad.double(), dtype)
+    else:
+        assert grad_dirs.numel() == 0
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("dirs_grad", [True, False])
+# one thread: the BLAS products (and B = 1's streamed outer product); two: the streamed passes
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blend_shapes_streamed_over_several_blocks(batch, dirs_grad, threads):
+    # 8300 columns: two full 4096-column blocks and a partial one of 108
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 8300, generator=generator)
+    coeffs = torch.randn(batch, FEATURES, generator=generator)
+    dirs = torch.randn(FEATURES, 8300, generator=generator)
+    grad = torch.randn(batch, 8300, generator=generator)
+    ops = torch.ops.portrait_engine
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.blend_shapes_forward(base, coeffs, dirs)
+        grad_coeffs, grad_dirs = ops.blend_shapes_backward(grad, coeffs, dirs, dirs_grad)
+    finally:
+        torch.set_num_threads(before)
+    b, k, d = base.double(), coeffs.double(), dirs.double()
+    assert_close(out, torch.addmm(b, k, d), torch.float32)
+    # sums of 8300 products of unit normals (|sum| ~ 91): fp32 rounding as in the test above
+    assert_close(grad_coeffs, grad.double() @ d.t(), torch.float32, scale=30)
+    if dirs_grad:
+        assert_close(grad_dirs, k.t() @ grad.double(), torch.float32)
     else:
         assert grad_dirs.numel() == 0
 
