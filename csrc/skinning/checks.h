@@ -104,5 +104,48 @@ inline void check_blend_grad(const at::Tensor& grad_out, const at::Tensor& coeff
               "): grad_out must be a contiguous (B, C) tensor");
 }
 
+inline void check_shape_blend(const at::Tensor& v_template, const at::Tensor& betas,
+                              const at::Tensor& shapedirs, const at::Tensor& regressor,
+                              const KernelSide& side) {
+  TORCH_CHECK(v_template.dim() == 2 && v_template.size(1) == 3 && v_template.is_contiguous(),
+              "shape_blend (", side.tag, "): v_template must be a contiguous (V, 3) tensor");
+  const int64_t V = v_template.size(0);
+  TORCH_CHECK(betas.dim() == 2 && betas.is_contiguous(), "shape_blend (", side.tag,
+              "): betas must be a contiguous (B, NB) tensor");
+  TORCH_CHECK(shapedirs.dim() == 3 && shapedirs.size(0) == V && shapedirs.size(1) == 3 &&
+                  shapedirs.size(2) == betas.size(1) && shapedirs.is_contiguous(),
+              "shape_blend (", side.tag, "): shapedirs must be a contiguous (V, 3, NB) tensor");
+  TORCH_CHECK(regressor.dim() == 2 && regressor.size(1) == V && regressor.is_contiguous(),
+              "shape_blend (", side.tag, "): J_regressor must be a contiguous (J, V) tensor");
+  TORCH_CHECK(betas.scalar_type() == v_template.scalar_type() &&
+                  shapedirs.scalar_type() == v_template.scalar_type() &&
+                  regressor.scalar_type() == v_template.scalar_type() &&
+                  at::isFloatingType(v_template.scalar_type()),
+              "shape_blend (", side.tag, "): dtype mismatch");
+  TORCH_CHECK(on_side(v_template, v_template, side) && on_side(betas, v_template, side) &&
+                  on_side(shapedirs, v_template, side) && on_side(regressor, v_template, side),
+              "shape_blend (", side.tag, "): tensors must be on one ", side.tag, " device");
+}
+
+// The backward's gradients: grad_v_shaped (B, V, 3) and grad_regressed (J, 3 + 3 NB).
+inline void check_shape_blend_grad(const at::Tensor& grad_v_shaped,
+                                   const at::Tensor& grad_regressed,
+                                   const at::Tensor& v_template, const at::Tensor& betas,
+                                   const at::Tensor& regressor, const KernelSide& side) {
+  TORCH_CHECK(grad_v_shaped.dim() == 3 && grad_v_shaped.size(0) == betas.size(0) &&
+                  grad_v_shaped.size(1) == v_template.size(0) && grad_v_shaped.size(2) == 3 &&
+                  grad_v_shaped.is_contiguous() &&
+                  grad_v_shaped.scalar_type() == v_template.scalar_type() &&
+                  on_side(grad_v_shaped, v_template, side),
+              "shape_blend (", side.tag, "): grad_v_shaped must be a contiguous (B, V, 3) tensor");
+  TORCH_CHECK(grad_regressed.dim() == 2 && grad_regressed.size(0) == regressor.size(0) &&
+                  grad_regressed.size(1) == 3 + 3 * betas.size(1) &&
+                  grad_regressed.is_contiguous() &&
+                  grad_regressed.scalar_type() == v_template.scalar_type() &&
+                  on_side(grad_regressed, v_template, side),
+              "shape_blend (", side.tag,
+              "): grad_regressed must be a contiguous (J, 3 + 3 NB) tensor");
+}
+
 }  // namespace skinning
 }  // namespace portrait_engine

@@ -20,4 +20,10 @@ TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
   m.def(
       "blend_shapes_backward(Tensor grad_out, Tensor coeffs, Tensor dirs, bool dirs_grad) -> "
       "(Tensor, Tensor)");
+  m.def(
+      "shape_blend_forward(Tensor v_template, Tensor betas, Tensor shapedirs, Tensor J_regressor) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "shape_blend_backward(Tensor grad_v_shaped, Tensor grad_regressed, Tensor v_template, "
+      "Tensor betas, Tensor shapedirs, Tensor J_regressor) -> (Tensor, Tensor, Tensor, Tensor)");
 }

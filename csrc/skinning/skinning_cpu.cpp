@@ -12,11 +12,13 @@
 // are still never stored.
 // Backward: per point, grad_points and the gradient dM of its blended transform; the two
 // reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
-// of points on a cache-resident buffer with shared weights (skin_backward_shared), over a
-// (B, N, 12) workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
+// of points on a cache-resident buffer with shared weights (skin_backward_shared; grad_transforms'
+// product on the register-tiled kernel where the chunk blend takes it), over a (B, N, 12)
+// workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
 // blend_shapes (lbs's pose blend shapes): products over column slices, register-tiled AVX-512
-// kernels for float, BLAS otherwise (see below).
+// kernels for float, BLAS otherwise (see below); below kBlendSliceMinBatch, streamed AVX-512
+// kernels over column blocks for float (one pass over dirs each way).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -36,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -348,6 +351,19 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
       at::Tensor gw = grad_w.narrow(0, n0, rows);
       at::mm_out(gw, dM_rows, At_t);
       at::Tensor part = partial[chunk];
+#if defined(PE_AVX512_BLEND)
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        // part[j, :] = sum_i wt[i, j] dM[i, :]: blend_shapes' register-tiled product (a J x R
+        // output, K = rows) from the chunk blend's column threshold; at lbs's B = 32 (R = 384)
+        // the whole backward went 6.2-7.0 -> 6.0-6.3 ms (one thread, loaded machine, old and
+        // new builds alternated)
+        if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
+          rows_times_matrix_all_avx512(wt.data_ptr<float>(), J, 1, dm_ptr, nullptr, 0,
+                                       part.data_ptr<float>(), J, rows, R, 0, R);
+          continue;
+        }
+      }
+#endif
       at::mm_out(part, wt.narrow(0, 0, rows).t(), dM_rows);
     }
   });
@@ -482,7 +498,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // writes its gradient (grad_dirs). On each slice: float on an AVX-512 CPU, the register-tiled
 // kernels below (the BLAS runs these shapes far below its peak); double, or a CPU without
 // AVX-512, BLAS calls per slice. grad_coeffs is summed from one partial per slice (no atomics;
-// the slices do not depend on the thread count). Half types run the plain products.
+// the slices do not depend on the thread count). Half types run the plain products. Batches
+// below kBlendSliceMinBatch: the streamed kernels (float, AVX-512) or one BLAS call each.
 // ------------------------------------------------------------------------------------------
 
 constexpr int64_t kBlendColumns = 512;
@@ -687,12 +704,225 @@ __attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, cons
 bool blend_avx512(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
 }
+
+// Small batches (B < kBlendSliceMinBatch; SMPL at B = 1): the products are matrix-vector-like,
+//   bound by the passes over the 17 MB dirs and the 17 MB write of its gradient, not by
+//   arithmetic. The BLAS runs them as separate passes (the forward's and grad_coeffs' matrix-
+//   vector products on one thread: 0.85 and 1.0 ms at B = 1 with dirs out of cache, 2 threads,
+//   against 0.66 ms for a plain 17 MB read); here each pass is parallel over column blocks of
+//   kStreamColumns, every row of dirs read as one contiguous 16 KiB run (prefetched: 4096
+//   columns and the prefetch measured 0.87-0.90 / 1.54-1.61 ms forward / backward against
+//   0.97-1.03 / 1.69-1.82 with 1024 and none, one thread, loaded machine), and the backward
+//   reads dirs and writes grad_dirs in the same pass. Templated on the batch so that the per-row
+//   accumulators live in registers.
+constexpr int64_t kStreamColumns = 4096;
+constexpr int64_t kStreamMaxBatch = kBlendSliceMinBatch - 1;
+constexpr int64_t kStreamPrefetch = 256;  // floats: 1 KiB ahead in each row of dirs
+
+// out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the block [c0, c0 + width):
+// the block's NB output rows (16 KiB each) stay in L1 / L2 while the F rows of dirs stream by,
+// four at a time.
+template <int NB>
+__attribute__((target("avx512f"))) void stream_forward_block_avx512(
+    const float* base, int64_t base_rows, const float* coeffs, const float* dirs, float* out,
+    int64_t F, int64_t C, int64_t c0, int64_t width) {
+  const int64_t full = width / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (width - full)) - 1u);
+  for (int b = 0; b < NB; ++b) {
+    std::memcpy(out + b * C + c0, base + (base_rows == 1 ? 0 : b) * C + c0,
+                static_cast<size_t>(width) * sizeof(float));
+  }
+  int64_t f = 0;
+  for (; f + 4 <= F; f += 4) {
+    const float* d = dirs + f * C + c0;
+    for (int b = 0; b < NB; ++b) {
+      const float* k = coeffs + b * F + f;
+      const __m512 k0 = _mm512_set1_ps(k[0]), k1 = _mm512_set1_ps(k[1]),
+                   k2 = _mm512_set1_ps(k[2]), k3 = _mm512_set1_ps(k[3]);
+      float* o = out + b * C + c0;
+      int64_t c = 0;
+      for (; c < full; c += 16) {
+        // software prefetch of the four rows, kStreamPrefetch floats ahead (the hardware
+        // prefetchers restart at every 4 KiB page of each row)
+        _mm_prefetch(reinterpret_cast<const char*>(d + c + kStreamPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(d + C + c + kStreamPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(d + 2 * C + c + kStreamPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(d + 3 * C + c + kStreamPrefetch), _MM_HINT_T0);
+        __m512 acc = _mm512_loadu_ps(o + c);
+        acc = _mm512_fmadd_ps(k0, _mm512_loadu_ps(d + c), acc);
+        acc = _mm512_fmadd_ps(k1, _mm512_loadu_ps(d + C + c), acc);
+        acc = _mm512_fmadd_ps(k2, _mm512_loadu_ps(d + 2 * C + c), acc);
+        acc = _mm512_fmadd_ps(k3, _mm512_loadu_ps(d + 3 * C + c), acc);
+        _mm512_storeu_ps(o + c, acc);
+      }
+      if (tail != 0) {
+        __m512 acc = _mm512_maskz_loadu_ps(tail, o + c);
+        acc = _mm512_fmadd_ps(k0, _mm512_maskz_loadu_ps(tail, d + c), acc);
+        acc = _mm512_fmadd_ps(k1, _mm512_maskz_loadu_ps(tail, d + C + c), acc);
+        acc = _mm512_fmadd_ps(k2, _mm512_maskz_loadu_ps(tail, d + 2 * C + c), acc);
+        acc = _mm512_fmadd_ps(k3, _mm512_maskz_loadu_ps(tail, d + 3 * C + c), acc);
+        _mm512_mask_storeu_ps(o + c, tail, acc);
+      }
+    }
+  }
+  for (; f < F; ++f) {
+    const float* d = dirs + f * C + c0;
+    for (int b = 0; b < NB; ++b) {
+      const __m512 k0 = _mm512_set1_ps(coeffs[b * F + f]);
+      float* o = out + b * C + c0;
+      int64_t c = 0;
+      for (; c < full; c += 16) {
+        _mm512_storeu_ps(o + c,
+                         _mm512_fmadd_ps(k0, _mm512_loadu_ps(d + c), _mm512_loadu_ps(o + c)));
+      }
+      if (tail != 0) {
+        _mm512_mask_storeu_ps(o + c, tail,
+                              _mm512_fmadd_ps(k0, _mm512_maskz_loadu_ps(tail, d + c),
+                                              _mm512_maskz_loadu_ps(tail, o + c)));
+      }
+    }
+  }
+}
+
+// The backward's one pass over a block: per row f of dirs, grad_coeffs' partial dots
+// part[b * F + f] = sum_c grad[b, c] dirs[f, c] over the block and, with grad_dirs,
+// grad_dirs[f, c] = sum_b coeffs[b, f] grad[b, c] by non-temporal stores (written once, read by
+// no one here: ordinary stores would first read every line of the cold output). The NB grad rows
+// of the block (16 KiB each) stay in L1 / L2; two accumulators per batch row (the dots' FMA chains
+// would otherwise bound the read rate at B = 1).
+template <int NB>
+__attribute__((target("avx512f"))) void stream_backward_block_avx512(
+    const float* grad, const float* coeffs, const float* dirs, float* grad_dirs, float* part,
+    int64_t F, int64_t C, int64_t c0, int64_t width) {
+  const float* g = grad + c0;
+  for (int64_t f = 0; f < F; ++f) {
+    const float* d = dirs + f * C + c0;
+    float* o = grad_dirs == nullptr ? nullptr : grad_dirs + f * C + c0;
+    // scalar columns up to o's first 64-byte boundary (rows are 4-byte aligned), then whole
+    // aligned vectors, then a masked tail
+    int64_t head = 0;
+    if (o != nullptr) {
+      const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(o) & 63) / 4;
+      head = std::min<int64_t>(past == 0 ? 0 : 16 - past, width);
+    }
+    __m512 k[NB], acc[NB][2];
+    float dot[NB];
+    for (int b = 0; b < NB; ++b) {
+      k[b] = _mm512_set1_ps(coeffs[b * F + f]);
+      acc[b][0] = _mm512_setzero_ps();
+      acc[b][1] = _mm512_setzero_ps();
+      dot[b] = 0.f;
+    }
+    int64_t c = 0;
+    for (; c < head; ++c) {
+      float w = 0.f;
+      for (int b = 0; b < NB; ++b) {
+        const float gv = g[b * C + c];
+        dot[b] += gv * d[c];
+        w += coeffs[b * F + f] * gv;
+      }
+      o[c] = w;
+    }
+    for (; c + 32 <= width; c += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(d + c + kStreamPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(d + c + 16 + kStreamPrefetch), _MM_HINT_T0);
+      const __m512 d0 = _mm512_loadu_ps(d + c), d1 = _mm512_loadu_ps(d + c + 16);
+      __m512 w0 = _mm512_setzero_ps(), w1 = _mm512_setzero_ps();
+      for (int b = 0; b < NB; ++b) {
+        const __m512 g0 = _mm512_loadu_ps(g + b * C + c), g1 = _mm512_loadu_ps(g + b * C + c + 16);
+        acc[b][0] = _mm512_fmadd_ps(g0, d0, acc[b][0]);
+        acc[b][1] = _mm512_fmadd_ps(g1, d1, acc[b][1]);
+        w0 = _mm512_fmadd_ps(k[b], g0, w0);
+        w1 = _mm512_fmadd_ps(k[b], g1, w1);
+      }
+      if (o != nullptr) {
+        _mm512_stream_ps(o + c, w0);
+        _mm512_stream_ps(o + c + 16, w1);
+      }
+    }
+    for (; c < width; c += 16) {  // the last 1 to 31 columns, masked (ordinary stores)
+      const int64_t left = width - c;
+      const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff)
+                                        : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 d0 = _mm512_maskz_loadu_ps(mask, d + c);
+      __m512 w0 = _mm512_setzero_ps();
+      for (int b = 0; b < NB; ++b) {
+        const __m512 g0 = _mm512_maskz_loadu_ps(mask, g + b * C + c);
+        acc[b][0] = _mm512_fmadd_ps(g0, d0, acc[b][0]);
+        w0 = _mm512_fmadd_ps(k[b], g0, w0);
+      }
+      if (o != nullptr) _mm512_mask_storeu_ps(o + c, mask, w0);
+    }
+    for (int b = 0; b < NB; ++b) {
+      part[b * F + f] = dot[b] + _mm512_reduce_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]));
+    }
+  }
+}
+
+// Runs the NB-templated block function for the batch B (1 .. kStreamMaxBatch).
+template <template <int> class Kernel, typename... Args>
+void stream_by_batch(int64_t B, Args... args) {
+  static_assert(kStreamMaxBatch == 7, "one case per small batch");
+  switch (B) {
+    case 1: Kernel<1>::run(args...); break;
+    case 2: Kernel<2>::run(args...); break;
+    case 3: Kernel<3>::run(args...); break;
+    case 4: Kernel<4>::run(args...); break;
+    case 5: Kernel<5>::run(args...); break;
+    case 6: Kernel<6>::run(args...); break;
+    default: Kernel<7>::run(args...); break;
+  }
+}
+
+template <int NB>
+struct StreamForward {
+  static void run(const float* base, int64_t base_rows, const float* coeffs, const float* dirs,
+                  float* out, int64_t F, int64_t C, int64_t c0, int64_t width) {
+    stream_forward_block_avx512<NB>(base, base_rows, coeffs, dirs, out, F, C, c0, width);
+  }
+};
+
+template <int NB>
+struct StreamBackward {
+  static void run(const float* grad, const float* coeffs, const float* dirs, float* grad_dirs,
+                  float* part, int64_t F, int64_t C, int64_t c0, int64_t width) {
+    stream_backward_block_avx512<NB>(grad, coeffs, dirs, grad_dirs, part, F, C, c0, width);
+  }
+};
+
+// Whether blend_shapes takes the streaming kernels above: float on an AVX-512 CPU, B below the
+// sliced path's batch, two threads or more. On one thread the BLAS's matrix-vector products and
+// outer_stream's whole-row writes were faster than these passes (B = 1, dirs out of cache,
+// loaded machine: forward 0.71-0.81 vs 0.78-1.01 ms, backward 1.37-1.49 vs 1.54-1.74 ms); from
+// two threads the streamed passes win, being parallel where the BLAS's matrix-vector products
+// are not (lbs at B = 1, 2 threads: 4.28 -> 3.51 ms).
+bool blend_streamed(const at::Tensor& coeffs) {
+  return coeffs.size(0) >= 1 && coeffs.size(0) <= kStreamMaxBatch && blend_avx512(coeffs);
+}
+
+bool blend_streamed_parallel() { return at::get_num_threads() > 1; }
 #endif
 
 at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& coeffs,
                                     const at::Tensor& dirs) {
   check_blend(base, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_streamed(coeffs) && blend_streamed_parallel() && C > 0) {
+    at::Tensor out = new_output({B, C}, coeffs.options());
+    const float* k = coeffs.data_ptr<float>();
+    const float* d = dirs.data_ptr<float>();
+    const float* base_ptr = base.data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, C, kStreamColumns, [&](int64_t begin, int64_t end) {
+      for (int64_t c0 = begin; c0 < end; c0 += kStreamColumns) {
+        stream_by_batch<StreamForward>(B, base_ptr, base.size(0), k, d, o, F, C, c0,
+                                       std::min(kStreamColumns, end - c0));
+      }
+    });
+    return out;
+  }
+#endif
   if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
   at::Tensor out = new_output({B, C}, coeffs.options());
   at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
@@ -748,12 +978,46 @@ at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
   return at::mul(coeffs.view({F, 1}), grad_out);
 }
 
+#if defined(PE_AVX512_BLEND)
+// The streamed backward of small batches: one pass over column blocks, grad_coeffs summed from
+// one (B, F) partial per block (in block order: fixed for any thread count; no atomics).
+std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& grad_out,
+                                                           const at::Tensor& coeffs,
+                                                           const at::Tensor& dirs,
+                                                           bool dirs_grad) {
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+  at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
+                                   : at::empty({0}, dirs.options());
+  const int64_t blocks = (C + kStreamColumns - 1) / kStreamColumns;
+  at::Tensor partial = at::empty({blocks, B, F}, coeffs.options());
+  const float* g = grad_out.data_ptr<float>();
+  const float* k = coeffs.data_ptr<float>();
+  const float* d = dirs.data_ptr<float>();
+  float* gd = dirs_grad ? grad_dirs.data_ptr<float>() : nullptr;
+  float* part = partial.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t c0 = block * kStreamColumns;
+      stream_by_batch<StreamBackward>(B, g, k, d, gd, part + block * B * F, F, C, c0,
+                                      std::min(kStreamColumns, C - c0));
+    }
+    _mm_sfence();  // the non-temporal stores are visible before the task ends
+  });
+  return {partial.sum(0), grad_dirs};
+}
+#endif
+
 std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
                                                              const at::Tensor& coeffs,
                                                              const at::Tensor& dirs,
                                                              bool dirs_grad) {
   check_blend_grad(grad_out, coeffs, dirs, kCpuSide);
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+#if defined(PE_AVX512_BLEND)
+  if (blend_streamed(coeffs) && blend_streamed_parallel() && C > 0 && F > 0) {
+    return blend_backward_streamed(grad_out, coeffs, dirs, dirs_grad);
+  }
+#endif
   // dirs_grad = false (model tensors without grad, as in GAN training): no (F, C) gradient
   at::Tensor grad_dirs = at::empty({0}, dirs.options());
   if (!blend_sliced(coeffs) || C == 0 || F == 0) {

@@ -284,6 +284,44 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cuda(const at::Tensor& 
   return {at::mm(grad_out, dirs.t()), grad_dirs};
 }
 
+// shape_blend: v_shaped = T + S β and regressed = 𝒥 [T | S] (contract in shape_blend_cpu.cpp);
+// cuBLAS runs the products as they are.
+std::tuple<at::Tensor, at::Tensor> shape_blend_forward_cuda(const at::Tensor& v_template,
+                                                            const at::Tensor& betas,
+                                                            const at::Tensor& shapedirs,
+                                                            const at::Tensor& regressor) {
+  check_shape_blend(v_template, betas, shapedirs, regressor, kCudaSide);
+  const c10::cuda::CUDAGuard guard(v_template.device());
+  const int64_t B = betas.size(0), V = v_template.size(0);
+  const at::Tensor dirs = shapedirs.view({V * 3, -1});
+  at::Tensor v_shaped = at::addmm(v_template.view({1, V * 3}), betas, dirs.t()).view({B, V, 3});
+  at::Tensor regressed =
+      at::mm(regressor, at::cat({v_template, shapedirs.view({V, -1})}, /*dim=*/1));
+  return {v_shaped, regressed};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shape_blend_backward_cuda(
+    const at::Tensor& grad_v_shaped, const at::Tensor& grad_regressed,
+    const at::Tensor& v_template, const at::Tensor& betas, const at::Tensor& shapedirs,
+    const at::Tensor& regressor) {
+  check_shape_blend(v_template, betas, shapedirs, regressor, kCudaSide);
+  check_shape_blend_grad(grad_v_shaped, grad_regressed, v_template, betas, regressor, kCudaSide);
+  const c10::cuda::CUDAGuard guard(v_template.device());
+  const int64_t B = betas.size(0), V = v_template.size(0);
+  const at::Tensor g = grad_v_shaped.view({B, V * 3});
+  // the gradient of 𝒥 [T | S] w.r.t. [T | S], (V, 3 + 3 NB)
+  const at::Tensor regressed_side = at::mm(regressor.t(), grad_regressed);
+  at::Tensor grad_tmpl = (g.sum(0).view({V, 3}) + regressed_side.narrow(1, 0, 3)).contiguous();
+  at::Tensor grad_dirs = at::addmm(regressed_side.narrow(1, 3, regressed_side.size(1) - 3)
+                                       .reshape({V * 3, -1}),
+                                   g.t(), betas)
+                             .view(shapedirs.sizes());
+  at::Tensor grad_regressor =
+      at::mm(grad_regressed, at::cat({v_template, shapedirs.view({V, -1})}, /*dim=*/1).t());
+  at::Tensor grad_betas = at::mm(g, shapedirs.view({V * 3, -1}));
+  return {grad_tmpl, grad_betas, grad_dirs.contiguous(), grad_regressor};
+}
+
 }  // namespace
 }  // namespace skinning
 }  // namespace portrait_engine
@@ -296,4 +334,6 @@ TORCH_LIBRARY_IMPL(portrait_engine, CUDA, m) {
   m.impl("skin_points_backward", &portrait_engine::skinning::skin_points_backward_cuda);
   m.impl("blend_shapes_forward", &portrait_engine::skinning::blend_shapes_forward_cuda);
   m.impl("blend_shapes_backward", &portrait_engine::skinning::blend_shapes_backward_cuda);
+  m.impl("shape_blend_forward", &portrait_engine::skinning::shape_blend_forward_cuda);
+  m.impl("shape_blend_backward", &portrait_engine::skinning::shape_blend_backward_cuda);
 }

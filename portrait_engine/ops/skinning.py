@@ -225,6 +225,57 @@ _BLEND_NATIVE = register_native_pair(
 )
 
 
+# shape_blend (native only): v_template (V, 3), betas (B, NB), shapedirs (V, 3, NB), J_regressor
+#   (J, V), contiguous, one dtype; returns v_shaped = T + S β (B, V, 3) and regressed =
+#   𝒥 [T | S] (J, 3 + 3 NB), from which lbs forms the joints 𝒥 T + (𝒥 S) β. The backward takes
+#   both outputs' gradients and returns those of the four inputs.
+
+
+def _shape_fake_forward(v_template, betas, shapedirs, J_regressor):
+    return (
+        v_template.new_empty((betas.shape[0], v_template.shape[0], 3)),
+        v_template.new_empty((J_regressor.shape[0], 3 + 3 * betas.shape[1])),
+    )
+
+
+def _shape_fake_backward(grad_v_shaped, grad_regressed, v_template, betas, shapedirs, J_regressor):
+    return tuple(t.new_empty(t.shape) for t in (v_template, betas, shapedirs, J_regressor))
+
+
+def _shape_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _shape_make_autograd(backward_op):
+    def backward(ctx, grad_v_shaped, grad_regressed):
+        v_template, betas, shapedirs, J_regressor = ctx.saved_tensors
+        # an output that did not reach the loss arrives as None
+        if grad_v_shaped is None:
+            grad_v_shaped = v_template.new_zeros((betas.shape[0], v_template.shape[0], 3))
+        if grad_regressed is None:
+            grad_regressed = v_template.new_zeros((J_regressor.shape[0], 3 + 3 * betas.shape[1]))
+        return backward_op(
+            grad_v_shaped.contiguous(),
+            grad_regressed.contiguous(),
+            v_template,
+            betas,
+            shapedirs,
+            J_regressor,
+        )
+
+    return backward
+
+
+_SHAPE_NATIVE = register_native_pair(
+    "shape_blend_forward",
+    "shape_blend_backward",
+    fake_forward=_shape_fake_forward,
+    fake_backward=_shape_fake_backward,
+    setup_context=_shape_setup_context,
+    make_backward=_shape_make_autograd,
+)
+
+
 def _cpu_sliced_blend_batch() -> int | None:
     """The batch from which the CPU blend_shapes kernel slices its products (below it the kernel
     runs one BLAS call per product): the kernel's own constant (kBlendSliceMinBatch in
@@ -431,6 +482,52 @@ def _check_tree(parents: torch.Tensor) -> None:
     _CHECKED_TREES[parents] = version
 
 
+def _shaped_and_joints(betas, v_template, shapedirs, J_regressor, native_blend):
+    """v_shaped (B, V·3) and the joints (B, J, 3) from torch products (and, natively on the CPU,
+    blend_shapes): the path of batched templates, of Triton, and of builds without the
+    shape_blend kernel."""
+    num_joints, num_verts = J_regressor.shape
+    shape_dirs = shapedirs.reshape(num_verts * 3, -1)
+    # v_shaped = T + Σ β_l S_l as one (B, V·3) product (smplx's einsum becomes a batched
+    # product over badly strided operands, the larger cost on the CPU)
+    template = v_template.reshape(-1, num_verts * 3)
+    if (
+        native_blend
+        and template.shape[0] in (1, betas.shape[0])
+        and betas.device.type == "cpu"
+        and _CPU_SLICED_BLEND_BATCH is not None
+        and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
+    ):
+        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size) for the CPU kernel's
+        # sliced products: the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB
+        # output, far below its peak. Smaller batches gain nothing over the copy's cost.
+        v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
+            template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+        )
+    elif template.shape[0] in (1, betas.shape[0]):
+        v_shaped = torch.addmm(template, betas, shape_dirs.t())
+    else:  # a batch of templates for one betas row
+        v_shaped = template + torch.mm(betas, shape_dirs.t())
+    if v_shaped.shape[0] <= betas.shape[1]:
+        # a few shapes: J = 𝒥 v_shaped directly, one small product per shape
+        joints = torch.matmul(J_regressor, v_shaped.view(-1, num_verts, 3))
+    else:
+        # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
+        # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
+        # is made nor differentiated through
+        if v_template.dim() == 2:
+            # one product 𝒥 [T | S] (J, 3 + 3·NB): BLAS runs an N = 3 product far below speed
+            template_and_dirs = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
+            regressed = torch.mm(J_regressor, template_and_dirs)
+            regressed_template, regressed_dirs = regressed[:, :3], regressed[:, 3:]
+        else:
+            regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
+            regressed_template = torch.matmul(J_regressor, v_template)  # (B, J, 3)
+        regressed_offsets = torch.mm(betas, regressed_dirs.reshape(num_joints * 3, -1).t())
+        joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
+    return v_shaped, joints
+
+
 def lbs(
     betas: torch.Tensor,
     pose: torch.Tensor,
@@ -488,45 +585,30 @@ def lbs(
             pose2rot,
         )
     num_verts = J_regressor.shape[1]
-    shape_dirs = shapedirs.reshape(num_verts * 3, -1)
-    # v_shaped = T + Σ β_l S_l as one (B, V·3) product (smplx's einsum becomes a batched
-    # product over badly strided operands, the larger cost on the CPU)
-    template = v_template.reshape(-1, num_verts * 3)
     native_blend = name == "native" and _BLEND_NATIVE
     if (
-        native_blend
-        and template.shape[0] in (1, betas.shape[0])
-        and betas.device.type == "cpu"
-        and _CPU_SLICED_BLEND_BATCH is not None
-        and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
+        name == "native"
+        and _SHAPE_NATIVE
+        and v_template.dim() == 2
+        and betas.shape[0] > betas.shape[1]
     ):
-        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size) for the CPU kernel's
-        # sliced products: the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB
-        # output, far below its peak. Smaller batches gain nothing over the copy's cost.
-        v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
-            template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+        # one kernel for T + S β and 𝒥 [T | S] (the blend shapes in their own layout, both
+        # gradients of S in one pass); the joints J = 𝒥 T + (𝒥 S) β from its (J, 3 + 3·NB)
+        # result. Up to NB shapes 𝒥 v_shaped directly is less work (lbs at B = 1: 3.6 vs
+        # 4.2 ms with the kernel, 2 threads, loaded machine), as in _shaped_and_joints.
+        v_shaped, regressed = torch.ops.portrait_engine.shape_blend_forward(
+            v_template.contiguous(),
+            betas.contiguous(),
+            shapedirs.contiguous(),
+            J_regressor.contiguous(),
         )
-    elif template.shape[0] in (1, betas.shape[0]):
-        v_shaped = torch.addmm(template, betas, shape_dirs.t())
-    else:  # a batch of templates for one betas row
-        v_shaped = template + torch.mm(betas, shape_dirs.t())
-    if v_shaped.shape[0] <= betas.shape[1]:
-        # a few shapes: J = 𝒥 v_shaped directly, one small product per shape
-        joints = torch.matmul(J_regressor, v_shaped.view(-1, num_verts, 3))
+        v_shaped = v_shaped.view(betas.shape[0], num_verts * 3)
+        regressed_offsets = torch.mm(betas, regressed[:, 3:].reshape(num_joints * 3, -1).t())
+        joints = regressed[:, :3] + regressed_offsets.view(-1, num_joints, 3)
     else:
-        # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
-        # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
-        # is made nor differentiated through
-        if v_template.dim() == 2:
-            # one product 𝒥 [T | S] (J, 3 + 3·NB): BLAS runs an N = 3 product far below speed
-            template_and_dirs = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
-            regressed = torch.mm(J_regressor, template_and_dirs)
-            regressed_template, regressed_dirs = regressed[:, :3], regressed[:, 3:]
-        else:
-            regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
-            regressed_template = torch.matmul(J_regressor, v_template)  # (B, J, 3)
-        regressed_offsets = torch.mm(betas, regressed_dirs.reshape(num_joints * 3, -1).t())
-        joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
+        v_shaped, joints = _shaped_and_joints(
+            betas, v_template, shapedirs, J_regressor, native_blend
+        )
     joints = joints.expand(batch, -1, -1)
     if pose2rot:
         kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)

@@ -13,7 +13,9 @@ from tests.ops.test_lbs import DIFFERENTIABLE, make_inputs, run
 _OK, _REASON = pe.backend_status("cpu", "blend_shapes_forward")["native"]
 pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
 
-# 1100 columns: two full 512-column slices of the CPU kernel and a partial one
+# 1100 columns: two full 512-column slices of the CPU kernel and a partial one (batches from 8);
+# below 8, one partial 4096-column block of the streamed AVX-512 kernels, its rows starting at
+# varying 64-byte offsets (4400-byte rows; the test below runs several blocks)
 COLUMNS = 1100
 FEATURES = 23
 
@@ -28,11 +30,12 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# 9 rows: the CPU kernel slices the columns from 8 rows on (fewer run one product each); from 16
-# rows (and 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded
-# to 16 lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
+# 9 rows: the CPU kernel slices the columns from 8 rows on; fewer rows take the streamed AVX-512
+# kernels (one instance per batch: 1, 3 and 7 run here) or one product each; from 16 rows (and
+# 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded to 16
+# lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
 @pytest.mark.parametrize(
-    ("batch", "base_rows"), [(1, 1), (3, 3), (9, 9), (9, 1), (17, 1), (40, 40)]
+    ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
 @pytest.mark.parametrize("dirs_grad", [True, False])
 # the outer-product grad_coeffs runs from 32 dirs rows (37: 8-row tiles, a 4-row and a 1-row one)
@@ -54,6 +57,36 @@ def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features
     assert_close(grad_coeffs, grad.double() @ d.t(), dtype, scale=10)
     if dirs_grad:
         assert_close(grad_dirs, k.t() @ grad.double(), dtype)
+    else:
+        assert grad_dirs.numel() == 0
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("dirs_grad", [True, False])
+# one thread: the BLAS products (and B = 1's streamed outer product); two: the streamed passes
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blend_shapes_streamed_over_several_blocks(batch, dirs_grad, threads):
+    # 8300 columns: two full 4096-column blocks and a partial one of 108
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 8300, generator=generator)
+    coeffs = torch.randn(batch, FEATURES, generator=generator)
+    dirs = torch.randn(FEATURES, 8300, generator=generator)
+    grad = torch.randn(batch, 8300, generator=generator)
+    ops = torch.ops.portrait_engine
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.blend_shapes_forward(base, coeffs, dirs)
+        grad_coeffs, grad_dirs = ops.blend_shapes_backward(grad, coeffs, dirs, dirs_grad)
+    finally:
+        torch.set_num_threads(before)
+    b, k, d = base.double(), coeffs.double(), dirs.double()
+    assert_close(out, torch.addmm(b, k, d), torch.float32)
+    # sums of 8300 products of unit normals (|sum| ~ 91): fp32 rounding as in the test above
+    assert_close(grad_coeffs, grad.double() @ d.t(), torch.float32, scale=30)
+    if dirs_grad:
+        assert_close(grad_dirs, k.t() @ grad.double(), torch.float32)
     else:
         assert grad_dirs.numel() == 0
 

@@ -9,7 +9,7 @@ import torch
 import portrait_engine as pe
 from portrait_engine.ops import lbs, mesh_deform, skin_points
 from tests.helpers import assert_close, relative_l2
-from tests.ops import test_lbs, test_mesh_deform, test_skin_points
+from tests.ops import test_lbs, test_lbs_shape_blend, test_mesh_deform, test_skin_points
 
 pytestmark = pytest.mark.cuda
 
@@ -36,6 +36,26 @@ def test_gpu_lbs_matches_smplx(backend, pose2rot, batch):
     got = test_lbs.run(backend, inputs, pose2rot)
     want = test_lbs.run("smplx", inputs, pose2rot)
     for g, w in zip(got, want, strict=True):
+        assert relative_l2(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_shape_blend_matches_float64_products(dtype):
+    """The CUDA shape_blend (cuBLAS products; lbs's native path for B > NB) against the formulas
+    of the CPU test, values and all four gradients."""
+    _require("native", "shape_blend_forward")
+    inputs = _cuda(test_lbs_shape_blend.shape_inputs(32, 10, dtype))
+    ops = torch.ops.portrait_engine
+    v_shaped, regressed = ops.shape_blend_forward(*inputs)
+    leaves = [t.double().requires_grad_() for t in inputs]
+    want_v, want_r = test_lbs_shape_blend.reference(*leaves)
+    assert relative_l2(v_shaped, want_v) < 1e-5
+    assert relative_l2(regressed, want_r) < 1e-5
+    grad_v, grad_r = torch.randn_like(v_shaped), torch.randn_like(regressed)
+    got = ops.shape_blend_backward(grad_v, grad_r, *inputs)
+    want = torch.autograd.grad([want_v, want_r], leaves, [grad_v.double(), grad_r.double()])
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
         assert relative_l2(g, w) < 1e-5
 
 

@@ -1,0 +1,363 @@
+// CPU kernels of portrait_engine::shape_blend_{forward,backward}: lbs's shape blend shapes and
+// the joint regressor's product (contract: docs/kernel_contract_skinning.md).
+//
+//   v_shaped[b] = T + S β_b                     (V, 3) per batch element; S = shapedirs (V, 3, NB)
+//   regressed   = 𝒥 [T | S]                      (J, 3 + 3 NB); 𝒥 = J_regressor (J, V)
+//
+// lbs's joints are 𝒥 v_shaped[b] = regressed[:, :3] + (𝒥 S) β_b: the front end forms them from
+// `regressed` with two small products (and autograd gives their gradients).
+//
+// Why a kernel: the front end ran these as a transposed copy of S, a sliced product, a
+// concatenation [T | S] and two N = 33 BLAS products, and in the backward a transposed gradient
+// and a strided sum of S's two gradients: 1.6-2.1 ms at B = 32 (2 threads, loaded machine) for
+// ~75 MFLOP. Here each direction is one pass over blocks of kShapeBlock vertices (parallel),
+// every product of a block a small dense one on the inputs in place (one transposed copy of the
+// block's blend shapes each way):
+//   forward:  v_shaped of the block (β S); the block's partial of regressed (𝒥 T, 𝒥 S).
+//   backward: with g = grad_v_shaped and gR = grad_regressed,
+//             grad_T = Σ_b g_b + (𝒥ᵀ gR)[:, :3]     grad_S = Σ_b g_b β_bᵀ + (𝒥ᵀ gR)[:, 3:]
+//             grad_𝒥 = gR [T | S]ᵀ                  grad_β_b = Sᵀ g_b (a partial per block)
+// Partials per block, summed in block order (the blocks do not depend on the thread count), no
+// atomics. Float on an AVX-512 CPU runs register-tiled products, other types and CPUs plain
+// loops (the capped ISA, PORTRAIT_ENGINE_CPU_ISA, included); half types are converted to fp32.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common.h"
+#include "cpu_math.h"
+#include "host.h"
+#include "skinning/checks.h"
+
+#if PE_HAVE_ISA_CLONES
+#include <immintrin.h>
+#endif
+
+namespace portrait_engine {
+namespace skinning {
+namespace {
+
+// Vertices per block: 64 (192 columns of v_shaped) keeps a block's buffers (~40 KB in float at
+// SMPL's NB = 10) within L1 and L2 while giving 108 blocks at SMPL's 6890 vertices.
+constexpr int64_t kShapeBlock = 64;
+
+
+// The kernels run on tensors in the accumulation type (float or double; half types are
+// converted by the caller): the blocks' products read the inputs in place, with their strides.
+template <typename acc_t>
+struct ShapeArgs {
+  const acc_t* tmpl;       // (V, 3)
+  const acc_t* betas;      // (B, NB)
+  const acc_t* dirs;       // (V * 3, NB)
+  const acc_t* regressor;  // (J, V)
+  const acc_t* grad_v;     // (B, V * 3), backward
+  const acc_t* grad_reg;   // (J, M), backward
+  acc_t* v_shaped;         // (B, V * 3), forward
+  acc_t* partial;          // forward (blocks, J, Mp): regressed; backward (blocks, B, NBp): grad_β
+  acc_t* grad_tmpl;        // (V, 3), backward
+  acc_t* grad_dirs;        // (V * 3, NB), backward
+  acc_t* grad_regressor;   // (J, V), backward
+  int64_t B, NB, V, J;
+  bool avx512;  // float on an AVX-512 CPU: the register-tiled products
+};
+
+// Every product of a block is a small dense one, out[r, c] = init[r, c] + Σ_k a[r, k] x[k, c]
+// over buffers in L1 (the block's data in the accumulation type): on an AVX-512 CPU, float runs
+// a register-tiled kernel (R rows x Q vectors of accumulators; loops that accumulated in memory
+// instead were bound by store-to-load forwarding, 1.6 ms for the forward at B = 32 on one core);
+// other types and CPUs run the plain loops.
+constexpr int64_t kLanes = 16;
+
+int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+struct Product {
+  int64_t rows, K, width;  // out is (rows, width), the sum runs over K
+  int64_t ar, ak;          // a[r * ar + k * ak]
+  int64_t ldx, ldi, ldo;   // x[k * ldx + c], init[r * ldi + c] (ldi = 0: one row for all)
+};
+
+template <typename acc_t>
+void product_loops(const Product& p, const acc_t* a, const acc_t* x, const acc_t* init,
+                   acc_t* out) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    acc_t* o = out + r * p.ldo;
+    for (int64_t c = 0; c < p.width; ++c) o[c] = init == nullptr ? acc_t(0) : init[r * p.ldi + c];
+    for (int64_t k = 0; k < p.K; ++k) {
+      const acc_t w = a[r * p.ar + k * p.ak];
+      const acc_t* xk = x + k * p.ldx;
+      PE_SIMD
+      for (int64_t c = 0; c < p.width; ++c) o[c] += w * xk[c];
+    }
+  }
+}
+
+#if PE_HAVE_ISA_CLONES
+#define PE_UNROLL _Pragma("GCC unroll 16")
+
+// R rows from r0 and Q vectors of columns from c0, the last one masked by `last`.
+template <int R, int Q>
+__attribute__((target("avx512f"))) void product_tile_avx512(const Product& p, const float* a,
+                                                            const float* x, const float* init,
+                                                            float* out, int64_t r0, int64_t c0,
+                                                            __mmask16 last) {
+  // the tile's loops unrolled in full (PE_UNROLL) and the sizes as locals: otherwise GCC kept
+  // the accumulators in a stack array, a store per FMA (the forward ran at ~19 GFLOP/s, one core)
+  const int64_t K = p.K, ar = p.ar, ak = p.ak, ldx = p.ldx;
+  __mmask16 mask[Q];
+  PE_UNROLL
+  for (int q = 0; q < Q; ++q) mask[q] = q == Q - 1 ? last : static_cast<__mmask16>(0xffff);
+  __m512 acc[R][Q];
+  PE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PE_UNROLL
+    for (int q = 0; q < Q; ++q) {
+      acc[r][q] = init == nullptr
+                      ? _mm512_setzero_ps()
+                      : _mm512_maskz_loadu_ps(mask[q], init + (r0 + r) * p.ldi + c0 + 16 * q);
+    }
+  }
+  const float* ar0 = a + r0 * ar;
+  const float* xk = x + c0;
+  for (int64_t k = 0; k < K; ++k, xk += ldx) {
+    __m512 xv[Q];
+    PE_UNROLL
+    for (int q = 0; q < Q; ++q) xv[q] = _mm512_maskz_loadu_ps(mask[q], xk + 16 * q);
+    PE_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 w = _mm512_set1_ps(ar0[r * ar + k * ak]);
+      PE_UNROLL
+      for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_fmadd_ps(w, xv[q], acc[r][q]);
+    }
+  }
+  PE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PE_UNROLL
+    for (int q = 0; q < Q; ++q) {
+      const __mmask16 m = q == Q - 1 ? last : static_cast<__mmask16>(0xffff);
+      _mm512_mask_storeu_ps(out + (r0 + r) * p.ldo + c0 + 16 * q, m, acc[r][q]);
+    }
+  }
+}
+
+template <int R>
+__attribute__((target("avx512f"))) void product_rows_avx512(const Product& p, const float* a,
+                                                            const float* x, const float* init,
+                                                            float* out, int64_t r0) {
+  constexpr __mmask16 kAll = 0xffff;
+  int64_t c0 = 0;
+  for (; c0 + 64 <= p.width; c0 += 64) product_tile_avx512<R, 4>(p, a, x, init, out, r0, c0, kAll);
+  // the last 1 to 63 columns in one tile of 1 to 4 vectors (e.g. 𝒥 S's 30 columns: one pass
+  // over K instead of two)
+  const int64_t left = p.width - c0;
+  if (left <= 0) return;
+  const int64_t tail = left % 16;
+  const __mmask16 last = tail == 0 ? kAll : static_cast<__mmask16>((1u << tail) - 1u);
+  switch ((left + 15) / 16) {
+    case 1: product_tile_avx512<R, 1>(p, a, x, init, out, r0, c0, last); break;
+    case 2: product_tile_avx512<R, 2>(p, a, x, init, out, r0, c0, last); break;
+    case 3: product_tile_avx512<R, 3>(p, a, x, init, out, r0, c0, last); break;
+    default: product_tile_avx512<R, 4>(p, a, x, init, out, r0, c0, last); break;
+  }
+}
+
+__attribute__((target("avx512f"))) void product_avx512(const Product& p, const float* a,
+                                                       const float* x, const float* init,
+                                                       float* out) {
+  int64_t r = 0;
+  for (; r + 4 <= p.rows; r += 4) product_rows_avx512<4>(p, a, x, init, out, r);
+  for (; r < p.rows; ++r) product_rows_avx512<1>(p, a, x, init, out, r);
+}
+#endif
+
+template <typename acc_t>
+void product(const Product& p, const acc_t* a, const acc_t* x, const acc_t* init, acc_t* out,
+             bool avx512) {
+#if PE_HAVE_ISA_CLONES
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (avx512) {
+      product_avx512(p, a, x, init, out);
+      return;
+    }
+  }
+#endif
+  (void)avx512;
+  product_loops(p, a, x, init, out);
+}
+
+// The blocks: kShapeBlock vertices from v0 = index * kShapeBlock, cols = 3 nv blend-shape columns.
+struct Block {
+  int64_t v0, nv, cols, colsp, nvp;
+  Block(int64_t index, int64_t V)
+      : v0(index * kShapeBlock), nv(std::min(kShapeBlock, V - index * kShapeBlock)),
+        cols(3 * nv), colsp(padded(3 * nv)), nvp(padded(nv)) {}
+};
+
+template <typename acc_t>
+void shape_forward_range(const ShapeArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J, Mp = padded(3 + 3 * NB);
+  // st (NB, colsp): the block's blend shapes by columns, st[l, c] = S[v0 * 3 + c, l], the
+  // product's right side for v_shaped (the one transposed copy of the forward)
+  std::vector<acc_t> st(NB * padded(3 * kShapeBlock));
+  for (int64_t index = begin; index < end; ++index) {
+    const Block k(index, V);
+    const acc_t* s = a.dirs + k.v0 * 3 * NB;
+    for (int64_t c = 0; c < k.cols; ++c) {
+      for (int64_t l = 0; l < NB; ++l) st[l * k.colsp + c] = s[c * NB + l];
+    }
+    // v_shaped rows of the block: T + β S, written in place (B rows of V * 3)
+    product<acc_t>({B, NB, k.cols, NB, 1, k.colsp, 0, V * 3}, a.betas, st.data(),
+                   a.tmpl + k.v0 * 3, a.v_shaped + k.v0 * 3, a.avx512);
+    // the block's partial of regressed = 𝒥 [T | S], (J, Mp): 𝒥 T and 𝒥 S side by side
+    acc_t* part = a.partial + index * J * Mp;
+    const acc_t* w = a.regressor + k.v0;
+    product<acc_t>({J, k.nv, 3, V, 1, 3, 0, Mp}, w, a.tmpl + k.v0 * 3, nullptr, part, a.avx512);
+    product<acc_t>({J, k.nv, 3 * NB, V, 1, 3 * NB, 0, Mp}, w, s, nullptr, part + 3, a.avx512);
+  }
+}
+
+template <typename acc_t>
+void shape_backward_range(const ShapeArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J, M = 3 + 3 * NB, NBp = padded(NB);
+  const int64_t colsp_max = padded(3 * kShapeBlock), nvp_max = padded(kShapeBlock);
+  // ts (M, nvp): [T | S] of the block by values (m < 3: T[v, m]; then S[v, (m - 3) / NB,
+  // (m - 3) % NB]), grad_𝒥's right side (the one transposed copy of the backward)
+  std::vector<acc_t> ts(M * nvp_max), ones(B, acc_t(1)), gsum(colsp_max), gst(NB * colsp_max);
+  std::vector<acc_t> jr(M * nvp_max), gw(J * nvp_max);
+  for (int64_t index = begin; index < end; ++index) {
+    const Block k(index, V);
+    const acc_t* t = a.tmpl + k.v0 * 3;
+    const acc_t* s = a.dirs + k.v0 * 3 * NB;
+    for (int64_t v = 0; v < k.nv; ++v) {
+      for (int64_t m = 0; m < 3; ++m) ts[m * k.nvp + v] = t[v * 3 + m];
+      for (int64_t m = 0; m < 3 * NB; ++m) ts[(3 + m) * k.nvp + v] = s[v * 3 * NB + m];
+    }
+    const acc_t* g = a.grad_v + k.v0 * 3;
+    // Σ_b g_b (1, cols) and Σ_b β_b g_bᵀ by columns (NB, cols)
+    product<acc_t>({1, B, k.cols, 0, 1, V * 3, 0, k.colsp}, ones.data(), g, nullptr, gsum.data(),
+                   a.avx512);
+    product<acc_t>({NB, B, k.cols, 1, NB, V * 3, 0, k.colsp}, a.betas, g, nullptr, gst.data(),
+                   a.avx512);
+    // this block's partial of grad_β = g S, (B, NBp)
+    product<acc_t>({B, k.cols, NB, V * 3, 1, NB, 0, NBp}, g, s, nullptr,
+                   a.partial + index * B * NBp, a.avx512);
+    // the regressor's side: jr = gRᵀ 𝒥[:, block] (M, nv) and grad_𝒥[:, block] = gR [T | S]ᵀ
+    product<acc_t>({M, J, k.nv, 1, M, V, 0, k.nvp}, a.grad_reg, a.regressor + k.v0, nullptr,
+                   jr.data(), a.avx512);
+    product<acc_t>({J, M, k.nv, M, 1, k.nvp, 0, V}, a.grad_reg, ts.data(), nullptr,
+                   a.grad_regressor + k.v0, a.avx512);
+    for (int64_t v = 0; v < k.nv; ++v) {
+      acc_t* gt = a.grad_tmpl + (k.v0 + v) * 3;
+      acc_t* gs = a.grad_dirs + (k.v0 + v) * 3 * NB;
+      for (int64_t c = 0; c < 3; ++c) {
+        gt[c] = gsum[v * 3 + c] + jr[c * k.nvp + v];
+        for (int64_t l = 0; l < NB; ++l) {
+          gs[c * NB + l] = gst[l * k.colsp + v * 3 + c] + jr[(3 + c * NB + l) * k.nvp + v];
+        }
+      }
+    }
+  }
+}
+
+bool shape_avx512(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
+}
+
+int64_t shape_blocks(int64_t V) { return (V + kShapeBlock - 1) / kShapeBlock; }
+
+// The inputs in the accumulation type, contiguous (no copy for float and double).
+std::vector<at::Tensor> in_acc(std::initializer_list<at::Tensor> tensors) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : tensors) out.push_back(t.to(acc_dtype(t)).contiguous());
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> shape_blend_forward_cpu(const at::Tensor& v_template,
+                                                           const at::Tensor& betas,
+                                                           const at::Tensor& shapedirs,
+                                                           const at::Tensor& regressor) {
+  check_shape_blend(v_template, betas, shapedirs, regressor, kCpuSide);
+  const int64_t B = betas.size(0), NB = betas.size(1), V = v_template.size(0);
+  const int64_t J = regressor.size(0), M = 3 + 3 * NB, blocks = shape_blocks(V);
+  const auto dtype = v_template.scalar_type();
+  const auto acc = v_template.options().dtype(acc_dtype(v_template));
+  at::Tensor v_shaped = new_output({B, V, 3}, acc);
+  // each block writes the first M values of its J rows (the padding is never read)
+  at::Tensor partial = at::empty({blocks, J, padded(M)}, acc);
+  if (V > 0) {
+    const auto in = in_acc({v_template, betas, shapedirs, regressor});
+    AT_DISPATCH_FLOATING_TYPES(acc.dtype().toScalarType(), "shape_blend_forward_cpu", [&] {
+      ShapeArgs<scalar_t> a{};
+      a.tmpl = in[0].data_ptr<scalar_t>();
+      a.betas = in[1].data_ptr<scalar_t>();
+      a.dirs = in[2].data_ptr<scalar_t>();
+      a.regressor = in[3].data_ptr<scalar_t>();
+      a.v_shaped = v_shaped.data_ptr<scalar_t>();
+      a.partial = partial.data_ptr<scalar_t>();
+      a.B = B, a.NB = NB, a.V = V, a.J = J;
+      a.avx512 = shape_avx512(v_shaped);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        shape_forward_range(a, begin, end);
+      });
+    });
+  }
+  return {v_shaped.to(dtype), partial.narrow(2, 0, M).sum(0).to(dtype)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shape_blend_backward_cpu(
+    const at::Tensor& grad_v_shaped, const at::Tensor& grad_regressed,
+    const at::Tensor& v_template, const at::Tensor& betas, const at::Tensor& shapedirs,
+    const at::Tensor& regressor) {
+  check_shape_blend(v_template, betas, shapedirs, regressor, kCpuSide);
+  check_shape_blend_grad(grad_v_shaped, grad_regressed, v_template, betas, regressor, kCpuSide);
+  const int64_t B = betas.size(0), NB = betas.size(1), V = v_template.size(0);
+  const int64_t J = regressor.size(0), blocks = shape_blocks(V);
+  const auto dtype = v_template.scalar_type();
+  const auto acc = v_template.options().dtype(acc_dtype(v_template));
+  at::Tensor grad_tmpl = new_output(v_template.sizes(), acc);
+  at::Tensor grad_dirs = new_output(shapedirs.sizes(), acc);
+  at::Tensor grad_regressor = new_output(regressor.sizes(), acc);
+  // each block writes the first NB values of its B rows (the padding is never read)
+  at::Tensor partial = at::empty({blocks, B, padded(NB)}, acc);
+  if (V > 0) {
+    const auto in =
+        in_acc({v_template, betas, shapedirs, regressor, grad_v_shaped, grad_regressed});
+    AT_DISPATCH_FLOATING_TYPES(acc.dtype().toScalarType(), "shape_blend_backward_cpu", [&] {
+      ShapeArgs<scalar_t> a{};
+      a.tmpl = in[0].data_ptr<scalar_t>();
+      a.betas = in[1].data_ptr<scalar_t>();
+      a.dirs = in[2].data_ptr<scalar_t>();
+      a.regressor = in[3].data_ptr<scalar_t>();
+      a.grad_v = in[4].data_ptr<scalar_t>();
+      a.grad_reg = in[5].data_ptr<scalar_t>();
+      a.partial = partial.data_ptr<scalar_t>();
+      a.grad_tmpl = grad_tmpl.data_ptr<scalar_t>();
+      a.grad_dirs = grad_dirs.data_ptr<scalar_t>();
+      a.grad_regressor = grad_regressor.data_ptr<scalar_t>();
+      a.B = B, a.NB = NB, a.V = V, a.J = J;
+      a.avx512 = shape_avx512(grad_tmpl);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        shape_backward_range(a, begin, end);
+      });
+    });
+  }
+  return {grad_tmpl.to(dtype), partial.narrow(2, 0, NB).sum(0).to(dtype),
+          grad_dirs.to(dtype), grad_regressor.to(dtype)};
+}
+
+}  // namespace
+}  // namespace skinning
+}  // namespace portrait_engine
+
+TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
+  m.impl("shape_blend_forward", &portrait_engine::skinning::shape_blend_forward_cpu);
+  m.impl("shape_blend_backward", &portrait_engine::skinning::shape_blend_backward_cpu);
+}
