@@ -589,6 +589,7 @@ def lbs(
     if (
         name == "native"
         and _SHAPE_NATIVE
+        and betas.device.type == "cpu"  # the CUDA shape_blend has not run on a GPU yet
         and v_template.dim() == 2
         and betas.shape[0] > betas.shape[1]
     ):
