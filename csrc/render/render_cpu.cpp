@@ -130,8 +130,9 @@ struct RayScratch {
   acc_t *df;      // (S, Cp) backward
   acc_t *sigma, *alpha, *e, *p, *dtau, *dsigma, *share, *gdot;  // (S) each
   acc_t *rgb;     // (Op) the forward's composite
+  acc_t *v;       // (3, Cp) point_grad's per-axis channel vectors
   RayScratch(int64_t S, const DecoderLayout<acc_t>& L) {
-    storage.assign(S * (2 * L.Cp + 3 * L.Hp + 2 * L.Op + 8) + L.Op, acc_t(0));
+    storage.assign(S * (2 * L.Cp + 3 * L.Hp + 2 * L.Op + 8) + L.Op + 3 * L.Cp, acc_t(0));
     acc_t* next = storage.data();
     auto take = [&](int64_t n) {
       acc_t* r = next;
@@ -147,6 +148,7 @@ struct RayScratch {
     df = take(S * L.Cp);
     for (acc_t** a : {&sigma, &alpha, &e, &p, &dtau, &dsigma, &share, &gdot}) *a = take(S);
     rgb = take(L.Op);
+    v = take(3 * L.Cp);
   }
 };
 
@@ -179,23 +181,122 @@ struct RenderArgs {
   acc_t* df_chunk;     // (n_rays, S, C)
 };
 
+// The channel count as a compile-time constant where it is EG3D's (kC = 32: the channel loops
+// are unrolled into whole vectors, the features stay in registers), else the runtime one (0).
+template <int kC>
+PE_INLINE int64_t channels(int64_t runtime) {
+  return kC > 0 ? kC : runtime;
+}
+
+// render.h's sample_features (f = mean_p Σ_corners w · plane_p[corner]) with the channel count
+// of `channels`.
+template <int kC, typename scalar_t, typename acc_t>
+PE_INLINE void gather_features(const scalar_t* __restrict__ planes_b, const acc_t* proj,
+                               const Dims& d, int64_t C_runtime, acc_t x, acc_t y, acc_t z,
+                               acc_t* __restrict__ f) {
+  const int64_t C = channels<kC>(C_runtime);
+  for (int64_t c = 0; c < C; ++c) f[c] = acc_t(0);
+  const int64_t plane_numel = d.geo.plane_numel();
+  const int ncorners = triplane::num_corners(d.trilinear);
+  for (int64_t p = 0; p < d.P; ++p) {
+    acc_t gx, gy, gz;
+    triplane::project(x, y, z, proj + p * 9, gx, gy, gz);
+    const triplane::Footprint<acc_t> fp = triplane::make_footprint(gx, gy, gz, d.trilinear, d.geo);
+    if (fp.nonfinite) continue;  // the front-end rejects non-finite points
+    const scalar_t* base = planes_b + p * plane_numel;
+    for (int k = 0; k < ncorners; ++k) {
+      const triplane::Corner<acc_t> cr = triplane::corner(fp, k, d.geo);
+      if (!cr.valid) continue;
+      const scalar_t* __restrict__ texel = base + cr.offset;
+      PE_SIMD
+      for (int64_t c = 0; c < C; ++c) f[c] += cr.w * static_cast<acc_t>(texel[c]);
+    }
+  }
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(d.P);
+  for (int64_t c = 0; c < C; ++c) f[c] *= inv_p;
+}
+
+// The point's gradient of render.h's sample_backward: per plane,
+// dL/di = Σ_corners ∂w/∂i ⟨texel, df⟩ = ⟨Σ_corners ∂w/∂i texel, df⟩ (the corners' texels
+// weighted into one channel vector per axis first: two or three reductions per plane rather
+// than one per corner), then triplane.h's add_point_grad. The planes' share is scattered in
+// backward_impl's pass 3. `v` holds 3 C values.
+template <int kC, typename scalar_t, typename acc_t>
+PE_INLINE void point_grad(const scalar_t* __restrict__ planes_b, const acc_t* proj,
+                          const Dims& d, int64_t C_runtime, acc_t x, acc_t y, acc_t z,
+                          const acc_t* __restrict__ df, acc_t* __restrict__ v, acc_t& gp0,
+                          acc_t& gp1, acc_t& gp2) {
+  const int64_t C = channels<kC>(C_runtime);
+  const int64_t plane_numel = d.geo.plane_numel();
+  const int ncorners = triplane::num_corners(d.trilinear);
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(d.P);
+  acc_t* __restrict__ vx = v;
+  acc_t* __restrict__ vy = v + C;
+  acc_t* __restrict__ vz = v + 2 * C;
+  for (int64_t p = 0; p < d.P; ++p) {
+    const acc_t* m = proj + p * 9;
+    acc_t gx, gy, gz;
+    triplane::project(x, y, z, m, gx, gy, gz);
+    const triplane::Footprint<acc_t> fp = triplane::make_footprint(gx, gy, gz, d.trilinear, d.geo);
+    if (fp.nonfinite) continue;
+    const scalar_t* base = planes_b + p * plane_numel;
+    for (int64_t c = 0; c < C; ++c) {
+      vx[c] = acc_t(0);
+      vy[c] = acc_t(0);
+      vz[c] = acc_t(0);
+    }
+    for (int k = 0; k < ncorners; ++k) {
+      const triplane::Corner<acc_t> cr = triplane::corner(fp, k, d.geo);
+      if (!cr.valid) continue;
+      const scalar_t* __restrict__ texel = base + cr.offset;
+      if (d.trilinear) {
+        PE_SIMD
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t tv = static_cast<acc_t>(texel[c]);
+          vx[c] += cr.dwx * tv;
+          vy[c] += cr.dwy * tv;
+          vz[c] += cr.dwz * tv;
+        }
+      } else {
+        PE_SIMD
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t tv = static_cast<acc_t>(texel[c]);
+          vx[c] += cr.dwx * tv;
+          vy[c] += cr.dwy * tv;
+        }
+      }
+    }
+    acc_t dix = acc_t(0), diy = acc_t(0), diz = acc_t(0);
+    PE_SIMD_SUM(dix)
+    for (int64_t c = 0; c < C; ++c) dix += vx[c] * df[c];
+    PE_SIMD_SUM(diy)
+    for (int64_t c = 0; c < C; ++c) diy += vy[c] * df[c];
+    if (d.trilinear) {
+      PE_SIMD_SUM(diz)
+      for (int64_t c = 0; c < C; ++c) diz += vz[c] * df[c];
+    }
+    triplane::add_point_grad(dix * inv_p, diy * inv_p, diz * inv_p, false, d.trilinear, m,
+                             d.geo, gp0, gp1, gp2);
+  }
+}
+
 // Passes 1-3 shared by both directions: sample, decode, the per-sample density and colour
 // state, the intervals. Returns nothing; fills the scratch rows of the ray.
-template <typename scalar_t, bool backward>
+template <typename scalar_t, bool backward, int kC>
 PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
                           RayScratch<at::opmath_type<scalar_t>>& t) {
   using acc_t = at::opmath_type<scalar_t>;
   using Math = MathOf<acc_t>;
   const DecoderLayout<acc_t>& L = *a.L;
   const Sizes& z = a.z;
-  const int64_t S = z.S, Cp = L.Cp, Hp = L.Hp, Op = L.Op, Co = L.O - 1;
+  const int64_t S = z.S, Cp = L.Cp, Hp = L.Hp, Op = L.Op;
   const int act = a.act;
   const scalar_t* planes_b = a.planes + (ray / z.R) * z.d.P * z.d.geo.plane_numel();
   const acc_t* pts = a.points + ray * S * 3;
   const acc_t* dep = a.depths + ray * S;
   for (int64_t s = 0; s < S; ++s) {
-    sample_features(planes_b, a.proj, z.d, z.C, pts[s * 3], pts[s * 3 + 1], pts[s * 3 + 2],
-                    t.f + s * Cp);
+    gather_features<kC>(planes_b, a.proj, z.d, z.C, pts[s * 3], pts[s * 3 + 1], pts[s * 3 + 2],
+                        t.f + s * Cp);
   }
   cpu_gemm::gemm<acc_t>(S, Hp, L.C, t.f, Cp, 1, L.w1t, Hp, t.h, Hp, Start::kBias, L.b1);
   {
@@ -214,14 +315,22 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
     acc_t* o = t.out + s * Op;
     const bool outside = outside_crop(pts[s * 3], pts[s * 3 + 2], a.use_crop, a.crop_limit);
     t.sigma[s] = raw_density(o[0], noise != nullptr ? noise[s] : acc_t(0), outside);
-    PE_SIMD
-    for (int64_t c = 0; c < Co; ++c) {
-      const acc_t x = o[1 + c];
-      const acc_t state =
-          act == kActSigmoid ? acc_t(1) / (acc_t(1) + Math::exp(-x)) : x;  // color_state
-      o[1 + c] = backward ? state : rgb_of(state, act);
-    }
   }
+  // the colour state (render.h's color_state; backward) or the rgb (forward), one loop per
+  // activation so that each vectorises
+  acc_t* __restrict__ out = t.out;
+  const int64_t n_out = S * Op;
+  if (act == kActSigmoid) {
+    PE_SIMD
+    for (int64_t i = 0; i < n_out; ++i) {
+      const acc_t state = acc_t(1) / (acc_t(1) + Math::exp(-out[i]));
+      out[i] = backward ? state : rgb_of(state, kActSigmoid);
+    }
+  } else if (act == kActLrelu && !backward) {
+    PE_SIMD
+    for (int64_t i = 0; i < n_out; ++i) out[i] = rgb_of(out[i], kActLrelu);
+  }
+  // (column 0 went through the colour map too: the raw density is in sigma)
   {
     const acc_t* __restrict__ sigma = t.sigma;
     acc_t* __restrict__ alpha = t.alpha;
@@ -243,14 +352,14 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
 }
 
 // Forward of rays [begin, end): decode, then composite along each ray.
-template <typename scalar_t>
-void forward_rays(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
+template <typename scalar_t, int kC>
+PE_INLINE void forward_rays_of(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const DecoderLayout<acc_t>& L = *a.L;
   const int64_t S = a.z.S, Op = L.Op, Co = L.O - 1;
   RayScratch<acc_t> t(S, L);
   for (int64_t ray = begin; ray < end; ++ray) {
-    decode_ray<scalar_t, false>(a, ray, t);
+    decode_ray<scalar_t, false, kC>(a, ray, t);
     const acc_t* dep = a.depths + ray * S;
     acc_t* __restrict__ rgb = t.rgb;
     for (int64_t c = 0; c < Co; ++c) rgb[c] = acc_t(0);
@@ -276,8 +385,8 @@ void forward_rays(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
 }
 
 // Backward of the chunk's blocks [begin, end) of kBlockRays rays (backward_impl's pass 1).
-template <typename scalar_t>
-void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
+template <typename scalar_t, int kC>
+PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const DecoderLayout<acc_t>& L = *a.L;
   const Sizes& z = a.z;
@@ -293,7 +402,7 @@ void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) 
     acc_t* gb2 = gw2 + O * Hp;
     for (int64_t k = blk * kBlockRays; k < std::min(a.n_rays, (blk + 1) * kBlockRays); ++k) {
       const int64_t ray = a.batch * z.R + a.r0 + k;
-      decode_ray<scalar_t, true>(a, ray, t);
+      decode_ray<scalar_t, true, kC>(a, ray, t);
       const acc_t* g = a.grad_features + ray * Co;
       const acc_t* gw = a.grad_weights + ray * n_weights;
       const acc_t* w_saved = a.saved_weights + ray * n_weights;
@@ -373,14 +482,33 @@ void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) 
       for (int64_t s = 0; s < S; ++s) {
         const acc_t* df = t.df + s * Cp;
         acc_t gp0 = acc_t(0), gp1 = acc_t(0), gp2 = acc_t(0);
-        sample_backward(planes_b, a.proj, z.d, z.C, pts[s * 3], pts[s * 3 + 1], pts[s * 3 + 2],
-                        df, gp0, gp1, gp2, [](int64_t, int64_t, acc_t) {});
+        point_grad<kC>(planes_b, a.proj, z.d, C, pts[s * 3], pts[s * 3 + 1], pts[s * 3 + 2], df,
+                       t.v, gp0, gp1, gp2);
         gp[s * 3 + 0] = gp0;
         gp[s * 3 + 1] = gp1;
         gp[s * 3 + 2] = gp2;
         std::copy(df, df + C, df_rows + s * C);
       }
     }
+  }
+}
+
+// EG3D's 32 channels get their own instantiation (channels<32>), other counts the runtime one.
+template <typename scalar_t>
+void forward_rays(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  if (a.z.C == 32) {
+    forward_rays_of<scalar_t, 32>(a, begin, end);
+  } else {
+    forward_rays_of<scalar_t, 0>(a, begin, end);
+  }
+}
+
+template <typename scalar_t>
+void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  if (a.z.C == 32) {
+    backward_blocks_of<scalar_t, 32>(a, begin, end);
+  } else {
+    backward_blocks_of<scalar_t, 0>(a, begin, end);
   }
 }
 
