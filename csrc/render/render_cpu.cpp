@@ -179,6 +179,8 @@ struct RenderArgs {
   int64_t batch, r0, n_rays;
   acc_t* block_grads;  // (blocks, L->grad_numel())
   acc_t* df_chunk;     // (n_rays, S, C)
+  acc_t* grad_planes;
+  int64_t bands;  // the scatter's bands of rows per plane
 };
 
 // The channel count as a compile-time constant where it is EG3D's (kC = 32: the channel loops
@@ -230,9 +232,11 @@ PE_INLINE void point_grad(const scalar_t* __restrict__ planes_b, const acc_t* pr
   const int64_t plane_numel = d.geo.plane_numel();
   const int ncorners = triplane::num_corners(d.trilinear);
   const acc_t inv_p = acc_t(1) / static_cast<acc_t>(d.P);
-  acc_t* __restrict__ vx = v;
-  acc_t* __restrict__ vy = v + C;
-  acc_t* __restrict__ vz = v + 2 * C;
+  // a fixed channel count keeps the vectors on the stack (in registers once unrolled)
+  acc_t local[kC > 0 ? 3 * kC : 1];
+  acc_t* __restrict__ vx = kC > 0 ? local : v;
+  acc_t* __restrict__ vy = vx + C;
+  acc_t* __restrict__ vz = vx + 2 * C;
   for (int64_t p = 0; p < d.P; ++p) {
     const acc_t* m = proj + p * 9;
     acc_t gx, gy, gz;
@@ -243,7 +247,9 @@ PE_INLINE void point_grad(const scalar_t* __restrict__ planes_b, const acc_t* pr
     for (int64_t c = 0; c < C; ++c) {
       vx[c] = acc_t(0);
       vy[c] = acc_t(0);
-      vz[c] = acc_t(0);
+    }
+    if (d.trilinear) {
+      for (int64_t c = 0; c < C; ++c) vz[c] = acc_t(0);
     }
     for (int k = 0; k < ncorners; ++k) {
       const triplane::Corner<acc_t> cr = triplane::corner(fp, k, d.geo);
@@ -309,7 +315,8 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
       if constexpr (backward) dsp[i] = sp.grad;
     }
   }
-  cpu_gemm::gemm<acc_t>(S, Op, L.Hd, t.h, Hp, 1, L.w2t, Op, t.out, Op, Start::kBias, L.b2);
+  // N = O: no product over the padding of EG3D's 33 outputs (columns 33-47)
+  cpu_gemm::gemm<acc_t>(S, L.O, L.Hd, t.h, Hp, 1, L.w2t, Op, t.out, Op, Start::kBias, L.b2);
   const acc_t* noise = a.noise != nullptr ? a.noise + ray * S : nullptr;
   for (int64_t s = 0; s < S; ++s) {
     acc_t* o = t.out + s * Op;
@@ -493,6 +500,43 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
   }
 }
 
+// backward_impl's pass 3 for tasks [begin, end) of (plane, band of rows): walk the chunk's
+// samples in order and add w / P · df into the corners whose row falls in the band.
+template <typename scalar_t, int kC>
+PE_INLINE void scatter_of(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Sizes& z = a.z;
+  const triplane::Geometry geo = z.d.geo;
+  const int64_t P = z.d.P, C = channels<kC>(z.C), rows = geo.D * geo.H;
+  const int ncorners = triplane::num_corners(z.d.trilinear);
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
+  const int64_t n_samples = a.n_rays * z.S;
+  const acc_t* chunk_points = a.points + (a.batch * z.R + a.r0) * z.S * 3;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t p = t / a.bands, band = t % a.bands;
+    const int64_t row_lo = band * rows / a.bands, row_hi = (band + 1) * rows / a.bands;
+    const acc_t* m = a.proj + p * 9;
+    acc_t* gbase = a.grad_planes + (a.batch * P + p) * geo.plane_numel();
+    for (int64_t n = 0; n < n_samples; ++n) {
+      const acc_t* pt = chunk_points + n * 3;
+      acc_t gx, gy, gz;
+      triplane::project(pt[0], pt[1], pt[2], m, gx, gy, gz);
+      const triplane::Footprint<acc_t> f = triplane::make_footprint(gx, gy, gz, z.d.trilinear, geo);
+      if (f.nonfinite) continue;
+      const acc_t* __restrict__ row = a.df_chunk + n * C;
+      for (int k = 0; k < ncorners; ++k) {
+        const triplane::Corner<acc_t> cr = triplane::corner(f, k, geo);
+        if (cr.valid && cr.row >= row_lo && cr.row < row_hi) {
+          acc_t* __restrict__ dst = gbase + cr.offset;
+          const acc_t weight = cr.w * inv_p;
+          PE_SIMD
+          for (int64_t c = 0; c < C; ++c) dst[c] += weight * row[c];
+        }
+      }
+    }
+  }
+}
+
 // EG3D's 32 channels get their own instantiation (channels<32>), other counts the runtime one.
 template <typename scalar_t>
 void forward_rays(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
@@ -512,28 +556,43 @@ void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) 
   }
 }
 
+template <typename scalar_t>
+void scatter(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  if (a.z.C == 32) {
+    scatter_of<scalar_t, 32>(a, begin, end);
+  } else {
+    scatter_of<scalar_t, 0>(a, begin, end);
+  }
+}
+
 // The passes compiled again for AVX2 and AVX-512 (flatten: the math inlined into the loops).
 #if PE_HAVE_ISA_CLONES
 PE_ISA_CLONES(forward_rays, RenderArgs)
 PE_ISA_CLONES(backward_blocks, RenderArgs)
+PE_ISA_CLONES(scatter, RenderArgs)
 #endif
 
 template <typename scalar_t>
 using RangeFn = void (*)(const RenderArgs<scalar_t>&, int64_t, int64_t);
 
+enum class Pass { kForward, kBackward, kScatter };
+
 template <typename scalar_t>
-RangeFn<scalar_t> pick(bool backward) {
+RangeFn<scalar_t> pick(Pass pass) {
 #if PE_HAVE_ISA_CLONES
   switch (cpu_math::cpu_isa()) {
     case Isa::kAvx512:
-      return backward ? backward_blocks_avx512<scalar_t> : forward_rays_avx512<scalar_t>;
+      if (pass == Pass::kForward) return forward_rays_avx512<scalar_t>;
+      return pass == Pass::kBackward ? backward_blocks_avx512<scalar_t> : scatter_avx512<scalar_t>;
     case Isa::kAvx2:
-      return backward ? backward_blocks_avx2<scalar_t> : forward_rays_avx2<scalar_t>;
+      if (pass == Pass::kForward) return forward_rays_avx2<scalar_t>;
+      return pass == Pass::kBackward ? backward_blocks_avx2<scalar_t> : scatter_avx2<scalar_t>;
     case Isa::kBaseline:
       break;
   }
 #endif
-  return backward ? backward_blocks<scalar_t> : forward_rays<scalar_t>;
+  if (pass == Pass::kForward) return forward_rays<scalar_t>;
+  return pass == Pass::kBackward ? backward_blocks<scalar_t> : scatter<scalar_t>;
 }
 
 template <typename scalar_t>
@@ -577,7 +636,7 @@ void forward_impl(const at::Tensor& planes, const at::Tensor& points, const at::
   a.features = features.data_ptr<acc_t>();
   a.depth_raw = depth_raw.data_ptr<acc_t>();
   a.weights = weights.data_ptr<acc_t>();
-  const RangeFn<scalar_t> fn = pick<scalar_t>(false);
+  const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kForward);
   // a few rays per task: the scratch is set up once per task
   at::parallel_for(0, z.B * z.R, 4, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }
@@ -605,17 +664,14 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
   a.saved_depth = depth_raw.data_ptr<acc_t>();
   a.saved_weights = weights.data_ptr<acc_t>();
   a.grad_points = grad_points.data_ptr<acc_t>();
-  const RangeFn<scalar_t> fn = pick<scalar_t>(true);
+  const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kBackward);
 
-  const acc_t* points_ptr = a.points;
-  const acc_t* proj_ptr = a.proj;
-  acc_t* gplanes_ptr = grad_planes.data_ptr<acc_t>();
+  a.grad_planes = grad_planes.data_ptr<acc_t>();
+  const RangeFn<scalar_t> scatter = pick<scalar_t>(Pass::kScatter);
   const int C = z.C, Hd = z.Hd, O = z.O;
   const int64_t n_block = L.grad_numel();
   const triplane::Geometry geo = z.d.geo;
   const int64_t P = z.d.P;
-  const int ncorners = triplane::num_corners(z.d.trilinear);
-  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(P);
 
   std::vector<acc_t> block_grads;
   std::vector<acc_t> grad_sum(n_block, acc_t(0));
@@ -642,33 +698,10 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
       }
 
       // 3. grad_planes: tasks (plane, band of rows), samples in order
-      const int64_t rows = geo.D * geo.H;
       const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-      const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(rows, (2 * threads + P - 1) / P));
-      const int64_t n_samples = n_rays * z.S;
-      const acc_t* chunk_points = points_ptr + (b * z.R + r0) * z.S * 3;
-      at::parallel_for(0, P * bands, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t p = t / bands, band = t % bands;
-          const int64_t row_lo = band * rows / bands, row_hi = (band + 1) * rows / bands;
-          const acc_t* m = proj_ptr + p * 9;
-          acc_t* gbase = gplanes_ptr + (b * P + p) * geo.plane_numel();
-          for (int64_t n = 0; n < n_samples; ++n) {
-            const acc_t* pt = chunk_points + n * 3;
-            acc_t gx, gy, gz;
-            triplane::project(pt[0], pt[1], pt[2], m, gx, gy, gz);
-            const triplane::Footprint<acc_t> f =
-                triplane::make_footprint(gx, gy, gz, z.d.trilinear, geo);
-            if (f.nonfinite) continue;
-            const acc_t* row = df_scratch.data() + n * C;
-            for (int k = 0; k < ncorners; ++k) {
-              const triplane::Corner<acc_t> cr = triplane::corner(f, k, geo);
-              if (cr.valid && cr.row >= row_lo && cr.row < row_hi) {
-                triplane::scatter_axpy(gbase + cr.offset, row, cr.w * inv_p, C);
-              }
-            }
-          }
-        }
+      a.bands = std::max<int64_t>(1, std::min<int64_t>(geo.D * geo.H, (2 * threads + P - 1) / P));
+      at::parallel_for(0, P * a.bands, 1, [&](int64_t begin, int64_t end) {
+        scatter(a, begin, end);
       });
     }
   }
