@@ -130,9 +130,9 @@ struct RayScratch {
   acc_t *df;      // (S, Cp) backward
   acc_t *sigma, *alpha, *e, *p, *dtau, *dsigma, *share, *gdot;  // (S) each
   acc_t *rgb;     // (Op) the forward's composite
-  acc_t *v;       // (3, Cp) point_grad's per-axis channel vectors
+  acc_t *u;       // (S, 3, Cp) the points' gradient rows (backward; gather_features)
   RayScratch(int64_t S, const DecoderLayout<acc_t>& L) {
-    storage.assign(S * (2 * L.Cp + 3 * L.Hp + 2 * L.Op + 8) + L.Op + 3 * L.Cp, acc_t(0));
+    storage.assign(S * (5 * L.Cp + 3 * L.Hp + 2 * L.Op + 8) + L.Op, acc_t(0));
     acc_t* next = storage.data();
     auto take = [&](int64_t n) {
       acc_t* r = next;
@@ -148,7 +148,7 @@ struct RayScratch {
     df = take(S * L.Cp);
     for (acc_t** a : {&sigma, &alpha, &e, &p, &dtau, &dsigma, &share, &gdot}) *a = take(S);
     rgb = take(L.Op);
-    v = take(3 * L.Cp);
+    u = take(S * 3 * L.Cp);
   }
 };
 
@@ -191,18 +191,40 @@ PE_INLINE int64_t channels(int64_t runtime) {
 }
 
 // render.h's sample_features (f = mean_p Σ_corners w · plane_p[corner]) with the channel count
-// of `channels`.
-template <int kC, typename scalar_t, typename acc_t>
+// of `channels`. With `point_rows` (the backward), also the point's gradient rows u (3 x C,
+// row stride ld_u): render.h's sample_backward gives the point
+//   dL/dpoint_j = Σ_p Σ_corners ⟨texel, df⟩ (∂w/∂ix s_x m_p[j][0] + ∂w/∂iy s_y m_p[j][1]
+//                                            + [trilinear] ∂w/∂iz s_z m_p[j][2]) / P
+// (triplane.h's add_point_grad: s = size / 2 per axis), which is ⟨u_j, df⟩ with
+// u_j = Σ_p Σ_corners coefficient_j · texel: built here while the texels are at hand, so the
+// backward needs no second walk over the corners, only three dot products once df is known.
+template <int kC, bool point_rows, typename scalar_t, typename acc_t>
 PE_INLINE void gather_features(const scalar_t* __restrict__ planes_b, const acc_t* proj,
                                const Dims& d, int64_t C_runtime, acc_t x, acc_t y, acc_t z,
-                               acc_t* __restrict__ f) {
+                               acc_t* __restrict__ f, acc_t* __restrict__ u, int64_t ld_u) {
   const int64_t C = channels<kC>(C_runtime);
   for (int64_t c = 0; c < C; ++c) f[c] = acc_t(0);
+  acc_t* __restrict__ u0 = u;
+  acc_t* __restrict__ u1 = u + ld_u;
+  acc_t* __restrict__ u2 = u + 2 * ld_u;
+  if constexpr (point_rows) {
+    for (int64_t c = 0; c < C; ++c) {
+      u0[c] = acc_t(0);
+      u1[c] = acc_t(0);
+      u2[c] = acc_t(0);
+    }
+  }
   const int64_t plane_numel = d.geo.plane_numel();
   const int ncorners = triplane::num_corners(d.trilinear);
+  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(d.P);
+  // d(index)/d(grid coordinate) per axis, over P (add_point_grad's chain rule)
+  const acc_t sx = static_cast<acc_t>(d.geo.W) / acc_t(2) * inv_p;
+  const acc_t sy = static_cast<acc_t>(d.geo.H) / acc_t(2) * inv_p;
+  const acc_t sz = d.trilinear ? static_cast<acc_t>(d.geo.D) / acc_t(2) * inv_p : acc_t(0);
   for (int64_t p = 0; p < d.P; ++p) {
+    const acc_t* m = proj + p * 9;
     acc_t gx, gy, gz;
-    triplane::project(x, y, z, proj + p * 9, gx, gy, gz);
+    triplane::project(x, y, z, m, gx, gy, gz);
     const triplane::Footprint<acc_t> fp = triplane::make_footprint(gx, gy, gz, d.trilinear, d.geo);
     if (fp.nonfinite) continue;  // the front-end rejects non-finite points
     const scalar_t* base = planes_b + p * plane_numel;
@@ -210,79 +232,39 @@ PE_INLINE void gather_features(const scalar_t* __restrict__ planes_b, const acc_
       const triplane::Corner<acc_t> cr = triplane::corner(fp, k, d.geo);
       if (!cr.valid) continue;
       const scalar_t* __restrict__ texel = base + cr.offset;
-      PE_SIMD
-      for (int64_t c = 0; c < C; ++c) f[c] += cr.w * static_cast<acc_t>(texel[c]);
-    }
-  }
-  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(d.P);
-  for (int64_t c = 0; c < C; ++c) f[c] *= inv_p;
-}
-
-// The point's gradient of render.h's sample_backward: per plane,
-// dL/di = Σ_corners ∂w/∂i ⟨texel, df⟩ = ⟨Σ_corners ∂w/∂i texel, df⟩ (the corners' texels
-// weighted into one channel vector per axis first: two or three reductions per plane rather
-// than one per corner), then triplane.h's add_point_grad. The planes' share is scattered in
-// backward_impl's pass 3. `v` holds 3 C values.
-template <int kC, typename scalar_t, typename acc_t>
-PE_INLINE void point_grad(const scalar_t* __restrict__ planes_b, const acc_t* proj,
-                          const Dims& d, int64_t C_runtime, acc_t x, acc_t y, acc_t z,
-                          const acc_t* __restrict__ df, acc_t* __restrict__ v, acc_t& gp0,
-                          acc_t& gp1, acc_t& gp2) {
-  const int64_t C = channels<kC>(C_runtime);
-  const int64_t plane_numel = d.geo.plane_numel();
-  const int ncorners = triplane::num_corners(d.trilinear);
-  const acc_t inv_p = acc_t(1) / static_cast<acc_t>(d.P);
-  // a fixed channel count keeps the vectors on the stack (in registers once unrolled)
-  acc_t local[kC > 0 ? 3 * kC : 1];
-  acc_t* __restrict__ vx = kC > 0 ? local : v;
-  acc_t* __restrict__ vy = vx + C;
-  acc_t* __restrict__ vz = vx + 2 * C;
-  for (int64_t p = 0; p < d.P; ++p) {
-    const acc_t* m = proj + p * 9;
-    acc_t gx, gy, gz;
-    triplane::project(x, y, z, m, gx, gy, gz);
-    const triplane::Footprint<acc_t> fp = triplane::make_footprint(gx, gy, gz, d.trilinear, d.geo);
-    if (fp.nonfinite) continue;
-    const scalar_t* base = planes_b + p * plane_numel;
-    for (int64_t c = 0; c < C; ++c) {
-      vx[c] = acc_t(0);
-      vy[c] = acc_t(0);
-    }
-    if (d.trilinear) {
-      for (int64_t c = 0; c < C; ++c) vz[c] = acc_t(0);
-    }
-    for (int k = 0; k < ncorners; ++k) {
-      const triplane::Corner<acc_t> cr = triplane::corner(fp, k, d.geo);
-      if (!cr.valid) continue;
-      const scalar_t* __restrict__ texel = base + cr.offset;
-      if (d.trilinear) {
+      if constexpr (point_rows) {
+        const acc_t dx = cr.dwx * sx, dy = cr.dwy * sy, dz = cr.dwz * sz;
+        const acc_t k0 = dx * m[0] + dy * m[1] + dz * m[2];
+        const acc_t k1 = dx * m[3] + dy * m[4] + dz * m[5];
+        const acc_t k2 = dx * m[6] + dy * m[7] + dz * m[8];
         PE_SIMD
         for (int64_t c = 0; c < C; ++c) {
           const acc_t tv = static_cast<acc_t>(texel[c]);
-          vx[c] += cr.dwx * tv;
-          vy[c] += cr.dwy * tv;
-          vz[c] += cr.dwz * tv;
+          f[c] += cr.w * tv;
+          u0[c] += k0 * tv;
+          u1[c] += k1 * tv;
+          u2[c] += k2 * tv;
         }
       } else {
         PE_SIMD
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t tv = static_cast<acc_t>(texel[c]);
-          vx[c] += cr.dwx * tv;
-          vy[c] += cr.dwy * tv;
-        }
+        for (int64_t c = 0; c < C; ++c) f[c] += cr.w * static_cast<acc_t>(texel[c]);
       }
     }
-    acc_t dix = acc_t(0), diy = acc_t(0), diz = acc_t(0);
-    PE_SIMD_SUM(dix)
-    for (int64_t c = 0; c < C; ++c) dix += vx[c] * df[c];
-    PE_SIMD_SUM(diy)
-    for (int64_t c = 0; c < C; ++c) diy += vy[c] * df[c];
-    if (d.trilinear) {
-      PE_SIMD_SUM(diz)
-      for (int64_t c = 0; c < C; ++c) diz += vz[c] * df[c];
-    }
-    triplane::add_point_grad(dix * inv_p, diy * inv_p, diz * inv_p, false, d.trilinear, m,
-                             d.geo, gp0, gp1, gp2);
+  }
+  for (int64_t c = 0; c < C; ++c) f[c] *= inv_p;
+}
+
+// ⟨u_j, df⟩ for j = 0, 1, 2: the point's gradient (gather_features' rows u).
+template <int kC, typename acc_t>
+PE_INLINE void point_grad(const acc_t* __restrict__ u, int64_t ld_u, int64_t C_runtime,
+                          const acc_t* __restrict__ df, acc_t* __restrict__ gp) {
+  const int64_t C = channels<kC>(C_runtime);
+  for (int j = 0; j < 3; ++j) {
+    const acc_t* __restrict__ row = u + j * ld_u;
+    acc_t sum = acc_t(0);
+    PE_SIMD_SUM(sum)
+    for (int64_t c = 0; c < C; ++c) sum += row[c] * df[c];
+    gp[j] = sum;
   }
 }
 
@@ -301,8 +283,8 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
   const acc_t* pts = a.points + ray * S * 3;
   const acc_t* dep = a.depths + ray * S;
   for (int64_t s = 0; s < S; ++s) {
-    gather_features<kC>(planes_b, a.proj, z.d, z.C, pts[s * 3], pts[s * 3 + 1], pts[s * 3 + 2],
-                        t.f + s * Cp);
+    gather_features<kC, backward>(planes_b, a.proj, z.d, z.C, pts[s * 3], pts[s * 3 + 1],
+                                  pts[s * 3 + 2], t.f + s * Cp, t.u + s * 3 * Cp, Cp);
   }
   cpu_gemm::gemm<acc_t>(S, Hp, L.C, t.f, Cp, 1, L.w1t, Hp, t.h, Hp, Start::kBias, L.b1);
   {
@@ -483,17 +465,11 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
         for (int64_t j = 0; j < Hp; ++j) gb1[j] += dpre[j];
       }
       // sampling backward: the points' gradients here, df to the chunk for the planes' pass
-      const scalar_t* planes_b = a.planes + a.batch * z.d.P * z.d.geo.plane_numel();
       acc_t* gp = a.grad_points + ray * S * 3;
       acc_t* df_rows = a.df_chunk + k * S * C;
       for (int64_t s = 0; s < S; ++s) {
         const acc_t* df = t.df + s * Cp;
-        acc_t gp0 = acc_t(0), gp1 = acc_t(0), gp2 = acc_t(0);
-        point_grad<kC>(planes_b, a.proj, z.d, C, pts[s * 3], pts[s * 3 + 1], pts[s * 3 + 2], df,
-                       t.v, gp0, gp1, gp2);
-        gp[s * 3 + 0] = gp0;
-        gp[s * 3 + 1] = gp1;
-        gp[s * 3 + 2] = gp2;
+        point_grad<kC>(t.u + s * 3 * Cp, Cp, C, df, gp + s * 3);
         std::copy(df, df + C, df_rows + s * C);
       }
     }
