@@ -54,7 +54,7 @@ inline void tile(int64_t K, const T* __restrict__ A, int64_t a_row, int64_t a_k,
     } else if (start == Start::kBias) {
       std::memcpy(&acc[r], bias, sizeof(Chunk<T>));
     } else {
-      acc[r] = Chunk<T>{} ;
+      acc[r] = Chunk<T>{};
     }
   }
   for (int64_t k = 0; k < K; ++k) {

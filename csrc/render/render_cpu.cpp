@@ -68,8 +68,8 @@ using MathOf =
 // zeros (built once per call): the forward's B matrices w1ᵀ and w2ᵀ, the backward's w2 and w1.
 template <typename acc_t>
 struct DecoderLayout {
-  int64_t C, Hd, O;     // true sizes
-  int64_t Cp, Hp, Op;   // padded row lengths
+  int64_t C, Hd, O;    // true sizes
+  int64_t Cp, Hp, Op;  // padded row lengths
   std::vector<acc_t> storage;
   const acc_t* w1t;  // (C, Hp)   pre = f · w1t + b1
   const acc_t* b1;   // (Hp)
