@@ -388,6 +388,47 @@ def test_native_cpu_result_does_not_depend_on_threads():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize(
+    ("kind", "channels", "hidden", "out", "samples"),
+    [
+        ("triplane", 32, 64, 32, 13),  # EG3D's decoder: the C = 32 instantiation, O = 33
+        ("trigrid", 32, 64, 32, 8),
+        ("triplane", 17, 20, 3, 9),  # sizes that are not whole 16-value chunks
+        ("trigrid", 5, 16, 16, 2),
+    ],
+)
+def test_native_cpu_isa_paths_and_sizes_match_reference(
+    isa, kind, channels, hidden, out, samples, monkeypatch, poison_outputs
+):
+    """Each compiled path of the CPU kernel (PORTRAIT_ENGINE_CPU_ISA caps the run-time choice;
+    a path the CPU lacks falls back to the widest it has), at EG3D's decoder sizes (the fixed
+    32-channel loops; 33 outputs: 2 whole column chunks and a tail column of the register-tiled
+    products) and at sizes that fill no chunk, with sample counts that leave row tiles of 4, 2
+    and 1 (13 = 8 + 4 + 1; 9 = 8 + 1), against the reference, forward and backward."""
+    if not pe.backend_status("cpu", "render_rays_forward")["native"][0]:
+        pytest.skip("native extension without render_rays")
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    planes, points, depths, decoder = make_inputs(
+        kind, rays=11, samples=samples, channels=channels, hidden=hidden, out=out, seed=samples,
+    )  # fmt: skip
+    planes.requires_grad_(True)
+    points.requires_grad_(True)
+    noise = torch.randn(depths.shape, generator=torch.Generator().manual_seed(2)) * 0.3
+    for weights in ("sum", "full"):
+        kwargs = dict(density_noise=noise, weights=weights)
+        got = render_rays(planes, points, depths, decoder, backend="native", **kwargs)
+        want = reference(planes, points, depths, decoder, **kwargs)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, torch.float32, scale=2)
+        params = [planes, points, *decoder.parameters()]
+        grads_got = gradients(got, params)
+        grads_want = reference_gradients(planes, points, depths, decoder, **kwargs)
+        for g, w in zip(grads_got, grads_want, strict=True):
+            assert relative_l2(g, w) < 1e-4
+            assert_close(g, w, torch.float32, scale=10)
+
+
 def test_decoder_given_as_effective_weights_gets_gradients():
     planes, points, depths, decoder = make_inputs("triplane", seed=15)
     weights = [t.detach().clone().requires_grad_(True) for t in decoder_effective_weights(decoder)]
