@@ -26,8 +26,7 @@ draws in another order than EG3D's: the same distribution, other values). ``chun
 renders that many rays at a time, bounding the memory of the ``(B, rays, samples, C)``
 intermediates (draws are then made per chunk).
 
-The fused path (``fused=True``; by default on a GPU whenever the backend in force is not
-``"torch"``; on the CPU the unfused ops are the faster and the default)
+The fused path (``fused=True``; by default whenever the backend in force is not ``"torch"``)
 runs the same stages on :func:`~portrait_engine.ops.render_rays`, which samples, decodes and
 composites each ray in one kernel: a coarse pass without gradient returning the per-interval
 weights, ``sample_importance``, the deformation of the fine points, ``merge_samples`` of the
@@ -177,10 +176,9 @@ class ImportanceRenderer(nn.Module):
         deform: default hook applied to every sample point ``(B, N, 3) -> (B, N, 3)``.
         backend: the ops' backend (``None``: the one in force).
         fused: render with the fused :func:`~portrait_engine.ops.render_rays` (needs an
-            ``OSGDecoder`` with EG3D's sigmoid colours); ``None``: fused unless the planes are
-            on the CPU, the backend in force is ``"torch"`` (or ``"triton"`` without its render
-            kernel module) or the decoder is not fusable (:meth:`fusable`); ``False``: the
-            unfused ops.
+            ``OSGDecoder`` with EG3D's sigmoid colours); ``None``: fused unless the backend in
+            force is ``"torch"`` (or ``"triton"`` without its render kernel module) or the
+            decoder is not fusable (:meth:`fusable`); ``False``: the unfused ops.
 
     ``forward(planes, decoder, ray_origins, ray_directions, *, generator=None, deform=None)``
     with ``planes`` ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)``, rays ``(B, R, 3)``, and a
@@ -361,12 +359,6 @@ class ImportanceRenderer(nn.Module):
         if self.fused is not None:
             return self.fused
         if decoder is not None and not self.fusable(decoder):
-            return False
-        if planes.device.type == "cpu":
-            # the CPU's fused kernel decodes one sample at a time in scalar code: fused 322 ms
-            # vs unfused 63 ms for a native forward+backward at B=1, 32x32 rays, 48+48 samples,
-            # EG3D planes 3x32x64^2 (2 threads, 2026-11-26); the unfused ops' intermediates
-            # are small at CPU sizes. fused=True still takes it.
             return False
         name = _backend.resolve(self.backend, planes.device, "render_rays_forward")
         if name == "torch":
