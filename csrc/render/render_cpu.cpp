@@ -514,31 +514,28 @@ PE_INLINE void scatter_of(const RenderArgs<scalar_t>& a, int64_t begin, int64_t 
 }
 
 // EG3D's 32 channels get their own instantiation (channels<32>), other counts the runtime one.
+template <typename F>
+void with_channels(int64_t C, F&& pass) {
+  if (C == 32) {
+    pass.template operator()<32>();
+  } else {
+    pass.template operator()<0>();
+  }
+}
+
 template <typename scalar_t>
 void forward_rays(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  if (a.z.C == 32) {
-    forward_rays_of<scalar_t, 32>(a, begin, end);
-  } else {
-    forward_rays_of<scalar_t, 0>(a, begin, end);
-  }
+  with_channels(a.z.C, [&]<int K>() { forward_rays_of<scalar_t, K>(a, begin, end); });
 }
 
 template <typename scalar_t>
 void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  if (a.z.C == 32) {
-    backward_blocks_of<scalar_t, 32>(a, begin, end);
-  } else {
-    backward_blocks_of<scalar_t, 0>(a, begin, end);
-  }
+  with_channels(a.z.C, [&]<int K>() { backward_blocks_of<scalar_t, K>(a, begin, end); });
 }
 
 template <typename scalar_t>
 void scatter(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  if (a.z.C == 32) {
-    scatter_of<scalar_t, 32>(a, begin, end);
-  } else {
-    scatter_of<scalar_t, 0>(a, begin, end);
-  }
+  with_channels(a.z.C, [&]<int K>() { scatter_of<scalar_t, K>(a, begin, end); });
 }
 
 // The passes compiled again for AVX2 and AVX-512 (flatten: the math inlined into the loops).
