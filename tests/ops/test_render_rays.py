@@ -99,6 +99,22 @@ def gradients(outputs, inputs, seed=1):
     return torch.autograd.grad(loss, inputs, allow_unused=True)
 
 
+def check_against_reference(planes, points, depths, decoder, backend, **kwargs):
+    """``render_rays`` on ``backend`` against the reference: outputs at float32 tolerance, and
+    the gradients of planes, points and decoder as whole tensors (so that a missing gradient
+    cannot hide behind a sparse one) and elementwise."""
+    got = render_rays(planes, points, depths, decoder, backend=backend, **kwargs)
+    want = reference(planes, points, depths, decoder, **kwargs)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, torch.float32, scale=2)
+    params = [planes, points, *decoder.parameters()]
+    grads_got = gradients(got, params)
+    grads_want = reference_gradients(planes, points, depths, decoder, **kwargs)
+    for g, w in zip(grads_got, grads_want, strict=True):
+        assert relative_l2(g, w) < 1e-4
+        assert_close(g, w, torch.float32, scale=10)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("plane_axes", ["eg3d", "panohead"])
@@ -108,17 +124,7 @@ def test_forward_and_backward_match_reference(backend, kind, plane_axes, weights
     planes.requires_grad_(True)
     points.requires_grad_(True)
     kwargs = dict(plane_axes=plane_axes, box_warp=1.1, weights=weights)
-    got = render_rays(planes, points, depths, decoder, backend=backend, **kwargs)
-    want = reference(planes, points, depths, decoder, **kwargs)
-    for g, w in zip(got, want, strict=True):
-        assert_close(g, w, torch.float32, scale=2)
-    params = [planes, points, *decoder.parameters()]
-    grads_got = gradients(got, params)
-    grads_want = reference_gradients(planes, points, depths, decoder, **kwargs)
-    for g, w in zip(grads_got, grads_want, strict=True):
-        # whole-tensor check, so that a missing gradient cannot hide behind a sparse one
-        assert relative_l2(g, w) < 1e-4
-        assert_close(g, w, torch.float32, scale=10)
+    check_against_reference(planes, points, depths, decoder, backend, **kwargs)
 
 
 def portrait_decoder(decoder, activation):
@@ -417,16 +423,7 @@ def test_native_cpu_isa_paths_and_sizes_match_reference(
     noise = torch.randn(depths.shape, generator=torch.Generator().manual_seed(2)) * 0.3
     for weights in ("sum", "full"):
         kwargs = dict(density_noise=noise, weights=weights)
-        got = render_rays(planes, points, depths, decoder, backend="native", **kwargs)
-        want = reference(planes, points, depths, decoder, **kwargs)
-        for g, w in zip(got, want, strict=True):
-            assert_close(g, w, torch.float32, scale=2)
-        params = [planes, points, *decoder.parameters()]
-        grads_got = gradients(got, params)
-        grads_want = reference_gradients(planes, points, depths, decoder, **kwargs)
-        for g, w in zip(grads_got, grads_want, strict=True):
-            assert relative_l2(g, w) < 1e-4
-            assert_close(g, w, torch.float32, scale=10)
+        check_against_reference(planes, points, depths, decoder, "native", **kwargs)
 
 
 def test_decoder_given_as_effective_weights_gets_gradients():
