@@ -61,6 +61,10 @@ if [ -n "${TESTS_ONLY:-}" ]; then
   SKIP_BENCH=1
 fi
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
+# PROFILE_LBS=1: the kernel profile of native lbs (below) in a TESTS_ONLY / BENCH_ONLY lease too
+if [ -n "${PROFILE_LBS:-}" ] && [ -n "${SKIP_BENCH:-}${BENCH_ONLY:-}" ]; then
+  step profile_lbs 40 bash -c 'for s in smpl-b32 smpl-b1; do python3 tools/run_case.py lbs $s native --iters 3 --profile 30; done'
+fi
 if [ -n "${BENCH_ONLY:-}" ]; then  # argument sets separated by '|', one bench run each
   IFS='|' read -ra SETS <<<"$BENCH_ONLY"
   for i in "${!SETS[@]}"; do

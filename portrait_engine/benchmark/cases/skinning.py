@@ -234,4 +234,11 @@ def _mesh_case(name: str, batch: int, rays: int, samples: int, rings: int, aroun
 def mesh_deform_cases(quick: bool) -> list[Case]:
     if quick:
         return [_mesh_case("quick-16x16x8-f960", 1, 16, 8, 20, 24)]
-    return [_mesh_case("portrait-128x128x48-f20k", 4, 128, 48, 100, 100)]
+    # The brute-force reference at the paper size (3.1M points x 20k faces) runs for seconds
+    # per call: on the H200 no row was written in 110 s. The B=1 64x64-ray case has the same
+    # mesh and 1/16 of the points (both the reference's work and ours scale with the points),
+    # so its speed-up can be measured in a lease's minutes.
+    return [
+        _mesh_case("portrait-128x128x48-f20k", 4, 128, 48, 100, 100),
+        _mesh_case("portrait-b1-64x64x48-f20k", 1, 64, 48, 100, 100),
+    ]
