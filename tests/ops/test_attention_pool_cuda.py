@@ -56,7 +56,8 @@ def test_gpu_matches_reference(backend, size, maps, channels, channels_last, dty
         assert_close(g, w, dtype, scale=2)
     f = features.double().flatten(2)  # (B, C, L)
     a = torch.softmax(scores.double().flatten(2), dim=-1)  # (B, K, L)
-    grad = torch.randn(want[0].shape, generator=torch.Generator().manual_seed(7)).double()
+    # the output gradient `run` used (drawn on the CPU, seed 7), on the GPU like the rest
+    grad = torch.randn(want[0].shape, generator=torch.Generator().manual_seed(7)).to(want[0])
     delta = (grad * want[0]).sum(-1, keepdim=True)  # (B, K, 1)
     magnitude = a * (torch.einsum("bkc,bcl->bkl", grad.abs(), f.abs()) + delta.abs())
     bound = 4 * torch.finfo(torch.float32).eps * channels**0.5 * magnitude + 1e-5
