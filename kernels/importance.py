@@ -6,8 +6,8 @@ What they compute (the contract is ``docs/kernel_contract_importance.md``, the f
 * ``sample_importance``: for each ray, EG3D's smoothed weights (max-pool 2 with -inf padding,
   avg-pool 2, + 0.01), the K = S - 3 inner bins (+ 1e-5), their cdf, and for every draw u the
   inverse-CDF sample ``m[below] + (u - cdf[below]) / denom · (m[above] - m[below])`` with
-  ``below, above`` from ``searchsorted(cdf, u, right=True)``. With ``sort`` (the launcher sorts
-  the draws first) a running maximum along the ray.
+  ``below, above`` from ``searchsorted(cdf, u, right=True)``. With ``sort`` the draws sorted
+  first and a running maximum along the ray.
 * ``merge_index``: the merged position of every sample of two sorted lists per ray,
   ``i + #{j : d2[j] < d1[i]}`` and ``j + #{i : d1[i] <= d2[j]}`` (ties: the first list first).
 * ``merge_scatter`` / ``merge_gather``: copy rows of C channels to / from those positions.
@@ -17,11 +17,19 @@ Design:
 * One program owns ``BLOCK_R`` whole rays (their S samples fit one ``BLOCK_S`` tile), so the
   cdf is built in registers: the pooled neighbours are three shifted masked loads, the cdf a
   ``tl.cumsum`` along the tile. The search is a count over a ``(BLOCK_R, BLOCK_D, BLOCK_S)``
-  broadcast (``cdf <= u``) rather than a loop of dependent loads, and the two cdf entries it
-  needs are picked from the register tile by a one-hot sum (exact: one term is non-zero).
-  The midpoints are gathered from global memory (depths are tiny and cache-resident).
-* The draws are looped in ``BLOCK_D`` blocks; the running maximum of the sorted mode carries
-  across blocks.
+  broadcast (``cdf <= u``, int32) rather than a loop of dependent loads; the two cdf entries it
+  needs come from the same comparison mask: the cdf is non-decreasing (a cumulative sum of
+  positive bin weights, each at least 0.01 / Σ, far above an ulp), so ``cdf[index - 1]`` is the
+  largest entry ``<= u`` (a max) and ``cdf[index]`` the smallest ``> u`` (a min): the entries
+  themselves, no arithmetic on them. The midpoints are gathered from global memory (depths are
+  tiny and cache-resident).
+* ``sort``: where the whole row of draws fits one ``BLOCK_D`` tile beside the cdf
+  (``next_pow2(n) · BLOCK_S <= 8192``: EG3D's 48 draws with up to 128 coarse samples), the
+  kernel sorts it in registers (``tl.sort``, a bitonic network along the draw axis; padding is
+  +inf, so it sorts last and is never stored) and takes the running maximum with one
+  ``associative_scan``: no separate sort launch, no sorted copy of ``u`` in memory. Longer
+  rows keep the launcher's ``torch.sort`` and loop over ``BLOCK_D`` blocks, the running maximum
+  carried across blocks.
 * The merge rank is the same count, over a ``(BLOCK_R, S1, S2)`` broadcast: S1, S2 are the
   48 + 48 of EG3D, so this is cheaper than a search and needs no sort.
 * The copies treat each list as ``N · S`` rows; every program moves ``BLOCK_ROWS`` rows of a
@@ -58,6 +66,7 @@ def _sample_importance_kernel(
     S,
     D,
     SORT: tl.constexpr,
+    SORT_IN_KERNEL: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -87,24 +96,30 @@ def _sample_importance_kernel(
     total = tl.where(total > 0.0, total, 1.0)  # rays without bins: an all-zero cdf tail
     cdf_next = tl.cumsum(bin_weight / total[:, None], axis=1)  # cdf[k + 1]
     cdf_next = tl.where(mask_rk, cdf_next, float("inf"))  # padded entries never <= u
+    last_bin = n_bins.to(tl.int32)
 
     z_rows = depths_ptr + (offs_r * n_samples)[:, None]
     running = tl.full((BLOCK_R,), _NEG_INF, tl.float32)
     arange_d = tl.arange(0, BLOCK_D).to(tl.int64)
-    for d0 in range(0, n_draws, BLOCK_D):
+    for d0 in range(0, n_draws, BLOCK_D):  # one block when SORT_IN_KERNEL
         offs_d = d0 + arange_d
         mask_rd = mask_r[:, None] & (offs_d < n_draws)[None, :]
-        u = tl.load(u_ptr + (offs_r * n_draws)[:, None] + offs_d[None, :], mask=mask_rd, other=0.0)
-        u = u.to(tl.float32)
+        u_offsets = (offs_r * n_draws)[:, None] + offs_d[None, :]
+        # padding +inf: sorted to the end of the row, never stored
+        u = tl.load(u_ptr + u_offsets, mask=mask_rd, other=float("inf")).to(tl.float32)
+        if SORT_IN_KERNEL:
+            u = tl.sort(u, 1)
         # searchsorted(cdf, u, right=True): cdf[0] = 0 <= u always counts
-        index = 1 + tl.sum((cdf_next[:, None, :] <= u[:, :, None]).to(tl.int64), axis=2)
-        below = tl.maximum(index - 1, 0)
-        above = tl.minimum(index, n_bins)
-        # cdf[e] = cdf_next[e - 1] for e >= 1, and 0 for e = 0: a one-hot pick from the tile
-        k3 = offs_k[None, None, :] + 1
-        cdf_vals = tl.where(mask_rk, cdf_next, 0.0)[:, None, :]
-        cdf_below = tl.sum(tl.where(k3 == below[:, :, None], cdf_vals, 0.0), axis=2)
-        cdf_above = tl.sum(tl.where(k3 == above[:, :, None], cdf_vals, 0.0), axis=2)
+        at_most = cdf_next[:, None, :] <= u[:, :, None]  # (BLOCK_R, BLOCK_D, BLOCK_S)
+        index = 1 + tl.sum(at_most.to(tl.int32), axis=2)
+        below = index - 1
+        above = tl.minimum(index, last_bin)
+        # the non-decreasing cdf: cdf[index - 1] is the largest entry <= u (cdf[0] = 0 when
+        # none of cdf[1..K] is), cdf[index] the smallest entry > u; index = K + 1 (every entry
+        # <= u) clamps above to K = below
+        cdf_below = tl.max(tl.where(at_most, cdf_next[:, None, :], 0.0), axis=2)
+        cdf_above = tl.min(tl.where(at_most, float("inf"), cdf_next[:, None, :]), axis=2)
+        cdf_above = tl.where(index > last_bin, cdf_below, cdf_above)
         denom = cdf_above - cdf_below
         denom = tl.where(denom < 1e-5, 1.0, denom)
         z_b0 = tl.load(z_rows + below, mask=mask_rd, other=0.0).to(tl.float32)
@@ -117,11 +132,7 @@ def _sample_importance_kernel(
         if SORT:
             t = tl.maximum(tl.associative_scan(t, 1, _max_combine), running[:, None])
             running = tl.max(tl.where(mask_rd, t, _NEG_INF), axis=1)
-        tl.store(
-            out_ptr + (offs_r * n_draws)[:, None] + offs_d[None, :],
-            t.to(out_ptr.dtype.element_ty),
-            mask=mask_rd,
-        )
+        tl.store(out_ptr + u_offsets, t.to(out_ptr.dtype.element_ty), mask=mask_rd)
 
 
 @triton.jit
@@ -202,27 +213,59 @@ def _copy_rows_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+# Largest (BLOCK_D, BLOCK_S) comparison tile per ray for which the sort runs in the kernel
+# (a whole row of draws in one block), and the (BLOCK_R, BLOCK_D, BLOCK_S) tile otherwise.
+_SORT_TILE = 8192
+_SEARCH_TILE = 4096
+# The interpreter runs a program in ~30 ms whatever its size: fewer, larger programs.
+_INTERPRET_TILE = 65536
+
+
+def _importance_blocks(
+    rays: int, samples: int, draws: int, sort: bool
+) -> tuple[int, int, int, bool, int]:
+    """``(BLOCK_R, BLOCK_S, BLOCK_D, SORT_IN_KERNEL, num_warps)`` of :func:`sample_importance`.
+
+    The in-kernel sort at EG3D's 48 + 48 is a (1, 64, 64) tile: with 8 warps ptxas (Triton 3.6,
+    sm_90) gives it 121 registers, with 4 warps 168 (``tools/check_triton_compile.py --kernels
+    importance``); not yet timed on a GPU.
+    """
+    block_s = triton.next_power_of_2(max(samples - 3, 1))
+    row_d = triton.next_power_of_2(draws)
+    interpreting = _interpreting()
+    sort_tile = _INTERPRET_TILE if interpreting else _SORT_TILE
+    if sort and row_d * block_s <= sort_tile:
+        if interpreting:
+            block_r = max(1, min(triton.next_power_of_2(rays), sort_tile // (row_d * block_s)))
+        else:
+            block_r = max(1, _SEARCH_TILE // (row_d * block_s))
+        return block_r, block_s, row_d, True, 8
+    if interpreting:
+        block_r = max(1, min(triton.next_power_of_2(rays), 16384 // (block_s * 16)))
+        block_d = min(row_d, max(16, _INTERPRET_TILE // (block_r * block_s)))
+    else:
+        # (BLOCK_R, BLOCK_D, BLOCK_S) comparison tile of about 4096 elements
+        block_r = 4 if block_s <= 64 else 1
+        block_d = min(row_d, max(1, _SEARCH_TILE // (block_r * block_s)))
+    return block_r, block_s, block_d, False, 4
+
+
 def sample_importance(
     depths: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, sort: bool
 ) -> torch.Tensor:
     """``(N, n)`` samples in the dtype of ``depths`` (``(N, S)``), from ``weights`` ``(N, S-1)``
     and the float32 draws ``u`` ``(N, n)``; all contiguous. With ``sort`` each ray's draws are
-    sorted first (here, by ``torch.sort``: the kernel loops over draw blocks)."""
-    if sort:
-        u = torch.sort(u, dim=-1).values
+    sorted first: in the kernel where a row of draws fits one block, else by ``torch.sort``."""
     rays, samples = depths.shape
     draws = u.shape[1]
     out = empty_output((rays, draws), dtype=depths.dtype, device=depths.device)
     if rays == 0 or draws == 0:
         return out
-    block_s = triton.next_power_of_2(max(samples - 3, 1))
-    if _interpreting():
-        block_r = max(1, min(triton.next_power_of_2(rays), 16384 // (block_s * 16)))
-        block_d = min(triton.next_power_of_2(draws), max(16, 65536 // (block_r * block_s)))
-    else:
-        # (BLOCK_R, BLOCK_D, BLOCK_S) comparison tile of about 4096 elements
-        block_r = 4 if block_s <= 64 else 1
-        block_d = min(triton.next_power_of_2(draws), max(1, 4096 // (block_r * block_s)))
+    block_r, block_s, block_d, sort_in_kernel, warps = _importance_blocks(
+        rays, samples, draws, sort
+    )
+    if sort and not sort_in_kernel:
+        u = torch.sort(u, dim=-1).values
     grid = (triton.cdiv(rays, block_r),)
     with _device_guard(depths):
         _sample_importance_kernel[grid](
@@ -234,10 +277,11 @@ def sample_importance(
             samples,
             draws,
             SORT=bool(sort),
+            SORT_IN_KERNEL=sort_in_kernel,
             BLOCK_R=block_r,
             BLOCK_S=block_s,
             BLOCK_D=block_d,
-            num_warps=4,
+            num_warps=warps,
         )
     return out
 

@@ -7,6 +7,7 @@ instructions in the SASS. Run it without ``TRITON_INTERPRET``::
 
     python tools/check_triton_compile.py --planes bf16 --warps 8 --rays 16
     python tools/check_triton_compile.py --kernels triplane attention_pool
+    python tools/check_triton_compile.py --kernels importance --planes bf16
 
 It found two things the interpreter cannot: Triton 3.6 (the GPU machine's) rejected the fused
 render kernels' tri-grid gather (a layout-pass failure, fixed in kernels/triplane.py), and it
@@ -166,10 +167,41 @@ def _attention_pool(args, bin_dir: str) -> bool:
     return ok
 
 
+def _importance(args, bin_dir: str) -> bool:
+    """The sample_importance kernel at the launcher's blocks: EG3D's 48 + 48 sorted (the
+    in-kernel sort) and unsorted, 128 coarse samples, and many draws (torch.sort, looped)."""
+    from portrait_engine.kernels import importance
+
+    ok = True
+    types = {"depths_ptr": "*" + args.planes, "weights_ptr": "*" + args.planes}
+    types["out_ptr"] = "*" + args.planes
+    for samples, draws, sort in (
+        (48, 48, True),
+        (48, 48, False),
+        (128, 48, True),
+        (48, 2000, True),
+    ):
+        block_r, block_s, block_d, in_kernel, warps = importance._importance_blocks(
+            65536, samples, draws, sort
+        )
+        constexprs = dict(
+            SORT=sort,
+            SORT_IN_KERNEL=in_kernel,
+            BLOCK_R=block_r,
+            BLOCK_S=block_s,
+            BLOCK_D=block_d,
+        )
+        ok &= _compile(importance._sample_importance_kernel, constexprs, types, (), warps, bin_dir)
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--kernels", nargs="+", default=["render"], choices=["render", "triplane", "attention_pool"]
+        "--kernels",
+        nargs="+",
+        default=["render"],
+        choices=["render", "triplane", "attention_pool", "importance"],
     )
     parser.add_argument("--planes", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--warps", type=int, default=8)
@@ -189,7 +221,12 @@ def main() -> int:
 
     print(f"triton {triton.__version__}")
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    checks = {"render": _render, "triplane": _triplane, "attention_pool": _attention_pool}
+    checks = {
+        "render": _render,
+        "triplane": _triplane,
+        "attention_pool": _attention_pool,
+        "importance": _importance,
+    }
     ok = True
     for name in args.kernels:
         ok &= checks[name](args, bin_dir)
