@@ -172,8 +172,8 @@ __global__ void sample_importance_warp_kernel(const scalar_t* __restrict__ depth
   scalar_t* o = out + r * draws;
   if (!sort) {
     for (int64_t k = lane; k < draws; k += kWarpSize) {
-      const acc_t t = inverse_cdf_sample<scalar_t, acc_t>(z, cdf, bins, static_cast<acc_t>(u_ray[k]));
-      o[k] = static_cast<scalar_t>(t);
+      const acc_t uk = static_cast<acc_t>(u_ray[k]);
+      o[k] = static_cast<scalar_t>(inverse_cdf_sample<scalar_t, acc_t>(z, cdf, bins, uk));
     }
     return;
   }
@@ -182,11 +182,13 @@ __global__ void sample_importance_warp_kernel(const scalar_t* __restrict__ depth
   acc_t* ranked = reinterpret_cast<acc_t*>(slice + layout.ranked);
   for (int64_t k = lane; k < draws; k += kWarpSize) drawn[k] = u_ray[k];
   __syncwarp();
-  // the rank of draw k in the ascending order (ties by index): a permutation of 0..draws-1
-  for (int64_t k = lane; k < draws; k += kWarpSize) {
+  // the rank of draw k in the ascending order (ties by index): a permutation of 0..draws-1.
+  // 32-bit counters in this n^2 / 32 loop: the draws fit shared memory, so n < 2^31.
+  const int n_draws = static_cast<int>(draws);
+  for (int k = lane; k < n_draws; k += kWarpSize) {
     const float x = drawn[k];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < draws; ++j) {
+    int rank = 0;
+    for (int j = 0; j < n_draws; ++j) {
       const float y = drawn[j];
       rank += (y < x || (y == x && j < k)) ? 1 : 0;
     }
@@ -207,10 +209,11 @@ __global__ void sample_importance_warp_kernel(const scalar_t* __restrict__ depth
 
 template <typename scalar_t, typename acc_t>
 __global__ void sample_importance_thread_kernel(const scalar_t* __restrict__ depths,
-                                         const scalar_t* __restrict__ weights,
-                                         const float* __restrict__ u, acc_t* __restrict__ workspace,
-                                         scalar_t* __restrict__ out, int64_t rays, int64_t samples,
-                                         int64_t draws, bool sort) {
+                                                const scalar_t* __restrict__ weights,
+                                                const float* __restrict__ u,
+                                                acc_t* __restrict__ workspace,
+                                                scalar_t* __restrict__ out, int64_t rays,
+                                                int64_t samples, int64_t draws, bool sort) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rays) return;
   acc_t* cdf = workspace + r * (samples - 2 + (sort ? draws : 0));
@@ -305,9 +308,11 @@ at::Tensor sample_importance_cuda(const at::Tensor& depths, const at::Tensor& we
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, depths.scalar_type(), "sample_importance_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        sample_importance_thread_kernel<scalar_t, acc_t><<<blocks_for(rays), kThreads, 0, stream>>>(
-            depths.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), u.data_ptr<float>(),
-            workspace.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), rays, samples, draws, sort);
+        sample_importance_thread_kernel<scalar_t, acc_t>
+            <<<blocks_for(rays), kThreads, 0, stream>>>(
+                depths.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), u.data_ptr<float>(),
+                workspace.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), rays, samples, draws,
+                sort);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return out;
