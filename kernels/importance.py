@@ -105,10 +105,11 @@ def _sample_importance_kernel(
         offs_d = d0 + arange_d
         mask_rd = mask_r[:, None] & (offs_d < n_draws)[None, :]
         u_offsets = (offs_r * n_draws)[:, None] + offs_d[None, :]
-        # padding +inf: sorted to the end of the row, never stored
+        # padding +inf: sorted to the end of the row, past the n draws, then 0 (no inf - inf)
         u = tl.load(u_ptr + u_offsets, mask=mask_rd, other=float("inf")).to(tl.float32)
         if SORT_IN_KERNEL:
             u = tl.sort(u, 1)
+        u = tl.where(mask_rd, u, 0.0)
         # searchsorted(cdf, u, right=True): cdf[0] = 0 <= u always counts
         at_most = cdf_next[:, None, :] <= u[:, :, None]  # (BLOCK_R, BLOCK_D, BLOCK_S)
         index = 1 + tl.sum(at_most.to(tl.int32), axis=2)
