@@ -227,9 +227,10 @@ def _importance_blocks(
 ) -> tuple[int, int, int, bool, int]:
     """``(BLOCK_R, BLOCK_S, BLOCK_D, SORT_IN_KERNEL, num_warps)`` of :func:`sample_importance`.
 
-    The in-kernel sort at EG3D's 48 + 48 is a (1, 64, 64) tile: with 8 warps ptxas (Triton 3.6,
-    sm_90) gives it 121 registers, with 4 warps 168 (``tools/check_triton_compile.py --kernels
-    importance``); not yet timed on a GPU.
+    The in-kernel sort at EG3D's 48 + 48 is a (1, 64, 64) tile; ptxas (Triton 3.6, sm_90) gives
+    it 106 registers with 8 warps, 116 with 4 (both 16 resident warps per SM; no spills:
+    ``tools/check_triton_compile.py --kernels importance``). Not yet timed on a GPU:
+    ``tools/time_sample_importance.py --sweep`` times the alternatives.
     """
     block_s = triton.next_power_of_2(max(samples - 3, 1))
     row_d = triton.next_power_of_2(draws)
