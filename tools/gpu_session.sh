@@ -42,17 +42,28 @@ fi
 # built an extension that segfaulted at import, in std::ostringstream, on 2026-11-26.
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PORTRAIT_ENGINE_CUDA=1 CXX=/usr/bin/g++ CC=/usr/bin/gcc
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
-# BG_BENCH="bench arguments": a benchmark that needs no extension (torch / triton /
-# torch_compile providers) runs on the GPU while the extension builds on the CPUs (the build
-# took 172 s on the H100 of 2026-11-26), under BG_SHARE seconds (default 240); its rows were
-# timed beside a busy CPU (GPU-side timings, but launch-bound rows can suffer)
+# BG_BENCH="bench arguments|...": benchmarks that need no extension (torch / triton /
+# torch_compile providers) run one after the other on the GPU while the extension builds on
+# the CPUs (the build took 172 s on the H100 of 2026-11-26), set i under the i-th number of
+# BG_SHARES seconds (default 240 each); the script waits for them after the build, so nothing
+# else uses the GPU meanwhile. Their rows were timed beside a busy CPU (GPU-side timings, but
+# launch-bound rows can suffer).
 if [ -n "${BG_BENCH:-}" ]; then
-  eval "set -- $BG_BENCH"
-  ( timeout -k 5 "${BG_SHARE:-240}" "${BENCH[@]}" --out "$W/bench/bg" "$@" >"$W/bench_bg.log" 2>&1
-    echo "bench_bg rc=$? ${BG_SHARE:-240}s-limit (beside the build)" >>"$W/steps.txt" ) &
+  (
+    IFS='|' read -ra BG_SETS <<<"$BG_BENCH"
+    read -ra BG_LIMITS <<<"${BG_SHARES:-}"
+    for i in "${!BG_SETS[@]}"; do
+      eval "set -- ${BG_SETS[$i]}"
+      limit=${BG_LIMITS[$i]:-240}
+      t0=$(date +%s)
+      timeout -k 5 "$limit" "${BENCH[@]}" --out "$W/bench/bg$i" "$@" >"$W/bench_bg$i.log" 2>&1
+      echo "bench_bg$i rc=$? ${limit}s-limit took=$(($(date +%s) - t0))s (beside the build)" >>"$W/steps.txt"
+    done
+  ) &
   BG_PID=$!
 fi
 step build 200 python3 setup.py build_ext --inplace
+[ -n "${BG_PID:-}" ] && wait "$BG_PID" && echo "::: background benchmarks done at $(($(date +%s) - START))s"
 # smoke checks, each in its own process (a crash must not hide the others)
 export PYTHONFAULTHANDLER=1
 { for code in \
@@ -110,7 +121,6 @@ step bench_models 200 "${BENCH[@]}" --out "$W/bench/models" \
   portrait_gan_train_step generator --shapes paper
 fi
 
-[ -n "${BG_PID:-}" ] && wait "$BG_PID"
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"
 tar -C /tmp -czf "$OUT/session.tar.gz" gpu_session
 cp "$W/steps.txt" "$W/env.txt" "$OUT/" 2>/dev/null
