@@ -389,7 +389,7 @@ def merge_scatter(
     block, warps = _copy_block(numel)
     wide = numel + block > _INT32_LIMIT
     with _device_guard(values1):
-        rows_block, _ = _copy_block(rays * total)
+        rows_block, rows_warps = _copy_block(rays * total)
         _merge_inverse_kernel[(triton.cdiv(rays * total, rows_block),)](
             positions1,
             positions2,
@@ -400,7 +400,7 @@ def merge_scatter(
             S2=second,
             WIDE=rays * total + rows_block > _INT32_LIMIT,
             BLOCK=rows_block,
-            num_warps=4,
+            num_warps=rows_warps,
         )
         _merge_scatter_kernel[(triton.cdiv(numel, block),)](
             values1,
