@@ -31,10 +31,10 @@ Design:
 
   - scatter (forward): merged element e is row ``e // C``, channel ``e % C``; the row's source
     comes from the inverse permutation (``_merge_inverse_kernel``: merged row -> i, or S1 + j
-    for the second list, built once per call from the positions, N (S1 + S2) int32), and the
-    element is loaded from that list. The merged rays are written whole and contiguously by one
-    program each (vectorised stores): the old source-major scatter wrote every merged ray from
-    two launches, half its rows each, so the L2 saw partially written sectors.
+    for the second list, built per scatter call from the positions, N (S1 + S2) int32), and
+    the element is loaded from that list. The output is written once, in contiguous tiles
+    (vectorised stores): the old source-major scatter wrote every merged ray from two
+    launches, half its rows each, so the L2 saw partially written sectors.
   - gather (backward): one launch for both gradients. Its element space is, per ray, that
     ray's S1 C elements of ``grad1`` followed by its S2 C elements of ``grad2``: a program
     writes contiguous runs of both and reads the merged ray (a copy-sized read, the rows in
