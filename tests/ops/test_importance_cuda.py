@@ -81,10 +81,12 @@ GPU_KERNEL_SHAPES = KERNEL_SHAPES + [
 ]
 
 
+# fp16 moves like bf16 (2-byte elements) and offsets 1 and 3 both misalign: fewer Triton
+# compilations (one per shape, dtype and pointer alignment) on a GPU lease; the CPU test runs all
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("backend", ["triton", "native"])
-@pytest.mark.parametrize("offset", [0, 1, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", GPU_KERNEL_SHAPES, ids=str)
 def test_gpu_scatter_and_gather_ops_move_whole_rows(backend, shape, dtype, offset):
     _require(backend, "merge_samples_index")
