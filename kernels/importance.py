@@ -32,10 +32,27 @@ Design:
   carried across blocks.
 * The merge rank is the same count, over a ``(BLOCK_R, S1, S2)`` broadcast: S1, S2 are the
   48 + 48 of EG3D, so this is cheaper than a search and needs no sort.
-* The copies treat each list as ``N · S`` rows; every program moves ``BLOCK_ROWS`` rows of a
-  ``BLOCK_C`` channel block. Each destination row is written by exactly one source row (the
-  merge is a permutation): no atomics, deterministic forward and backward.
-* fp16 / bf16 / fp32 storage; all math in fp32; int64 index math; every access masked.
+* The copies are a permutation of whole rows, so they must run at copy bandwidth; both are
+  flat streams over the *destination*, ``BLOCK`` consecutive elements per program, with S1, S2
+  and C constexpr (the divisions by them become multiplies) and int32 offsets whenever the
+  tensors allow (``WIDE`` switches to int64 above 2^31 elements):
+
+  - scatter (forward): merged element e is row ``e // C``, channel ``e % C``; the row's source
+    comes from the inverse permutation (``_merge_inverse_kernel``: merged row -> i, or S1 + j
+    for the second list, built per scatter call from the positions, N (S1 + S2) int32), and
+    the element is loaded from that list. The output is written once, in contiguous tiles
+    (vectorised stores): the old source-major scatter wrote every merged ray from two
+    launches, half its rows each, so the L2 saw partially written sectors.
+  - gather (backward): one launch for both gradients. Its element space is, per ray, that
+    ray's S1 C elements of ``grad1`` followed by its S2 C elements of ``grad2``: a program
+    writes contiguous runs of both and reads the merged ray (a copy-sized read, the rows in
+    positions' order) while it is hot in L1 / L2, rather than each list reading it in its own
+    launch.
+
+  Each destination element has exactly one source: no atomics, deterministic forward and
+  backward. A position outside ``0..S1+S2-1`` (outside the contract) is clamped, never read out
+  of bounds.
+* fp16 / bf16 / fp32 storage; all math in fp32; every access masked.
 """
 
 from __future__ import annotations
@@ -175,38 +192,107 @@ def _merge_index_kernel(
 
 
 @triton.jit
-def _copy_rows_kernel(
-    src_ptr,
-    dst_ptr,
-    positions_ptr,
-    ROWS,
-    S_LIST,
-    TOTAL,
-    C,
-    SCATTER: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+def _flat_offsets(BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _merge_inverse_kernel(
+    positions1_ptr,
+    positions2_ptr,
+    inverse_ptr,
+    ROWS1,
+    ROWS2,
+    S1: tl.constexpr,
+    S2: tl.constexpr,
+    WIDE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """Rows of one list <-> their merged rows: ``merged = (row // S_LIST) * TOTAL + pos[row]``."""
-    pid = tl.program_id(0).to(tl.int64)
-    n_rows = tl.cast(ROWS, tl.int64)
-    per_ray = tl.cast(S_LIST, tl.int64)
-    total = tl.cast(TOTAL, tl.int64)
-    channels = tl.cast(C, tl.int64)
-    rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
-    mask_rows = rows < n_rows
-    position = tl.load(positions_ptr + rows, mask=mask_rows, other=0).to(tl.int64)
-    merged = (rows // per_ray) * total + position
-    if SCATTER:
-        src_rows, dst_rows = rows, merged
-    else:
-        src_rows, dst_rows = merged, rows
-    arange_c = tl.arange(0, BLOCK_C).to(tl.int64)
-    for c0 in range(0, channels, BLOCK_C):
-        offs_c = c0 + arange_c
-        mask = mask_rows[:, None] & (offs_c < channels)[None, :]
-        x = tl.load(src_ptr + (src_rows * channels)[:, None] + offs_c[None, :], mask=mask)
-        tl.store(dst_ptr + (dst_rows * channels)[:, None] + offs_c[None, :], x, mask=mask)
+    """``inverse[r, pos1[r, i]] = i`` and ``inverse[r, pos2[r, j]] = S1 + j``: rows ``0..ROWS1``
+    of the element space are the first list's, the next ``ROWS2`` the second's."""
+    TOTAL: tl.constexpr = S1 + S2
+    q = _flat_offsets(BLOCK, WIDE)
+    in_first = q < ROWS1
+    j = q - ROWS1
+    in_second = (q >= ROWS1) & (j < ROWS2)
+    position1 = tl.load(positions1_ptr + q, mask=in_first, other=0)
+    position2 = tl.load(positions2_ptr + j, mask=in_second, other=0)
+    ray1 = q
+    ray2 = j
+    if S1 > 0:  # an empty list has no rows (and no division by its zero length)
+        ray1 = q // S1
+    if S2 > 0:
+        ray2 = j // S2
+    ray = tl.where(in_first, ray1, ray2)
+    code = tl.where(in_first, q - ray * S1, S1 + j - ray * S2)
+    position = tl.where(in_first, position1, position2)
+    valid = (in_first | in_second) & (position >= 0) & (position < TOTAL)
+    tl.store(inverse_ptr + ray * TOTAL + position, code.to(tl.int32), mask=valid)
+
+
+@triton.jit
+def _merge_scatter_kernel(
+    values1_ptr,
+    values2_ptr,
+    inverse_ptr,
+    out_ptr,
+    NUMEL,
+    S1: tl.constexpr,
+    S2: tl.constexpr,
+    C: tl.constexpr,
+    WIDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``out`` ``(N, S1 + S2, C)`` element by element: its source row from ``inverse``."""
+    TOTAL: tl.constexpr = S1 + S2
+    e = _flat_offsets(BLOCK, WIDE)
+    mask = e < NUMEL
+    row = e // C
+    c = e - row * C
+    ray = row // TOTAL
+    code = tl.load(inverse_ptr + row, mask=mask, other=0)
+    code = tl.minimum(tl.maximum(code, 0), TOTAL - 1)
+    from_first = code < S1
+    x1 = tl.load(values1_ptr + (ray * S1 + code) * C + c, mask=mask & from_first)
+    x2 = tl.load(values2_ptr + (ray * S2 + (code - S1)) * C + c, mask=mask & (code >= S1))
+    tl.store(out_ptr + e, tl.where(from_first, x1, x2), mask=mask)
+
+
+@triton.jit
+def _merge_gather_kernel(
+    grad_ptr,
+    positions1_ptr,
+    positions2_ptr,
+    grad1_ptr,
+    grad2_ptr,
+    NUMEL,
+    S1: tl.constexpr,
+    S2: tl.constexpr,
+    C: tl.constexpr,
+    WIDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``grad1[r, i] = grad[r, pos1[r, i]]``, ``grad2[r, j] = grad[r, pos2[r, j]]``; element v of
+    the space is ray ``v // ((S1 + S2) C)``, then ``grad1``'s S1 C elements and ``grad2``'s."""
+    TOTAL: tl.constexpr = S1 + S2
+    v = _flat_offsets(BLOCK, WIDE)
+    mask = v < NUMEL
+    ray = v // (TOTAL * C)
+    w = v - ray * (TOTAL * C)  # element within the ray: grad1's first
+    in_first = w < S1 * C
+    w2 = w - S1 * C
+    row1 = w // C
+    row2 = w2 // C
+    c = tl.where(in_first, w - row1 * C, w2 - row2 * C)
+    position1 = tl.load(positions1_ptr + ray * S1 + row1, mask=mask & in_first, other=0)
+    position2 = tl.load(positions2_ptr + ray * S2 + row2, mask=mask & (w2 >= 0), other=0)
+    position = tl.minimum(tl.maximum(tl.where(in_first, position1, position2), 0), TOTAL - 1)
+    x = tl.load(grad_ptr + (ray * TOTAL + position) * C + c, mask=mask)
+    tl.store(grad1_ptr + ray * (S1 * C) + w, x, mask=mask & in_first)
+    tl.store(grad2_ptr + ray * (S2 * C) + w2, x, mask=mask & (w2 >= 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,30 +404,16 @@ def merge_index(depths1: torch.Tensor, depths2: torch.Tensor) -> tuple[torch.Ten
     return positions1, positions2
 
 
-def _copy_rows(src, dst, positions, per_ray, total, channels, scatter):
-    rows = positions.numel()
-    if rows == 0 or channels == 0:
-        return
-    block_c = min(triton.next_power_of_2(channels), 128)
+# int32 offsets up to here (the largest offset plus a block must stay below 2^31)
+_INT32_LIMIT = 2**31 - 1
+
+
+def _copy_block(numel: int) -> tuple[int, int]:
+    """Elements per program and warps of the copy kernels."""
     if _interpreting():
-        block_rows = max(1, min(triton.next_power_of_2(rows), 65536 // block_c))
-    else:
-        block_rows = max(1, 4096 // block_c)
-    grid = (triton.cdiv(rows, block_rows),)
-    with _device_guard(src):
-        _copy_rows_kernel[grid](
-            src,
-            dst,
-            positions,
-            rows,
-            per_ray,
-            total,
-            channels,
-            SCATTER=scatter,
-            BLOCK_ROWS=block_rows,
-            BLOCK_C=block_c,
-            num_warps=4,
-        )
+        return max(16, min(triton.next_power_of_2(max(numel, 1)), 65536)), 4
+    # 16 elements (4 x 16 bytes of fp32) per thread: enough loads in flight to hide latency
+    return 4096, 8
 
 
 def merge_scatter(
@@ -356,8 +428,39 @@ def merge_scatter(
     second = values2.shape[1]
     total = first + second
     out = empty_output((rays, total, channels), dtype=values1.dtype, device=values1.device)
-    _copy_rows(values1, out, positions1, first, total, channels, True)
-    _copy_rows(values2, out, positions2, second, total, channels, True)
+    numel = out.numel()
+    if numel == 0:
+        return out
+    inverse = torch.empty((rays, total), dtype=torch.int32, device=values1.device)
+    block, warps = _copy_block(numel)
+    wide = numel + block > _INT32_LIMIT
+    with _device_guard(values1):
+        rows_block, rows_warps = _copy_block(rays * total)
+        _merge_inverse_kernel[(triton.cdiv(rays * total, rows_block),)](
+            positions1,
+            positions2,
+            inverse,
+            rays * first,
+            rays * second,
+            S1=first,
+            S2=second,
+            WIDE=rays * total + rows_block > _INT32_LIMIT,
+            BLOCK=rows_block,
+            num_warps=rows_warps,
+        )
+        _merge_scatter_kernel[(triton.cdiv(numel, block),)](
+            values1,
+            values2,
+            inverse,
+            out,
+            numel,
+            S1=first,
+            S2=second,
+            C=channels,
+            WIDE=wide,
+            BLOCK=block,
+            num_warps=warps,
+        )
     return out
 
 
@@ -369,6 +472,23 @@ def merge_gather(
     first, second = positions1.shape[1], positions2.shape[1]
     grad1 = empty_output((rays, first, channels), dtype=grad.dtype, device=grad.device)
     grad2 = empty_output((rays, second, channels), dtype=grad.dtype, device=grad.device)
-    _copy_rows(grad, grad1, positions1, first, total, channels, False)
-    _copy_rows(grad, grad2, positions2, second, total, channels, False)
+    numel = grad.numel()
+    if numel == 0:
+        return grad1, grad2
+    block, warps = _copy_block(numel)
+    with _device_guard(grad):
+        _merge_gather_kernel[(triton.cdiv(numel, block),)](
+            grad,
+            positions1,
+            positions2,
+            grad1,
+            grad2,
+            numel,
+            S1=first,
+            S2=second,
+            C=channels,
+            WIDE=numel + block > _INT32_LIMIT,
+            BLOCK=block,
+            num_warps=warps,
+        )
     return grad1, grad2

@@ -10,7 +10,12 @@ its wheel ships the c10/ATen CUDA headers but not the CMake-generated
 ``C10_CUDA_NO_CMAKE_CONFIGURE_FILE`` instead (the generated file only sets Windows DLL export
 macros).
 
-Usage: python tools/check_cuda_compile.py [--arch 80 --arch 90] [--verbose] [file.cu ...]
+With ``--ptx DIR`` it also writes each source's PTX for the first arch to ``DIR/<name>.ptx``
+(no cuobjdump / nvdisasm needed): grep it for ``ld.global.cs.v4`` / ``st.global.cs.v4`` to see
+that a kernel's accesses are 16-byte vectors, or for ``div.s64`` / ``rem.s64`` per element.
+
+Usage: python tools/check_cuda_compile.py [--arch 80 --arch 90] [--verbose] [--ptx DIR]
+       [file.cu ...]
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ def main() -> int:
     parser.add_argument("--arch", action="append", default=None, help="e.g. 80, 90")
     parser.add_argument("--verbose", action="store_true", help="print all ptxas output")
     parser.add_argument("--jobs", type=int, default=None, help="parallel nvcc (default: cores)")
+    parser.add_argument("--ptx", default=None, help="also write each source's PTX to this folder")
     parser.add_argument(
         "sources", nargs="*", help="only these .cu files (default: every csrc/**/*.cu)"
     )
@@ -150,6 +156,15 @@ def main() -> int:
         command += ["-I", os.path.join(ROOT, "csrc"), "-I", cuda_include] + flags
         start = time.time()
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if args.ptx and result.returncode == 0:
+            os.makedirs(args.ptx, exist_ok=True)
+            name = os.path.splitext(os.path.basename(source))[0]
+            ptx = [nvcc, "-ptx", source, "-o", os.path.join(args.ptx, f"{name}.ptx")]
+            ptx += ["-std=c++20", "-O3", "-DPORTRAIT_ENGINE_WITH_CUDA=1", f"-arch=sm_{archs[0]}"]
+            ptx += ["-I", os.path.join(ROOT, "csrc"), "-I", cuda_include] + flags
+            emitted = subprocess.run(ptx, capture_output=True, text=True, cwd=ROOT)
+            if emitted.returncode != 0:
+                result = emitted
         return source, result, time.time() - start, command
 
     # One nvcc per core (each is single-threaded); reports are printed in source order.

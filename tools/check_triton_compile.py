@@ -8,11 +8,16 @@ instructions in the SASS. Run it without ``TRITON_INTERPRET``::
     python tools/check_triton_compile.py --planes bf16 --warps 8 --rays 16
     python tools/check_triton_compile.py --kernels triplane attention_pool
     python tools/check_triton_compile.py --kernels importance --planes bf16
+    python tools/check_triton_compile.py --kernels merge --planes bf16
 
 It found two things the interpreter cannot: Triton 3.6 (the GPU machine's) rejected the fused
 render kernels' tri-grid gather (a layout-pass failure, fixed in kernels/triplane.py), and it
 turns a broadcast multiply + sum over an axis into a tensor-core dot (TF32 for fp32): the
 "MMA" column of this report shows where.
+
+For the memory-bound copies (``--kernels merge``) it counts the global loads and stores of the
+SASS by width (``LDG.E.128`` is a 16-byte vector access): pointers and element counts are
+declared 16-divisible, as Triton's launcher specialises them for fresh allocations.
 
 Exits non-zero when a kernel fails to compile.
 """
@@ -66,11 +71,22 @@ def _ptxas_report(bin_dir: str, ptx: str) -> tuple[str, collections.Counter]:
         sass = subprocess.run(
             [os.path.join(bin_dir, "cuobjdump"), "-sass", cubin], capture_output=True, text=True
         ).stdout
-    return info, collections.Counter(re.findall(r"\b(H?G?MMA\.[.A-Z0-9]+)", sass))
+    ops = collections.Counter(re.findall(r"\b(H?G?MMA\.[.A-Z0-9]+)", sass))
+    ops.update(re.findall(r"\b((?:LDG|STG)\.E(?:\.[A-Z0-9]+)*)", sass))
+    return info, ops
 
 
-def _compile(fn, constexprs: dict, pointer_types: dict, floats: tuple, warps: int, bin_dir: str):
-    """Compile ``fn`` for sm_90 and print its ptxas figures; returns whether it compiled."""
+def _compile(
+    fn,
+    constexprs: dict,
+    pointer_types: dict,
+    floats: tuple,
+    warps: int,
+    bin_dir: str,
+    divisible: tuple = (),
+):
+    """Compile ``fn`` for sm_90 and print its ptxas figures; returns whether it compiled.
+    ``divisible`` names the arguments declared multiples of 16 (pointers: 16-byte aligned)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -82,7 +98,12 @@ def _compile(fn, constexprs: dict, pointer_types: dict, floats: tuple, warps: in
     label = fn.__name__ + " " + " ".join(f"{k}={v}" for k, v in constexprs.items())
     try:
         kernel = triton.compile(
-            ASTSource(fn=fn, signature=sig, constexprs=values),
+            ASTSource(
+                fn=fn,
+                signature=sig,
+                constexprs=values,
+                attrs={(names.index(k),): [["tt.divisibility", 16]] for k in divisible},
+            ),
             target=GPUTarget("cuda", 90, 32),
             options={"num_warps": warps, "num_stages": 1},
         )
@@ -195,13 +216,44 @@ def _importance(args, bin_dir: str) -> bool:
     return ok
 
 
+def _merge(args, bin_dir: str) -> bool:
+    """merge_samples' copy kernels at the launcher's block for EG3D's 48 + 48 samples and
+    C = 1 (depths) and 33 (colour + density)."""
+    from portrait_engine.kernels import importance
+
+    block, warps = importance._copy_block(1 << 30)
+    dtype = "*" + args.planes
+    ok = True
+    for channels in (1, 33):
+        constexprs = dict(S1=48, S2=48, C=channels, WIDE=False, BLOCK=block)
+        types = {
+            "values1_ptr": dtype,
+            "values2_ptr": dtype,
+            "out_ptr": dtype,
+            "grad_ptr": dtype,
+            "grad1_ptr": dtype,
+            "grad2_ptr": dtype,
+            "inverse_ptr": "*i32",
+            "positions1_ptr": "*i32",
+            "positions2_ptr": "*i32",
+        }
+        for fn in (importance._merge_scatter_kernel, importance._merge_gather_kernel):
+            names = tuple(p.name for p in fn.params if p.name.endswith("_ptr") or p.name == "NUMEL")
+            ok &= _compile(fn, constexprs, types, (), warps, bin_dir, divisible=names)
+    constexprs = dict(S1=48, S2=48, WIDE=False, BLOCK=block)
+    fn = importance._merge_inverse_kernel
+    names = tuple(p.name for p in fn.params if p.name.endswith("_ptr"))
+    ok &= _compile(fn, constexprs, types, (), warps, bin_dir, divisible=names)
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--kernels",
         nargs="+",
         default=["render"],
-        choices=["render", "triplane", "attention_pool", "importance"],
+        choices=["render", "triplane", "attention_pool", "importance", "merge"],
     )
     parser.add_argument("--planes", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--warps", type=int, default=8)
@@ -226,6 +278,7 @@ def main() -> int:
         "triplane": _triplane,
         "attention_pool": _attention_pool,
         "importance": _importance,
+        "merge": _merge,
     }
     ok = True
     for name in args.kernels:

@@ -27,8 +27,23 @@
 //     walk of binary searches and the running maximum.
 //   * merge_samples_index: one thread per sample of either list (N * (S1 + S2) threads), a
 //     binary search in the other list of its ray.
-//   * merge_samples_scatter / gather: one thread per (sample, channel) element: consecutive
-//     threads copy consecutive channels of a row, so the rows move coalesced.
+//   * merge_samples_scatter / gather: the merge is a permutation of whole rows, so both are pure
+//     copies and must run at copy bandwidth. A block owns a few consecutive rays (their segments
+//     are contiguous in every tensor) and stages them through shared memory:
+//       1. a row table in shared memory: for the scatter the inverse permutation (merged row ->
+//          where its source row starts in the stage), for the gather the forward one (list row
+//          -> where its merged row starts), built from positions1 / positions2 (one entry per row);
+//       2. the block's contiguous source span(s) -> shared memory with 16-byte vector loads;
+//       3. the block's contiguous destination span(s) <- shared memory, 16-byte vector stores,
+//          element j of a span reading stage[table[j / C] + j % C].
+//     So every global access is a 16-byte vector on a contiguous stream (only the < 16 bytes at
+//     each end of a span that is not 16-byte aligned go element by element), destinations are
+//     written whole by one block (the old scatter wrote each merged ray from two launches, half
+//     the rows each), the index math is 32-bit within a block and there is one division per
+//     16 bytes rather than 64-bit divisions per element. A span is staged at its address modulo
+//     16 bytes so the vector accesses are aligned in shared memory too. A ray too large for the
+//     staging budget (C * (S1 + S2) above ~48 KB) falls back to copy_rows_kernel: one thread per
+//     element, coalesced rows.
 // No atomics anywhere: every output element has exactly one writer.
 
 #include <ATen/ATen.h>
@@ -276,6 +291,177 @@ __global__ void copy_rows_kernel(const scalar_t* __restrict__ src, scalar_t* __r
   }
 }
 
+// ---- staged row permutation (merge_samples_scatter / gather) -------------------------------
+
+// Elements of a 16-byte vector.
+template <typename scalar_t>
+constexpr int vector_width() {
+  return 16 / static_cast<int>(sizeof(scalar_t));
+}
+
+// How many elements `p` lies past the last 16-byte boundary.
+template <typename scalar_t>
+__device__ __forceinline__ int misalignment(const scalar_t* p) {
+  return static_cast<int>((reinterpret_cast<uintptr_t>(p) & 15) / sizeof(scalar_t));
+}
+
+// Elements of `n` before the first 16-byte boundary of a span that is `shift` elements past one.
+template <typename scalar_t>
+__device__ __forceinline__ int head_elements(int shift, int n) {
+  constexpr int V = vector_width<scalar_t>();
+  return min(n, (V - shift) % V);
+}
+
+// src[0..n) -> stage[shift + j], shift = misalignment(src): the global and the shared addresses
+// agree modulo 16 bytes (`stage` is 16-byte aligned), so the body moves as 16-byte vectors.
+// Streaming loads: every byte is read once.
+template <typename scalar_t>
+__device__ __forceinline__ void stage_span(const scalar_t* __restrict__ src, int n,
+                                           scalar_t* __restrict__ stage) {
+  constexpr int V = vector_width<scalar_t>();
+  const int shift = misalignment(src);
+  const int head = head_elements<scalar_t>(shift, n);
+  const int vectors = (n - head) / V;
+  const int tail = head + vectors * V;
+  scalar_t* to = stage + shift;
+  for (int j = threadIdx.x; j < head; j += blockDim.x) to[j] = src[j];
+  for (int j = tail + threadIdx.x; j < n; j += blockDim.x) to[j] = src[j];
+  const uint4* from_vec = reinterpret_cast<const uint4*>(src + head);
+  uint4* to_vec = reinterpret_cast<uint4*>(to + head);
+  for (int k = threadIdx.x; k < vectors; k += blockDim.x) to_vec[k] = __ldcs(from_vec + k);
+}
+
+// dst[j] = stage[rows[j / C] + j % C] for j in [0, n): the permutation, done in shared memory;
+// the global side is a contiguous stream of 16-byte streaming stores (a thread's V elements
+// cross at most ceil(V / C) + 1 rows; the row and channel are carried, one division per vector).
+template <typename scalar_t>
+__device__ __forceinline__ void write_permuted(const scalar_t* __restrict__ stage,
+                                               const int* __restrict__ rows, int channels,
+                                               scalar_t* __restrict__ dst, int n) {
+  constexpr int V = vector_width<scalar_t>();
+  const int head = head_elements<scalar_t>(misalignment(dst), n);
+  const int vectors = (n - head) / V;
+  const int tail = head + vectors * V;
+  const unsigned int c_count = static_cast<unsigned int>(channels);
+  for (int j = threadIdx.x; j < head; j += blockDim.x) {
+    const unsigned int row = static_cast<unsigned int>(j) / c_count;
+    dst[j] = stage[rows[row] + (j - static_cast<int>(row * c_count))];
+  }
+  for (int j = tail + threadIdx.x; j < n; j += blockDim.x) {
+    const unsigned int row = static_cast<unsigned int>(j) / c_count;
+    dst[j] = stage[rows[row] + (j - static_cast<int>(row * c_count))];
+  }
+  uint4* dst_vec = reinterpret_cast<uint4*>(dst + head);
+  for (int k = threadIdx.x; k < vectors; k += blockDim.x) {
+    const unsigned int j = static_cast<unsigned int>(head + k * V);
+    unsigned int row = j / c_count;
+    int c = static_cast<int>(j - row * c_count);
+    int start = rows[row];
+    alignas(16) scalar_t values[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      values[e] = stage[start + c];
+      // the next row's entry is read only while this vector still needs it (never past the table)
+      if (e + 1 < V && ++c == channels) {
+        c = 0;
+        start = rows[++row];
+      }
+    }
+    __stcs(dst_vec + k, *reinterpret_cast<const uint4*>(values));
+  }
+}
+
+// Shared-memory layout of a block of the staged kernels: the int32 row table(s), then the stage
+// region(s), each region `elements + V` long rounded up to whole vectors (room for the shift).
+template <typename scalar_t>
+__host__ __device__ __forceinline__ int64_t stage_capacity(int64_t elements) {
+  constexpr int64_t V = vector_width<scalar_t>();
+  return (elements + V + V - 1) / V * V;
+}
+
+__host__ __device__ __forceinline__ int64_t table_bytes(int64_t entries) {
+  return (entries * static_cast<int64_t>(sizeof(int)) + 15) / 16 * 16;
+}
+
+// Forward: out[r, pos1[r, i]] = values1[r, i], out[r, pos2[r, j]] = values2[r, j], for the
+// `rays_per_block` rays of this block. The table is the inverse permutation: merged row ->
+// where its source row starts in the stage.
+template <typename scalar_t>
+__global__ void merge_scatter_staged_kernel(const scalar_t* __restrict__ values1,
+                                            const scalar_t* __restrict__ values2,
+                                            const int32_t* __restrict__ positions1,
+                                            const int32_t* __restrict__ positions2,
+                                            scalar_t* __restrict__ out, int64_t rays, int first,
+                                            int second, int channels, int rays_per_block) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int total = first + second;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rays_per_block;
+  const int n_rays = static_cast<int>(min(static_cast<int64_t>(rays_per_block), rays - r0));
+  int* rows = reinterpret_cast<int*>(shared);
+  scalar_t* stage1 =
+      reinterpret_cast<scalar_t*>(shared + table_bytes(static_cast<int64_t>(rays_per_block) * total));
+  scalar_t* stage2 =
+      stage1 + stage_capacity<scalar_t>(static_cast<int64_t>(rays_per_block) * first * channels);
+  const scalar_t* src1 = values1 + r0 * first * channels;
+  const scalar_t* src2 = values2 + r0 * second * channels;
+  const int n1 = n_rays * first, n2 = n_rays * second;
+  // A merged row that no position names (positions that are not a permutation break the
+  // contract) reads the stage's first row rather than uninitialised shared memory.
+  for (int p = threadIdx.x; p < n_rays * total; p += blockDim.x) rows[p] = misalignment(src1);
+  __syncthreads();
+  const int offset2 = static_cast<int>(stage2 - stage1) + misalignment(src2);
+  for (int q = threadIdx.x; q < n1 + n2; q += blockDim.x) {
+    const bool in_first = q < n1;
+    const int row = in_first ? q : q - n1;
+    const int per_ray = in_first ? first : second;
+    const int ray = row / per_ray;
+    const int p = in_first ? positions1[r0 * first + row] : positions2[r0 * second + row];
+    if (p >= 0 && p < total) {
+      rows[ray * total + p] =
+          (in_first ? misalignment(src1) : offset2) + row * channels;
+    }
+  }
+  stage_span(src1, n1 * channels, stage1);
+  stage_span(src2, n2 * channels, stage2);
+  __syncthreads();
+  write_permuted(stage1, rows, channels, out + r0 * total * channels, n_rays * total * channels);
+}
+
+// Backward: grad1[r, i] = grad[r, pos1[r, i]] (likewise grad2). The tables map each list row to
+// where its merged row starts in the stage.
+template <typename scalar_t>
+__global__ void merge_gather_staged_kernel(const scalar_t* __restrict__ grad,
+                                           const int32_t* __restrict__ positions1,
+                                           const int32_t* __restrict__ positions2,
+                                           scalar_t* __restrict__ grad1,
+                                           scalar_t* __restrict__ grad2, int64_t rays, int first,
+                                           int second, int channels, int rays_per_block) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int total = first + second;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rays_per_block;
+  const int n_rays = static_cast<int>(min(static_cast<int64_t>(rays_per_block), rays - r0));
+  int* rows1 = reinterpret_cast<int*>(shared);
+  int* rows2 = rows1 + rays_per_block * first;
+  scalar_t* stage =
+      reinterpret_cast<scalar_t*>(shared + table_bytes(static_cast<int64_t>(rays_per_block) * total));
+  const scalar_t* src = grad + r0 * total * channels;
+  const int shift = misalignment(src);
+  const int n1 = n_rays * first, n2 = n_rays * second;
+  for (int q = threadIdx.x; q < n1 + n2; q += blockDim.x) {
+    const bool in_first = q < n1;
+    const int row = in_first ? q : q - n1;
+    const int per_ray = in_first ? first : second;
+    const int ray = row / per_ray;
+    int p = in_first ? positions1[r0 * first + row] : positions2[r0 * second + row];
+    p = min(max(p, 0), total - 1);  // stays inside the stage for positions outside the contract
+    (in_first ? rows1 : rows2)[row] = shift + (ray * total + p) * channels;
+  }
+  stage_span(src, n_rays * total * channels, stage);
+  __syncthreads();
+  write_permuted(stage, rows1, channels, grad1 + r0 * first * channels, n1 * channels);
+  write_permuted(stage, rows2, channels, grad2 + r0 * second * channels, n2 * channels);
+}
+
 at::Tensor sample_importance_cuda(const at::Tensor& depths, const at::Tensor& weights,
                                   const at::Tensor& u, bool sort) {
   const c10::cuda::CUDAGuard guard(depths.device());
@@ -340,6 +526,31 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_index_cuda(const at::Tensor& de
 }
 
 
+// Shared memory a staged block may use. 24 KB keeps eight 256-thread blocks resident per SM
+// (H100: 228 KB); a ray that alone needs more than the default 48 KB dynamic limit falls back.
+constexpr int64_t kStageBudget = 24 * 1024;
+constexpr int64_t kStageLimit = 48 * 1024;
+
+// Rays per block of the staged kernels and the block's shared-memory bytes, or {0, 0} when one
+// ray does not fit kStageLimit (the caller falls back to copy_rows_kernel).
+template <typename scalar_t>
+std::tuple<int64_t, int64_t> staged_layout(int64_t rays, int64_t first, int64_t second,
+                                           int64_t channels, bool scatter) {
+  const int64_t total = first + second;
+  auto bytes = [&](int64_t k) {
+    const int64_t stage = scatter ? stage_capacity<scalar_t>(k * first * channels) +
+                                        stage_capacity<scalar_t>(k * second * channels)
+                                  : stage_capacity<scalar_t>(k * total * channels);
+    return table_bytes(k * total) + stage * static_cast<int64_t>(sizeof(scalar_t));
+  };
+  if (bytes(1) > kStageLimit) return {0, 0};
+  const int64_t per_ray = bytes(2) - bytes(1);
+  int64_t k = std::max<int64_t>(1, (kStageBudget - bytes(1)) / std::max<int64_t>(per_ray, 1) + 1);
+  k = std::min(k, std::max<int64_t>(rays, 1));
+  while (k > 1 && bytes(k) > kStageBudget) --k;
+  return {k, bytes(k)};
+}
+
 template <bool kScatter>
 void launch_copy(const at::Tensor& src, at::Tensor& dst, const at::Tensor& positions,
                  int64_t per_ray, int64_t total, int64_t channels, cudaStream_t stream) {
@@ -364,9 +575,28 @@ at::Tensor merge_samples_scatter_cuda(const at::Tensor& values1, const at::Tenso
   const int64_t channels = values1.size(2);
   const int64_t total = first + second;
   at::Tensor out = new_output({rays, total, channels}, values1.options());
+  if (rays == 0 || total == 0 || channels == 0) return out;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(values1.device().index()).stream();
-  launch_copy<true>(values1, out, positions1, first, total, channels, stream);
-  launch_copy<true>(values2, out, positions2, second, total, channels, stream);
+  bool staged = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, values1.scalar_type(), "merge_samples_scatter_cuda", [&] {
+        const auto [per_block, shared_bytes] =
+            staged_layout<scalar_t>(rays, first, second, channels, true);
+        if (per_block == 0) return;
+        staged = true;
+        merge_scatter_staged_kernel<scalar_t>
+            <<<static_cast<unsigned int>(ceil_div(rays, per_block)), kThreads, shared_bytes,
+               stream>>>(values1.data_ptr<scalar_t>(), values2.data_ptr<scalar_t>(),
+                         positions1.data_ptr<int32_t>(), positions2.data_ptr<int32_t>(),
+                         out.data_ptr<scalar_t>(), rays, static_cast<int>(first),
+                         static_cast<int>(second), static_cast<int>(channels),
+                         static_cast<int>(per_block));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  if (!staged) {
+    launch_copy<true>(values1, out, positions1, first, total, channels, stream);
+    launch_copy<true>(values2, out, positions2, second, total, channels, stream);
+  }
   return out;
 }
 
@@ -379,9 +609,28 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_gather_cuda(const at::Tensor& g
   const int64_t first = positions1.size(1), second = positions2.size(1);
   at::Tensor grad1 = new_output({rays, first, channels}, grad.options());
   at::Tensor grad2 = new_output({rays, second, channels}, grad.options());
+  if (rays == 0 || total == 0 || channels == 0) return {grad1, grad2};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(grad.device().index()).stream();
-  launch_copy<false>(grad, grad1, positions1, first, total, channels, stream);
-  launch_copy<false>(grad, grad2, positions2, second, total, channels, stream);
+  bool staged = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "merge_samples_gather_cuda", [&] {
+        const auto [per_block, shared_bytes] =
+            staged_layout<scalar_t>(rays, first, second, channels, false);
+        if (per_block == 0) return;
+        staged = true;
+        merge_gather_staged_kernel<scalar_t>
+            <<<static_cast<unsigned int>(ceil_div(rays, per_block)), kThreads, shared_bytes,
+               stream>>>(grad.data_ptr<scalar_t>(), positions1.data_ptr<int32_t>(),
+                         positions2.data_ptr<int32_t>(), grad1.data_ptr<scalar_t>(),
+                         grad2.data_ptr<scalar_t>(), rays, static_cast<int>(first),
+                         static_cast<int>(second), static_cast<int>(channels),
+                         static_cast<int>(per_block));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  if (!staged) {
+    launch_copy<false>(grad, grad1, positions1, first, total, channels, stream);
+    launch_copy<false>(grad, grad2, positions2, second, total, channels, stream);
+  }
   return {grad1, grad2};
 }
 

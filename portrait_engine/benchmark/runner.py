@@ -117,6 +117,7 @@ class _Reference:
     output: torch.Tensor
     grads: list[torch.Tensor | None]
     grad_out: torch.Tensor
+    mask: torch.Tensor | None = None  # the case's check_mask, when it has one
 
 
 def _reference(case: Case, inputs: list, kwargs: dict, grad_out: torch.Tensor) -> _Reference:
@@ -125,9 +126,13 @@ def _reference(case: Case, inputs: list, kwargs: dict, grad_out: torch.Tensor) -
     ]
     output = case.functions["torch"](*reference_inputs, **kwargs)
     grad_out = grad_out.float()
+    mask = None
+    if case.check_mask is not None:
+        mask = case.check_mask(inputs, kwargs).to(output.device)
+        grad_out = grad_out * mask
     output.backward(grad_out)
     grads = [x.grad if x.is_floating_point() else None for x in reference_inputs]
-    return _Reference(output.detach(), grads, grad_out)
+    return _Reference(output.detach(), grads, grad_out, mask)
 
 
 def _check(
@@ -141,7 +146,11 @@ def _check(
     actual = case.functions[provider](*trial_inputs, **kwargs)
     actual.backward(reference.grad_out.to(actual.dtype))
     tolerance = case.tolerance if case.tolerance is not None else TOLERANCE[dtype]
-    pairs = [("output", actual, reference.output)]
+    if reference.mask is None:
+        pairs = [("output", actual, reference.output)]
+    else:
+        mask = reference.mask.expand_as(reference.output)
+        pairs = [("output", actual.detach()[mask], reference.output[mask])]
     for i, (x, want) in enumerate(zip(trial_inputs, reference.grads, strict=True)):
         if want is not None:  # the reference's gradient w.r.t. this input exists
             pairs.append((f"grad[{i}]", x.grad, want))

@@ -12,7 +12,9 @@ backend: all backends transform the same ``u`` and agree to rounding.
 either set, its position in the merged list (a rank found by binary search in the other
 sorted set: no sort); ``merge_samples_scatter`` writes one tensor's samples to those
 positions; its backward, ``merge_samples_gather``, reads them back. The merge is a
-permutation, so both directions are plain copies: no atomics, deterministic.
+permutation, so both directions are plain copies: no atomics, deterministic. On a GPU both
+kernels stream their destination contiguously (the scatter through the inverse permutation),
+so they run near copy bandwidth (the layout and why: the contract's "GPU copies").
 """
 
 from __future__ import annotations

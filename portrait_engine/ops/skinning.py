@@ -589,7 +589,9 @@ def lbs(
     if (
         name == "native"
         and _SHAPE_NATIVE
-        and betas.device.type == "cpu"  # the CUDA shape_blend has not run on a GPU yet
+        # CPU only: the CUDA shape_blend (correct on the H100, 2026-11-26) is the same cuBLAS
+        # products as _shaped_and_joints plus a concatenation, so it gains nothing there
+        and betas.device.type == "cpu"
         and v_template.dim() == 2
         and betas.shape[0] > betas.shape[1]
     ):

@@ -19,6 +19,7 @@ from portrait_engine.ops.reference import (
 )
 from tests.helpers import assert_close
 from tests.nn.test_renderer import make_scene
+from tests.ops.test_merge_samples import KERNEL_SHAPES, check_scatter_and_gather
 from tests.ops.test_merge_samples import make_inputs as make_merge_inputs
 from tests.ops.test_sample_importance import eg3d_oracle, make_inputs
 
@@ -195,6 +196,31 @@ def test_gpu_merge_samples_matches_reference(backend, dtype):
     grads = torch.autograd.grad(sum(v.sum() * 2 for v in values), v1 + v2)
     for g in grads:
         torch.testing.assert_close(g, torch.full_like(g, 2.0), rtol=0, atol=0)
+
+
+# Beyond the CPU test's shapes: several rays per CUDA block with a partial last block (C = 1,
+# C = 3), an EG3D-sized batch with a partial last Triton program, and rays too large for the
+# CUDA kernels' 48 KB shared-memory stage (fp32 C = 160: 61 KB; fp16 C = 300: 57 KB), which
+# take the row-copy fallback; fp16 C = 160 (31 KB) is staged, one ray per block.
+GPU_KERNEL_SHAPES = KERNEL_SHAPES + [
+    (1000, 48, 48, 1),
+    (1000, 6, 13, 3),
+    (4099, 48, 48, 33),
+    (3, 48, 48, 160),
+    (3, 48, 48, 300),
+]
+
+
+# fp16 moves like bf16 (2-byte elements) and offsets 1 and 3 both misalign: fewer Triton
+# compilations (one per shape, dtype and pointer alignment) on a GPU lease; the CPU test runs all
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("backend", ["triton", "native"])
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", GPU_KERNEL_SHAPES, ids=str)
+def test_gpu_scatter_and_gather_ops_move_whole_rows(backend, shape, dtype, offset):
+    _require(backend, "merge_samples_index")
+    check_scatter_and_gather(backend, "cuda", *shape, dtype, offset)
 
 
 @pytest.mark.parametrize("backend", ["triton", "native"])

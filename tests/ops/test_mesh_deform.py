@@ -8,7 +8,7 @@ import torch
 import portrait_engine as pe
 from portrait_engine.body import procedural_body_model
 from portrait_engine.ops import mesh_deform
-from portrait_engine.ops.reference import mesh_deform_reference, point_triangle_distance2
+from portrait_engine.ops.reference import mesh_deform_reference, nearest_two_distances
 from tests.helpers import assert_close, relative_l2
 
 NATIVE_OP = "mesh_deform_forward"
@@ -42,10 +42,7 @@ def make_inputs(batch=2, count=300, rings=8, around=10, dtype=torch.float32, see
 
 def tie_mask(points, posed, faces, band=1e-5):
     """Points whose two nearest faces are within ``band`` of each other (float64)."""
-    tri = posed.double()[:, faces]
-    p = points.double()[:, :, None, :]
-    d = point_triangle_distance2(p, tri[:, None, :, 0], tri[:, None, :, 1], tri[:, None, :, 2])
-    two = d.sqrt().topk(2, dim=-1, largest=False).values
+    two = nearest_two_distances(points.double(), posed.double(), faces)
     return (two[..., 1] - two[..., 0]) <= band, two[..., 0]
 
 

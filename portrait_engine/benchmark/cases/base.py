@@ -46,6 +46,11 @@ class Case:
     # relative L2 error allowed against the float32 reference (None: the harness's default
     # for the dtype); a case whose arithmetic legitimately differs more says so here
     tolerance: float | None = None
+    # (inputs, kwargs) -> boolean mask broadcastable to the output: where the providers must
+    # agree. The check compares the output there only and backpropagates an output gradient
+    # that is zero elsewhere (as the tests do around an op's discontinuities, e.g. points
+    # equidistant from two faces, whose choice float rounding decides). None: everywhere.
+    check_mask: Callable[[list, dict], torch.Tensor] | None = None
     # provider -> why it is not timed in --quick runs (e.g. a compile time that alone exceeds
     # the quick CPU budget); such rows are reported "skipped: <why>"
     quick_skip: dict[str, str] = field(default_factory=dict)

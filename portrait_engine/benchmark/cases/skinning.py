@@ -19,11 +19,18 @@ import torch
 from portrait_engine.benchmark.cases.base import Case
 from portrait_engine.body import procedural_body_model
 from portrait_engine.ops.mesh_deform import mesh_deform
-from portrait_engine.ops.reference import mesh_deform_reference, skin_points_reference
+from portrait_engine.ops.reference import (
+    mesh_deform_reference,
+    nearest_two_distances,
+    skin_points_reference,
+)
 from portrait_engine.ops.skinning import lbs, skin_points
 
 SMPL_VERTICES = 6890
 THICKNESS = 0.05
+# distance gap under which two faces count as tied (float32 rounding of the distances is
+# ~1e-7 at this scene's scale)
+TIE_BAND = 1e-5
 
 
 def _size_of(dtype: torch.dtype) -> int:
@@ -212,6 +219,19 @@ def _mesh_case(name: str, batch: int, rays: int, samples: int, rings: int, aroun
         "triton": backend_fn("triton"),
         "native": backend_fn("native"),
     }
+
+    def check_mask(inputs, kwargs):
+        # Points equidistant from two faces (the wedge of a shared edge or vertex: common on a
+        # convex mesh) and points at the thickness are discontinuities of the op: float
+        # rounding picks the face there, so the GPU kernels and the eager reference differ at
+        # them (on the H100, 2026-11-26, unmasked: output rel-L2 1.8e-4, vertex gradients 0.19).
+        # The check leaves them out, as tests/ops/test_mesh_deform.py does.
+        points, posed = inputs[0].detach().float(), inputs[1].detach().float()
+        with torch.no_grad():
+            two = nearest_two_distances(points, posed, kwargs["faces"])
+        away = (two[..., 1] - two[..., 0] > TIE_BAND) & ((two[..., 0] - THICKNESS).abs() > TIE_BAND)
+        return away.unsqueeze(-1)
+
     count = rays * rays * samples
     vertices = rings * around + 2
 
@@ -228,6 +248,7 @@ def _mesh_case(name: str, batch: int, rays: int, samples: int, rings: int, aroun
         bytes_moved=bytes_moved,
         description=f"B={batch} {rays}x{rays} rays x {samples} samples, F={2 * rings * around}",
         native_op="mesh_deform_forward",
+        check_mask=check_mask,
     )
 
 

@@ -17,6 +17,8 @@ Written from the published formulas:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # SMPL's kinematic tree: the parent of each of the 24 joints (-1 for the pelvis).
@@ -209,6 +211,25 @@ def nearest_faces_reference(
         empty = points.new_zeros(points.shape[:2])
         return empty.long(), empty
     return torch.cat(indices, dim=1), torch.cat(distances, dim=1)
+
+
+def nearest_two_distances(
+    points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, chunk: int = 2048
+) -> torch.Tensor:
+    """``(B, N, 2)``: each point's distances to its nearest and second-nearest face (brute
+    force, chunked like :func:`nearest_faces_reference`). Where the two are (nearly) equal the
+    choice of face is a tie that float rounding decides: tests and benchmarks leave such points
+    out of their comparisons."""
+    tri = vertices[:, faces.long()]
+    v0, v1, v2 = (tri[:, None, :, k] for k in range(3))
+    pairs = []
+    for start in range(0, points.shape[1], chunk):
+        d2 = point_triangle_distance2(points[:, start : start + chunk, None, :], v0, v1, v2)
+        pairs.append(d2.topk(min(2, d2.shape[-1]), dim=-1, largest=False).values.sqrt())
+    if not pairs:
+        return points.new_zeros(*points.shape[:2], 2)
+    two = torch.cat(pairs, dim=1)
+    return two if two.shape[-1] == 2 else torch.cat([two, torch.full_like(two, math.inf)], -1)
 
 
 def triangle_frames(v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor):
