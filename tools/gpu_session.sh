@@ -47,7 +47,8 @@ BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --mi
 # the CPUs (the build took 172 s on the H100 of 2026-11-26), set i under the i-th number of
 # BG_SHARES seconds (default 240 each); the script waits for them after the build, so nothing
 # else uses the GPU meanwhile. Their rows were timed beside a busy CPU (GPU-side timings, but
-# launch-bound rows can suffer).
+# launch-bound rows can suffer). Not for torch.compile: on 2026-11-26 the renderer's compile
+# beside the build kept both from finishing (build > 200 s, renderer > 180 s; H100 run 2).
 if [ -n "${BG_BENCH:-}" ]; then
   (
     IFS='|' read -ra BG_SETS <<<"$BG_BENCH"
