@@ -212,9 +212,17 @@ def benchmarks_markdown(results_root: str | Path, relative_to: str | Path = ".")
             *summary_markdown(result),
             "",
         ]
-        notes = sorted({r["status"] for r in result["rows"] if r["status"] != "ok"})
-        if notes:
-            lines += ["Rows not timed:", ""] + [f"- {note[:200]}" for note in notes] + [""]
+        rows_by_status: dict[str, list[str]] = {}
+        for r in result["rows"]:
+            if r["status"] != "ok":
+                where = f"{r['op']} {r['shape']} {r['provider']}"
+                rows_by_status.setdefault(r["status"][:200], []).append(where)
+        if rows_by_status:
+            notes = []
+            for status, where in sorted(rows_by_status.items()):
+                more = f" and {len(where) - 3} more" if len(where) > 3 else ""
+                notes.append(f"- {status} ({', '.join(where[:3])}{more})")
+            lines += ["Rows not timed:", "", *notes, ""]
     if not files:
         lines += ["No committed results yet: run `portrait-engine bench`.", ""]
     if not has_gpu:
