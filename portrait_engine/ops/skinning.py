@@ -305,6 +305,18 @@ def _fk_op(name: str):
     return torch.ops.portrait_engine.forward_kinematics_forward
 
 
+def _skin_backward_op(name: str):
+    if name == "triton":
+        return torch.ops.portrait_engine.skin_points_triton_backward
+    return torch.ops.portrait_engine.skin_points_backward
+
+
+def _fk_backward_op(name: str):
+    if name == "triton":
+        return torch.ops.portrait_engine.forward_kinematics_triton_backward
+    return torch.ops.portrait_engine.forward_kinematics_backward
+
+
 # --------------------------------------------------------------------------------------------
 # skin_points
 # --------------------------------------------------------------------------------------------
@@ -482,50 +494,334 @@ def _check_tree(parents: torch.Tensor) -> None:
     _CHECKED_TREES[parents] = version
 
 
-def _shaped_and_joints(betas, v_template, shapedirs, J_regressor, native_blend):
-    """v_shaped (B, V·3) and the joints (B, J, 3) from torch products (and, natively on the CPU,
-    blend_shapes): the path of batched templates, of Triton, and of builds without the
-    shape_blend kernel."""
-    num_joints, num_verts = J_regressor.shape
-    shape_dirs = shapedirs.reshape(num_verts * 3, -1)
-    # v_shaped = T + Σ β_l S_l as one (B, V·3) product (smplx's einsum becomes a batched
-    # product over badly strided operands, the larger cost on the CPU)
-    template = v_template.reshape(-1, num_verts * 3)
-    if (
+# --------------------------------------------------------------------------------------------
+# lbs as one autograd node
+#
+# The forward runs the kernels under one torch.autograd.Function and its backward calls the
+# kernels' backward ops with hand-written products between them. As separate autograd nodes
+# (the kernels' own autograd, and the products, views, broadcasts and concatenations between
+# them) the Python autograd cost more than the kernels at B = 1: on the CPU, native lbs
+# forward+backward on a 12-vertex model took ~500 µs; on a GPU that CPU time bounds the wall
+# time (H100, 2026-11-26: 1.26 ms at B = 1 against well under 1 ms of kernels).
+#
+# The shape blend shapes and the joints take one of three routes (_shape_route):
+#   "kernel":    the CPU shape_blend kernel (native, a (V, 3) template, B > NB): T + S β and
+#                𝒥 [T | S] in one pass; joints 𝒥 T + (𝒥 S) β from its (J, 3 + 3 NB) result;
+#   "regressed": the same algebra with torch products (a (V, 3) template, B > NB): the
+#                regressor meets the (V, 3 + 3 NB) blend shapes once, cheaper than B shapes;
+#   "direct":    up to NB shapes (or a batch of templates), J = 𝒥 v_shaped per shape, with
+#                v_shaped moved to (B, 3, V) first: the BLAS runs 𝒥 (J, V) x v_shaped (V, 3)
+#                with its stride-3 inner dimension ~3x slower than (3, V) x 𝒥ᵀ plus the copy
+#                (this CPU: 110 vs 34 µs at SMPL's size), and the same holds for the backward.
+# --------------------------------------------------------------------------------------------
+
+
+def _shape_route(name, betas, v_template) -> str:
+    if v_template.dim() == 3 or betas.shape[0] <= betas.shape[1]:
+        return "direct"
+    if name == "native" and _SHAPE_NATIVE and betas.device.type == "cpu":
+        # CPU only: the CUDA shape_blend (correct on the H100, 2026-11-26) is the same cuBLAS
+        # products as the "regressed" route plus a concatenation, so it gains nothing there
+        return "kernel"
+    return "regressed"
+
+
+def _sliced_shape_blend(native_blend, betas, template_rows) -> bool:
+    """Whether T + S β runs as the CPU blend_shapes kernel's sliced products (from its slicing
+    batch on): the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB output, far
+    below its peak. The blend shapes go as (NB, V·3) rows (a 0.8 MB copy at SMPL's size);
+    smaller batches gain nothing over the copy's cost."""
+    return (
         native_blend
-        and template.shape[0] in (1, betas.shape[0])
+        and template_rows in (1, betas.shape[0])
         and betas.device.type == "cpu"
         and _CPU_SLICED_BLEND_BATCH is not None
         and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
-    ):
-        # the blend shapes as (NB, V·3) rows (a 0.8 MB copy at SMPL's size) for the CPU kernel's
-        # sliced products: the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB
-        # output, far below its peak. Smaller batches gain nothing over the copy's cost.
-        v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
-            template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+    )
+
+
+def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regressor):
+    """v_shaped ``(Bv, V·3)``, joints ``(Bv, J, 3)`` and what the backward keeps."""
+    num_joints, num_verts = J_regressor.shape
+    if route == "kernel":
+        v_shaped, regressed = torch.ops.portrait_engine.shape_blend_forward(
+            v_template.contiguous(),
+            betas.contiguous(),
+            shapedirs.contiguous(),
+            J_regressor.contiguous(),
         )
-    elif template.shape[0] in (1, betas.shape[0]):
-        v_shaped = torch.addmm(template, betas, shape_dirs.t())
-    else:  # a batch of templates for one betas row
-        v_shaped = template + torch.mm(betas, shape_dirs.t())
-    if v_shaped.shape[0] <= betas.shape[1]:
-        # a few shapes: J = 𝒥 v_shaped directly, one small product per shape
-        joints = torch.matmul(J_regressor, v_shaped.view(-1, num_verts, 3))
+        v_shaped = v_shaped.view(betas.shape[0], num_verts * 3)
+        saved = (regressed,)
     else:
-        # J = 𝒥 v_shaped = 𝒥 T + (𝒥 S) β: the regressor meets the (V, 3·NB) blend shapes once
-        # (cheaper than meeting B > NB shapes), and no (V, B·3) transposed copy of v_shaped
-        # is made nor differentiated through
-        if v_template.dim() == 2:
-            # one product 𝒥 [T | S] (J, 3 + 3·NB): BLAS runs an N = 3 product far below speed
-            template_and_dirs = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
-            regressed = torch.mm(J_regressor, template_and_dirs)
-            regressed_template, regressed_dirs = regressed[:, :3], regressed[:, 3:]
+        template = v_template.reshape(-1, num_verts * 3)
+        shape_dirs = shapedirs.reshape(num_verts * 3, -1)
+        if _sliced_shape_blend(native_blend, betas, template.shape[0]):
+            v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
+                template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+            )
+        elif template.shape[0] in (1, betas.shape[0]):
+            v_shaped = torch.addmm(template, betas, shape_dirs.t())
+        else:  # a batch of templates for one betas row
+            v_shaped = template + torch.mm(betas, shape_dirs.t())
+        if route == "direct":
+            # (Bv, 3, V): the regressor's products run on rows of V (see above)
+            columns = v_shaped.view(-1, num_verts, 3).transpose(1, 2).contiguous()
+            joints = torch.matmul(columns, J_regressor.t()).transpose(1, 2)
+            return v_shaped, joints, (columns,)
+        # 𝒥 [T | S] as one (J, 3 + 3·NB) product (BLAS runs an N = 3 product far below speed)
+        stacked = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
+        regressed = torch.mm(J_regressor, stacked)
+        saved = (regressed, stacked)
+    offsets = torch.mm(betas, regressed[:, 3:].reshape(num_joints * 3, -1).t())
+    joints = regressed[:, :3] + offsets.view(-1, num_joints, 3)
+    return v_shaped, joints, saved
+
+
+def _shape_backward(route, native_blend, needs, grad_shaped, grad_joints, inputs, saved):
+    """Gradients of (betas, v_template, shapedirs, J_regressor) from those of v_shaped
+    ``(Bv, V·3)`` and the joints ``(Bv, J, 3)`` (either may be None: no gradient)."""
+    betas, v_template, shapedirs, J_regressor = inputs
+    need_betas, need_template, need_dirs, need_regressor = needs
+    num_joints, num_verts = J_regressor.shape
+    rows = max(betas.shape[0], 1 if v_template.dim() == 2 else v_template.shape[0])
+    if grad_shaped is None:
+        grad_shaped = betas.new_zeros((rows, num_verts * 3))
+    grad_betas = grad_regressor = None
+    if route == "direct":
+        (columns,) = saved
+        if grad_joints is not None:
+            rows_of_grad = grad_joints.transpose(1, 2)  # (Bv, 3, J)
+            grad_columns = torch.matmul(rows_of_grad, J_regressor)  # (Bv, 3, V)
+            grad_shaped = grad_shaped.view(rows, num_verts, 3) + grad_columns.transpose(1, 2)
+            grad_shaped = grad_shaped.view(rows, num_verts * 3)
+            if need_regressor:
+                grad_regressor = torch.mm(
+                    rows_of_grad.permute(2, 0, 1).reshape(num_joints, rows * 3),
+                    columns.reshape(rows * 3, num_verts),
+                )
+        grad_template_joints = grad_dirs_joints = None
+    else:
+        regressed = saved[0]
+        if grad_joints is None:
+            grad_joints = betas.new_zeros((rows, num_joints, 3))
+        flat = grad_joints.reshape(rows, num_joints * 3)
+        if need_betas:  # through the joints' (𝒥 S) β
+            grad_betas = torch.mm(flat, regressed[:, 3:].reshape(num_joints * 3, -1))
+        grad_template_joints = grad_dirs_joints = None
+        if need_template or need_dirs or need_regressor:
+            grad_regressed = torch.cat(
+                [grad_joints.sum(0), torch.mm(flat.t(), betas).view(num_joints, -1)], dim=1
+            )
+            if route == "kernel":
+                grad_template, grad_betas_kernel, grad_dirs, grad_regressor = (
+                    torch.ops.portrait_engine.shape_blend_backward(
+                        grad_shaped.view(rows, num_verts, 3).contiguous(),
+                        grad_regressed,
+                        v_template.contiguous(),
+                        betas.contiguous(),
+                        shapedirs.contiguous(),
+                        J_regressor.contiguous(),
+                    )
+                )
+                if need_betas:
+                    grad_betas = grad_betas + grad_betas_kernel
+                return grad_betas, grad_template, grad_dirs, grad_regressor
+            stacked = saved[1]
+            if need_regressor:
+                grad_regressor = torch.mm(grad_regressed, stacked.t())
+            if need_template or need_dirs:
+                grad_stacked = torch.mm(J_regressor.t(), grad_regressed)  # (V, 3 + 3·NB)
+                grad_template_joints = grad_stacked[:, :3]
+                grad_dirs_joints = grad_stacked[:, 3:].reshape(shapedirs.shape)
+        # (model tensors without gradients, as in GAN training: the kernel's pass over the
+        # blend shapes and the regressor is skipped; β's gradient is two small products)
+    # v_shaped = T + S β
+    template_rows = 1 if v_template.dim() == 2 else v_template.shape[0]
+    shape_dirs = shapedirs.reshape(num_verts * 3, -1)
+    # the gradient that meets β: summed over the templates of one betas row
+    per_betas = grad_shaped if betas.shape[0] == rows else grad_shaped.sum(0, keepdim=True)
+    grad_dirs = None
+    if need_dirs and _sliced_shape_blend(native_blend, betas, template_rows):
+        grad_betas_shaped, grad_rows = torch.ops.portrait_engine.blend_shapes_backward(
+            per_betas.contiguous(), betas.contiguous(), shape_dirs.t().contiguous(), True
+        )
+        grad_dirs = grad_rows.t().reshape(shapedirs.shape)
+    else:
+        grad_betas_shaped = torch.mm(per_betas, shape_dirs) if need_betas else None
+        if need_dirs:
+            grad_dirs = torch.mm(per_betas.t(), betas).view(shapedirs.shape)
+    if grad_betas_shaped is not None:
+        grad_betas = grad_betas_shaped if grad_betas is None else grad_betas + grad_betas_shaped
+    grad_template = None
+    if need_template:
+        grad_template = grad_shaped if template_rows == rows else grad_shaped.sum(0)
+        grad_template = grad_template.view(v_template.shape)
+        if grad_template_joints is not None:
+            grad_template = grad_template + grad_template_joints
+    if grad_dirs is not None and grad_dirs_joints is not None:
+        grad_dirs = grad_dirs + grad_dirs_joints
+    return grad_betas, grad_template, grad_dirs, grad_regressor
+
+
+class _LBS(torch.autograd.Function):
+    """Native / Triton lbs: the shape blend shapes and joints (_shape_forward), forward
+    kinematics, the pose blend shapes ``v_posed = v_shaped + P vec(R_{1:} - I)`` and skinning
+    as one autograd node (see above)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        betas,
+        pose,
+        v_template,
+        shapedirs,
+        posedirs,
+        J_regressor,
+        lbs_weights,
+        parents,
+        pose2rot,
+        name,
+    ):
+        native_blend = name == "native" and _BLEND_NATIVE
+        route = _shape_route(name, betas, v_template)
+        v_shaped, joints, shape_saved = _shape_forward(
+            route, native_blend, betas, v_template, shapedirs, J_regressor
+        )
+        batch = max(v_shaped.shape[0], pose.shape[0])
+        num_joints, num_verts = J_regressor.shape
+        if pose2rot:
+            kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)
         else:
-            regressed_dirs = torch.mm(J_regressor, shapedirs.reshape(num_verts, -1))  # (J, 3·NB)
-            regressed_template = torch.matmul(J_regressor, v_template)  # (B, J, 3)
-        regressed_offsets = torch.mm(betas, regressed_dirs.reshape(num_joints * 3, -1).t())
-        joints = regressed_template + regressed_offsets.view(-1, num_joints, 3)
-    return v_shaped, joints
+            kernel_pose = pose.reshape(pose.shape[0], num_joints, 3, 3).expand(batch, -1, -1, -1)
+        kernel_pose = kernel_pose.contiguous()
+        kernel_joints = joints.expand(batch, -1, -1).contiguous()
+        tree = parents.to(torch.int64)
+        rot_mats, posed_joints, transforms = _fk_op(name)(
+            kernel_pose, kernel_joints, tree, pose2rot
+        )
+        ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
+        pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
+        # v_posed = v_shaped + P vec(R - I), the add fused into the product (native: BLAS
+        # products over column slices, csrc/skinning/skinning_cpu.cpp says why)
+        posedirs = posedirs.contiguous()
+        if native_blend:
+            v_posed = torch.ops.portrait_engine.blend_shapes_forward(
+                v_shaped.contiguous(), pose_feature, posedirs
+            )
+        else:
+            v_posed = torch.addmm(v_shaped, pose_feature, posedirs)
+        v_posed = v_posed.view(batch, num_verts, 3)
+        weights = lbs_weights.unsqueeze(0).contiguous()
+        vertices = _skin_op(name)(v_posed, weights, transforms, False)
+        ctx.save_for_backward(
+            betas,
+            v_template,
+            shapedirs,
+            J_regressor,
+            kernel_pose,
+            kernel_joints,
+            tree,
+            transforms,
+            pose_feature,
+            posedirs,
+            v_posed,
+            weights,
+            *shape_saved,
+        )
+        ctx.meta = (pose2rot, name, native_blend, route, v_shaped.shape[0], pose.shape)
+        return vertices, posed_joints
+
+    @staticmethod
+    def backward(ctx, grad_vertices, grad_posed_joints):
+        (
+            betas,
+            v_template,
+            shapedirs,
+            J_regressor,
+            kernel_pose,
+            kernel_joints,
+            tree,
+            transforms,
+            pose_feature,
+            posedirs,
+            v_posed,
+            weights,
+            *shape_saved,
+        ) = ctx.saved_tensors
+        pose2rot, name, native_blend, route, shaped_rows, pose_shape = ctx.meta
+        (
+            need_betas,
+            need_pose,
+            need_template,
+            need_dirs,
+            need_posedirs,
+            need_regressor,
+            need_weights,
+        ) = ctx.needs_input_grad[:7]
+        need_shape = need_betas or need_template or need_dirs or need_regressor
+        batch, num_joints = kernel_joints.shape[:2]
+        if grad_vertices is None:
+            grad_vertices = torch.zeros_like(v_posed)
+        grad_v_posed, grad_weights, grad_transforms = _skin_backward_op(name)(
+            grad_vertices.contiguous(), v_posed, weights, transforms, False
+        )
+        grad_v_posed = grad_v_posed.view(batch, -1)
+        grad_posedirs = None
+        if native_blend:
+            grad_feature, grad_posedirs = torch.ops.portrait_engine.blend_shapes_backward(
+                grad_v_posed, pose_feature, posedirs, need_posedirs
+            )
+        else:
+            grad_feature = torch.mm(grad_v_posed, posedirs.t())
+            if need_posedirs:
+                grad_posedirs = torch.mm(pose_feature.t(), grad_v_posed)
+        grad_pose = grad_joints = None
+        if need_pose or need_shape:
+            grad_rot = grad_feature.new_zeros((batch, num_joints, 3, 3))
+            grad_rot[:, 1:] = grad_feature.view(batch, num_joints - 1, 3, 3)
+            if grad_posed_joints is None:
+                grad_posed_joints = torch.zeros_like(kernel_joints)
+            grad_kernel_pose, grad_joints = _fk_backward_op(name)(
+                grad_rot,
+                grad_posed_joints.contiguous(),
+                grad_transforms,
+                kernel_pose,
+                kernel_joints,
+                tree,
+                pose2rot,
+            )
+            if need_pose:
+                if pose_shape[0] != batch:  # one pose for the batch
+                    grad_kernel_pose = grad_kernel_pose.sum(0, keepdim=True)
+                grad_pose = grad_kernel_pose.reshape(pose_shape)
+            if shaped_rows != batch:  # one shape for the batch
+                grad_joints = grad_joints.sum(0, keepdim=True)
+        grad_betas = grad_template = grad_dirs = grad_regressor = None
+        if need_shape:
+            grad_shaped = grad_v_posed
+            if shaped_rows != batch:
+                grad_shaped = grad_shaped.sum(0, keepdim=True)
+            grad_betas, grad_template, grad_dirs, grad_regressor = _shape_backward(
+                route,
+                native_blend,
+                (need_betas, need_template, need_dirs, need_regressor),
+                grad_shaped,
+                grad_joints,
+                (betas, v_template, shapedirs, J_regressor),
+                shape_saved,
+            )
+        return (
+            grad_betas if need_betas else None,
+            grad_pose,
+            grad_template if need_template else None,
+            grad_dirs if need_dirs else None,
+            grad_posedirs if need_posedirs else None,
+            grad_regressor if need_regressor else None,
+            grad_weights[0] if need_weights else None,
+            None,
+            None,
+            None,
+        )
 
 
 def lbs(
@@ -584,52 +880,15 @@ def lbs(
             lbs_weights,
             pose2rot,
         )
-    num_verts = J_regressor.shape[1]
-    native_blend = name == "native" and _BLEND_NATIVE
-    if (
-        name == "native"
-        and _SHAPE_NATIVE
-        # CPU only: the CUDA shape_blend (correct on the H100, 2026-11-26) is the same cuBLAS
-        # products as _shaped_and_joints plus a concatenation, so it gains nothing there
-        and betas.device.type == "cpu"
-        and v_template.dim() == 2
-        and betas.shape[0] > betas.shape[1]
-    ):
-        # one kernel for T + S β and 𝒥 [T | S] (the blend shapes in their own layout, both
-        # gradients of S in one pass); the joints J = 𝒥 T + (𝒥 S) β from its (J, 3 + 3·NB)
-        # result. Up to NB shapes 𝒥 v_shaped directly is less work (lbs at B = 1: 3.6 vs
-        # 4.2 ms with the kernel, 2 threads, loaded machine), as in _shaped_and_joints.
-        v_shaped, regressed = torch.ops.portrait_engine.shape_blend_forward(
-            v_template.contiguous(),
-            betas.contiguous(),
-            shapedirs.contiguous(),
-            J_regressor.contiguous(),
-        )
-        v_shaped = v_shaped.view(betas.shape[0], num_verts * 3)
-        regressed_offsets = torch.mm(betas, regressed[:, 3:].reshape(num_joints * 3, -1).t())
-        joints = regressed[:, :3] + regressed_offsets.view(-1, num_joints, 3)
-    else:
-        v_shaped, joints = _shaped_and_joints(
-            betas, v_template, shapedirs, J_regressor, native_blend
-        )
-    joints = joints.expand(batch, -1, -1)
-    if pose2rot:
-        kernel_pose = pose.reshape(pose.shape[0], num_joints, 3).expand(batch, -1, -1)
-    else:
-        kernel_pose = pose.reshape(pose.shape[0], num_joints, 3, 3).expand(batch, -1, -1, -1)
-    rot_mats, posed_joints, transforms = _fk_op(name)(
-        kernel_pose.contiguous(), joints.contiguous(), parents.to(torch.int64), pose2rot
+    return _LBS.apply(
+        betas,
+        pose,
+        v_template,
+        shapedirs,
+        posedirs,
+        J_regressor,
+        lbs_weights,
+        parents,
+        pose2rot,
+        name,
     )
-    ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
-    pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
-    # v_posed = v_shaped + P vec(R - I), the add fused into the product (native: BLAS products
-    # over column slices, csrc/skinning/skinning_cpu.cpp says why)
-    if native_blend:
-        v_posed = torch.ops.portrait_engine.blend_shapes_forward(
-            v_shaped, pose_feature, posedirs.contiguous()
-        )
-    else:
-        v_posed = torch.addmm(v_shaped, pose_feature, posedirs)
-    v_posed = v_posed.view(batch, num_verts, 3)
-    vertices = _skin_op(name)(v_posed, lbs_weights.unsqueeze(0).contiguous(), transforms, False)
-    return vertices, posed_joints
