@@ -141,3 +141,42 @@ def test_gpu_compile_fullgraph(backend):
     )  # fmt: skip
     compiled(points).backward()
     assert torch.isfinite(points.grad).all()
+
+
+@pytest.mark.parametrize("joints", [24, 300])
+@pytest.mark.parametrize("batch", [1, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pose2rot", [True, False])
+def test_gpu_forward_kinematics_chain_workspaces(joints, batch, dtype, pose2rot):
+    """The CUDA chain kernels keep each chain's workspace in shared memory while it fits (J = 24:
+    several blocks of a few threads at B = 70) and in global memory beyond (J = 300 backward,
+    and J = 300 forward in float64): both against the CPU kernels, outputs and gradients."""
+    _require("native", "forward_kinematics_forward")
+    generator = torch.Generator().manual_seed(joints + batch)
+    # a random tree in topological order: each joint's parent one of the previous four
+    parents = torch.tensor(
+        [-1]
+        + [
+            max(0, i - 1 - int(torch.randint(4, (1,), generator=generator)))
+            for i in range(1, joints)
+        ]
+    )
+    pose = 0.3 * torch.randn(batch, joints, 3, generator=generator, dtype=dtype)
+    if not pose2rot:
+        pose = smplx.lbs.batch_rodrigues(pose.reshape(-1, 3)).view(batch, joints, 3, 3)
+    rest = torch.randn(batch, joints, 3, generator=generator, dtype=dtype)
+    grads = [
+        torch.randn(batch, joints, 3, 3, generator=generator, dtype=dtype),
+        torch.randn(batch, joints, 3, generator=generator, dtype=dtype),
+        torch.randn(batch, joints, 4, 4, generator=generator, dtype=dtype),
+    ]
+    ops = torch.ops.portrait_engine
+    want = ops.forward_kinematics_forward(pose, rest, parents, pose2rot)
+    got = ops.forward_kinematics_forward(pose.cuda(), rest.cuda(), parents.cuda(), pose2rot)
+    want_grads = ops.forward_kinematics_backward(*grads, pose, rest, parents, pose2rot)
+    got_grads = ops.forward_kinematics_backward(
+        *_cuda(grads), pose.cuda(), rest.cuda(), parents.cuda(), pose2rot
+    )
+    for g, w in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        assert torch.isfinite(g).all()
+        assert_close(g.cpu(), w, dtype, scale=10)
