@@ -682,6 +682,28 @@ class _LBS(torch.autograd.Function):
         pose2rot,
         name,
     ):
+        args = (betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
+        if torch.compiler.is_compiling():
+            return _LBS.run_forward(ctx, *args, parents, pose2rot, name)
+        # the kernel ops straight to their kernels: their own autograd wrappers (Python, one
+        # per op) would only find grad mode off and redispatch (~35 µs of the CPU forward)
+        with torch._C._AutoDispatchBelowAutograd():
+            return _LBS.run_forward(ctx, *args, parents, pose2rot, name)
+
+    @staticmethod
+    def run_forward(
+        ctx,
+        betas,
+        pose,
+        v_template,
+        shapedirs,
+        posedirs,
+        J_regressor,
+        lbs_weights,
+        parents,
+        pose2rot,
+        name,
+    ):
         native_blend = name == "native" and _BLEND_NATIVE
         route = _shape_route(name, betas, v_template)
         v_shaped, joints, shape_saved = _shape_forward(
