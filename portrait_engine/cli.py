@@ -265,6 +265,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
         check=not args.no_check,
         plots=not args.no_plots,
         rotate=not args.no_rotate,
+        quick_skip=not args.no_quick_skip,
         command=args.command_line,
     )
     with Progress(
@@ -377,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     b.add_argument(
         "--no-rotate", action="store_true", help="time one input set (no cache-busting rotation)"
+    )
+    b.add_argument(
+        "--no-quick-skip",
+        action="store_true",
+        help="time the rows that quick runs skip for their cost (e.g. torch.compile of the "
+        "whole renderer: about a minute of compiling on 2 CPU cores)",
     )
     b.add_argument(
         "--compare",

@@ -48,6 +48,7 @@ class BenchConfig:
     check: bool = True
     plots: bool = True
     rotate: bool = True  # rotate input sets that together exceed the cache
+    quick_skip: bool = True  # honour the cases' quick_skip (rows too costly for quick runs)
     seed: int = 0
     command: str | None = None  # the command line, recorded in the result
 
@@ -300,7 +301,7 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
             if not ok:
                 rows.append({**base, "mode": "-", "status": f"unavailable: {reason}"})
                 continue
-            if config.resolved_quick() and provider in case.quick_skip:
+            if config.resolved_quick() and config.quick_skip and provider in case.quick_skip:
                 why = case.quick_skip[provider]
                 rows.append({**base, "mode": "-", "status": f"skipped: {why}"})
                 continue

@@ -131,6 +131,9 @@ def test_a_provider_skipped_in_quick_runs_says_why_and_runs_in_full_runs(use_cas
     assert row["status"] == "skipped: too slow to compile" and "median_ms" not in row
     full = runner.run_benchmarks(tiny_config(quick=False))["rows"]
     assert {r["status"] for r in full if r["provider"] == "sdpa"} == {"ok"}
+    # --no-quick-skip: a quick run that times them anyway
+    forced = runner.run_benchmarks(tiny_config(quick=True, quick_skip=False))["rows"]
+    assert {r["status"] for r in forced if r["provider"] == "sdpa"} == {"ok"}
 
 
 def test_constant_inputs_are_refused(use_cases):
