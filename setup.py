@@ -5,6 +5,13 @@ support and ``nvcc`` is found (``CUDA_HOME``); never decided from ``torch.cuda.i
 since a build host need not have a GPU. ``PORTRAIT_ENGINE_CUDA=0|1`` forces the choice and
 ``PORTRAIT_ENGINE_NO_EXTENSION=1`` skips the extension (the package then runs on its ``torch``
 and ``triton`` backends only). ``TORCH_CUDA_ARCH_LIST`` defaults to ``8.0;9.0``.
+
+Build time: the CPU kernels' AVX2 and AVX-512 clones (``PE_ISA_CLONES`` in ``csrc/cpu_math.h``)
+are most of it (``render_cpu.cpp``: 166 s with them, 18 s without, one core of the 2-core
+development machine). ``PORTRAIT_ENGINE_ISA_CLONES=0`` leaves them out, for builds whose CPU
+kernels are not timed (a GPU machine's short lease); the extension's ``BUILD_INFO`` says
+``isa_clones=0`` then. Debug info is off (``-g0``: 20 % of the compile time and 85 % of the
+object size); ``PORTRAIT_ENGINE_DEBUG=1`` keeps Python's ``-g``.
 """
 
 from __future__ import annotations
@@ -77,6 +84,10 @@ def _extensions():
     # crashes where a std::string crosses into libtorch.
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     cxx = ["-O3", "-std=c++20", "-fopenmp", abi]
+    if os.environ.get("PORTRAIT_ENGINE_DEBUG") != "1":
+        cxx.append("-g0")  # after Python's own -g, so it wins
+    if os.environ.get("PORTRAIT_ENGINE_ISA_CLONES") == "0":
+        cxx.append("-DPE_NO_ISA_CLONES")
     include = [os.path.join(ROOT, "csrc")]
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")

@@ -129,7 +129,10 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 // Functions compiled for AVX2 + FMA, and for AVX-512 (F, VL, DQ, BW: what x86-64-v4 has) with
 // 512-bit vectors preferred. Used on wrappers that inline a kernel template (`flatten`), so
 // the same source compiles once per instruction set.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+// PE_NO_ISA_CLONES (setup.py: PORTRAIT_ENGINE_ISA_CLONES=0) leaves them out: the baseline build
+// compiles in about a third of the time, for builds whose CPU kernels are not timed (a GPU
+// machine's lease, where the longest C++ file held back the whole build).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && !defined(PE_NO_ISA_CLONES)
 #define PE_HAVE_ISA_CLONES 1
 #define PE_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
 #define PE_TARGET_AVX512                                                                        \

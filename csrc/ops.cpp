@@ -32,6 +32,11 @@ std::string build_info() {
 #else
   s << "compiler=unknown;";
 #endif
+#if defined(PE_NO_ISA_CLONES)
+  s << "isa_clones=0;";  // CPU kernels for baseline x86-64 only (PORTRAIT_ENGINE_ISA_CLONES=0)
+#else
+  s << "isa_clones=1;";
+#endif
 #if defined(_OPENMP)
   s << "openmp=" << _OPENMP << ";";
 #else

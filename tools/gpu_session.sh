@@ -41,6 +41,10 @@ fi
 # The system gcc, the compiler torch was built with (13.x): the machine's CXX=/opt/gcc/bin/g++
 # built an extension that segfaulted at import, in std::ostringstream, on 2026-11-26.
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PORTRAIT_ENGINE_CUDA=1 CXX=/usr/bin/g++ CC=/usr/bin/gcc
+# The CPU kernels without their AVX2 / AVX-512 clones: a lease times GPU kernels only, and the
+# clones held the build back (render_cpu.cpp alone: 166 s with them, 18 s without on the
+# development machine; the whole build took 172 s on the H100 of 2026-11-26)
+export PORTRAIT_ENGINE_ISA_CLONES=0
 BENCH=(python3 -m portrait_engine.cli bench --full --no-plots --budget 0.25 --min-runs 5)
 # BG_BENCH="bench arguments|...": benchmarks that need no extension (torch / triton /
 # torch_compile providers) run one after the other on the GPU while the extension builds on

@@ -39,8 +39,16 @@ def environment_line(result: dict) -> str:
         f"triton {env.get('triton')}, {env['threads']} threads, {env['date']}"
         + (f", {result['elapsed_s']:.0f} s in all" if result.get("elapsed_s") else "")
         + _load_text(env)
+        + _build_text(env)
         + "."
     )
+
+
+def _build_text(env: dict) -> str:
+    build = env.get("extension") or {}
+    if env.get("device_type") == "cpu" and build.get("isa_clones") == "0":
+        return "; native CPU kernels built without their AVX2 / AVX-512 clones (baseline x86-64)"
+    return ""
 
 
 def _load_text(env: dict) -> str:

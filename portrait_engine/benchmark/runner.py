@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from portrait_engine import __version__, _backend
+from portrait_engine import __version__, _backend, _extension
 from portrait_engine.benchmark import ceilings, memory, schema, timing
 from portrait_engine.benchmark.cases import OPS, PROVIDERS, Case
 
@@ -396,6 +396,8 @@ def environment(device: torch.device, copy_gbps: float, load_before: float | Non
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+    # how the native kernels were built (isa_clones=0: CPU kernels for baseline x86-64 only)
+    info["extension"] = _extension.build_info() or None
     return info
 
 

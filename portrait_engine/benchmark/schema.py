@@ -5,7 +5,8 @@ A result is one JSON object::
     schema        "portrait_engine.bench/2"
     command       the command line that made it ("portrait-engine bench ...")
     elapsed_s     wall time of the whole run
-    environment   versions, device, threads, date (and the copy bandwidth, also in ceilings)
+    environment   versions, device, threads, date (and the copy bandwidth, also in ceilings),
+                  extension: the native build flags (isa_clones=0: baseline CPU kernels only)
     ceilings      copy_bandwidth: {value GB/s, unit, what, timing}
                   matmul: {dtype name: {value TFLOP/s, unit, what, timing}}
     config        the BenchConfig of the run (ops, device, dtypes, providers, quick, ...)

@@ -239,3 +239,16 @@ def test_partial_rows_of_two_runs_assemble_into_one_result(saved_result, tmp_pat
     ]
     assert tool.main(args) == 0
     assert schema.load(out / "quick.json")["rows"] == assembled["rows"]
+
+
+def test_a_cpu_result_from_a_build_without_isa_clones_says_so(saved_result):
+    """A CPU run of an extension built with PORTRAIT_ENGINE_ISA_CLONES=0 (baseline kernels, as
+    on a GPU lease) records its build flags, and the report line warns about its CPU rows."""
+    result, _ = saved_result
+    assert "extension" in result["environment"]
+    clone_less = copy.deepcopy(result)
+    clone_less["environment"]["device_type"] = "cpu"
+    clone_less["environment"]["extension"] = {"cuda": "0", "isa_clones": "0"}
+    assert "without their AVX2 / AVX-512 clones" in report.environment_line(clone_less)
+    clone_less["environment"]["extension"]["isa_clones"] = "1"
+    assert "clones" not in report.environment_line(clone_less)
