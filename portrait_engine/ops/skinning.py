@@ -669,26 +669,15 @@ class _LBS(torch.autograd.Function):
     as one autograd node (see above)."""
 
     @staticmethod
-    def forward(
-        ctx,
-        betas,
-        pose,
-        v_template,
-        shapedirs,
-        posedirs,
-        J_regressor,
-        lbs_weights,
-        parents,
-        pose2rot,
-        name,
-    ):
-        args = (betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights)
+    def forward(ctx, *args):
+        # (betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents,
+        # pose2rot, name): run_forward's arguments
         if torch.compiler.is_compiling():
-            return _LBS.run_forward(ctx, *args, parents, pose2rot, name)
+            return _LBS.run_forward(ctx, *args)
         # the kernel ops straight to their kernels: their own autograd wrappers (Python, one
         # per op) would only find grad mode off and redispatch (~35 µs of the CPU forward)
         with torch._C._AutoDispatchBelowAutograd():
-            return _LBS.run_forward(ctx, *args, parents, pose2rot, name)
+            return _LBS.run_forward(ctx, *args)
 
     @staticmethod
     def run_forward(
