@@ -180,3 +180,25 @@ def test_gpu_forward_kinematics_chain_workspaces(joints, batch, dtype, pose2rot)
     for g, w in zip([*got, *got_grads], [*want, *want_grads], strict=True):
         assert torch.isfinite(g).all()
         assert_close(g.cpu(), w, dtype, scale=10)
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_gpu_lbs_compiles_fullgraph_with_inductor(backend):
+    """lbs's one autograd node (_LBS) under torch.compile's default backend on the GPU: the
+    same values and betas / pose gradients as eager."""
+    _require(backend, "forward_kinematics_forward")
+    inputs = _cuda(test_lbs.make_inputs(batch=4, rings=10, around=12))
+
+    def fn(betas, pose):
+        vertices, joints = lbs(betas, pose, *inputs[2:], backend=backend)
+        return vertices.square().sum() + joints.sum()
+
+    compiled = torch.compile(fn, fullgraph=True)
+    a = [x.clone().requires_grad_() for x in inputs[:2]]
+    b = [x.clone().requires_grad_() for x in inputs[:2]]
+    got, want = compiled(*a), fn(*b)
+    got.backward()
+    want.backward()
+    assert relative_l2(got, want) < 1e-5
+    for x, y in zip(a, b, strict=True):
+        assert relative_l2(x.grad, y.grad) < 1e-4
