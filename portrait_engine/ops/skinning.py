@@ -541,8 +541,11 @@ def _sliced_shape_blend(native_blend, betas, template_rows) -> bool:
 
 
 def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regressor):
-    """v_shaped ``(Bv, V·3)``, joints ``(Bv, J, 3)`` and what the backward keeps."""
+    """v_shaped ``(Bv, V·3)``, joints ``(Bv, J, 3)`` and what the backward keeps: the route's
+    tensors, then the (NB, V·3) rows of the blend shapes when the sliced kernel took them (the
+    backward reuses the copy), else None."""
     num_joints, num_verts = J_regressor.shape
+    dirs_rows = None
     if route == "kernel":
         v_shaped, regressed = torch.ops.portrait_engine.shape_blend_forward(
             v_template.contiguous(),
@@ -551,13 +554,14 @@ def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regresso
             J_regressor.contiguous(),
         )
         v_shaped = v_shaped.view(betas.shape[0], num_verts * 3)
-        saved = (regressed,)
+        saved = (regressed, None)
     else:
         template = v_template.reshape(-1, num_verts * 3)
         shape_dirs = shapedirs.reshape(num_verts * 3, -1)
         if _sliced_shape_blend(native_blend, betas, template.shape[0]):
+            dirs_rows = shape_dirs.t().contiguous()
             v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
-                template.contiguous(), betas.contiguous(), shape_dirs.t().contiguous()
+                template.contiguous(), betas.contiguous(), dirs_rows
             )
         elif template.shape[0] in (1, betas.shape[0]):
             v_shaped = torch.addmm(template, betas, shape_dirs.t())
@@ -567,43 +571,39 @@ def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regresso
             # (Bv, 3, V): the regressor's products run on rows of V (see above)
             columns = v_shaped.view(-1, num_verts, 3).transpose(1, 2).contiguous()
             joints = torch.matmul(columns, J_regressor.t()).transpose(1, 2)
-            return v_shaped, joints, (columns,)
+            return v_shaped, joints, (columns, dirs_rows)
         # 𝒥 [T | S] as one (J, 3 + 3·NB) product (BLAS runs an N = 3 product far below speed)
         stacked = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
         regressed = torch.mm(J_regressor, stacked)
-        saved = (regressed, stacked)
+        saved = (regressed, stacked, dirs_rows)
     offsets = torch.mm(betas, regressed[:, 3:].reshape(num_joints * 3, -1).t())
     joints = regressed[:, :3] + offsets.view(-1, num_joints, 3)
     return v_shaped, joints, saved
 
 
-def _shape_backward(route, native_blend, needs, grad_shaped, grad_joints, inputs, saved):
+def _shape_backward(needs, grad_shaped, grad_joints, inputs, route, saved):
     """Gradients of (betas, v_template, shapedirs, J_regressor) from those of v_shaped
-    ``(Bv, V·3)`` and the joints ``(Bv, J, 3)`` (either may be None: no gradient)."""
+    ``(Bv, V·3)`` and the joints ``(Bv, J, 3)``; ``saved`` as _shape_forward returned it."""
     betas, v_template, shapedirs, J_regressor = inputs
     need_betas, need_template, need_dirs, need_regressor = needs
+    *saved, dirs_rows = saved
     num_joints, num_verts = J_regressor.shape
-    rows = max(betas.shape[0], 1 if v_template.dim() == 2 else v_template.shape[0])
-    if grad_shaped is None:
-        grad_shaped = betas.new_zeros((rows, num_verts * 3))
+    rows = grad_shaped.shape[0]
     grad_betas = grad_regressor = None
     if route == "direct":
         (columns,) = saved
-        if grad_joints is not None:
-            rows_of_grad = grad_joints.transpose(1, 2)  # (Bv, 3, J)
-            grad_columns = torch.matmul(rows_of_grad, J_regressor)  # (Bv, 3, V)
-            grad_shaped = grad_shaped.view(rows, num_verts, 3) + grad_columns.transpose(1, 2)
-            grad_shaped = grad_shaped.view(rows, num_verts * 3)
-            if need_regressor:
-                grad_regressor = torch.mm(
-                    rows_of_grad.permute(2, 0, 1).reshape(num_joints, rows * 3),
-                    columns.reshape(rows * 3, num_verts),
-                )
+        rows_of_grad = grad_joints.transpose(1, 2)  # (Bv, 3, J)
+        grad_columns = torch.matmul(rows_of_grad, J_regressor)  # (Bv, 3, V)
+        grad_shaped = grad_shaped.view(rows, num_verts, 3) + grad_columns.transpose(1, 2)
+        grad_shaped = grad_shaped.view(rows, num_verts * 3)
+        if need_regressor:
+            grad_regressor = torch.mm(
+                rows_of_grad.permute(2, 0, 1).reshape(num_joints, rows * 3),
+                columns.reshape(rows * 3, num_verts),
+            )
         grad_template_joints = grad_dirs_joints = None
     else:
         regressed = saved[0]
-        if grad_joints is None:
-            grad_joints = betas.new_zeros((rows, num_joints, 3))
         flat = grad_joints.reshape(rows, num_joints * 3)
         if need_betas:  # through the joints' (𝒥 S) β
             grad_betas = torch.mm(flat, regressed[:, 3:].reshape(num_joints * 3, -1))
@@ -641,9 +641,9 @@ def _shape_backward(route, native_blend, needs, grad_shaped, grad_joints, inputs
     # the gradient that meets β: summed over the templates of one betas row
     per_betas = grad_shaped if betas.shape[0] == rows else grad_shaped.sum(0, keepdim=True)
     grad_dirs = None
-    if need_dirs and _sliced_shape_blend(native_blend, betas, template_rows):
+    if need_dirs and dirs_rows is not None:  # the forward's sliced kernel, and its copy
         grad_betas_shaped, grad_rows = torch.ops.portrait_engine.blend_shapes_backward(
-            per_betas.contiguous(), betas.contiguous(), shape_dirs.t().contiguous(), True
+            per_betas.contiguous(), betas.contiguous(), dirs_rows, True
         )
         grad_dirs = grad_rows.t().reshape(shapedirs.shape)
     else:
@@ -813,12 +813,11 @@ class _LBS(torch.autograd.Function):
             if shaped_rows != batch:
                 grad_shaped = grad_shaped.sum(0, keepdim=True)
             grad_betas, grad_template, grad_dirs, grad_regressor = _shape_backward(
-                route,
-                native_blend,
                 (need_betas, need_template, need_dirs, need_regressor),
                 grad_shaped,
                 grad_joints,
                 (betas, v_template, shapedirs, J_regressor),
+                route,
                 shape_saved,
             )
         return (
