@@ -91,9 +91,11 @@ if [ -n "${TESTS_ONLY:-}" ]; then
     -p no:cacheprovider --timeout 120 --junitxml="$W/pytest.xml" "$@"
   SKIP_BENCH=1
 fi
+# the kernel profile of native lbs (#4), by tools/run_case.py
+profile_lbs() { step profile_lbs 40 bash -c 'for s in smpl-b32 smpl-b1; do python3 tools/run_case.py lbs $s native --iters 3 --profile 30; done'; }
 # PROFILE_LBS=1: the kernel profile of native lbs (below) in a TESTS_ONLY / BENCH_ONLY lease too
 if [ -n "${PROFILE_LBS:-}" ] && [ -n "${SKIP_BENCH:-}${BENCH_ONLY:-}" ]; then
-  step profile_lbs 40 bash -c 'for s in smpl-b32 smpl-b1; do python3 tools/run_case.py lbs $s native --iters 3 --profile 30; done'
+  profile_lbs
 fi
 if [ -n "${BENCH_ONLY:-}" ]; then  # argument sets separated by '|', one bench run each
   IFS='|' read -ra SETS <<<"$BENCH_ONLY"
@@ -117,7 +119,7 @@ step bench_importance 80 "${BENCH[@]}" --out "$W/bench/importance" sample_import
 step time_sample_importance 40 python3 tools/time_sample_importance.py --sweep
 # 3. #4's lbs target (one autograd node, fk chains in shared memory) and its kernel profile
 step bench_lbs 60 "${BENCH[@]}" --out "$W/bench/lbs" lbs skin_points --providers torch triton native
-step profile_lbs 40 bash -c 'for s in smpl-b32 smpl-b1; do python3 tools/run_case.py lbs $s native --iters 3 --profile 30; done'
+profile_lbs
 # 4. #4's mesh_deform target at 1/16 of the points (the masked check; the reference ~20 s)
 step bench_mesh 90 "${BENCH[@]}" --out "$W/bench/mesh" mesh_deform --min-runs 2 \
   --shapes portrait-b1-64x64x48-f20k --providers torch triton native
