@@ -46,6 +46,7 @@
 
 #include "skinning/blend_shapes_cpu.h"
 #include "skinning/checks.h"
+#include "skinning/skin_reduce.h"
 #include "skinning/skinning.h"
 
 namespace portrait_engine {
@@ -448,9 +449,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   if (B == 0 || N == 0) {
     return {grad_points, at::zeros_like(weights), at::zeros_like(transforms)};
   }
-  // The reductions over points are two GEMMs over dM (deterministic, BLAS speed):
-  //   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]   (per b when the weights are batched)
-  //   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
+  // The reductions over points are GEMMs over dM (skin_reduce.h): per chunk of points on a
+  // cache-resident buffer for batches of shared weights, over a whole workspace otherwise.
   const auto acc = points.options().dtype(acc_dtype(points));
   if (weights.size(0) == 1 && B >= kSharedChunkMinBatch) {
     at::Tensor grad_w = at::empty({N, J}, acc);
@@ -474,21 +474,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
                                                                    transforms, inverse,
                                                                    grad_points, dM);
                                   });
-  const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(acc.dtype());
-  const at::Tensor W = weights.to(acc.dtype());
-  at::Tensor grad_weights, grad_A;
-  if (weights.size(0) == 1) {  // shared weights, point-major dM
-    const at::Tensor dM_n = dM.view({N, B * 12});
-    grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
-    grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
-  } else {
-    grad_weights = at::bmm(dM, A12.transpose(1, 2));
-    grad_A = at::bmm(W.transpose(1, 2), dM);
-  }
-  at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
-  grad_transforms.narrow(2, 0, 3).copy_(grad_A.reshape({B, J, 3, 4}));
-  return {grad_points, grad_weights.to(weights.scalar_type()).contiguous(),
-          grad_transforms.to(transforms.scalar_type())};
+  auto [grad_weights, grad_transforms] = skin_reductions(dM, weights, transforms);
+  return {grad_points, grad_weights, grad_transforms};
 }
 
 // ------------------------------------------------------------------------------------------

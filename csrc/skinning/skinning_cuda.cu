@@ -8,10 +8,16 @@
 // per-thread workspaces in the accumulation type: slices of shared memory while the chain fits
 // (J up to 511 forward, 195 backward for float), else global memory.
 // skin_points forward: one thread per (b, n); M = sum_j w_j A_j in registers.
-// skin_points backward: one thread per (b, n) writes grad_points and the per-point grad_weights
-// (to a (B, N, J) workspace summed over b afterwards when the weights are shared); each block
-// reduces sum_points w_j dM for every (j, k) by warp shuffles, then across its warps in a fixed
-// order, into a (B, blocks, J, 12) partial that at::sum reduces: no atomics, deterministic.
+// skin_points backward, shared weights (lbs's case): one thread per (b, n) writes grad_points
+// and dM, the gradient of its blended transform, into a point-major (N, B, 12) workspace; the
+// reductions over points are then two cuBLAS GEMMs on its (N, B * 12) view (skin_reduce.h, as
+// on the CPU). The per-block reduction below took 133 us at lbs's B = 32 on an H100 (2026-11-26
+// profile: 24 joints x 12 warp-shuffle sums and two barriers per joint, plus a (B, N, J)
+// grad_weights workspace summed over b), where the GEMMs are 2 x 127 MFLOP.
+// skin_points backward, batched weights: one thread per (b, n) writes grad_points and its row
+// of grad_weights; each block reduces sum_points w_j dM for every (j, k) by warp shuffles, then
+// across its warps in a fixed order, into a (B, blocks, J, 12) partial that at::sum reduces.
+// No atomics on either path: deterministic.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -27,6 +33,7 @@
 #include <tuple>
 
 #include "skinning/checks.h"
+#include "skinning/skin_reduce.h"
 #include "skinning/skinning.h"
 
 namespace portrait_engine {
@@ -125,6 +132,32 @@ __global__ void skin_forward_kernel(const scalar_t* __restrict__ points,
   for (int c = 0; c < 3; ++c) out[idx * 3 + c] = static_cast<scalar_t>(o[c]);
 }
 
+// Shared weights: thread t = b * N + n (a warp's transform reads are broadcasts), dM to
+// row n * B + b of the point-major workspace.
+template <typename scalar_t, typename T>
+__global__ void skin_backward_shared_kernel(const scalar_t* __restrict__ grad_out,
+                                            const scalar_t* __restrict__ points,
+                                            const scalar_t* __restrict__ weights,
+                                            const scalar_t* __restrict__ transforms, int64_t B,
+                                            int64_t N, int64_t J, bool inverse,
+                                            scalar_t* __restrict__ grad_points,
+                                            T* __restrict__ dM_ws) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= B * N) return;
+  const int64_t b = idx / N, n = idx - b * N;
+  T M[12];
+  blend<T>(weights + n * J, transforms + b * J * 16, J, M);
+  const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
+                  static_cast<T>(points[idx * 3 + 2])};
+  const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
+                  static_cast<T>(grad_out[idx * 3 + 2])};
+  T gp[3], dM[12];
+  skin_point_backward(M, p, g, inverse, gp, dM);
+  for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
+  T* out = dM_ws + (n * B + b) * 12;
+  for (int k = 0; k < 12; ++k) out[k] = dM[k];
+}
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(kFullMask, v, offset);
@@ -138,8 +171,8 @@ __global__ void skin_backward_kernel(const scalar_t* __restrict__ grad_out,
                                      const scalar_t* __restrict__ transforms, int64_t N, int64_t J,
                                      int64_t weights_batch_stride, bool inverse,
                                      scalar_t* __restrict__ grad_points,
-                                     T* __restrict__ grad_weights_ws, scalar_t* __restrict__ grad_weights,
-                                     bool shared, T* __restrict__ partial) {
+                                     scalar_t* __restrict__ grad_weights,
+                                     T* __restrict__ partial) {
   __shared__ T warp_sums[kWarps][12];
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t b = blockIdx.y;
@@ -167,12 +200,7 @@ __global__ void skin_backward_kernel(const scalar_t* __restrict__ grad_out,
     if (active) {
       T s = T(0);
       for (int k = 0; k < 12; ++k) s += static_cast<T>(A[j * 16 + k]) * dM[k];
-      const int64_t gi = (b * N + n) * J + j;
-      if (shared) {
-        grad_weights_ws[gi] = s;
-      } else {
-        grad_weights[gi] = static_cast<scalar_t>(s);
-      }
+      grad_weights[(b * N + n) * J + j] = static_cast<scalar_t>(s);
     }
     for (int k = 0; k < 12; ++k) {
       const T v = warp_sum(wj * dM[k]);
@@ -283,26 +311,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
   if (B == 0 || N == 0) {
     return {grad_points, at::zeros_like(weights), at::zeros_like(transforms)};
   }
-  const bool shared = weights.size(0) == 1;
   const auto acc = points.options().dtype(acc_dtype(points));
-  at::Tensor grad_weights = shared ? at::Tensor() : new_output(weights.sizes(), weights.options());
-  at::Tensor gw_ws = shared ? at::empty({B, N, J}, acc) : at::empty({0}, acc);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  if (weights.size(0) == 1) {
+    at::Tensor dM = at::empty({N, B, 12}, acc);
+    const int64_t blocks = (B * N + kThreads - 1) / kThreads;
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, points.scalar_type(), "skin_points_backward_cuda", [&] {
+          using T = at::opmath_type<scalar_t>;
+          skin_backward_shared_kernel<scalar_t, T>
+              <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+                  grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
+                  weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(), B, N, J,
+                  inverse, grad_points.data_ptr<scalar_t>(), dM.data_ptr<T>());
+        });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto [grad_weights, grad_transforms] = skin_reductions(dM, weights, transforms);
+    return {grad_points, grad_weights, grad_transforms};
+  }
+  at::Tensor grad_weights = new_output(weights.sizes(), weights.options());
   const int64_t blocks = (N + kThreads - 1) / kThreads;
   at::Tensor partial = at::empty({B, blocks, J, 12}, acc);
-  const int64_t wstride = shared ? 0 : N * J;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
-  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, points.scalar_type(), "skin_points_backward_cuda", [&] {
         using T = at::opmath_type<scalar_t>;
         skin_backward_kernel<scalar_t, T><<<grid, kThreads, 0, stream>>>(
             grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
-            weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(), N, J, wstride, inverse,
-            grad_points.data_ptr<scalar_t>(), gw_ws.data_ptr<T>(),
-            shared ? nullptr : grad_weights.data_ptr<scalar_t>(), shared, partial.data_ptr<T>());
+            weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(), N, J, N * J, inverse,
+            grad_points.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>(),
+            partial.data_ptr<T>());
       });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (shared) grad_weights = gw_ws.sum(0, /*keepdim=*/true).to(weights.scalar_type());
   at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
   grad_transforms.narrow(2, 0, 3).copy_(partial.sum(1).view({B, J, 3, 4}));
   return {grad_points, grad_weights, grad_transforms.to(transforms.scalar_type())};

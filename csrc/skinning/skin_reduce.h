@@ -1,0 +1,42 @@
+// The reductions over points of skin_points' backward, as GEMMs on the host side, shared by
+// skinning_cpu.cpp and skinning_cuda.cu. Their kernels write, per point, grad_points and dM:
+// the gradient of the point's blended transform (its 12 top-row values), in the accumulation
+// type. Then
+//   grad_w[n, j] = sum_{b,k} dM[b, n, k] A[b, j, k]
+//   grad_A[b, j, k] = sum_n w[n, j] dM[b, n, k]
+// With shared weights ((1, N, J)) dM is point-major, (N, B, 12): both products are single
+// GEMMs on its (N, B * 12) view. With batched weights it is (B, N, 12), and they are batched.
+// No atomics: as deterministic as the BLAS / cuBLAS.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace portrait_engine {
+namespace skinning {
+
+// (grad_weights, grad_transforms) in the dtypes of weights and transforms.
+inline std::tuple<at::Tensor, at::Tensor> skin_reductions(const at::Tensor& dM,
+                                                         const at::Tensor& weights,
+                                                         const at::Tensor& transforms) {
+  const int64_t B = transforms.size(0), J = transforms.size(1), N = weights.size(1);
+  const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(dM.scalar_type());
+  const at::Tensor W = weights.to(dM.scalar_type());
+  at::Tensor grad_weights, grad_A;
+  if (weights.size(0) == 1) {
+    const at::Tensor dM_n = dM.view({N, B * 12});
+    grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
+    grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
+  } else {
+    grad_weights = at::bmm(dM, A12.transpose(1, 2));
+    grad_A = at::bmm(W.transpose(1, 2), dM);
+  }
+  at::Tensor grad_transforms = at::zeros(transforms.sizes(), dM.options());
+  grad_transforms.narrow(2, 0, 3).copy_(grad_A.reshape({B, J, 3, 4}));
+  return {grad_weights.to(weights.scalar_type()).contiguous(),
+          grad_transforms.to(transforms.scalar_type())};
+}
+
+}  // namespace skinning
+}  // namespace portrait_engine
