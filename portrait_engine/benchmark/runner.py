@@ -186,50 +186,69 @@ def _rate(amount: float | None, median_ms: float, scale: float) -> float | None:
     return None if not amount else amount / (median_ms * 1e-3) / scale
 
 
-def _timed_row(case, mode, fn, sets, kwargs, grad_out, dtype, config, device, ceil) -> dict:
-    calls = [_timed_call(mode, fn, inputs, kwargs, grad_out) for inputs in sets]
+def _timed_rows(case, mode, providers, sets, kwargs, grad_out, dtype, config, device, ceil):
+    """One row per provider for ``mode``: the providers are timed together, their samples
+    interleaved (timing.time_interleaved), then each one's peak memory is measured. Returns
+    {provider: row or the exception its calls raised}."""
+    calls = {
+        name: [_timed_call(mode, fn, inputs, kwargs, grad_out) for inputs in sets]
+        for name, fn in providers.items()
+    }
     leaves = [x for inputs in sets for x in _differentiable(inputs)]
-    result = timing.time_function(
+    results = timing.time_interleaved(
         calls,
         device,
         budget_s=config.resolved_budget_s(),
         min_runs=config.resolved_min_runs(),
-        grad_to_none=leaves,
+        grad_to_none={name: leaves for name in calls},
     )
-    for leaf in leaves:
-        leaf.grad = None
-    peak_mb, memory_method = memory.peak_memory(calls[0], device)
-    for leaf in leaves:
-        leaf.grad = None
     with_backward = mode != "forward"
     moved = case.bytes_moved(dtype, with_backward)
     flops = case.flops(dtype, with_backward) if case.flops is not None else None
-    gbps = _rate(moved, result.median_ms, 1e9)
-    tflops = _rate(flops, result.median_ms, 1e12)
     copy_gbps = ceil["copy_bandwidth"]["value"]
     matmul = ceil["matmul"].get(str(dtype).removeprefix("torch."), {}).get("value")
-    return {
-        "mode": mode,
-        "status": "ok",
-        "median_ms": result.median_ms,
-        "p20_ms": result.p20_ms,
-        "p80_ms": result.p80_ms,
-        "iqr_ms": result.iqr_ms,
-        "min_ms": result.min_ms,
-        "max_ms": result.max_ms,
-        "runs": result.runs,
-        "calls_per_run": result.calls_per_run,
-        "timing_method": result.method,
-        "rotating_sets": len(sets),
-        "bytes_moved": moved,
-        "gbps": gbps,
-        "fraction_of_copy_bw": gbps / copy_gbps if gbps is not None and copy_gbps else None,
-        "flops": flops,
-        "tflops": tflops,
-        "fraction_of_matmul": tflops / matmul if tflops is not None and matmul else None,
-        "peak_memory_mb": peak_mb,
-        "memory_method": memory_method,
-    }
+    rows = {}
+    for name, result in results.items():
+        if isinstance(result, Exception):
+            rows[name] = result
+            continue
+        mark = time.perf_counter()
+        for leaf in leaves:
+            leaf.grad = None
+        try:
+            peak_mb, memory_method = memory.peak_memory(calls[name][0], device)
+        except Exception as error:  # noqa: BLE001 -- reported as this provider's error
+            rows[name] = error
+            continue
+        finally:
+            for leaf in leaves:
+                leaf.grad = None
+        gbps = _rate(moved, result.median_ms, 1e9)
+        tflops = _rate(flops, result.median_ms, 1e12)
+        rows[name] = {
+            "mode": mode,
+            "status": "ok",
+            "median_ms": result.median_ms,
+            "p20_ms": result.p20_ms,
+            "p80_ms": result.p80_ms,
+            "iqr_ms": result.iqr_ms,
+            "min_ms": result.min_ms,
+            "max_ms": result.max_ms,
+            "runs": result.runs,
+            "calls_per_run": result.calls_per_run,
+            "timing_method": result.method,
+            "rotating_sets": len(sets),
+            "bytes_moved": moved,
+            "gbps": gbps,
+            "fraction_of_copy_bw": gbps / copy_gbps if gbps is not None and copy_gbps else None,
+            "flops": flops,
+            "tflops": tflops,
+            "fraction_of_matmul": tflops / matmul if tflops is not None and matmul else None,
+            "peak_memory_mb": peak_mb,
+            "memory_method": memory_method,
+            "wall_s": result.wall_s + time.perf_counter() - mark,
+        }
+    return rows
 
 
 def _grad_out(case, inputs, kwargs, generator, device, dtype, skip=None) -> torch.Tensor:
@@ -285,6 +304,9 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
             reference = None
             _release_memory(device)
             grad_out = _grad_out(case, first, kwargs, generator, device, dtype, skip="torch")
+        # check every provider, then time those that agree with the reference together
+        per_provider: dict[str, list[dict]] = {}
+        timed: dict[str, tuple[dict, object]] = {}  # provider -> (row base, function)
         for provider in config.providers:
             if provider not in case.functions:
                 continue  # the provider does not apply to this case
@@ -297,49 +319,63 @@ def run_case(case: Case, config: BenchConfig, ceil: dict, progress=None) -> list
                 provider=provider,
                 dtype=dtype_name,
             )
+            out = per_provider.setdefault(provider, [])
             ok, reason = _provider_status(provider, device, case)
             if not ok:
-                rows.append({**base, "mode": "-", "status": f"unavailable: {reason}"})
+                out.append({**base, "mode": "-", "status": f"unavailable: {reason}"})
                 continue
             if config.resolved_quick() and config.quick_skip and provider in case.quick_skip:
                 why = case.quick_skip[provider]
-                rows.append({**base, "mode": "-", "status": f"skipped: {why}"})
+                out.append({**base, "mode": "-", "status": f"skipped: {why}"})
                 continue
             if progress is not None:
-                progress(f"{case.op} {case.shape} {dtype_name} {provider}")
+                progress(f"{case.op} {case.shape} {dtype_name} {provider}: check")
             fn = case.functions[provider]
-            mark = time.perf_counter()  # each row's wall time includes its share of the check
+            mark = time.perf_counter()
             try:
                 wrong, check_error = None, None
                 if reference is not None and provider != "torch":
                     wrong, check_error = _check(case, provider, first, kwargs, dtype, reference)
-                if wrong is not None:
-                    rows.append(
-                        {
-                            **base,
-                            "mode": "-",
-                            "status": f"wrong: {wrong}",
-                            "check_error": check_error,
-                        }
-                    )
-                    continue
-                for mode in case.modes:
-                    row = _timed_row(
-                        case, mode, fn, sets, kwargs, grad_out, dtype, config, device, ceil
-                    )
-                    now = time.perf_counter()
-                    rows.append({**base, **row, "check_error": check_error, "wall_s": now - mark})
-                    if unchecked is not None and provider != "torch":
-                        rows[-1]["unchecked"] = unchecked
-                    mark = now
             except Exception as error:  # a failing provider is reported, not fatal
-                rows.append(
+                out.append(
                     {**base, "mode": "-", "status": f"error: {type(error).__name__}: {error}"}
                 )
                 _release_memory(device)
+                continue
+            if wrong is not None:
+                out.append(
+                    {**base, "mode": "-", "status": f"wrong: {wrong}", "check_error": check_error}
+                )
+                continue
+            # the first timed row's wall time includes the check
+            base.update(check_error=check_error, wall_s=time.perf_counter() - mark)
+            if unchecked is not None and provider != "torch":
+                base["unchecked"] = unchecked
+            timed[provider] = (base, fn)
+        for mode in case.modes:
+            if not timed:
+                break
+            if progress is not None:
+                progress(f"{case.op} {case.shape} {dtype_name} {mode}: {', '.join(timed)}")
+            functions = {provider: fn for provider, (_, fn) in timed.items()}
+            results = _timed_rows(
+                case, mode, functions, sets, kwargs, grad_out, dtype, config, device, ceil
+            )
+            for provider, row in results.items():
+                base = timed[provider][0]
+                if isinstance(row, Exception):
+                    status = f"error: {type(row).__name__}: {row}"
+                    per_provider[provider].append({**base, "mode": "-", "status": status})
+                    del timed[provider]  # as before: a provider that fails is not timed further
+                    _release_memory(device)
+                    continue
+                wall_s = base.pop("wall_s", 0.0) + row.pop("wall_s")
+                per_provider[provider].append({**base, **row, "wall_s": wall_s})
             for inputs in sets:
                 for leaf in _differentiable(inputs):
                     leaf.grad = None
+        for provider_rows in per_provider.values():
+            rows.extend(provider_rows)
     add_speedups(rows)
     return rows
 

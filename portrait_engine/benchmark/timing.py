@@ -11,6 +11,10 @@ calls long so that a sample lasts at least a few milliseconds.
 
 Either way the samples' median, 20th / 80th percentiles, interquartile range, minimum and
 maximum are reported, so the spread of the repeats is part of every result.
+
+The providers of one benchmark row are timed together (``time_interleaved``): warmed up one
+by one, then sampled in rounds, one provider after another, so that a machine whose speed
+drifts over the row (a shared VM) slows them alike and their ratios hold.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Timing:
     runs: int
     calls_per_run: int
     method: str  # "cuda-events" or "torch.utils.benchmark"
+    wall_s: float | None = None  # seconds spent in the function's own calls, warm-up included
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,70 +125,182 @@ def time_function(
     together their inputs exceed the cache). ``budget_s`` bounds the timing after warm-up,
     except that at least ``min_runs`` samples are always taken.
     """
+    result = time_interleaved(
+        {"fn": fns},
+        device,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        budget_s=budget_s,
+        grad_to_none={"fn": grad_to_none or ()},
+    )["fn"]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def time_interleaved(
+    functions: dict[str, Callable[[], object] | Sequence[Callable[[], object]]],
+    device: torch.device,
+    *,
+    min_runs: int = 5,
+    max_runs: int = 1000,
+    budget_s: float = 1.0,
+    grad_to_none: dict[str, Sequence[torch.Tensor]] | None = None,
+) -> dict[str, Timing | Exception]:
+    """Time several named functions (the providers of one benchmark row) with their samples
+    interleaved: each is warmed up and gets its own number of samples (``budget_s`` each, at
+    least ``min_runs``), and the samples are taken in rounds, one function after another, each
+    function's samples spread evenly over the rounds. A machine whose speed drifts during the
+    row (a shared VM, a CPU changing clocks) then slows every function alike, and their ratios
+    stay true; timed one after another, each would see a different part of the drift.
+
+    Returns a Timing per name, or the exception that function raised (its sampling stops; the
+    others go on). ``Timing.wall_s`` is the time spent in that function's own calls.
+    """
     device = torch.device(device)
-    fn = _rotating(fns)
-    leaves = list(grad_to_none or ())
+    samplers: dict[str, _Sampler] = {}
+    results: dict[str, Timing | Exception] = {}
+    flush = None
+    if device.type == "cuda":  # written before each call: twice the L2 cache
+        flush = torch.empty(
+            2 * cache_bytes("cuda", device.index or 0) // 4, dtype=torch.int32, device=device
+        )
+    for name, fns in functions.items():
+        leaves = list((grad_to_none or {}).get(name, ()))
+        if flush is None:
+            sampler = _CpuSampler(_rotating(fns), leaves)
+        else:
+            sampler = _CudaSampler(_rotating(fns), leaves, device, flush)
+        try:
+            sampler.prepare(min_runs, max_runs, budget_s)
+        except Exception as error:  # noqa: BLE001 -- reported for this function alone
+            results[name] = error
+            continue
+        samplers[name] = sampler
+    rounds = max((s.runs for s in samplers.values()), default=0)
+    for r in range(rounds):
+        for name, sampler in list(samplers.items()):
+            # sample r of `rounds` maps to this function's sample index r * runs // rounds: a
+            # function with fewer samples takes one in every few rounds, spread over all
+            if (r * sampler.runs) // rounds == ((r + 1) * sampler.runs) // rounds:
+                continue
+            try:
+                sampler.sample()
+            except Exception as error:  # noqa: BLE001
+                results[name] = error
+                del samplers[name]
+    for name, sampler in samplers.items():
+        results[name] = sampler.finish()
+    return {name: results[name] for name in functions}
 
-    def clear() -> None:
-        for tensor in leaves:
+
+class _Sampler:
+    """Warm-up, run count and samples of one function on one device."""
+
+    method = ""
+
+    def __init__(self, fn: Callable[[], object], leaves: list[torch.Tensor]) -> None:
+        self.fn, self.leaves = fn, leaves
+        self.runs = 0  # samples still to take
+        self.calls_per_run = 1
+        self.samples_ms: list[float] = []
+        self.wall_s = 0.0
+
+    def call(self) -> None:
+        for tensor in self.leaves:
             tensor.grad = None
+        self.fn()
 
-    if device.type == "cuda":
-        return _time_cuda(fn, device, clear, min_runs, max_runs, budget_s)
-    return _time_cpu(fn, clear, min_runs, max_runs, budget_s)
+    def _timed(self, action: Callable[[], object]) -> object:
+        t0 = time.perf_counter()
+        try:
+            return action()
+        finally:
+            self.wall_s += time.perf_counter() - t0
 
+    def prepare(self, min_runs: int, max_runs: int, budget_s: float) -> None:
+        self._timed(lambda: self._prepare(min_runs, max_runs, budget_s))
 
-def _time_cuda(fn, device, clear, min_runs, max_runs, budget_s) -> Timing:
-    flush_elems = 2 * cache_bytes("cuda", device.index or 0) // 4
-    flush = torch.empty(flush_elems, dtype=torch.int32, device=device)
-    clear()
-    fn()  # warm-up: compilation, autotuning, allocator growth
-    torch.cuda.synchronize(device)
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(3):
-        clear()
-        fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)
-    runs = max(min_runs, min(max_runs, int(budget_s * 1000 / estimate_ms)))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    for i in range(runs):
-        flush.zero_()
-        clear()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize(device)
-    samples = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
-    return summarise(samples, 1, "cuda-events")
+    def sample(self) -> None:
+        self._timed(self._sample)
+
+    def finish(self) -> Timing:
+        self._timed(self._finish)
+        timed = summarise(self.samples_ms, self.calls_per_run, self.method)
+        timed.wall_s = self.wall_s
+        return timed
 
 
-def _time_cpu(fn, clear, min_runs, max_runs, budget_s) -> Timing:
-    from torch.utils import benchmark
+class _CpuSampler(_Sampler):
+    """``torch.utils.benchmark.Timer`` samples of ``calls_per_run`` calls (>= 2 ms each)."""
 
-    def call():
-        clear()
-        fn()
+    method = "torch.utils.benchmark"
 
-    call()  # warm-up: compilation, allocator growth
-    t0 = time.perf_counter()
-    call()
-    estimate_s = max(time.perf_counter() - t0, 1e-7)
-    # a sample lasts >= 2 ms so the timer's own overhead stays negligible
-    calls_per_run = max(1, int(2e-3 / estimate_s))
-    runs = max(min_runs, min(max_runs, int(budget_s / (estimate_s * calls_per_run))))
-    timer = benchmark.Timer(
-        stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads()
-    )
-    # A slow call's estimate (one call after the warm-up, like every sample) is kept as the
-    # first sample: on a CPU suite dominated by slow rows this saves a call per row.
-    samples = [estimate_s * 1e3] if calls_per_run == 1 else []
-    samples += [timer.timeit(calls_per_run).median * 1e3 for _ in range(runs - len(samples))]
-    return summarise(samples, calls_per_run, "torch.utils.benchmark")
+    def _prepare(self, min_runs: int, max_runs: int, budget_s: float) -> None:
+        from torch.utils import benchmark
+
+        self.call()  # warm-up: compilation, allocator growth
+        t0 = time.perf_counter()
+        self.call()
+        estimate_s = max(time.perf_counter() - t0, 1e-7)
+        # a sample lasts >= 2 ms so the timer's own overhead stays negligible
+        self.calls_per_run = max(1, int(2e-3 / estimate_s))
+        self.runs = max(min_runs, min(max_runs, int(budget_s / (estimate_s * self.calls_per_run))))
+        self.timer = benchmark.Timer(
+            stmt="call()", globals={"call": self.call}, num_threads=torch.get_num_threads()
+        )
+        # A slow call's estimate (one call after the warm-up, like every sample) is kept as
+        # the first sample: on a CPU suite dominated by slow rows this saves a call per row.
+        if self.calls_per_run == 1:
+            self.samples_ms.append(estimate_s * 1e3)
+            self.runs -= 1  # runs counts the samples still to take
+
+    def _sample(self) -> None:
+        self.samples_ms.append(self.timer.timeit(self.calls_per_run).median * 1e3)
+
+    def _finish(self) -> None:
+        pass
+
+
+class _CudaSampler(_Sampler):
+    """CUDA events around single calls, each after a write of twice the L2 cache (so no
+    call finds its inputs cached by the previous one); synchronised once at the end."""
+
+    method = "cuda-events"
+
+    def __init__(self, fn, leaves, device: torch.device, flush: torch.Tensor) -> None:
+        super().__init__(fn, leaves)
+        self.device, self.flush = device, flush
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def _prepare(self, min_runs: int, max_runs: int, budget_s: float) -> None:
+        device = self.device
+        self.call()  # warm-up: compilation, autotuning, allocator growth
+        torch.cuda.synchronize(device)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(3):
+            self.call()
+        end.record()
+        torch.cuda.synchronize(device)
+        estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)
+        self.runs = max(min_runs, min(max_runs, int(budget_s * 1000 / estimate_ms)))
+
+    def _sample(self) -> None:
+        self.flush.zero_()
+        for tensor in self.leaves:
+            tensor.grad = None
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        self.fn()
+        end.record()
+        self.events.append((start, end))
+
+    def _finish(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.samples_ms = [s.elapsed_time(e) for s, e in self.events]
 
 
 def device_name(device: torch.device) -> str:

@@ -114,6 +114,33 @@ def test_a_failing_provider_is_reported_as_an_error(use_cases):
     assert row["status"] == "error: RuntimeError: kernel exploded"
 
 
+def test_a_provider_failing_while_timed_is_an_error_row_and_the_others_are_timed(use_cases):
+    calls = {"n": 0}
+
+    def fails_after_the_check(x, y):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise RuntimeError("failed in timing")
+        return scale_add_reference(x, y)
+
+    use_cases(
+        {
+            "scale_add": [
+                scale_add_case(
+                    functions={"torch": scale_add_reference, "sdpa": fails_after_the_check}
+                )
+            ]
+        }
+    )
+    rows = runner.run_benchmarks(tiny_config())["rows"]
+    assert [r["status"] for r in rows if r["provider"] == "sdpa"] == [
+        "error: RuntimeError: failed in timing"
+    ]
+    torch_rows = [r for r in rows if r["provider"] == "torch"]
+    assert [r["status"] for r in torch_rows] == ["ok", "ok"]
+    assert all(r["wall_s"] > 0 for r in torch_rows)
+
+
 def test_an_unavailable_backend_says_why(use_cases, monkeypatch):
     case = scale_add_case(native_op="no_such_op")
     case.functions["native"] = scale_add_reference

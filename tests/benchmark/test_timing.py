@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -56,6 +57,64 @@ def test_rotating_input_sets_are_called_in_turn_and_gradients_cleared():
     )
     assert len(calls) >= 6
     assert calls[:6] == [0, 1, 2, 0, 1, 2]
+
+
+def test_interleaved_providers_are_sampled_in_rounds_spread_over_the_row():
+    log = []
+    fast = lambda: log.append("fast")  # noqa: E731
+    slow = lambda: (time.sleep(0.003), log.append("slow"))  # noqa: E731
+    timed = timing.time_interleaved({"fast": fast, "slow": slow}, "cpu", min_runs=4, budget_s=0.03)
+    assert timed["fast"].runs > timed["slow"].runs >= 4
+    assert timed["slow"].median_ms >= 3.0 > timed["fast"].median_ms
+    # after the warm-ups (two calls each; the slow one's second is kept as its first sample)
+    # the samples alternate: every round has a fast sample, and each slow sample comes after
+    # the fast one of its round, the last in the last round
+    assert log[:4] == ["fast", "fast", "slow", "slow"]
+    groups = [name for name, _ in itertools.groupby(log[4:])]
+    assert groups[0] == "fast" and groups[-1] == "slow"
+    assert groups.count("slow") == timed["slow"].runs - 1
+
+
+def test_interleaving_keeps_ratios_on_a_machine_that_slows_down():
+    # every call makes the "machine" 4 % slower; timed one after the other, B (twice A's work)
+    # would meet a much slower machine than A and seem ~3x slower; interleaved, ~2x
+    state = {"calls": 0}
+
+    def work(units):
+        def fn():
+            state["calls"] += 1
+            time.sleep(0.001 * units * (1 + 0.04 * state["calls"]))
+
+        return fn
+
+    timed = timing.time_interleaved(
+        {"a": work(1), "b": work(2)}, "cpu", min_runs=10, max_runs=10, budget_s=0.0
+    )
+    ratio = timed["b"].median_ms / timed["a"].median_ms
+    assert 1.6 < ratio < 2.4, ratio
+    state["calls"] = 0
+    a = timing.time_function(work(1), "cpu", min_runs=10, max_runs=10, budget_s=0.0)
+    b = timing.time_function(work(2), "cpu", min_runs=10, max_runs=10, budget_s=0.0)
+    assert b.median_ms / a.median_ms > ratio  # the drift the interleaving removes
+
+
+def test_a_function_that_fails_while_sampled_leaves_the_others_timed():
+    state = {"calls": 0}
+
+    def flaky():
+        state["calls"] += 1
+        if state["calls"] > 3:
+            raise RuntimeError("out of memory")
+        time.sleep(0.002)
+
+    timed = timing.time_interleaved(
+        {"flaky": flaky, "ok": lambda: time.sleep(0.002)}, "cpu", min_runs=5, budget_s=0.0
+    )
+    assert isinstance(timed["flaky"], RuntimeError)
+    assert timed["ok"].runs == 5 and timed["ok"].wall_s >= 0.01
+    with pytest.raises(RuntimeError, match="out of memory"):
+        state["calls"] = 0
+        timing.time_function(flaky, "cpu", min_runs=5, budget_s=0.0)
 
 
 def test_cache_size_is_known_on_the_cpu():
