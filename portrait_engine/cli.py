@@ -266,6 +266,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
         plots=not args.no_plots,
         rotate=not args.no_rotate,
         quick_skip=not args.no_quick_skip,
+        retain_memory=not args.system_malloc,
         command=args.command_line,
     )
     with Progress(
@@ -384,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time the rows that quick runs skip for their cost (e.g. torch.compile of the "
         "whole renderer: about a minute of compiling on 2 CPU cores)",
+    )
+    b.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="CPU: leave glibc malloc's defaults (by default the benchmark process keeps freed "
+        "memory, as the CUDA caching allocator does, so that no row times the first touch of "
+        "fresh pages; see benchmark/memory.py)",
     )
     b.add_argument(
         "--compare",

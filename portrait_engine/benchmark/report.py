@@ -40,8 +40,17 @@ def environment_line(result: dict) -> str:
         + (f", {result['elapsed_s']:.0f} s in all" if result.get("elapsed_s") else "")
         + _load_text(env)
         + _build_text(env)
+        + _allocator_text(env)
         + "."
     )
+
+
+def _allocator_text(env: dict) -> str:
+    if env.get("device_type") != "cpu" or "allocator" not in env:
+        return ""  # a GPU, or a result from before the allocator was recorded
+    if env["allocator"] == "default":
+        return "; glibc malloc at its defaults (freed blocks go back to the kernel)"
+    return "; freed CPU memory kept in the process (`--system-malloc` not given)"
 
 
 def _build_text(env: dict) -> str:

@@ -49,6 +49,8 @@ class BenchConfig:
     plots: bool = True
     rotate: bool = True  # rotate input sets that together exceed the cache
     quick_skip: bool = True  # honour the cases' quick_skip (rows too costly for quick runs)
+    # CPU: keep freed memory in the process (memory.retain_cpu_memory; process-wide, for good)
+    retain_memory: bool = False
     seed: int = 0
     command: str | None = None  # the command line, recorded in the result
 
@@ -460,6 +462,9 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
     bad_dtypes = [d for d in config.dtypes if d not in DTYPES]
     if bad_dtypes:
         raise ValueError(f"unknown dtype(s) {bad_dtypes}; known: {sorted(DTYPES)}")
+    allocator = None
+    if config.retain_memory and device.type == "cpu":
+        allocator = memory.retain_cpu_memory()
     if progress is not None:
         progress("measuring the device's copy bandwidth and matrix rate")
     ceil = ceilings.measure_ceilings(
@@ -473,7 +478,11 @@ def run_benchmarks(config: BenchConfig, progress=None) -> dict:
             "schema": schema.SCHEMA,
             "command": config.command,
             "elapsed_s": time.perf_counter() - started,
-            "environment": environment(device, ceil["copy_bandwidth"]["value"], load_before),
+            "environment": {
+                **environment(device, ceil["copy_bandwidth"]["value"], load_before),
+                "allocator": allocator
+                or ("cuda caching allocator" if device.type == "cuda" else "default"),
+            },
             "ceilings": ceil,
             "config": {**asdict(config), "quick": config.resolved_quick()},
             "rows": rows,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from portrait_engine.benchmark import runner, schema
+from portrait_engine.benchmark import report, runner, schema
 from portrait_engine.benchmark.cases.triplane import _triplane_case
 from tests.benchmark.conftest import scale_add_case, scale_add_reference, tiny_config
 
@@ -45,6 +45,17 @@ def test_rows_carry_timing_spread_rates_and_memory(use_cases):
     )
     assert forward["sdpa"]["check_error"] < 1e-6  # checked, and agreed
     assert forward["torch"]["speedup_vs_compile"] is None  # no torch_compile row here
+
+
+def test_the_allocator_setting_is_recorded(use_cases, monkeypatch):
+    use_cases({"scale_add": [scale_add_case()]})
+    result = runner.run_benchmarks(tiny_config())
+    assert result["environment"]["allocator"] == "default"
+    calls = []
+    monkeypatch.setattr(runner.memory, "retain_cpu_memory", lambda: calls.append(1) or "kept")
+    result = runner.run_benchmarks(tiny_config(retain_memory=True))
+    assert calls == [1] and result["environment"]["allocator"] == "kept"
+    assert "kept in the process" in report.environment_line(result)
 
 
 def test_small_inputs_rotate_several_sets_to_exceed_the_cache(use_cases):

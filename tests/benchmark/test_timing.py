@@ -150,3 +150,16 @@ def test_cpu_peak_memory_of_a_call_that_allocates_nothing_is_small():
     x = torch.randn(1 << 20)
     peak_mb, _ = memory.peak_memory(lambda: x.add_(1), torch.device("cpu"))
     assert peak_mb < 0.5
+
+
+def test_the_benchmark_process_can_keep_freed_cpu_memory():
+    import subprocess
+    import sys
+
+    code = "from portrait_engine.benchmark import memory; print(memory.retain_cpu_memory())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not sys.platform.startswith("linux") or out == "None":
+        pytest.skip("not glibc")
+    assert "M_MMAP_THRESHOLD=1073741824" in out and "glibc" in out
