@@ -30,7 +30,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 # Seconds of timing per row, and repeats at least, when the config does not say.
 QUICK_BUDGET_S, FULL_BUDGET_S = 0.2, 1.0
-QUICK_MIN_RUNS, FULL_MIN_RUNS = 3, 10
+QUICK_MIN_RUNS, FULL_MIN_RUNS = 5, 10
 MAX_ROTATING_SETS = 8
 
 

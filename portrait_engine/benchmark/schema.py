@@ -51,7 +51,7 @@ TIMED_FIELDS: dict[str, str] = {
     "max_ms": "slowest repeat",
     "runs": "number of repeats",
     "calls_per_run": "calls averaged in one repeat",
-    "timing_method": "cuda-events or torch.utils.benchmark",
+    "timing_method": "cuda-events; perf_counter on a CPU (torch.utils.benchmark before 2026-11-26)",
     "rotating_sets": "input sets rotated between calls (together larger than the cache)",
     "bytes_moved": "bytes the op must move at least once (null: unknown)",
     "gbps": "bytes_moved / median time, GB/s",

@@ -5,9 +5,12 @@ an estimate, then many calls each preceded by a write of a buffer larger than th
 (so no call finds its inputs cached by the previous one) and by clearing the gradients named
 in ``grad_to_none``; one synchronisation at the end.
 
-CPU: ``torch.utils.benchmark.Timer`` (which pins the thread count and synchronises where
-needed), called repeatedly with ``timeit(number)``: each repeat is one sample, ``number``
-calls long so that a sample lasts at least a few milliseconds.
+CPU: ``time.perf_counter`` around each repeat of ``calls_per_run`` calls, so that a sample
+lasts at least 2 ms (one call for anything slower). Until 2026-11-26 each repeat was a
+``torch.utils.benchmark.Timer.timeit``, which runs two untimed calls before every repeat: a
+slow row's three calls per sample then cost three times its budget, and each timed call
+followed two of its own, cache-warm, where the GPU timer writes over the L2 cache before
+every call.
 
 Either way the samples' median, 20th / 80th percentiles, interquartile range, minimum and
 maximum are reported, so the spread of the repeats is part of every result.
@@ -42,7 +45,7 @@ class Timing:
     max_ms: float
     runs: int
     calls_per_run: int
-    method: str  # "cuda-events" or "torch.utils.benchmark"
+    method: str  # "cuda-events" or "perf_counter"
     wall_s: float | None = None  # seconds spent in the function's own calls, warm-up included
 
     def as_dict(self) -> dict:
@@ -232,23 +235,18 @@ class _Sampler:
 
 
 class _CpuSampler(_Sampler):
-    """``torch.utils.benchmark.Timer`` samples of ``calls_per_run`` calls (>= 2 ms each)."""
+    """``time.perf_counter`` around ``calls_per_run`` calls (a sample lasts >= 2 ms)."""
 
-    method = "torch.utils.benchmark"
+    method = "perf_counter"
 
     def _prepare(self, min_runs: int, max_runs: int, budget_s: float) -> None:
-        from torch.utils import benchmark
-
         self.call()  # warm-up: compilation, allocator growth
         t0 = time.perf_counter()
         self.call()
         estimate_s = max(time.perf_counter() - t0, 1e-7)
-        # a sample lasts >= 2 ms so the timer's own overhead stays negligible
+        # a sample lasts >= 2 ms so the clock's own overhead stays negligible
         self.calls_per_run = max(1, int(2e-3 / estimate_s))
         self.runs = max(min_runs, min(max_runs, int(budget_s / (estimate_s * self.calls_per_run))))
-        self.timer = benchmark.Timer(
-            stmt="call()", globals={"call": self.call}, num_threads=torch.get_num_threads()
-        )
         # A slow call's estimate (one call after the warm-up, like every sample) is kept as
         # the first sample: on a CPU suite dominated by slow rows this saves a call per row.
         if self.calls_per_run == 1:
@@ -256,7 +254,11 @@ class _CpuSampler(_Sampler):
             self.runs -= 1  # runs counts the samples still to take
 
     def _sample(self) -> None:
-        self.samples_ms.append(self.timer.timeit(self.calls_per_run).median * 1e3)
+        call, count = self.call, self.calls_per_run
+        t0 = time.perf_counter()
+        for _ in range(count):
+            call()
+        self.samples_ms.append((time.perf_counter() - t0) * 1e3 / count)
 
     def _finish(self) -> None:
         pass
