@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "skinning/checks.h"
 #include "skinning/skin_reduce.h"
@@ -45,10 +46,11 @@ constexpr int kWarps = kThreads / 32;
 // Shared memory the chain kernels take per block (the default limit, without an opt-in).
 constexpr int64_t kFkSharedBytes = 48 * 1024;
 constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int64_t kMaxGridY = 65535;
 
 // The chain's workspaces: a slice of dynamic shared memory per thread when it fits (smem_stride
-// > 0: values per thread, odd for 4-byte types so that the threads' slices start in different
-// banks), else global memory. Each joint of the walk reads and writes its workspace many times,
+// > 0: values per thread, odd so that the threads' slices start in different banks), else
+// global memory. Each joint of the walk reads and writes its workspace many times,
 // serially: from global memory (L1/L2 round trips of hundreds of cycles) the walk took 0.10 ms
 // forward and 0.21 ms backward at B = 32 on an H100 (2026-11-26 lbs profile), where the
 // arithmetic is a few microseconds.
@@ -57,7 +59,7 @@ extern __shared__ __align__(16) unsigned char fk_shared[];
 // Values per thread in shared memory for `values` workspace values per chain (0: does not fit).
 template <typename T>
 int64_t fk_shared_stride(int64_t values) {
-  const int64_t stride = sizeof(T) == 4 ? (values | 1) : values;
+  const int64_t stride = values | 1;  // odd in words of T: 4- and 8-byte slices conflict-free
   return stride * static_cast<int64_t>(sizeof(T)) <= kFkSharedBytes ? stride : 0;
 }
 
@@ -116,20 +118,21 @@ __global__ void fk_backward_kernel(const scalar_t* __restrict__ grad_rot,
 template <typename scalar_t, typename T>
 __global__ void skin_forward_kernel(const scalar_t* __restrict__ points,
                                     const scalar_t* __restrict__ weights,
-                                    const scalar_t* __restrict__ transforms, int64_t N, int64_t J,
-                                    int64_t weights_batch_stride, bool inverse,
-                                    scalar_t* __restrict__ out) {
+                                    const scalar_t* __restrict__ transforms, int64_t B,
+                                    int64_t N, int64_t J, int64_t weights_batch_stride,
+                                    bool inverse, scalar_t* __restrict__ out) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t b = blockIdx.y;
   if (n >= N) return;
-  T M[12];
-  blend<T>(weights + b * weights_batch_stride + n * J, transforms + b * J * 16, J, M);
-  const int64_t idx = b * N + n;
-  const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
-                  static_cast<T>(points[idx * 3 + 2])};
-  T o[3];
-  skin_point(M, p, inverse, o);
-  for (int c = 0; c < 3; ++c) out[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {  // gridDim.y is at most 65535
+    T M[12];
+    blend<T>(weights + b * weights_batch_stride + n * J, transforms + b * J * 16, J, M);
+    const int64_t idx = b * N + n;
+    const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
+                    static_cast<T>(points[idx * 3 + 2])};
+    T o[3];
+    skin_point(M, p, inverse, o);
+    for (int c = 0; c < 3; ++c) out[idx * 3 + c] = static_cast<scalar_t>(o[c]);
+  }
 }
 
 // Shared weights: thread t = b * N + n (a warp's transform reads are broadcasts), dM to
@@ -155,7 +158,15 @@ __global__ void skin_backward_shared_kernel(const scalar_t* __restrict__ grad_ou
   skin_point_backward(M, p, g, inverse, gp, dM);
   for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
   T* out = dM_ws + (n * B + b) * 12;
-  for (int k = 0; k < 12; ++k) out[k] = dM[k];
+  if constexpr (std::is_same_v<T, float>) {
+    // three 16-byte stores: rows are 48 bytes apart from a 16-byte aligned allocation
+    float4* out4 = reinterpret_cast<float4*>(out);
+    for (int q = 0; q < 3; ++q) {
+      out4[q] = make_float4(dM[4 * q], dM[4 * q + 1], dM[4 * q + 2], dM[4 * q + 3]);
+    }
+  } else {
+    for (int k = 0; k < 12; ++k) out[k] = dM[k];
+  }
 }
 
 template <typename T>
@@ -168,51 +179,53 @@ template <typename scalar_t, typename T>
 __global__ void skin_backward_kernel(const scalar_t* __restrict__ grad_out,
                                      const scalar_t* __restrict__ points,
                                      const scalar_t* __restrict__ weights,
-                                     const scalar_t* __restrict__ transforms, int64_t N, int64_t J,
-                                     int64_t weights_batch_stride, bool inverse,
-                                     scalar_t* __restrict__ grad_points,
+                                     const scalar_t* __restrict__ transforms, int64_t B,
+                                     int64_t N, int64_t J, int64_t weights_batch_stride,
+                                     bool inverse, scalar_t* __restrict__ grad_points,
                                      scalar_t* __restrict__ grad_weights,
                                      T* __restrict__ partial) {
   __shared__ T warp_sums[kWarps][12];
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t b = blockIdx.y;
   const bool active = n < N;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const scalar_t* w = weights + b * weights_batch_stride + (active ? n : 0) * J;
-  const scalar_t* A = transforms + b * J * 16;
-  T dM[12];
-  for (int k = 0; k < 12; ++k) dM[k] = T(0);
-  if (active) {
-    T M[12];
-    blend<T>(w, A, J, M);
-    const int64_t idx = b * N + n;
-    const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
-                    static_cast<T>(points[idx * 3 + 2])};
-    const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
-                    static_cast<T>(grad_out[idx * 3 + 2])};
-    T gp[3];
-    skin_point_backward(M, p, g, inverse, gp, dM);
-    for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
-  }
-  const int64_t blocks = gridDim.x;
-  for (int64_t j = 0; j < J; ++j) {
-    const T wj = active ? static_cast<T>(w[j]) : T(0);
+  // b is uniform over the block, so the barriers below are reached by all its threads
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {  // gridDim.y is at most 65535
+    const scalar_t* w = weights + b * weights_batch_stride + (active ? n : 0) * J;
+    const scalar_t* A = transforms + b * J * 16;
+    T dM[12];
+    for (int k = 0; k < 12; ++k) dM[k] = T(0);
     if (active) {
-      T s = T(0);
-      for (int k = 0; k < 12; ++k) s += static_cast<T>(A[j * 16 + k]) * dM[k];
-      grad_weights[(b * N + n) * J + j] = static_cast<scalar_t>(s);
+      T M[12];
+      blend<T>(w, A, J, M);
+      const int64_t idx = b * N + n;
+      const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
+                      static_cast<T>(points[idx * 3 + 2])};
+      const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
+                      static_cast<T>(grad_out[idx * 3 + 2])};
+      T gp[3];
+      skin_point_backward(M, p, g, inverse, gp, dM);
+      for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
     }
-    for (int k = 0; k < 12; ++k) {
-      const T v = warp_sum(wj * dM[k]);
-      if (lane == 0) warp_sums[warp][k] = v;
+    const int64_t blocks = gridDim.x;
+    for (int64_t j = 0; j < J; ++j) {
+      const T wj = active ? static_cast<T>(w[j]) : T(0);
+      if (active) {
+        T s = T(0);
+        for (int k = 0; k < 12; ++k) s += static_cast<T>(A[j * 16 + k]) * dM[k];
+        grad_weights[(b * N + n) * J + j] = static_cast<scalar_t>(s);
+      }
+      for (int k = 0; k < 12; ++k) {
+        const T v = warp_sum(wj * dM[k]);
+        if (lane == 0) warp_sums[warp][k] = v;
+      }
+      __syncthreads();
+      if (threadIdx.x < 12) {
+        T total = T(0);
+        for (int i = 0; i < kWarps; ++i) total += warp_sums[i][threadIdx.x];
+        partial[((b * blocks + blockIdx.x) * J + j) * 12 + threadIdx.x] = total;
+      }
+      __syncthreads();
     }
-    __syncthreads();
-    if (threadIdx.x < 12) {
-      T total = T(0);
-      for (int i = 0; i < kWarps; ++i) total += warp_sums[i][threadIdx.x];
-      partial[((b * blocks + blockIdx.x) * J + j) * 12 + threadIdx.x] = total;
-    }
-    __syncthreads();
   }
 }
 
@@ -286,15 +299,16 @@ at::Tensor skin_points_forward_cuda(const at::Tensor& points, const at::Tensor& 
   const int64_t B = points.size(0), N = points.size(1), J = transforms.size(1);
   if (B == 0 || N == 0) return out;
   const int64_t wstride = weights.size(0) == 1 ? 0 : N * J;
-  const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads), static_cast<unsigned>(B));
+  const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(std::min<int64_t>(B, kMaxGridY)));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "skin_points_forward_cuda", [&] {
                                     using T = at::opmath_type<scalar_t>;
                                     skin_forward_kernel<scalar_t, T><<<grid, kThreads, 0, stream>>>(
                                         points.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
-                                        transforms.data_ptr<scalar_t>(), N, J, wstride, inverse,
-                                        out.data_ptr<scalar_t>());
+                                        transforms.data_ptr<scalar_t>(), B, N, J, wstride,
+                                        inverse, out.data_ptr<scalar_t>());
                                   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -332,13 +346,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
   at::Tensor grad_weights = new_output(weights.sizes(), weights.options());
   const int64_t blocks = (N + kThreads - 1) / kThreads;
   at::Tensor partial = at::empty({B, blocks, J, 12}, acc);
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
+  const dim3 grid(static_cast<unsigned>(blocks),
+                  static_cast<unsigned>(std::min<int64_t>(B, kMaxGridY)));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, points.scalar_type(), "skin_points_backward_cuda", [&] {
         using T = at::opmath_type<scalar_t>;
         skin_backward_kernel<scalar_t, T><<<grid, kThreads, 0, stream>>>(
             grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
-            weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(), N, J, N * J, inverse,
+            weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(), B, N, J, N * J, inverse,
             grad_points.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>(),
             partial.data_ptr<T>());
       });

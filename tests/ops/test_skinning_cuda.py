@@ -177,9 +177,25 @@ def test_gpu_forward_kinematics_chain_workspaces(joints, batch, dtype, pose2rot)
     got_grads = ops.forward_kinematics_backward(
         *_cuda(grads), pose.cuda(), rest.cuda(), parents.cuda(), pose2rot
     )
-    for g, w in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+    if dtype == torch.float64:
+        for g, w in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+            assert torch.isfinite(g).all()
+            assert_close(g.cpu(), w, dtype, scale=10)
+        return
+    # float32: along a 300-joint chain, small gradient entries are sums of terms of size
+    # 100-500, and the rounding of either device alone reaches an elementwise rtol of 1e-4
+    # (a review emulating nvcc's FMA contraction on the CPU measured 0.98-1.14 of that
+    # tolerance). Both devices are measured against the float64 result instead: the GPU's
+    # relative L2 error within 10x of the CPU kernel's own.
+    doubled = [t.double() for t in (pose, rest, *grads)]
+    exact = [
+        *ops.forward_kinematics_forward(doubled[0], doubled[1], parents, pose2rot),
+        *ops.forward_kinematics_backward(*doubled[2:], *doubled[:2], parents, pose2rot),
+    ]
+    for g, w, x in zip([*got, *got_grads], [*want, *want_grads], exact, strict=True):
         assert torch.isfinite(g).all()
-        assert_close(g.cpu(), w, dtype, scale=10)
+        cpu_error = relative_l2(w.double(), x)
+        assert relative_l2(g.cpu().double(), x) <= max(10 * cpu_error, 1e-6), cpu_error
 
 
 @pytest.mark.parametrize("backend", ["triton", "native"])
