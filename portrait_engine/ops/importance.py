@@ -212,8 +212,9 @@ def sample_importance(
     Args:
         depths: ``(B, R, S, 1)`` coarse sample depths of each ray, S >= 4.
         weights: ``(B, R, S-1, 1)`` the ray marcher's interval weights (``ray_march``'s third
-            output), same dtype and device; finite. (A non-finite depth gives NaN samples on
-            its ray, on every backend.)
+            output), same dtype and device; finite. (Depths are not checked for finiteness:
+            a ray with a NaN or infinite depth gets unspecified samples, which may differ
+            between backends, as its running maximum under ``sort`` does.)
         n_importance: samples to draw per ray (0 gives an empty ``(B, R, 0, 1)``).
         deterministic: draw ``u = linspace(0, 1, n_importance)`` for every ray instead of
             ``U[0, 1)`` (EG3D's ``det=True``).
