@@ -10,9 +10,10 @@
 //   2. grad_planes: at::parallel_for over tasks (b, p, band), a band being a range of the
 //      plane's D * H rows. A task walks all N points in order and scatter-adds only the corners
 //      that fall in its band, so each texel is written by exactly one task and receives its
-//      contributions in point order, whatever the number of threads. Bands (which recompute
-//      the cheap coordinate math per band) are only used when there are fewer (b, p) pairs than
-//      about twice the number of threads.
+//      contributions in point order, whatever the number of threads. Bands are only used when
+//      there are fewer (b, p) pairs than threads: every band walks all N points (coordinate
+//      math, corner tests and a hard-to-predict band test per corner), and that walk, not the
+//      scatter, is most of the pass's time.
 //
 // The extension is built for baseline x86-64 (SSE2: 4 floats per vector); the per-range
 // functions of both are also compiled for AVX2 and AVX-512 and picked at run time
@@ -350,7 +351,14 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const a
   const int64_t rows = z.geo.D * z.geo.H;
   const int64_t pairs = z.B * z.P;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  a.bands = std::max<int64_t>(1, std::min<int64_t>(rows, (2 * threads + pairs - 1) / pairs));
+  // Bands only to keep every thread busy: at B = 1 and P = 3 on 2 threads (the renderer's CPU
+  // quick size), one band per plane took 0.85-0.88 ms and two bands 1.18 ms at 64^2 x 32
+  // channels, 12288 points; at 128^2 and 256^2, 49152 points: 3.8 vs 4.9 ms and 5.9 vs
+  // 6.8 ms (2026-11-26; 3 and 4 bands: slower still). Before, the pass took 2 * threads /
+  // pairs bands, rounded up.
+  a.bands = pairs >= threads
+                ? 1
+                : std::max<int64_t>(1, std::min<int64_t>(rows, (threads + pairs - 1) / pairs));
   const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kBackwardPlanes);
   at::parallel_for(0, pairs * a.bands, 1, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }

@@ -332,6 +332,32 @@ def test_backward_with_respect_to_one_input(backend):
     assert_close(grad, want, torch.float32)
 
 
+@pytest.mark.parametrize("kind", ["triplane", "trigrid3"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_native_gradients_do_not_depend_on_the_thread_count(kind, batch):
+    """The native CPU backward splits each plane's rows into bands when there are fewer
+    (batch, plane) pairs than threads (B = 1 and 2, 3 planes, on 1, 2, 4 and 8 threads: one,
+    two and three bands); each texel is still written by one task in point order."""
+    if not pe.backend_status("cpu")["native"][0]:
+        pytest.skip(pe.backend_status("cpu")["native"][1])
+    planes, points = make_inputs(kind, batch=batch, channels=8, resolution=16, n=500, seed=3)
+    planes.requires_grad_()
+    points.requires_grad_()
+    grad_out = torch.randn(batch, 500, 8, generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 4, 8):
+            torch.set_num_threads(count)
+            out = triplane_sample(planes, points, backend="native")
+            results.append(torch.autograd.grad(out, (planes, points), grad_out))
+    finally:
+        torch.set_num_threads(threads)
+    for grads in results[1:]:
+        for got, want in zip(grads, results[0], strict=True):
+            assert torch.equal(got, want)
+
+
 def test_named_projection_is_made_once_and_survives_inference_mode():
     from portrait_engine.ops import triplane as triplane_ops
 
