@@ -672,7 +672,11 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
 
       // 3. grad_planes: tasks (plane, band of rows), samples in order
       const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-      a.bands = std::max<int64_t>(1, std::min<int64_t>(geo.D * geo.H, (2 * threads + P - 1) / P));
+      // bands only to keep every thread busy (each band walks all the chunk's samples; see
+      // triplane_cpu.cpp's backward for the measurements)
+      a.bands = P >= threads ? 1
+                             : std::max<int64_t>(1, std::min<int64_t>(geo.D * geo.H,
+                                                                      (threads + P - 1) / P));
       at::parallel_for(0, P * a.bands, 1, [&](int64_t begin, int64_t end) {
         scatter(a, begin, end);
       });
