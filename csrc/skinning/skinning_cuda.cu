@@ -135,6 +135,25 @@ __global__ void skin_forward_kernel(const scalar_t* __restrict__ points,
   }
 }
 
+// One point's backward, shared by the two kernels below: its blended transform from its
+// weights w and the batch element's transforms A, grad_points[idx] written, dM returned.
+template <typename scalar_t, typename T>
+__device__ __forceinline__ void point_backward(const scalar_t* __restrict__ grad_out,
+                                               const scalar_t* __restrict__ points,
+                                               const scalar_t* w, const scalar_t* A, int64_t J,
+                                               int64_t idx, bool inverse,
+                                               scalar_t* __restrict__ grad_points, T dM[12]) {
+  T M[12];
+  blend<T>(w, A, J, M);
+  const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
+                  static_cast<T>(points[idx * 3 + 2])};
+  const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
+                  static_cast<T>(grad_out[idx * 3 + 2])};
+  T gp[3];
+  skin_point_backward(M, p, g, inverse, gp, dM);
+  for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
+}
+
 // Shared weights: thread t = b * N + n (a warp's transform reads are broadcasts), dM to
 // row n * B + b of the point-major workspace.
 template <typename scalar_t, typename T>
@@ -148,15 +167,9 @@ __global__ void skin_backward_shared_kernel(const scalar_t* __restrict__ grad_ou
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * N) return;
   const int64_t b = idx / N, n = idx - b * N;
-  T M[12];
-  blend<T>(weights + n * J, transforms + b * J * 16, J, M);
-  const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
-                  static_cast<T>(points[idx * 3 + 2])};
-  const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
-                  static_cast<T>(grad_out[idx * 3 + 2])};
-  T gp[3], dM[12];
-  skin_point_backward(M, p, g, inverse, gp, dM);
-  for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
+  T dM[12];
+  point_backward<scalar_t, T>(grad_out, points, weights + n * J, transforms + b * J * 16, J, idx,
+                              inverse, grad_points, dM);
   T* out = dM_ws + (n * B + b) * 12;
   if constexpr (std::is_same_v<T, float>) {
     // three 16-byte stores: rows are 48 bytes apart from a 16-byte aligned allocation
@@ -195,16 +208,7 @@ __global__ void skin_backward_kernel(const scalar_t* __restrict__ grad_out,
     T dM[12];
     for (int k = 0; k < 12; ++k) dM[k] = T(0);
     if (active) {
-      T M[12];
-      blend<T>(w, A, J, M);
-      const int64_t idx = b * N + n;
-      const T p[3] = {static_cast<T>(points[idx * 3]), static_cast<T>(points[idx * 3 + 1]),
-                      static_cast<T>(points[idx * 3 + 2])};
-      const T g[3] = {static_cast<T>(grad_out[idx * 3]), static_cast<T>(grad_out[idx * 3 + 1]),
-                      static_cast<T>(grad_out[idx * 3 + 2])};
-      T gp[3];
-      skin_point_backward(M, p, g, inverse, gp, dM);
-      for (int c = 0; c < 3; ++c) grad_points[idx * 3 + c] = static_cast<scalar_t>(gp[c]);
+      point_backward<scalar_t, T>(grad_out, points, w, A, J, b * N + n, inverse, grad_points, dM);
     }
     const int64_t blocks = gridDim.x;
     for (int64_t j = 0; j < J; ++j) {
