@@ -464,8 +464,10 @@ __global__ void merge_gather_staged_kernel(const scalar_t* __restrict__ grad,
 
 at::Tensor sample_importance_cuda(const at::Tensor& depths, const at::Tensor& weights,
                                   const at::Tensor& u, bool sort) {
-  const c10::cuda::CUDAGuard guard(depths.device());
+  // the checks come before the device guard, so a tensor on the wrong device gets their
+  // error rather than the guard's (likewise below)
   check_sample_importance(depths, weights, u, kCudaSide);
+  const c10::cuda::CUDAGuard guard(depths.device());
   const int64_t rays = depths.size(0), samples = depths.size(1), draws = u.size(1);
   at::Tensor out = new_output({rays, draws}, depths.options());
   if (rays == 0 || draws == 0) return out;
@@ -506,8 +508,8 @@ at::Tensor sample_importance_cuda(const at::Tensor& depths, const at::Tensor& we
 
 std::tuple<at::Tensor, at::Tensor> merge_samples_index_cuda(const at::Tensor& depths1,
                                                             const at::Tensor& depths2) {
-  const c10::cuda::CUDAGuard guard(depths1.device());
   check_merge_index(depths1, depths2, kCudaSide);
+  const c10::cuda::CUDAGuard guard(depths1.device());
   const int64_t rays = depths1.size(0), first = depths1.size(1), second = depths2.size(1);
   at::Tensor positions1 = new_output({rays, first}, depths1.options().dtype(at::kInt));
   at::Tensor positions2 = new_output({rays, second}, depths1.options().dtype(at::kInt));
@@ -569,8 +571,8 @@ void launch_copy(const at::Tensor& src, at::Tensor& dst, const at::Tensor& posit
 at::Tensor merge_samples_scatter_cuda(const at::Tensor& values1, const at::Tensor& values2,
                                       const at::Tensor& positions1,
                                       const at::Tensor& positions2) {
-  const c10::cuda::CUDAGuard guard(values1.device());
   check_merge_scatter(values1, values2, positions1, positions2, kCudaSide);
+  const c10::cuda::CUDAGuard guard(values1.device());
   const int64_t rays = values1.size(0), first = values1.size(1), second = values2.size(1);
   const int64_t channels = values1.size(2);
   const int64_t total = first + second;
@@ -603,8 +605,8 @@ at::Tensor merge_samples_scatter_cuda(const at::Tensor& values1, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> merge_samples_gather_cuda(const at::Tensor& grad,
                                                              const at::Tensor& positions1,
                                                              const at::Tensor& positions2) {
-  const c10::cuda::CUDAGuard guard(grad.device());
   check_merge_gather(grad, positions1, positions2, kCudaSide);
+  const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t rays = grad.size(0), total = grad.size(1), channels = grad.size(2);
   const int64_t first = positions1.size(1), second = positions2.size(1);
   at::Tensor grad1 = new_output({rays, first, channels}, grad.options());
