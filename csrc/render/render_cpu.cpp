@@ -672,11 +672,7 @@ void backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_depth
 
       // 3. grad_planes: tasks (plane, band of rows), samples in order
       const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-      // bands only to keep every thread busy (each band walks all the chunk's samples; see
-      // triplane_cpu.cpp's backward for the measurements)
-      a.bands = P >= threads ? 1
-                             : std::max<int64_t>(1, std::min<int64_t>(geo.D * geo.H,
-                                                                      (threads + P - 1) / P));
+      a.bands = triplane::scatter_bands(P, geo.D * geo.H, threads);
       at::parallel_for(0, P * a.bands, 1, [&](int64_t begin, int64_t end) {
         scatter(a, begin, end);
       });

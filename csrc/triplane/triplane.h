@@ -255,5 +255,16 @@ HOST_DEVICE PE_INLINE void fill(acc_t* __restrict__ dst, acc_t value, int64_t C)
   for (int64_t c = 0; c < C; ++c) dst[c] = value;
 }
 
+// Bands of rows per plane for the CPU backwards' deterministic scatter of plane gradients
+// (triplane_cpu.cpp, render_cpu.cpp): tasks (plane, band), each walking all the points in order
+// and adding only the corners whose row falls in its band. More than one band only when there
+// are fewer planes than threads: every band walks all the points, and that walk, not the
+// scatter, is most of the pass (measurements in triplane_cpu.cpp's backward_impl).
+inline int64_t scatter_bands(int64_t planes, int64_t rows, int64_t threads) {
+  if (planes >= threads) return 1;
+  const int64_t bands = (threads + planes - 1) / planes;
+  return bands < 1 ? 1 : (bands < rows ? bands : rows);
+}
+
 }  // namespace triplane
 }  // namespace portrait_engine

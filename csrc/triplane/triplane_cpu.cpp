@@ -351,14 +351,12 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& planes, const a
   const int64_t rows = z.geo.D * z.geo.H;
   const int64_t pairs = z.B * z.P;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  // Bands only to keep every thread busy: at B = 1 and P = 3 on 2 threads (the renderer's CPU
-  // quick size), one band per plane took 0.85-0.88 ms and two bands 1.18 ms at 64^2 x 32
-  // channels, 12288 points; at 128^2 and 256^2, 49152 points: 3.8 vs 4.9 ms and 5.9 vs
-  // 6.8 ms (2026-11-26; 3 and 4 bands: slower still). Before, the pass took 2 * threads /
-  // pairs bands, rounded up.
-  a.bands = pairs >= threads
-                ? 1
-                : std::max<int64_t>(1, std::min<int64_t>(rows, (threads + pairs - 1) / pairs));
+  // Bands only to keep every thread busy (scatter_bands): at B = 1 and P = 3 on 2 threads
+  // (the renderer's CPU quick size), one band per plane took 0.85-0.88 ms and two bands
+  // 1.18 ms at 64^2 x 32 channels, 12288 points; at 128^2 and 256^2, 49152 points: 3.8 vs
+  // 4.9 ms and 5.9 vs 6.8 ms (2026-11-26; 3 and 4 bands: slower still). Before, the pass took
+  // 2 * threads / pairs bands, rounded up.
+  a.bands = scatter_bands(pairs, rows, threads);
   const RangeFn<scalar_t> fn = pick<scalar_t>(Pass::kBackwardPlanes);
   at::parallel_for(0, pairs * a.bands, 1, [&](int64_t begin, int64_t end) { fn(a, begin, end); });
 }

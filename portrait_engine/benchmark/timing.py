@@ -209,9 +209,12 @@ class _Sampler:
         self.samples_ms: list[float] = []
         self.wall_s = 0.0
 
-    def call(self) -> None:
+    def clear(self) -> None:
         for tensor in self.leaves:
             tensor.grad = None
+
+    def call(self) -> None:
+        self.clear()
         self.fn()
 
     def _timed(self, action: Callable[[], object]) -> object:
@@ -276,23 +279,21 @@ class _CudaSampler(_Sampler):
         self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def _prepare(self, min_runs: int, max_runs: int, budget_s: float) -> None:
-        device = self.device
         self.call()  # warm-up: compilation, autotuning, allocator growth
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(self.device)
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(3):
             self.call()
         end.record()
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(self.device)
         estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)
         self.runs = max(min_runs, min(max_runs, int(budget_s * 1000 / estimate_ms)))
 
     def _sample(self) -> None:
         self.flush.zero_()
-        for tensor in self.leaves:
-            tensor.grad = None
+        self.clear()
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
