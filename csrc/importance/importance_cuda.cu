@@ -417,8 +417,10 @@ __global__ void merge_scatter_staged_kernel(const scalar_t* __restrict__ values1
     const int ray = row / per_ray;
     const int p = in_first ? positions1[r0 * first + row] : positions2[r0 * second + row];
     if (p >= 0 && p < total) {
-      rows[ray * total + p] =
-          (in_first ? misalignment(src1) : offset2) + row * channels;
+      // atomicMax, not a store: positions that name a merged row twice (unsorted lists under
+      // torch.compile, where the op's order check does not run) then give the same output on
+      // every run, the later source row winning, instead of a race between the two writers
+      atomicMax(&rows[ray * total + p], (in_first ? misalignment(src1) : offset2) + row * channels);
     }
   }
   stage_span(src1, n1 * channels, stage1);
