@@ -248,8 +248,9 @@ def test_empty_batch(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("kind", ["triplane", "trigrid3"])
-def test_non_finite_points_match_grid_sample(backend, kind):
-    planes, points = make_inputs(kind, n=6)
+@pytest.mark.parametrize("channels", [4, 32])  # 32: the CPU forward's register-held channels
+def test_non_finite_points_match_grid_sample(backend, kind, channels):
+    planes, points = make_inputs(kind, channels=channels, n=6)
     points[0, 0] = float("nan")
     points[0, 1, 0] = float("inf")
     points[1, 2, 2] = -float("inf")
@@ -399,10 +400,11 @@ CPU_ISAS = ["baseline", "avx2", "avx512"]
 def test_native_cpu_isa_paths_match_reference(backend, isa, kind, reduce, monkeypatch):
     """Each compiled path of the CPU kernels (PORTRAIT_ENGINE_CPU_ISA caps the run-time choice;
     a path the CPU lacks falls back to the widest it has), forward and both gradients, on
-    channel counts below, at and around the 4-, 8- and 16-float vectors."""
+    channel counts below, at and around the 4-, 8- and 16-float vectors, and the float forward's
+    register-held channel counts (16, 32, 48, 64)."""
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
     axes = "panohead" if kind == "trigrid3" else "eg3d"
-    for channels in (1, 5, 8, 17, 32, 33):
+    for channels in (1, 5, 8, 16, 17, 32, 33, 48, 64):
         planes, points = make_inputs(kind, channels=channels, n=61, seed=channels)
         kwargs = dict(box_warp=1.0, plane_axes=axes, reduce=reduce)
         got = run(backend, planes, points, **kwargs)
