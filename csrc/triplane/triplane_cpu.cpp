@@ -156,6 +156,17 @@ struct ChannelVec {
     }
   }
   inline void store(float* dst) const { __builtin_memcpy(dst, v, sizeof(v)); }
+  inline void load_row(const float* src) {
+    for (int q = 0; q < kV; ++q) v[q] = load(src + 16 * q);
+  }
+  // sum_c v[c] * other[c]: the lanes' products summed vector by vector, then across lanes
+  inline float dot(const ChannelVec& other) const {
+    f32x16 sum = v[0] * other.v[0];
+    for (int q = 1; q < kV; ++q) sum += v[q] * other.v[q];
+    float total = 0.0f;
+    for (int l = 0; l < 16; ++l) total += sum[l];
+    return total;
+  }
 };
 
 // The forward of float planes of 16 * kV channels: forward_points below with the accumulator
@@ -240,10 +251,66 @@ void forward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
   });
 }
 
+// backward_points below for float planes of 16 * kV channels, grad_out's row in registers.
+// Per plane, the corners' texels are first blended by the weights' derivatives (vx = sum_k
+// dwx_k t_k, likewise vy, vz), then dotted once with the row: dix = vx . g, the generic loop's
+// sum_k dwx_k (t_k . g) in another order (one horizontal sum per axis instead of one per
+// corner).
+template <int kV>
+void backward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t end) {
+  const Geometry geo = a.z.geo;
+  const int64_t P = a.z.P, N = a.z.N;
+  const int64_t plane_numel = geo.plane_numel();
+  const int ncorners = num_corners(a.trilinear);
+  const float scale = a.reduce_mean ? 1.0f / static_cast<float>(P) : 1.0f;
+  ChannelVec<kV> g, vx, vy, vz;
+  for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
+                 [&](int64_t i, int64_t b, int64_t n, float px, float py, float pz) {
+    float out0 = 0, out1 = 0, out2 = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      if (p == 0 || !a.reduce_mean) g.load_row(a.go_row(b, p, n));
+      float gx, gy, gz;
+      project(px, py, pz, a.proj + p * 9, gx, gy, gz);
+      const Footprint<float> f = make_footprint(gx, gy, gz, a.trilinear, geo);
+      const float* base = a.planes + (b * P + p) * plane_numel;
+      float dix = 0, diy = 0, diz = 0;
+      if (!f.nonfinite) {  // a non-finite sample has no corner in bounds
+        vx.set(0.0f);
+        vy.set(0.0f);
+        if (a.trilinear) vz.set(0.0f);
+        for (int k = 0; k < ncorners; ++k) {
+          const Corner<float> cr = corner(f, k, geo);
+          if (!cr.valid) continue;
+          vx.axpy(base + cr.offset, cr.dwx);
+          vy.axpy(base + cr.offset, cr.dwy);
+          if (a.trilinear) vz.axpy(base + cr.offset, cr.dwz);
+        }
+        dix = vx.dot(g);
+        diy = vy.dot(g);
+        if (a.trilinear) diz = vz.dot(g);
+      }
+      add_point_grad(dix * scale, diy * scale, diz * scale, a.nan_propagate && f.nonfinite,
+                     a.trilinear, a.proj + p * 9, geo, out0, out1, out2);
+    }
+    a.grad_points[i * 3 + 0] = out0;
+    a.grad_points[i * 3 + 1] = out1;
+    a.grad_points[i * 3 + 2] = out2;
+  });
+}
+
 // Backward pass 1 over the points [begin, end): grad_points, a gather like the forward.
 template <typename scalar_t>
 void backward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    switch (a.z.geo.C) {
+      case 16: return backward_points_fixed<1>(a, begin, end);
+      case 32: return backward_points_fixed<2>(a, begin, end);
+      case 48: return backward_points_fixed<3>(a, begin, end);
+      case 64: return backward_points_fixed<4>(a, begin, end);
+      default: break;
+    }
+  }
   const Geometry geo = a.z.geo;
   const int64_t C = geo.C, P = a.z.P, N = a.z.N;
   const int64_t plane_numel = geo.plane_numel();
