@@ -367,6 +367,10 @@ void backward_planes(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) 
     const int64_t row_lo = band * rows / a.bands, row_hi = (band + 1) * rows / a.bands;
     const acc_t* m = a.proj + p * 9;
     acc_t* gbase = a.grad_planes + bp * plane_numel;
+    // the task zeroes its own rows (the output is allocated uninitialised): in parallel, and
+    // they are then in cache for the scatter; at::zeros was a separate pass over all planes
+    const int64_t row_elems = geo.W * geo.C;
+    std::fill(gbase + row_lo * row_elems, gbase + row_hi * row_elems, acc_t(0));
     const int64_t first = b * N;  // flat point index of (b, 0)
     for (int64_t n = 0; n < std::min(N, kPrefetchDistance); ++n) {
       prefetch_point<scalar_t, acc_t, true>(a.grad_planes, a.points, a.proj, first + n, N, P, p,
@@ -530,9 +534,19 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward_cpu(
   const Sizes z = check_inputs(planes, points, proj, kCpuSide);
   check_grad_out(grad_out, planes, z, reduce_mean, kCpuSide);
   const auto acc = acc_dtype(planes);
-  at::Tensor grad_planes = at::zeros(planes.sizes(), planes.options().dtype(acc));
-  at::Tensor grad_points = at::zeros(points.sizes(), points.options().dtype(acc));
-  if (z.N == 0 || z.geo.C == 0) return {grad_planes, grad_points};
+  // grad_planes: every row is zeroed by the task that scatters into it (backward_planes);
+  // grad_points: written in full by the points pass, zeros when it does not run
+  const bool scatter = z.N > 0 && z.geo.C > 0;
+  at::Tensor grad_planes = scatter ? at::empty(planes.sizes(), planes.options().dtype(acc))
+                                   : at::zeros(planes.sizes(), planes.options().dtype(acc));
+  at::Tensor grad_points = scatter && points_grad
+                               ? at::empty(points.sizes(), points.options().dtype(acc))
+                               : at::zeros(points.sizes(), points.options().dtype(acc));
+  if (poison_outputs()) {
+    if (scatter) grad_planes.fill_(std::numeric_limits<double>::quiet_NaN());
+    if (scatter && points_grad) grad_points.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  if (!scatter) return {grad_planes, grad_points};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_sample_backward_cpu", [&] {
         backward_impl<scalar_t>(grad_out, planes, points, proj, grad_planes, grad_points, z,
