@@ -152,8 +152,8 @@ def time_interleaved(
 ) -> dict[str, Timing | Exception]:
     """Time several named functions (the providers of one benchmark row) with their samples
     interleaved: each is warmed up and gets its own number of samples (``budget_s`` each, at
-    least ``min_runs``), and the samples are taken in rounds, one function after another, each
-    function's samples spread evenly over the rounds. A machine whose speed drifts during the
+    least ``min_runs``), and the samples are taken in rounds, one function after another (odd
+    rounds in reverse order), each function's samples spread evenly over the rounds. A machine whose speed drifts during the
     row (a shared VM, a CPU changing clocks) then slows every function alike, and their ratios
     stay true; timed one after another, each would see a different part of the drift.
 
@@ -182,7 +182,14 @@ def time_interleaved(
         samplers[name] = sampler
     rounds = max((s.runs for s in samplers.values()), default=0)
     for r in range(rounds):
-        for name, sampler in list(samplers.items()):
+        # odd rounds go in reverse order: a call runs faster just after another call on the
+        # same inputs (they are in cache, its output's memory is warm), and with one fixed order
+        # the same provider would always come after the same other one. Reversed every other
+        # round, each provider follows each neighbour, and itself at the turns, alike. On the
+        # 2-core VM, the triplane kernels called twice in a row on the same inputs took
+        # 0.60-0.94x the first call's time on the second (2026-11-27, six shapes).
+        order = list(samplers.items())
+        for name, sampler in order if r % 2 == 0 else reversed(order):
             # sample r of `rounds` maps to this function's sample index r * runs // rounds: a
             # function with fewer samples takes one in every few rounds, spread over all
             if (r * sampler.runs) // rounds == ((r + 1) * sampler.runs) // rounds:

@@ -75,6 +75,23 @@ def test_interleaved_providers_are_sampled_in_rounds_spread_over_the_row():
     assert log[4:].count("slow") == groups.count("slow") == timed["slow"].runs - 1
 
 
+def test_interleaved_rounds_alternate_their_order():
+    # a call after another on the same inputs runs warm: with one fixed order each provider
+    # would always follow the same other one, so every other round goes in reverse
+    log = []
+
+    def call(name):
+        return lambda: (time.sleep(0.002), log.append(name))  # one call per sample
+
+    timed = timing.time_interleaved(
+        {name: call(name) for name in "abc"}, "cpu", min_runs=4, max_runs=4, budget_s=0.0
+    )
+    assert all(timed[name].runs == 4 for name in "abc")
+    # the warm-ups (two calls each, the second kept as the first sample), then three rounds
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert log[6:] == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+
+
 def test_interleaving_keeps_ratios_on_a_machine_that_slows_down():
     # every call makes the "machine" 4 % slower; timed one after the other, B (twice A's work)
     # would meet a much slower machine than A and seem ~3x slower; interleaved, ~2x
