@@ -39,6 +39,7 @@ def environment_line(result: dict) -> str:
         f"triton {env.get('triton')}, {env['threads']} threads, {env['date']}"
         + (f", {result['elapsed_s']:.0f} s in all" if result.get("elapsed_s") else "")
         + _load_text(env)
+        + _cache_text(env)
         + _build_text(env)
         + _allocator_text(env)
         + "."
@@ -51,6 +52,16 @@ def _allocator_text(env: dict) -> str:
     if env["allocator"] == "default":
         return "; glibc malloc at its defaults (freed blocks go back to the kernel)"
     return "; freed CPU memory kept in the process (`--system-malloc` not given)"
+
+
+def _cache_text(env: dict) -> str:
+    # the CPU machines lent as "cpu-x86_64-2threads" are not all one model (on 2026-11-26 a
+    # 32 MiB last-level cache, on 2026-11-27 300 MiB, with other bandwidths and ratios): the
+    # cache size tells their results apart
+    cache = env.get("cache_bytes")
+    if env.get("device_type") != "cpu" or not cache:
+        return ""
+    return f"; last-level cache {cache / 2**20:.0f} MiB"
 
 
 def _build_text(env: dict) -> str:

@@ -254,6 +254,17 @@ def test_a_cpu_result_from_a_build_without_isa_clones_says_so(saved_result):
     assert "clones" not in report.environment_line(clone_less)
 
 
+def test_a_cpu_result_names_its_last_level_cache(saved_result):
+    """The 2-core CPU machines differ in model from one lease to the next; the report line
+    gives the cache size the run measured, so their results can be told apart."""
+    result, _ = saved_result
+    cpu = copy.deepcopy(result)
+    cpu["environment"].update(device_type="cpu", cache_bytes=300 * 2**20)
+    assert "last-level cache 300 MiB" in report.environment_line(cpu)
+    cpu["environment"]["device_type"] = "cuda"
+    assert "last-level cache" not in report.environment_line(cpu)
+
+
 def test_a_row_wrong_against_a_since_raised_tolerance_is_annotated():
     """sample_importance's paper-size case takes 1e-2 today (depths that swap at the merge);
     an older result judged at the float32 default 1e-4 says so in BENCHMARKS.md, unchanged."""
