@@ -24,6 +24,7 @@ from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
 from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
 from portrait_engine.ops.reference import decoder_effective_weights, render_rays_reference
+from portrait_engine.ops.triplane import planes_to_channels_last
 from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS, WEIGHTS_MODES
 from portrait_engine.ops.triplane import _projection
 
@@ -501,7 +502,7 @@ def render_rays(
 
     trilinear = planes.dim() == 6
     grid = planes if trilinear else planes.unsqueeze(3)
-    channels_last = grid.permute(0, 1, 3, 4, 5, 2).contiguous()
+    channels_last = planes_to_channels_last(grid)
     depths_flat = depths.detach().to(compute).reshape(depths.shape[:3]).contiguous()
     if noise is None:
         noise = torch.empty(0, dtype=compute, device=planes.device)

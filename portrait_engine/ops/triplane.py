@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from portrait_engine import _backend
+from portrait_engine import _backend, _extension
 from portrait_engine.ops import _validation as v
 from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
 from portrait_engine.ops.reference import NAMED_PLANE_AXES, triplane_sample_reference
@@ -107,6 +107,62 @@ def _make_autograd(backward_op):
         )
 
     return backward
+
+
+# --------------------------------------------------------------------------------------------
+# Layout changes around the kernels: (B, P, C, *spatial) <-> (B, P, *spatial, C)
+# --------------------------------------------------------------------------------------------
+
+
+def _moved_shape(shape, source: int, destination: int) -> list[int]:
+    sizes = list(shape)
+    sizes.insert(destination % len(sizes), sizes.pop(source))
+    return sizes
+
+
+def _fake_to_channels_last(planes):
+    return planes.new_empty(_moved_shape(planes.shape, 2, -1))
+
+
+def _fake_from_channels_last(planes):
+    return planes.new_empty(_moved_shape(planes.shape, -1, 2))
+
+
+def _register_layout_ops() -> bool:
+    # csrc/triplane/layout.cpp: a blocked transpose on the CPU, ATen's movedim + contiguous
+    # elsewhere; each op's gradient is the other op
+    to_name, from_name = "planes_to_channels_last", "planes_from_channels_last"
+    if not (_extension.has_op(to_name) and _extension.has_op(from_name)):
+        return False
+    to_op = getattr(torch.ops.portrait_engine, to_name)
+    from_op = getattr(torch.ops.portrait_engine, from_name)
+    torch.library.register_fake(f"portrait_engine::{to_name}")(_fake_to_channels_last)
+    torch.library.register_fake(f"portrait_engine::{from_name}")(_fake_from_channels_last)
+    no_context = lambda ctx, inputs, output: None  # noqa: E731 -- nothing to save
+    torch.library.register_autograd(
+        f"portrait_engine::{to_name}", lambda ctx, grad: from_op(grad), setup_context=no_context
+    )
+    torch.library.register_autograd(
+        f"portrait_engine::{from_name}", lambda ctx, grad: to_op(grad), setup_context=no_context
+    )
+    return True
+
+
+_LAYOUT_OPS = _register_layout_ops()
+
+
+def planes_to_channels_last(grid: torch.Tensor) -> torch.Tensor:
+    """``grid`` ``(B, P, C, *spatial)`` as a contiguous ``(B, P, *spatial, C)`` tensor, for the
+    kernels: a view when its memory is already in that order (:func:`channels_last_planes`),
+    else the extension's ``planes_to_channels_last`` (whose gradient, the CPU's blocked
+    transpose back, is 3-4x faster than ATen's permuted copy: 0.74 vs 2.2 ms at 3 x 32 x 128^2
+    floats on the 2-core machine, 2026-11-27), else ATen's permuted copy. Differentiable."""
+    moved = grid.movedim(2, -1)
+    if moved.is_contiguous():
+        return moved
+    if _LAYOUT_OPS:
+        return torch.ops.portrait_engine.planes_to_channels_last(grid)
+    return moved.contiguous()
 
 
 _REGISTRATION = dict(
@@ -234,10 +290,8 @@ def channels_last_planes(planes: torch.Tensor) -> torch.Tensor:
     copy back. Any ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)`` tensor; a view of a
     contiguous copy, differentiable.
     """
-    if planes.dim() == 5:
-        return planes.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    if planes.dim() == 6:
-        return planes.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
+    if planes.dim() in (5, 6):
+        return planes_to_channels_last(planes).movedim(-1, 2)
     raise ValueError(
         f"planes must have shape (B, P, C, H, W) or (B, P, C, D, H, W), got {tuple(planes.shape)}"
     )
@@ -286,7 +340,7 @@ def triplane_sample(
     # the CUDA kernels give zeros. Match whichever the reference would run.
     nan_propagate = planes.device.type == "cpu" and not trilinear
     grid = planes if trilinear else planes.unsqueeze(3)
-    channels_last = grid.permute(0, 1, 3, 4, 5, 2).contiguous()
+    channels_last = planes_to_channels_last(grid)
     points = points.contiguous()
     if name == "triton":
         op = torch.ops.portrait_engine.triplane_sample_triton_forward
