@@ -366,14 +366,20 @@ def test_native_float64_gradcheck():
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_deterministic_plane_gradients(backend):
-    planes, points, depths, decoder = make_inputs("trigrid", rays=40, samples=12, seed=13)
+    # Triton's interpreter (no GPU) runs the programs one after another, so it cannot race:
+    # there the check is of the deterministic path's plumbing, at a third of the size and with
+    # two runs (the full size took 56 s of CI's 12-minute pytest, 2026-11-27); on a GPU, the
+    # full size and three runs
+    interpreted = backend == "triton" and not torch.cuda.is_available()
+    rays, count = (12, 2) if interpreted else (40, 3)
+    planes, points, depths, decoder = make_inputs("trigrid", rays=rays, samples=12, seed=13)
     planes.requires_grad_(True)
     runs = []
-    for _ in range(3):
+    for _ in range(count):
         out = render_rays(planes, points, depths, decoder, deterministic=True, backend=backend)
         (grad,) = gradients(out, [planes])
         runs.append(grad)
-    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    assert all(torch.equal(runs[0], other) for other in runs[1:])
 
 
 def test_native_cpu_result_does_not_depend_on_threads():

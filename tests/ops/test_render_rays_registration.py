@@ -55,6 +55,15 @@ def kernel_inputs(kind, requires_grad=True, noise=True, full_weights=False, colo
 @pytest.mark.parametrize("full_weights", [False, True])
 @pytest.mark.parametrize("requires_grad", [True, False])
 def test_opcheck(backend, kind, full_weights, requires_grad):
+    if (
+        backend == "triton"
+        and kind == "trigrid"
+        and full_weights != requires_grad
+        and not torch.cuda.is_available()
+    ):
+        # under Triton's interpreter each tri-grid combination took 21-30 s (CI, 2026-11-27):
+        # the two kept here give each flag both values, and the tri-plane runs all four
+        pytest.skip("interpreted Triton: tri-grid opcheck on two of the four flag combinations")
     forward, backward = OPS[backend]
     args = kernel_inputs(kind, requires_grad=requires_grad, full_weights=full_weights)
     op = getattr(torch.ops.portrait_engine, forward)
