@@ -9,6 +9,15 @@ import os
 
 import pytest
 
+# Under pytest-xdist (-n 2 on CI's 2 cores) each worker would take torch's and OpenMP's default
+# of one thread per core: 4 threads on 2 cores, whose waiting slows both workers (tests/nn and
+# test_triplane.py: 142 s with OMP_NUM_THREADS=1 against 159 s, 2026-11-27). Set before torch is
+# imported, so OpenMP reads it; tests that need several threads set them themselves.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _cores = os.cpu_count() or 1
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // _workers))
+
 try:
     import torch
 
