@@ -153,9 +153,10 @@ def time_interleaved(
     """Time several named functions (the providers of one benchmark row) with their samples
     interleaved: each is warmed up and gets its own number of samples (``budget_s`` each, at
     least ``min_runs``), and the samples are taken in rounds, one function after another (odd
-    rounds in reverse order), each function's samples spread evenly over the rounds. A machine whose speed drifts during the
-    row (a shared VM, a CPU changing clocks) then slows every function alike, and their ratios
-    stay true; timed one after another, each would see a different part of the drift.
+    rounds in reverse order), each function's samples spread evenly over the rounds. A machine
+    whose speed drifts during the row (a shared VM, a CPU changing clocks) then slows every
+    function alike, and their ratios stay true; timed one after another, each would see a
+    different part of the drift.
 
     Returns a Timing per name, or the exception that function raised (its sampling stops; the
     others go on). ``Timing.wall_s`` is the time spent in that function's own calls.
