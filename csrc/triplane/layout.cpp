@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 namespace portrait_engine {
 namespace triplane {
@@ -84,14 +83,6 @@ void check_rank(const at::Tensor& planes, const char* op) {
               planes.dim());
 }
 
-std::vector<int64_t> moved(at::IntArrayRef sizes, int64_t from, int64_t to) {
-  std::vector<int64_t> out(sizes.begin(), sizes.end());
-  const int64_t value = out[from];
-  out.erase(out.begin() + from);
-  out.insert(out.begin() + to, value);
-  return out;
-}
-
 int64_t spatial_size(at::IntArrayRef sizes, int64_t skip) {
   int64_t L = 1;
   for (int64_t d = 2; d < static_cast<int64_t>(sizes.size()); ++d) {
@@ -103,14 +94,14 @@ int64_t spatial_size(at::IntArrayRef sizes, int64_t skip) {
 at::Tensor to_channels_last_cpu(const at::Tensor& planes) {
   check_rank(planes, "planes_to_channels_last");
   const int64_t C = planes.size(2), L = spatial_size(planes.sizes(), 2);
-  return transpose_cpu(planes, C, L, moved(planes.sizes(), 2, planes.dim() - 1));
+  return transpose_cpu(planes, C, L, planes.movedim(2, -1).sizes());
 }
 
 at::Tensor from_channels_last_cpu(const at::Tensor& planes) {
   check_rank(planes, "planes_from_channels_last");
   const int64_t last = planes.dim() - 1;
   const int64_t C = planes.size(last), L = spatial_size(planes.sizes(), last);
-  return transpose_cpu(planes, L, C, moved(planes.sizes(), last, 2));
+  return transpose_cpu(planes, L, C, planes.movedim(-1, 2).sizes());
 }
 
 at::Tensor to_channels_last_any(const at::Tensor& planes) {

@@ -114,18 +114,12 @@ def _make_autograd(backward_op):
 # --------------------------------------------------------------------------------------------
 
 
-def _moved_shape(shape, source: int, destination: int) -> list[int]:
-    sizes = list(shape)
-    sizes.insert(destination % len(sizes), sizes.pop(source))
-    return sizes
-
-
 def _fake_to_channels_last(planes):
-    return planes.new_empty(_moved_shape(planes.shape, 2, -1))
+    return planes.new_empty(planes.movedim(2, -1).shape)
 
 
 def _fake_from_channels_last(planes):
-    return planes.new_empty(_moved_shape(planes.shape, -1, 2))
+    return planes.new_empty(planes.movedim(-1, 2).shape)
 
 
 def _register_layout_ops() -> bool:
