@@ -1,16 +1,13 @@
 // The Python module portrait_engine._C. It holds nothing: importing it loads the shared
 // library, whose static initialisers register the ops under torch.ops.portrait_engine
-// (csrc/ops.cpp and the TORCH_LIBRARY_IMPL blocks), the constant BUILD_INFO (how it was built)
-// and CPU_SLICED_BLEND_BATCH (skinning/blend_shapes_cpu.h: lbs's front end reads the CPU
-// kernel's threshold here rather than keeping a copy). Plain CPython API, no
-// <torch/extension.h>. BUILD_INFO is a module constant rather than only the op's string result
-// so that Python reads it without a std::string crossing into libtorch (a mismatch of the C++
-// string ABI between the extension and torch crashes there).
+// (csrc/ops.cpp and the TORCH_LIBRARY_IMPL blocks), and the constant BUILD_INFO (how it was
+// built). Plain CPython API, no <torch/extension.h>. BUILD_INFO is a module constant rather than
+// only the op's string result so that Python reads it without a std::string crossing into
+// libtorch (a mismatch of the C++ string ABI between the extension and torch crashes there).
 
 #include <Python.h>
 
 #include "common.h"
-#include "skinning/blend_shapes_cpu.h"
 
 static struct PyModuleDef portrait_engine_c_module = {
     PyModuleDef_HEAD_INIT,
@@ -31,12 +28,6 @@ PyMODINIT_FUNC PyInit__C(void) {
   }
   const std::string info = portrait_engine::build_info();
   if (PyModule_AddStringConstant(module, "BUILD_INFO", info.c_str()) < 0) {
-    Py_DECREF(module);
-    return nullptr;
-  }
-  if (PyModule_AddIntConstant(module, "CPU_SLICED_BLEND_BATCH",
-                              static_cast<long>(portrait_engine::skinning::kBlendSliceMinBatch)) <
-      0) {
     Py_DECREF(module);
     return nullptr;
   }

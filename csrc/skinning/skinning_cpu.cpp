@@ -16,9 +16,8 @@
 // product on the register-tiled kernel where the chunk blend takes it), over a (B, N, 12)
 // workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
-// blend_shapes (lbs's pose blend shapes): products over column slices, register-tiled AVX-512
-// kernels for float, BLAS otherwise (see below); below kBlendSliceMinBatch, streamed AVX-512
-// kernels over column blocks for float (one pass over dirs each way).
+// blend_shapes (lbs's pose blend shapes): one BLAS call per product; below kStreamMinBlasBatch,
+// streamed AVX-512 kernels over column blocks for float (one pass over dirs each way).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -44,7 +43,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "skinning/blend_shapes_cpu.h"
 #include "skinning/checks.h"
 #include "skinning/skin_reduce.h"
 #include "skinning/skinning.h"
@@ -147,8 +145,8 @@ constexpr int64_t kTiledBlendMinColumns = 192;
 #if defined(PE_AVX512_BLEND)
 // (defined with blend_shapes below; the chunk blend reuses its register-tiled product)
 __attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
-    float* out, int64_t rows, int64_t K, int64_t C, int64_t c0, int64_t width);
+    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
+    int64_t C, int64_t c0, int64_t width);
 bool blend_avx512(const at::Tensor& t);
 
 // M (12 values) = sum_j w[j] A[j][:3, :]: a joint's 4x4 storage is one 16-lane vector (the
@@ -227,8 +225,8 @@ void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_
     // points, quiet machine), at 192 and 384 columns 5-15 % faster
     const int64_t R = At.size(1);
     if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
-      rows_times_matrix_all_avx512(wt_ptr, 1, J, At.data_ptr<float>(), nullptr, 0,
-                                   M.data_ptr<float>(), rows, J, R, 0, R);
+      rows_times_matrix_all_avx512(wt_ptr, 1, J, At.data_ptr<float>(), M.data_ptr<float>(), rows,
+                                   J, R, 0, R);
       return;
     }
   }
@@ -359,8 +357,8 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
         // the whole backward went 6.2-7.0 -> 6.0-6.3 ms (one thread, loaded machine, old and
         // new builds alternated)
         if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
-          rows_times_matrix_all_avx512(wt.data_ptr<float>(), J, 1, dm_ptr, nullptr, 0,
-                                       part.data_ptr<float>(), J, rows, R, 0, R);
+          rows_times_matrix_all_avx512(wt.data_ptr<float>(), J, 1, dm_ptr, part.data_ptr<float>(),
+                                       J, rows, R, 0, R);
           continue;
         }
       }
@@ -480,46 +478,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 
 // ------------------------------------------------------------------------------------------
 // blend_shapes: out = base + coeffs @ dirs (SMPL's pose blend shapes: (B, 207) x (207, V * 3)).
-// The products run on column slices of kBlendColumns, one task per slice range, each slice's
-// (F, kBlendColumns) block of dirs in L2 while the backward both reads it (grad_coeffs) and
-// writes its gradient (grad_dirs). On each slice: float on an AVX-512 CPU, the register-tiled
-// kernels below (the BLAS runs these shapes far below its peak); double, or a CPU without
-// AVX-512, BLAS calls per slice. grad_coeffs is summed from one partial per slice (no atomics;
-// the slices do not depend on the thread count). Half types run the plain products. Batches
-// below kBlendSliceMinBatch: the streamed kernels (float, AVX-512) or one BLAS call each.
+// From kStreamMinBlasBatch on, each product is one BLAS call, which blocks and threads it
+// itself. Below it (matrix-vector-like, memory-bound): float on an AVX-512 CPU
+// with two or more threads, the streamed kernels further down; otherwise one BLAS call each.
+//
+// History: until this change the products from B = 8 on ran on column slices of 512 (one task
+// per slice range) through register-tiled AVX-512 kernels, the backward's two sharing each
+// slice of dirs in L2. Measured on a 2-core 300 MiB-L3 Xeon (5th generation), in one process
+// with both forms alternated, lbs at B = 32 fwd+bwd took 1.10-1.15x as long with the sliced
+// forward and 1.04-1.12x as long with the sliced backward as with the BLAS calls (the forward
+// product alone: 2.4-4.6 ms sliced, 1.8-2.4 ms BLAS). The slices had been measured faster as
+// one core's per-slice BLAS calls, not as one whole call on all threads.
 // ------------------------------------------------------------------------------------------
 
-constexpr int64_t kBlendColumns = 512;
-// (kBlendSliceMinBatch, the batch from which the products are sliced: blend_shapes_cpu.h)
-
-bool blend_sliced(const at::Tensor& coeffs) {
-  return (coeffs.scalar_type() == at::kFloat || coeffs.scalar_type() == at::kDouble) &&
-         coeffs.size(0) >= kBlendSliceMinBatch;
-}
-
 #if defined(PE_AVX512_BLEND)
-// The products of blend_shapes for float on an AVX-512 CPU (checked at run time; the extension
-// itself is built for baseline x86-64). The BLAS runs them far below its peak at lbs's shapes
-// (B = 32, F = 207, C = 20670, one core of a loaded machine: the (F, B) x (B, C) weight
-// gradient at ~15-20 GFLOP/s, the other two at ~20-35, where a 1024^3 product ran at ~45): its
-// blocking is made for long inner dimensions and square outputs. Here, per column slice:
+// The register-tiled product of skin_points' chunk blends (float, AVX-512 checked at run time;
+// the extension itself is built for baseline x86-64).
 //
-// rows_times_matrix: out[r, c] = init[r, c] + sum_k a[k * ak + r * ar] m[k * C + c] for the R
-//   rows from `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by,
-//   each output value stored once. The forward (a = coeffs, rows b, k = f, m = dirs, init =
-//   base) and grad_dirs (a = coeffs, rows f, k = b, m = grad, no init).
+// rows_times_matrix: out[r, c] = sum_k a[k * ak + r * ar] m[k * C + c] for the R rows from
+//   `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by, each output
+//   value stored once. K = J, the joints.
 template <int R>
 __attribute__((target("avx512f"))) void rows_times_matrix_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
-    float* out, int64_t K, int64_t C, int64_t row, int64_t c0, int64_t width) {
+    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t K, int64_t C,
+    int64_t row, int64_t c0, int64_t width) {
   const int64_t full = c0 + (width / 64) * 64;
   for (int64_t c = c0; c < full; c += 64) {
     __m512 acc[R][4];
     for (int r = 0; r < R; ++r) {
-      const float* i = init == nullptr ? nullptr : init + (init_rows == 1 ? 0 : row + r) * C + c;
-      for (int q = 0; q < 4; ++q) {
-        acc[r][q] = i == nullptr ? _mm512_setzero_ps() : _mm512_loadu_ps(i + 16 * q);
-      }
+      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
     }
     for (int64_t k = 0; k < K; ++k) {
       const float* g = m + k * C + c;
@@ -540,7 +527,7 @@ __attribute__((target("avx512f"))) void rows_times_matrix_avx512(
   }
   for (int64_t c = full; c < c0 + width; ++c) {  // the last < 64 columns
     for (int r = 0; r < R; ++r) {
-      float sum = init == nullptr ? 0.f : init[(init_rows == 1 ? 0 : row + r) * C + c];
+      float sum = 0.f;
       for (int64_t k = 0; k < K; ++k) sum += a[k * ak + (row + r) * ar] * m[k * C + c];
       out[(row + r) * C + c] = sum;
     }
@@ -548,121 +535,13 @@ __attribute__((target("avx512f"))) void rows_times_matrix_avx512(
 }
 
 __attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, const float* init, int64_t init_rows,
-    float* out, int64_t rows, int64_t K, int64_t C, int64_t c0, int64_t width) {
+    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
+    int64_t C, int64_t c0, int64_t width) {
   int64_t row = 0;
   for (; row + 4 <= rows; row += 4) {
-    rows_times_matrix_avx512<4>(a, ak, ar, m, init, init_rows, out, K, C, row, c0, width);
+    rows_times_matrix_avx512<4>(a, ak, ar, m, out, K, C, row, c0, width);
   }
-  for (; row < rows; ++row) {
-    rows_times_matrix_avx512<1>(a, ak, ar, m, init, init_rows, out, K, C, row, c0, width);
-  }
-}
-
-// dots: out[i * ldo + j] = sum_c x[i * C + c] y[j * C + c] over the slice, for an RX x RY block
-//   of rows from (i, j) (RX x RY registers, reduced once at the end). grad_coeffs (x = grad,
-//   y = dirs, out = the slice's partial).
-template <int RX, int RY>
-__attribute__((target("avx512f"))) void dots_avx512(const float* x, const float* y, float* out,
-                                                   int64_t ldo, int64_t C, int64_t i, int64_t j,
-                                                   int64_t c0, int64_t width) {
-  __m512 acc[RX][RY];
-  for (int a = 0; a < RX; ++a) {
-    for (int b = 0; b < RY; ++b) acc[a][b] = _mm512_setzero_ps();
-  }
-  for (int64_t c = c0; c < c0 + width; c += 16) {
-    const int64_t left = c0 + width - c;  // a partial last step reads masked lanes as 0
-    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff)
-                                      : static_cast<__mmask16>((1u << left) - 1u);
-    __m512 xv[RX], yv[RY];
-    for (int a = 0; a < RX; ++a) xv[a] = _mm512_maskz_loadu_ps(mask, x + (i + a) * C + c);
-    for (int b = 0; b < RY; ++b) yv[b] = _mm512_maskz_loadu_ps(mask, y + (j + b) * C + c);
-    for (int a = 0; a < RX; ++a) {
-      for (int b = 0; b < RY; ++b) acc[a][b] = _mm512_fmadd_ps(xv[a], yv[b], acc[a][b]);
-    }
-  }
-  for (int a = 0; a < RX; ++a) {
-    for (int b = 0; b < RY; ++b) out[(i + a) * ldo + j + b] = _mm512_reduce_add_ps(acc[a][b]);
-  }
-}
-
-__attribute__((target("avx512f"))) void dots_all_avx512(const float* x, int64_t rows_x,
-                                                       const float* y, int64_t rows_y, float* out,
-                                                       int64_t C, int64_t c0, int64_t width) {
-  int64_t j = 0;
-  for (; j + 4 <= rows_y; j += 4) {
-    int64_t i = 0;
-    for (; i + 4 <= rows_x; i += 4) dots_avx512<4, 4>(x, y, out, rows_y, C, i, j, c0, width);
-    for (; i < rows_x; ++i) dots_avx512<1, 4>(x, y, out, rows_y, C, i, j, c0, width);
-  }
-  for (; j < rows_y; ++j) {
-    for (int64_t i = 0; i < rows_x; ++i) dots_avx512<1, 1>(x, y, out, rows_y, C, i, j, c0, width);
-  }
-}
-
-// grad_coeffs in outer-product form, for batches of kOuterCoeffsMinBatch and more: the dots
-//   above reduce every (b, f) pair horizontally and read both operands once per 4 x 4 block,
-//   ~35 GFLOP/s on one core at B = 32 against ~80 here (measured 7.8-11.9 ms vs 3.3 ms for the
-//   (32, 20670) x (20670, 207) product, standalone, loaded machine). Per slice the grad columns
-//   are transposed into gT (width, Bp), the batch padded with zeros to Bp (a multiple of 16);
-//   then out[f, b] = sum_c dirs[f, c] gT[c, b] with an R x 16Q register tile: per column c,
-//   Q vectors of gT and R broadcasts of dirs feed R * Q FMAs.
-constexpr int64_t kOuterCoeffsMinBatch = 16;  // below, the padded lanes would be half the work
-// With few dirs rows the transposition is not repaid: at F = 10 (lbs's shape blend shapes,
-// B = 32) the dots took 0.36 ms and this form 0.56 (standalone, one core, loaded machine).
-constexpr int64_t kOuterCoeffsMinRows = 32;
-
-template <int R, int Q>
-__attribute__((target("avx512f"))) void coeffs_tile_avx512(const float* gT, int64_t Bp,
-                                                          const float* dirs, int64_t C,
-                                                          float* out, int64_t f, int64_t b0,
-                                                          int64_t width) {
-  __m512 acc[R][Q];
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ps();
-  }
-  const float* d = dirs + f * C;
-  for (int64_t c = 0; c < width; ++c) {
-    __m512 g[Q];
-    for (int q = 0; q < Q; ++q) g[q] = _mm512_loadu_ps(gT + c * Bp + b0 + 16 * q);
-    for (int r = 0; r < R; ++r) {
-      const __m512 w = _mm512_set1_ps(d[r * C + c]);
-      for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_fmadd_ps(w, g[q], acc[r][q]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < Q; ++q) _mm512_storeu_ps(out + (f + r) * Bp + b0 + 16 * q, acc[r][q]);
-  }
-}
-
-template <int R, int Q>
-__attribute__((target("avx512f"))) void coeffs_rows_avx512(const float* gT, int64_t Bp,
-                                                          const float* dirs, int64_t F, int64_t C,
-                                                          float* out, int64_t b0, int64_t width) {
-  int64_t f = 0;
-  for (; f + R <= F; f += R) coeffs_tile_avx512<R, Q>(gT, Bp, dirs, C, out, f, b0, width);
-  for (; f + 4 <= F; f += 4) coeffs_tile_avx512<4, Q>(gT, Bp, dirs, C, out, f, b0, width);
-  for (; f < F; ++f) coeffs_tile_avx512<1, Q>(gT, Bp, dirs, C, out, f, b0, width);
-}
-
-// out (F, Bp) = dirs[:, c0 : c0 + width] grad[:, c0 : c0 + width]^T (columns b >= B are 0);
-// gT: a (width, Bp) buffer.
-__attribute__((target("avx512f"))) void coeffs_outer_avx512(const float* grad, int64_t B,
-                                                           const float* dirs, int64_t F,
-                                                           int64_t C, int64_t c0, int64_t width,
-                                                           float* gT, float* out) {
-  const int64_t Bp = (B + 15) / 16 * 16;
-  for (int64_t b = 0; b < B; ++b) {
-    const float* g = grad + b * C + c0;
-    for (int64_t c = 0; c < width; ++c) gT[c * Bp + b] = g[c];
-  }
-  for (int64_t c = 0; c < width; ++c) {
-    for (int64_t b = B; b < Bp; ++b) gT[c * Bp + b] = 0.f;
-  }
-  const float* d = dirs + c0;
-  int64_t b0 = 0;
-  for (; b0 + 32 <= Bp; b0 += 32) coeffs_rows_avx512<8, 2>(gT, Bp, d, F, C, out, b0, width);
-  if (b0 < Bp) coeffs_rows_avx512<16, 1>(gT, Bp, d, F, C, out, b0, width);
+  for (; row < rows; ++row) rows_times_matrix_avx512<1>(a, ak, ar, m, out, K, C, row, c0, width);
 }
 
 // outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
@@ -692,7 +571,7 @@ bool blend_avx512(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
 }
 
-// Small batches (B < kBlendSliceMinBatch; SMPL at B = 1): the products are matrix-vector-like,
+// Small batches (B < kStreamMinBlasBatch; SMPL at B = 1): the products are matrix-vector-like,
 //   bound by the passes over the 17 MB dirs and the 17 MB write of its gradient, not by
 //   arithmetic. The BLAS runs them as separate passes (the forward's and grad_coeffs' matrix-
 //   vector products on one thread: 0.85 and 1.0 ms at B = 1 with dirs out of cache, 2 threads,
@@ -703,7 +582,10 @@ bool blend_avx512(const at::Tensor& t) {
 //   reads dirs and writes grad_dirs in the same pass. Templated on the batch so that the per-row
 //   accumulators live in registers.
 constexpr int64_t kStreamColumns = 4096;
-constexpr int64_t kStreamMaxBatch = kBlendSliceMinBatch - 1;
+// The batch from which one BLAS call per product beats the streamed passes (measured at B = 1
+// and 32; the crossover is rough).
+constexpr int64_t kStreamMinBlasBatch = 8;
+constexpr int64_t kStreamMaxBatch = kStreamMinBlasBatch - 1;
 constexpr int64_t kStreamPrefetch = 256;  // floats: 1 KiB ahead in each row of dirs
 
 // out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the block [c0, c0 + width):
@@ -910,40 +792,8 @@ at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& co
     return out;
   }
 #endif
-  if (!blend_sliced(coeffs) || C == 0) return at::addmm(base, coeffs, dirs);
-  at::Tensor out = new_output({B, C}, coeffs.options());
-  at::parallel_for(0, C, kBlendColumns, [&](int64_t begin, int64_t end) {
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in the backward
-    for (int64_t c0 = begin; c0 < end; c0 += kBlendColumns) {
-      const int64_t width = std::min(kBlendColumns, end - c0);
-#if defined(PE_AVX512_BLEND)
-      if (blend_avx512(coeffs)) {
-        rows_times_matrix_all_avx512(coeffs.data_ptr<float>(), 1, F, dirs.data_ptr<float>(),
-                                     base.data_ptr<float>(), base.size(0),
-                                     out.data_ptr<float>(), B, F, C, c0, width);
-        continue;
-      }
-#endif
-      at::Tensor slice = out.narrow(1, c0, width);
-      at::addmm_out(slice, base.narrow(1, c0, width), coeffs, dirs.narrow(1, c0, width));
-    }
-  });
-  return out;
-}
-
-// grad_dirs[:, c0 : c0 + width] = coeffs^T grad[:, c0 : c0 + width].
-void blend_dirs_grad_slice(const at::Tensor& grad_out, const at::Tensor& coeffs,
-                           at::Tensor& grad_dirs, int64_t c0, int64_t width) {
-#if defined(PE_AVX512_BLEND)
-  if (blend_avx512(coeffs)) {
-    const int64_t B = coeffs.size(0), F = coeffs.size(1), C = grad_out.size(1);
-    rows_times_matrix_all_avx512(coeffs.data_ptr<float>(), F, 1, grad_out.data_ptr<float>(),
-                                 nullptr, 0, grad_dirs.data_ptr<float>(), F, B, C, c0, width);
-    return;
-  }
-#endif
-  at::Tensor slice = grad_dirs.narrow(1, c0, width);
-  at::mm_out(slice, coeffs.t(), grad_out.narrow(1, c0, width));
+  // from kStreamMinBlasBatch on (or one thread, or no AVX-512): one BLAS call (see above)
+  return at::addmm(base, coeffs, dirs);
 }
 
 // grad_dirs for one batch row: the outer product coeffs[0] x grad_out[0] (which the BLAS runs as
@@ -1007,50 +857,10 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
 #endif
   // dirs_grad = false (model tensors without grad, as in GAN training): no (F, C) gradient
   at::Tensor grad_dirs = at::empty({0}, dirs.options());
-  if (!blend_sliced(coeffs) || C == 0 || F == 0) {
-    if (dirs_grad) {
-      grad_dirs = B == 1 ? blend_outer(grad_out, coeffs) : at::mm(coeffs.t(), grad_out);
-    }
-    return {at::mm(grad_out, dirs.t()), grad_dirs};
+  if (dirs_grad) {
+    grad_dirs = B == 1 ? blend_outer(grad_out, coeffs) : at::mm(coeffs.t(), grad_out);
   }
-  if (dirs_grad) grad_dirs = new_output(dirs.sizes(), dirs.options());
-  const int64_t slices = (C + kBlendColumns - 1) / kBlendColumns;
-#if defined(PE_AVX512_BLEND)
-  // the outer-product form's partials are (F, Bp), transposed once at the end
-  const bool outer =
-      blend_avx512(coeffs) && B >= kOuterCoeffsMinBatch && F >= kOuterCoeffsMinRows;
-#else
-  const bool outer = false;
-#endif
-  const int64_t padded = (B + 15) / 16 * 16;
-  at::Tensor partial = outer ? at::empty({slices, F, padded}, coeffs.options())
-                             : at::empty({slices, B, F}, coeffs.options());
-  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
-    // worker threads do not inherit the caller's "below autograd" state, and the inputs may
-    // require grad: without the guard the out= products refuse them
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    std::vector<float> transposed(outer ? kBlendColumns * padded : 0);
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t c0 = s * kBlendColumns, width = std::min(kBlendColumns, C - c0);
-      at::Tensor part = partial[s];
-#if defined(PE_AVX512_BLEND)
-      if (outer) {
-        coeffs_outer_avx512(grad_out.data_ptr<float>(), B, dirs.data_ptr<float>(), F, C, c0,
-                            width, transposed.data(), part.data_ptr<float>());
-      } else if (blend_avx512(coeffs)) {
-        dots_all_avx512(grad_out.data_ptr<float>(), B, dirs.data_ptr<float>(), F,
-                        part.data_ptr<float>(), C, c0, width);
-      } else {
-        at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
-      }
-#else
-      at::mm_out(part, grad_out.narrow(1, c0, width), dirs.narrow(1, c0, width).t());
-#endif
-      if (dirs_grad) blend_dirs_grad_slice(grad_out, coeffs, grad_dirs, c0, width);
-    }
-  });
-  if (outer) return {partial.sum(0).narrow(1, 0, B).t().contiguous(), grad_dirs};
-  return {partial.sum(0), grad_dirs};
+  return {at::mm(grad_out, dirs.t()), grad_dirs};
 }
 
 }  // namespace

@@ -2,8 +2,8 @@
 
 ``lbs`` is ``smplx.lbs.lbs`` (same arguments, results and gradients) built from two fused
 kernels under the dense blend-shape products (``torch`` GEMMs for Triton; for the native
-backend the ``blend_shapes`` op: cuBLAS on a GPU, on the CPU register-tiled kernels over
-column slices, since the BLAS runs lbs's small-K / few-row shapes far below its peak):
+backend the ``blend_shapes`` op: cuBLAS on a GPU; on the CPU one BLAS call per product from a
+batch of 8, streamed AVX-512 passes over the blend shapes below it):
 
 * ``forward_kinematics``: Rodrigues of every joint, the chain of global transforms along the
   kinematic tree and the relative transforms, in one launch (one program per batch element
@@ -276,23 +276,6 @@ _SHAPE_NATIVE = register_native_pair(
 )
 
 
-def _cpu_sliced_blend_batch() -> int | None:
-    """The batch from which the CPU blend_shapes kernel slices its products (below it the kernel
-    runs one BLAS call per product): the kernel's own constant (kBlendSliceMinBatch in
-    csrc/skinning/blend_shapes_cpu.h) as the extension publishes it. None without the op, or
-    from a build older than the constant (lbs then keeps the plain shape-blend product: same
-    values, the kernel's unsliced path)."""
-    if not _BLEND_NATIVE:
-        return None
-    import portrait_engine._C as native
-
-    value = getattr(native, "CPU_SLICED_BLEND_BATCH", None)
-    return None if value is None else int(value)
-
-
-_CPU_SLICED_BLEND_BATCH = _cpu_sliced_blend_batch()
-
-
 def _skin_op(name: str):
     if name == "triton":
         return torch.ops.portrait_engine.skin_points_triton_forward
@@ -526,26 +509,10 @@ def _shape_route(name, betas, v_template) -> str:
     return "regressed"
 
 
-def _sliced_shape_blend(native_blend, betas, template_rows) -> bool:
-    """Whether T + S β runs as the CPU blend_shapes kernel's sliced products (from its slicing
-    batch on): the BLAS runs the backward's (V·3, B) x (B, NB) product, an N = NB output, far
-    below its peak. The blend shapes go as (NB, V·3) rows (a 0.8 MB copy at SMPL's size);
-    smaller batches gain nothing over the copy's cost."""
-    return (
-        native_blend
-        and template_rows in (1, betas.shape[0])
-        and betas.device.type == "cpu"
-        and _CPU_SLICED_BLEND_BATCH is not None
-        and betas.shape[0] >= _CPU_SLICED_BLEND_BATCH
-    )
-
-
-def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regressor):
+def _shape_forward(route, betas, v_template, shapedirs, J_regressor):
     """v_shaped ``(Bv, V·3)``, joints ``(Bv, J, 3)`` and what the backward keeps: the route's
-    tensors, then the (NB, V·3) rows of the blend shapes when the sliced kernel took them (the
-    backward reuses the copy), else None."""
+    tensors."""
     num_joints, num_verts = J_regressor.shape
-    dirs_rows = None
     if route == "kernel":
         v_shaped, regressed = torch.ops.portrait_engine.shape_blend_forward(
             v_template.contiguous(),
@@ -554,16 +521,11 @@ def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regresso
             J_regressor.contiguous(),
         )
         v_shaped = v_shaped.view(betas.shape[0], num_verts * 3)
-        saved = (regressed, None)
+        saved = (regressed,)
     else:
         template = v_template.reshape(-1, num_verts * 3)
         shape_dirs = shapedirs.reshape(num_verts * 3, -1)
-        if _sliced_shape_blend(native_blend, betas, template.shape[0]):
-            dirs_rows = shape_dirs.t().contiguous()
-            v_shaped = torch.ops.portrait_engine.blend_shapes_forward(
-                template.contiguous(), betas.contiguous(), dirs_rows
-            )
-        elif template.shape[0] in (1, betas.shape[0]):
+        if template.shape[0] in (1, betas.shape[0]):
             v_shaped = torch.addmm(template, betas, shape_dirs.t())
         else:  # a batch of templates for one betas row
             v_shaped = template + torch.mm(betas, shape_dirs.t())
@@ -571,11 +533,11 @@ def _shape_forward(route, native_blend, betas, v_template, shapedirs, J_regresso
             # (Bv, 3, V): the regressor's products run on rows of V (see above)
             columns = v_shaped.view(-1, num_verts, 3).transpose(1, 2).contiguous()
             joints = torch.matmul(columns, J_regressor.t()).transpose(1, 2)
-            return v_shaped, joints, (columns, dirs_rows)
+            return v_shaped, joints, (columns,)
         # 𝒥 [T | S] as one (J, 3 + 3·NB) product (BLAS runs an N = 3 product far below speed)
         stacked = torch.cat([v_template, shapedirs.reshape(num_verts, -1)], dim=1)
         regressed = torch.mm(J_regressor, stacked)
-        saved = (regressed, stacked, dirs_rows)
+        saved = (regressed, stacked)
     offsets = torch.mm(betas, regressed[:, 3:].reshape(num_joints * 3, -1).t())
     joints = regressed[:, :3] + offsets.view(-1, num_joints, 3)
     return v_shaped, joints, saved
@@ -586,7 +548,6 @@ def _shape_backward(needs, grad_shaped, grad_joints, inputs, route, saved):
     ``(Bv, V·3)`` and the joints ``(Bv, J, 3)``; ``saved`` as _shape_forward returned it."""
     betas, v_template, shapedirs, J_regressor = inputs
     need_betas, need_template, need_dirs, need_regressor = needs
-    *saved, dirs_rows = saved
     num_joints, num_verts = J_regressor.shape
     rows = grad_shaped.shape[0]
     grad_betas = grad_regressor = None
@@ -641,15 +602,9 @@ def _shape_backward(needs, grad_shaped, grad_joints, inputs, route, saved):
     # the gradient that meets β: summed over the templates of one betas row
     per_betas = grad_shaped if betas.shape[0] == rows else grad_shaped.sum(0, keepdim=True)
     grad_dirs = None
-    if need_dirs and dirs_rows is not None:  # the forward's sliced kernel, and its copy
-        grad_betas_shaped, grad_rows = torch.ops.portrait_engine.blend_shapes_backward(
-            per_betas.contiguous(), betas.contiguous(), dirs_rows, True
-        )
-        grad_dirs = grad_rows.t().reshape(shapedirs.shape)
-    else:
-        grad_betas_shaped = torch.mm(per_betas, shape_dirs) if need_betas else None
-        if need_dirs:
-            grad_dirs = torch.mm(per_betas.t(), betas).view(shapedirs.shape)
+    grad_betas_shaped = torch.mm(per_betas, shape_dirs) if need_betas else None
+    if need_dirs:
+        grad_dirs = torch.mm(per_betas.t(), betas).view(shapedirs.shape)
     if grad_betas_shaped is not None:
         grad_betas = grad_betas_shaped if grad_betas is None else grad_betas + grad_betas_shaped
     grad_template = None
@@ -696,7 +651,7 @@ class _LBS(torch.autograd.Function):
         native_blend = name == "native" and _BLEND_NATIVE
         route = _shape_route(name, betas, v_template)
         v_shaped, joints, shape_saved = _shape_forward(
-            route, native_blend, betas, v_template, shapedirs, J_regressor
+            route, betas, v_template, shapedirs, J_regressor
         )
         batch = max(v_shaped.shape[0], pose.shape[0])
         num_joints, num_verts = J_regressor.shape
@@ -712,8 +667,8 @@ class _LBS(torch.autograd.Function):
         )
         ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
         pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
-        # v_posed = v_shaped + P vec(R - I), the add fused into the product (native: BLAS
-        # products over column slices, csrc/skinning/skinning_cpu.cpp says why)
+        # v_posed = v_shaped + P vec(R - I), the add fused into the product (native CPU: the
+        # BLAS, or below a batch of 8 streamed passes; csrc/skinning/skinning_cpu.cpp says why)
         posedirs = posedirs.contiguous()
         if native_blend:
             v_posed = torch.ops.portrait_engine.blend_shapes_forward(

@@ -1,5 +1,5 @@
 """lbs's native pose-blend-shape kernels (``blend_shapes_{forward,backward}``), and lbs at a mesh
-large enough that those kernels split the vertices into several column slices."""
+large enough that the streamed kernels (batches below 8) run several column blocks."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from tests.ops.test_lbs import DIFFERENTIABLE, make_inputs, run
 _OK, _REASON = pe.backend_status("cpu", "blend_shapes_forward")["native"]
 pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
 
-# 1100 columns: two full 512-column slices of the CPU kernel and a partial one (batches from 8);
-# below 8, one partial 4096-column block of the streamed AVX-512 kernels, its rows starting at
-# varying 64-byte offsets (4400-byte rows; the test below runs several blocks)
+# 1100 columns: below a batch of 8, one partial 4096-column block of the streamed AVX-512
+# kernels, its rows starting at varying 64-byte offsets (4400-byte rows; the test below runs
+# several blocks); from 8, one BLAS call per product
 COLUMNS = 1100
 FEATURES = 23
 
@@ -30,18 +30,16 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# 9 rows: the CPU kernel slices the columns from 8 rows on; fewer rows take the streamed AVX-512
-# kernels (one instance per batch: 1, 3 and 7 run here) or one product each; from 16 rows (and
-# 32 dirs rows) its AVX-512 grad_coeffs is the outer-product form over the batch padded to 16
-# lanes: 17 (one 32-lane block, 15 padded lanes) and 40 (a 32-lane block and a 16-lane one)
+# below 8 rows the streamed AVX-512 kernels (one instance per batch: 1, 3 and 7 run here); from
+# 8 rows one BLAS call per product (9, 17, 40; until 2026-11-27 these ran register-tiled column
+# slices, whose cases these batches were chosen for)
 @pytest.mark.parametrize(
     ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
 @pytest.mark.parametrize("dirs_grad", [True, False])
-# the outer-product grad_coeffs runs from 32 dirs rows (37: 8-row tiles, a 4-row and a 1-row one)
 @pytest.mark.parametrize("features", [FEATURES, 37])
-# avx2 caps the run-time choice below the AVX-512 kernels: the per-slice BLAS path of a CPU
-# without AVX-512 (the widest path this CPU has otherwise)
+# avx2 caps the run-time choice below the AVX-512 kernels: the BLAS path of a CPU without
+# AVX-512
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features, isa, monkeypatch):
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
@@ -52,7 +50,7 @@ def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features
     assert_close(out, torch.addmm(b, k, d), dtype)
     grad = torch.randn(batch, COLUMNS, dtype=dtype)
     grad_coeffs, grad_dirs = ops.blend_shapes_backward(grad, coeffs, dirs, dirs_grad)
-    # grad_coeffs sums 1100 products of unit normals (|sum| ~ 33) by slices: fp32 rounding of
+    # grad_coeffs sums 1100 products of unit normals (|sum| ~ 33) in blocks: fp32 rounding of
     # such a sum is ~ 33 * 1e-7 * sqrt(1100), above the 1e-5 absolute tolerance near zero
     assert_close(grad_coeffs, grad.double() @ d.t(), dtype, scale=10)
     if dirs_grad:
@@ -115,8 +113,8 @@ def test_gradcheck_blend_shapes_float64():
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("batch", [1, 9, 32])
 @pytest.mark.parametrize("model_grads", [True, False])
-def test_lbs_on_a_mesh_of_several_slices_matches_smplx(batch, model_grads):
-    # 20 x 24 rings: 482 vertices, 1446 blend-shape columns (three slices)
+def test_lbs_on_a_larger_mesh_matches_smplx(batch, model_grads):
+    # 20 x 24 rings: 482 vertices, 1446 blend-shape columns
     inputs = make_inputs(batch=batch, rings=20, around=24)
     if not model_grads:  # GAN training: only betas and pose need gradients
         got = _run_pose_only("native", inputs)
@@ -148,8 +146,8 @@ def _run_pose_only(backend, inputs):
 
 
 def test_lbs_on_two_threads_matches_smplx():
-    """The CPU kernels run their BLAS slices on worker threads, whose dispatch state is not the
-    caller's: with model tensors that require grad, that must still work (and agree)."""
+    """Two threads, model tensors that require grad: the CPU kernels' worker threads (whose
+    dispatch state is not the caller's) must still work, and agree."""
     inputs = make_inputs(batch=9, rings=20, around=24)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -160,14 +158,3 @@ def test_lbs_on_two_threads_matches_smplx():
     want = run("smplx", inputs)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float32, scale=10)
-
-
-def test_front_end_reads_the_kernels_slicing_batch():
-    """lbs's front end takes the CPU kernel's slicing threshold from the extension (one
-    definition, csrc/skinning/blend_shapes_cpu.h), not from a copy that could drift."""
-    import portrait_engine._C as native
-    from portrait_engine.ops import skinning
-
-    assert isinstance(native.CPU_SLICED_BLEND_BATCH, int)
-    assert native.CPU_SLICED_BLEND_BATCH >= 1
-    assert skinning._CPU_SLICED_BLEND_BATCH == native.CPU_SLICED_BLEND_BATCH
