@@ -482,13 +482,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // itself. Below it (matrix-vector-like, memory-bound): float on an AVX-512 CPU
 // with two or more threads, the streamed kernels further down; otherwise one BLAS call each.
 //
-// History: until this change the products from B = 8 on ran on column slices of 512 (one task
+// History: until 2026-11-27 the products from B = 8 on ran on column slices of 512 (one task
 // per slice range) through register-tiled AVX-512 kernels, the backward's two sharing each
 // slice of dirs in L2. Measured on a 2-core 300 MiB-L3 Xeon (5th generation), in one process
-// with both forms alternated, lbs at B = 32 fwd+bwd took 1.10-1.15x as long with the sliced
-// forward and 1.04-1.12x as long with the sliced backward as with the BLAS calls (the forward
-// product alone: 2.4-4.6 ms sliced, 1.8-2.4 ms BLAS). The slices had been measured faster as
-// one core's per-slice BLAS calls, not as one whole call on all threads.
+// with the forms alternated, lbs at B = 32 fwd+bwd took 1.10-1.15x as long as with the BLAS
+// calls with both products sliced (3 runs), 1.10-1.13x with the forward alone sliced (2 runs)
+// and 1.04-1.12x with the backward alone (5 runs). The forward product alone took 2.5-4.8 ms sliced and
+// 1.3-2.4 ms as one BLAS call (separate runs; the machine's speed moved between them). The
+// slices had been chosen against one core's BLAS call per slice, not one call on all threads.
 // ------------------------------------------------------------------------------------------
 
 #if defined(PE_AVX512_BLEND)
