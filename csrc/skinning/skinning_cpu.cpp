@@ -6,7 +6,7 @@
 // skin_points forward: parallel over points, the blended transform formed per point in
 // registers (never stored; float on an AVX-512 CPU: J vector FMAs over the joints' 4x4
 // storage). With weights shared by a batch of B > 1, the blend of a chunk of points is a small
-// (chunk, J) x (J, B * 12) product (float on AVX-512: blend_shapes' register-tiled kernel;
+// (chunk, J) x (J, B * 12) product (float on AVX-512: a register-tiled kernel;
 // otherwise the BLAS, vectorised for the CPU at hand; the extension itself is compiled for
 // baseline x86-64), into a per-thread buffer of kBlendChunk points: the (B, N, 12) transforms
 // are still never stored.
@@ -27,7 +27,7 @@
 
 #include "cpu_math.h"
 
-// blend_shapes' AVX-512 kernels: compiled with a per-function target attribute (the rest of the
+// The AVX-512 kernels: compiled with a per-function target attribute (the rest of the
 // extension is built for baseline x86-64) and chosen at run time by cpu_math::cpu_isa(), the
 // dispatch the other CPU kernels use (PORTRAIT_ENGINE_CPU_ISA caps it).
 #if PE_HAVE_ISA_CLONES
@@ -143,11 +143,62 @@ constexpr int64_t kBlendChunk = 256;
 constexpr int64_t kTiledBlendMinColumns = 192;
 
 #if defined(PE_AVX512_BLEND)
-// (defined with blend_shapes below; the chunk blend reuses its register-tiled product)
+// The AVX-512 paths (float on an AVX-512 CPU, checked at run time: the extension itself is
+// built for baseline x86-64).
+bool blend_avx512(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
+}
+
+// The register-tiled product of the chunk blends (blend_chunk, skin_backward_shared).
+// rows_times_matrix: out[r, c] = sum_k a[k * ak + r * ar] m[k * C + c] for the R rows from
+//   `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by, each output
+//   value stored once. K = J, the joints.
+template <int R>
+__attribute__((target("avx512f"))) void rows_times_matrix_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t K, int64_t C,
+    int64_t row, int64_t c0, int64_t width) {
+  const int64_t full = c0 + (width / 64) * 64;
+  for (int64_t c = c0; c < full; c += 64) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r) {
+      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float* g = m + k * C + c;
+      const __m512 g0 = _mm512_loadu_ps(g), g1 = _mm512_loadu_ps(g + 16),
+                   g2 = _mm512_loadu_ps(g + 32), g3 = _mm512_loadu_ps(g + 48);
+      for (int r = 0; r < R; ++r) {
+        const __m512 w = _mm512_set1_ps(a[k * ak + (row + r) * ar]);
+        acc[r][0] = _mm512_fmadd_ps(w, g0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(w, g1, acc[r][1]);
+        acc[r][2] = _mm512_fmadd_ps(w, g2, acc[r][2]);
+        acc[r][3] = _mm512_fmadd_ps(w, g3, acc[r][3]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* o = out + (row + r) * C + c;
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(o + 16 * q, acc[r][q]);
+    }
+  }
+  for (int64_t c = full; c < c0 + width; ++c) {  // the last < 64 columns
+    for (int r = 0; r < R; ++r) {
+      float sum = 0.f;
+      for (int64_t k = 0; k < K; ++k) sum += a[k * ak + (row + r) * ar] * m[k * C + c];
+      out[(row + r) * C + c] = sum;
+    }
+  }
+}
+
 __attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
     const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
-    int64_t C, int64_t c0, int64_t width);
-bool blend_avx512(const at::Tensor& t);
+    int64_t C, int64_t c0, int64_t width) {
+  int64_t row = 0;
+  for (; row + 4 <= rows; row += 4) {
+    rows_times_matrix_avx512<4>(a, ak, ar, m, out, K, C, row, c0, width);
+  }
+  for (; row < rows; ++row) rows_times_matrix_avx512<1>(a, ak, ar, m, out, K, C, row, c0, width);
+}
+
 
 // M (12 values) = sum_j w[j] A[j][:3, :]: a joint's 4x4 storage is one 16-lane vector (the
 // bottom row is blended too, and dropped), so a point's blend is J FMAs, in four chains (the
@@ -220,7 +271,7 @@ void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_
 #if defined(PE_AVX512_BLEND)
   if constexpr (std::is_same_v<scalar_t, float>) {
     // the BLAS runs this K = J product at ~45 GFLOP/s (one core, loaded machine), the tiled
-    // kernel of blend_shapes at ~60-70 -- for wide At only: at B * 12 = 24 to 96 columns the
+    // kernel at ~60-70 -- for wide At only: at B * 12 = 24 to 96 columns the
     // tiled kernel was 3.7-8.7x slower than the BLAS (skin_points forward, 6890 and 16384
     // points, quiet machine), at 192 and 384 columns 5-15 % faster
     const int64_t R = At.size(1);
@@ -352,7 +403,7 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
       at::Tensor part = partial[chunk];
 #if defined(PE_AVX512_BLEND)
       if constexpr (std::is_same_v<scalar_t, float>) {
-        // part[j, :] = sum_i wt[i, j] dM[i, :]: blend_shapes' register-tiled product (a J x R
+        // part[j, :] = sum_i wt[i, j] dM[i, :]: the chunk blend's register-tiled product (a J x R
         // output, K = rows) from the chunk blend's column threshold; at lbs's B = 32 (R = 384)
         // the whole backward went 6.2-7.0 -> 6.0-6.3 ms (one thread, loaded machine, old and
         // new builds alternated)
@@ -487,64 +538,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // slice of dirs in L2. Measured on a 2-core 300 MiB-L3 Xeon (5th generation), in one process
 // with the forms alternated, lbs at B = 32 fwd+bwd took 1.10-1.15x as long as with the BLAS
 // calls with both products sliced (3 runs), 1.10-1.13x with the forward alone sliced (2 runs)
-// and 1.04-1.12x with the backward alone (5 runs). The forward product alone took 2.5-4.8 ms sliced and
-// 1.3-2.4 ms as one BLAS call (separate runs; the machine's speed moved between them). The
-// slices had been chosen against one core's BLAS call per slice, not one call on all threads.
+// and 1.04-1.12x with the backward alone (5 runs). The forward product alone took 2.5-4.8 ms
+// sliced and 1.3-2.4 ms as one BLAS call (separate runs; the machine's speed moved between
+// them). The slices had been chosen against one core's BLAS call per slice, not one call on all
+// threads.
 // ------------------------------------------------------------------------------------------
 
 #if defined(PE_AVX512_BLEND)
-// The register-tiled product of skin_points' chunk blends (float, AVX-512 checked at run time;
-// the extension itself is built for baseline x86-64).
-//
-// rows_times_matrix: out[r, c] = sum_k a[k * ak + r * ar] m[k * C + c] for the R rows from
-//   `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by, each output
-//   value stored once. K = J, the joints.
-template <int R>
-__attribute__((target("avx512f"))) void rows_times_matrix_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t K, int64_t C,
-    int64_t row, int64_t c0, int64_t width) {
-  const int64_t full = c0 + (width / 64) * 64;
-  for (int64_t c = c0; c < full; c += 64) {
-    __m512 acc[R][4];
-    for (int r = 0; r < R; ++r) {
-      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const float* g = m + k * C + c;
-      const __m512 g0 = _mm512_loadu_ps(g), g1 = _mm512_loadu_ps(g + 16),
-                   g2 = _mm512_loadu_ps(g + 32), g3 = _mm512_loadu_ps(g + 48);
-      for (int r = 0; r < R; ++r) {
-        const __m512 w = _mm512_set1_ps(a[k * ak + (row + r) * ar]);
-        acc[r][0] = _mm512_fmadd_ps(w, g0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(w, g1, acc[r][1]);
-        acc[r][2] = _mm512_fmadd_ps(w, g2, acc[r][2]);
-        acc[r][3] = _mm512_fmadd_ps(w, g3, acc[r][3]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      float* o = out + (row + r) * C + c;
-      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(o + 16 * q, acc[r][q]);
-    }
-  }
-  for (int64_t c = full; c < c0 + width; ++c) {  // the last < 64 columns
-    for (int r = 0; r < R; ++r) {
-      float sum = 0.f;
-      for (int64_t k = 0; k < K; ++k) sum += a[k * ak + (row + r) * ar] * m[k * C + c];
-      out[(row + r) * C + c] = sum;
-    }
-  }
-}
-
-__attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
-    int64_t C, int64_t c0, int64_t width) {
-  int64_t row = 0;
-  for (; row + 4 <= rows; row += 4) {
-    rows_times_matrix_avx512<4>(a, ak, ar, m, out, K, C, row, c0, width);
-  }
-  for (; row < rows; ++row) rows_times_matrix_avx512<1>(a, ak, ar, m, out, K, C, row, c0, width);
-}
-
 // outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
 //   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
 //   line of the cold output (write-allocate), doubling the memory traffic.
@@ -566,10 +566,6 @@ __attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, cons
     for (; c < C; ++c) row[c] = kf * g[c];
   }
   _mm_sfence();
-}
-
-bool blend_avx512(const at::Tensor& t) {
-  return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
 }
 
 // Small batches (B < kStreamMinBlasBatch; SMPL at B = 1): the products are matrix-vector-like,
