@@ -21,14 +21,17 @@ inline std::tuple<at::Tensor, at::Tensor> skin_reductions(const at::Tensor& dM,
                                                          const at::Tensor& weights,
                                                          const at::Tensor& transforms) {
   const int64_t B = transforms.size(0), J = transforms.size(1), N = weights.size(1);
-  const at::Tensor A12 = transforms.narrow(2, 0, 3).reshape({B, J, 12}).to(dM.scalar_type());
+  const at::Tensor top = transforms.narrow(2, 0, 3);  // (B, J, 3, 4), the 12 used values
   const at::Tensor W = weights.to(dM.scalar_type());
   at::Tensor grad_weights, grad_A;
   if (weights.size(0) == 1) {
     const at::Tensor dM_n = dM.view({N, B * 12});
-    grad_weights = at::mm(dM_n, A12.permute({0, 2, 1}).reshape({B * 12, J})).unsqueeze(0);
+    // Aᵀ as (B·12, J) in one copy (a GPU launch each: lbs is bound by host-side work there)
+    const at::Tensor A_t = top.permute({0, 2, 3, 1}).reshape({B * 12, J}).to(dM.scalar_type());
+    grad_weights = at::mm(dM_n, A_t).unsqueeze(0);
     grad_A = at::mm(W[0].t(), dM_n).view({J, B, 12}).permute({1, 0, 2});
   } else {
+    const at::Tensor A12 = top.reshape({B, J, 12}).to(dM.scalar_type());
     grad_weights = at::bmm(dM, A12.transpose(1, 2));
     grad_A = at::bmm(W.transpose(1, 2), dM);
   }

@@ -618,6 +618,22 @@ def _shape_backward(needs, grad_shaped, grad_joints, inputs, route, saved):
     return grad_betas, grad_template, grad_dirs, grad_regressor
 
 
+# 3x3 identities per (dtype, device), for v_posed's pose features R - I: torch.eye is an
+# allocation and two kernel launches on CUDA on every call, and lbs at SMPL size is bound by
+# such host-side work on a GPU (H100, 2026-11-27: 0.37 ms of kernels in 2.3 ms of wall time)
+_IDENTITIES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _identity3(like: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return torch.eye(3, dtype=like.dtype, device=like.device)
+    key = (like.dtype, like.device)
+    ident = _IDENTITIES.get(key)
+    if ident is None:
+        ident = _IDENTITIES[key] = torch.eye(3, dtype=like.dtype, device=like.device)
+    return ident
+
+
 class _LBS(torch.autograd.Function):
     """Native / Triton lbs: the shape blend shapes and joints (_shape_forward), forward
     kinematics, the pose blend shapes ``v_posed = v_shaped + P vec(R_{1:} - I)`` and skinning
@@ -665,8 +681,7 @@ class _LBS(torch.autograd.Function):
         rot_mats, posed_joints, transforms = _fk_op(name)(
             kernel_pose, kernel_joints, tree, pose2rot
         )
-        ident = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
-        pose_feature = (rot_mats[:, 1:] - ident).reshape(batch, -1)
+        pose_feature = (rot_mats[:, 1:] - _identity3(rot_mats)).reshape(batch, -1)
         # v_posed = v_shaped + P vec(R - I), the add fused into the product (native CPU: the
         # BLAS, or below a batch of 8 streamed passes; csrc/skinning/skinning_cpu.cpp says why)
         posedirs = posedirs.contiguous()
@@ -743,8 +758,11 @@ class _LBS(torch.autograd.Function):
                 grad_posedirs = torch.mm(pose_feature.t(), grad_v_posed)
         grad_pose = grad_joints = None
         if need_pose or need_shape:
-            grad_rot = grad_feature.new_zeros((batch, num_joints, 3, 3))
-            grad_rot[:, 1:] = grad_feature.view(batch, num_joints - 1, 3, 3)
+            # the root's rotation gets no gradient from the pose features: one padding kernel
+            # (zeros + a slice copy were two launches and two Python-level calls)
+            grad_rot = torch.nn.functional.pad(
+                grad_feature.view(batch, num_joints - 1, 9), (0, 0, 1, 0)
+            ).view(batch, num_joints, 3, 3)
             if grad_posed_joints is None:
                 grad_posed_joints = torch.zeros_like(kernel_joints)
             grad_kernel_pose, grad_joints = _fk_backward_op(name)(
