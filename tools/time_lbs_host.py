@@ -1,0 +1,127 @@
+"""Time lbs's host-side work on the CPU: a proxy, without a GPU, for lbs's wall time on one.
+
+    python tools/time_lbs_host.py [--batch 1 32] [--vertices 12] [--rounds 12] [--threads 2]
+
+At SMPL's size on an H100, native lbs forward+backward is bound by its host-side work, not by
+its kernels: 0.37 ms of GPU kernels in 2.3 ms of wall time at B = 32, 0.25 ms in 1.9 ms at
+B = 1 (`benchmarks/results/NVIDIA-H100-80GB-HBM3/logs-2026-11-27/`), and smplx's eager lbs
+is as host-bound. A model of a few vertices with SMPL's 24-joint tree and 10 shape
+coefficients leaves on the CPU almost nothing but that host-side work (Python, autograd,
+dispatch), so the ratio eager / native here tracks the GPU's: on 2026-11-27 this gave
+6.1-6.5x at B = 1 and 4.9x at B = 32 on the 2-core development machine, against 5.83x and
+4.82x measured on the H100 that day. A change that cuts the time here cuts the H100's wall time
+by about as much (what it does not show: the GPU's per-launch cost, about 5 µs a kernel).
+
+Runs native, torch (smplx's formulas) and a do-nothing autograd.Function with lbs's inputs (the
+floor that a single autograd node cannot go below) interleaved, ``--rounds`` rounds of 150
+forward+backward steps each, and prints each one's median and fastest round in µs per step.
+The machine's speed drifts by tens of per cent between runs: compare builds in alternated runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+# SMPL's kinematic tree (24 joints)
+SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+
+
+def make_inputs(batch: int, vertices: int, generator: torch.Generator) -> list:
+    joints, shapes = len(SMPL_PARENTS), 10
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator) * scale
+
+    inputs = [
+        randn(batch, shapes, scale=0.1),  # betas
+        randn(batch, joints * 3, scale=0.2),  # pose (axis-angle)
+        randn(vertices, 3),  # v_template
+        randn(vertices, 3, shapes, scale=0.01),  # shapedirs
+        randn((joints - 1) * 9, vertices * 3, scale=0.01),  # posedirs
+        torch.rand(joints, vertices, generator=generator).softmax(1),  # J_regressor
+        torch.tensor(SMPL_PARENTS),
+        torch.rand(vertices, joints, generator=generator).softmax(1),  # lbs_weights
+    ]
+    for tensor in inputs:
+        if tensor.is_floating_point():
+            tensor.requires_grad_()
+    return inputs
+
+
+class _Floor(torch.autograd.Function):
+    """lbs's autograd node with no work inside: empty outputs, empty gradients (so autograd
+    still accumulates one gradient per model tensor, as for lbs)."""
+
+    @staticmethod
+    def forward(ctx, betas, pose, v_template, *rest):
+        ctx.like = (betas, pose, v_template, *rest[:4])
+        return betas.new_empty(pose.shape[0], v_template.shape[0], 3), betas.new_empty(
+            pose.shape[0], len(SMPL_PARENTS), 3
+        )
+
+    @staticmethod
+    def backward(ctx, grad_vertices, grad_joints):
+        grads = (torch.empty_like(t) if t.requires_grad else None for t in ctx.like)
+        return (*grads, None, None, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from portrait_engine import ops
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--vertices", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    for batch in args.batch:
+        inputs = make_inputs(batch, args.vertices, torch.Generator().manual_seed(0))
+        model = inputs[:6] + [inputs[7]]  # the autograd.Function order: weights before parents
+
+        def lbs_step(backend):
+            def step():
+                for tensor in inputs:
+                    tensor.grad = None
+                vertices, joints = ops.lbs(*inputs, backend=backend)
+                torch.autograd.backward(
+                    (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
+                )
+
+            return step
+
+        def floor_step():
+            for tensor in inputs:
+                tensor.grad = None
+            vertices, joints = _Floor.apply(*model, inputs[6], True, "native")
+            torch.autograd.backward(
+                (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
+            )
+
+        steps = {"native": lbs_step("native"), "torch": lbs_step("torch"), "floor": floor_step}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                for _ in range(10):
+                    step()
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                times[name].append((time.perf_counter() - start) / args.steps * 1e6)
+        median = {name: statistics.median(t) for name, t in times.items()}
+        print(
+            f"B={batch} V={args.vertices}: "
+            + ", ".join(f"{n} {median[n]:.0f} us (min {min(times[n]):.0f})" for n in steps)
+            + f"; torch / native {median['torch'] / median['native']:.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
