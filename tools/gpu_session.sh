@@ -105,24 +105,20 @@ if [ -n "${BENCH_ONLY:-}" ]; then  # argument sets separated by '|', one bench r
   done
 fi
 if [ -z "${SKIP_BENCH:-}" ]; then
-# The plan of the 2026-11-26 stops (about 500 s with the 172 s build on an H100; the renderer's
-# torch.compile row goes to a second call with NO_BUILD=1 BENCH_ONLY=..., see the notes):
-# 1. the cuda tests of the kernels no GPU has run yet: the warp-per-ray sample_importance and
-#    the staged merge copies (CUDA), the shared-memory forward-kinematics chains, lbs as one
-#    autograd node
-step pytest 120 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
-  --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_importance_cuda.py \
-  tests/ops/test_skinning_cuda.py
-# 2. #3's sample_importance + merge target, and the Triton sampler's tile sweep
-step bench_importance 80 "${BENCH[@]}" --out "$W/bench/importance" sample_importance \
-  merge_samples --providers torch triton native
-step time_sample_importance 40 python3 tools/time_sample_importance.py --sweep
-# 3. #4's lbs target (one autograd node, fk chains in shared memory) and its kernel profile
+# The plan after the H100 lease of 2026-11-27 (build 100 s there; every target but lbs's 10x
+# and sample_importance + merge's 5x measured then: benchmarks/results/NVIDIA-H100-80GB-HBM3/):
+# 1. the cuda tests of skinning: skin_points' reductions (one copy of the transforms since),
+#    and the mesh_deform cases that the 2026-11-27 test share did not reach
+step pytest 100 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
+  --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_skinning_cuda.py
+# 2. #4's lbs target (host-bound: docs/kernel_contract_skinning.md) after the host-side trims,
+#    skin_points through the eager entry (ops/_library.py), and lbs's kernel profile
 step bench_lbs 60 "${BENCH[@]}" --out "$W/bench/lbs" lbs skin_points --providers torch triton native
 profile_lbs
-# 4. #4's mesh_deform target at 1/16 of the points (the masked check; the reference ~20 s)
-step bench_mesh 90 "${BENCH[@]}" --out "$W/bench/mesh" mesh_deform --min-runs 2 \
-  --shapes portrait-b1-64x64x48-f20k --providers torch triton native
+# 3. #3's ops through the eager entry: ray_march, sample_importance + merge (bandwidth-capped
+#    near 5x: docs/kernel_contract_importance.md)
+step bench_importance 80 "${BENCH[@]}" --out "$W/bench/importance" ray_march sample_importance \
+  merge_samples --providers torch triton native
 fi
 
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"

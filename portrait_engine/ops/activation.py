@@ -19,7 +19,7 @@ import torch
 
 from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import register_native_pair, register_pair
+from portrait_engine.ops._library import eager, register_native_pair, register_pair
 from portrait_engine.ops.reference import decoder_outputs_reference, softplus_reference
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def softplus(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
         op = torch.ops.portrait_engine.softplus_triton_forward
     else:
         op = torch.ops.portrait_engine.softplus_forward
-    return op(x.contiguous())
+    return eager(op)(x.contiguous())
 
 
 def decoder_outputs(
@@ -184,7 +184,7 @@ def decoder_outputs(
     else:
         op = torch.ops.portrait_engine.decoder_outputs_forward
     lead, width = x.shape[:-1], x.shape[-1]
-    sigma, rgb = op(x.reshape(-1, width).contiguous())
+    sigma, rgb = eager(op)(x.reshape(-1, width).contiguous())
     return sigma.reshape(*lead, 1), rgb.reshape(*lead, width - 1)
 
 

@@ -15,7 +15,12 @@ import torch
 
 from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
+from portrait_engine.ops._library import (
+    accumulation_dtype,
+    eager,
+    register_native_pair,
+    register_pair,
+)
 from portrait_engine.ops.reference import attention_pool_reference
 
 # --------------------------------------------------------------------------------------------
@@ -163,5 +168,5 @@ def attention_pool(
         op = torch.ops.portrait_engine.attention_pool_triton_forward
     else:
         op = torch.ops.portrait_engine.attention_pool_forward
-    out, _ = op(flat_features, flat_scores)
+    out, _ = eager(op)(flat_features, flat_scores)
     return out

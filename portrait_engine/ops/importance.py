@@ -25,7 +25,7 @@ import torch
 
 from portrait_engine import _backend, _extension
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import register_native_pair, register_pair
+from portrait_engine.ops._library import eager, register_native_pair, register_pair
 from portrait_engine.ops.reference.importance import (
     importance_uniforms,
     merge_samples_reference,
@@ -364,10 +364,10 @@ def merge_samples(
     flat2 = depths2.reshape(n_rays, second)
     if name == "triton":
         ops = torch.ops.portrait_engine
-        index, scatter = ops.merge_samples_triton_index, ops.merge_samples_triton_scatter
+        index, scatter = ops.merge_samples_triton_index, eager(ops.merge_samples_triton_scatter)
     else:
         ops = torch.ops.portrait_engine
-        index, scatter = ops.merge_samples_index, ops.merge_samples_scatter
+        index, scatter = ops.merge_samples_index, eager(ops.merge_samples_scatter)
     positions1, positions2 = index(flat1.detach().contiguous(), flat2.detach().contiguous())
 
     def merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import register_native_pair, register_pair
+from portrait_engine.ops._library import eager, register_native_pair, register_pair
 from portrait_engine.ops.reference.skinning import mesh_deform_reference
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def mesh_deform(
         op = torch.ops.portrait_engine.mesh_deform_triton_forward
     else:
         op = torch.ops.portrait_engine.mesh_deform_forward
-    out, _ = op(
+    out, _ = eager(op)(
         points.contiguous(),
         posed_vertices.contiguous(),
         canonical_vertices.contiguous(),

@@ -18,7 +18,12 @@ import torch
 from portrait_engine import _backend, _extension
 from portrait_engine._backend import get_backend
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
+from portrait_engine.ops._library import (
+    accumulation_dtype,
+    eager,
+    register_native_pair,
+    register_pair,
+)
 from portrait_engine.ops.reference.rays import (
     CAMERA_LABEL_SIZE,
     ray_march_reference,
@@ -264,7 +269,7 @@ def ray_march(
         op = torch.ops.portrait_engine.ray_march_triton_forward
     else:
         op = torch.ops.portrait_engine.ray_march_forward
-    rgb, depth, weights, _ = op(
+    rgb, depth, weights, _ = eager(op)(
         colors.contiguous(),
         densities.contiguous(),
         depths.detach().contiguous(),
@@ -462,4 +467,4 @@ def ray_sample(
         op = torch.ops.portrait_engine.ray_sample_triton_forward
     else:
         op = torch.ops.portrait_engine.ray_sample_forward
-    return op(cam2world.contiguous(), intrinsics.contiguous(), resolution)
+    return eager(op)(cam2world.contiguous(), intrinsics.contiguous(), resolution)

@@ -22,7 +22,12 @@ from torch import nn
 
 from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
+from portrait_engine.ops._library import (
+    accumulation_dtype,
+    eager,
+    register_native_pair,
+    register_pair,
+)
 from portrait_engine.ops.reference import decoder_effective_weights, render_rays_reference
 from portrait_engine.ops.triplane import planes_to_channels_last
 from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS, WEIGHTS_MODES
@@ -513,7 +518,7 @@ def render_rays(
         else torch.ops.portrait_engine.render_rays_forward
     )
     with _deterministic_backward(deterministic):
-        features, depth_raw, out_weights = op(
+        features, depth_raw, out_weights = eager(op)(
             channels_last,
             points.to(compute).contiguous(),
             depths_flat,

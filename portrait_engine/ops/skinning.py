@@ -22,7 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from portrait_engine import _backend
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import register_native_pair, register_pair
+from portrait_engine.ops._library import eager, register_native_pair, register_pair
 from portrait_engine.ops.reference.skinning import lbs_reference, skin_points_reference
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +374,9 @@ def skin_points(
         # nothing to skin, but keep the graph connected to the inputs
         return points + 0 * transforms.sum() + 0 * weights.sum()
     w = weights.unsqueeze(0) if weights.dim() == 2 else weights
-    return _skin_op(name)(points.contiguous(), w.contiguous(), transforms.contiguous(), inverse)
+    return eager(_skin_op(name))(
+        points.contiguous(), w.contiguous(), transforms.contiguous(), inverse
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ import torch
 
 from portrait_engine import _backend, _extension
 from portrait_engine.ops import _validation as v
-from portrait_engine.ops._library import accumulation_dtype, register_native_pair, register_pair
+from portrait_engine.ops._library import (
+    accumulation_dtype,
+    eager,
+    register_native_pair,
+    register_pair,
+)
 from portrait_engine.ops.reference import NAMED_PLANE_AXES, triplane_sample_reference
 
 REDUCTIONS = ("mean", "none")
@@ -340,4 +345,4 @@ def triplane_sample(
         op = torch.ops.portrait_engine.triplane_sample_triton_forward
     else:
         op = torch.ops.portrait_engine.triplane_sample_forward
-    return op(channels_last, points, proj, trilinear, reduce_mean, nan_propagate)
+    return eager(op)(channels_last, points, proj, trilinear, reduce_mean, nan_propagate)
