@@ -119,6 +119,12 @@ profile_lbs
 #    near 5x: docs/kernel_contract_importance.md)
 step bench_importance 80 "${BENCH[@]}" --out "$W/bench/importance" ray_march sample_importance \
   merge_samples --providers torch triton native
+# 4. the unfused renderer's other stages: on the H100 and the H200 the renderer ran 1.4-1.6x
+#    faster all on Triton than all on native (25.0 vs 35.9 ms, 22.6 vs 36.5 ms), and ray_march
+#    explains about 1 ms of that; `auto` takes native for these stages on CUDA
+#    (_backend.AUTO_ORDER_BY_OP), so their rows decide whether it should take Triton
+step bench_stages 90 "${BENCH[@]}" --out "$W/bench/stages" triplane_sample softplus \
+  decoder_outputs --providers torch triton native
 fi
 
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"
