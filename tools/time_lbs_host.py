@@ -26,8 +26,7 @@ import time
 
 import torch
 
-# SMPL's kinematic tree (24 joints)
-SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+from portrait_engine.ops.reference import SMPL_PARENTS  # SMPL's 24-joint tree
 
 
 def make_inputs(batch: int, vertices: int, generator: torch.Generator) -> list:

@@ -77,15 +77,14 @@ def _eager_entry(forward_op, backward_op, setup_context: Callable, make_backward
     name = f"Eager_{forward_op._qualified_op_name.split('::')[-1]}"
     formula = make_backward(backward_op)
 
-    def forward_with_ctx(ctx, *inputs):
-        with torch._C._AutoDispatchBelowAutograd():
-            output = forward_op(*inputs)
-        setup_context(ctx, inputs, output)
-        return output
-
     def forward(*inputs):
         with torch._C._AutoDispatchBelowAutograd():
             return forward_op(*inputs)
+
+    def forward_with_ctx(ctx, *inputs):
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
 
     # ctx in forward: Function.apply's fast path (with a separate setup_context, apply binds the
     # arguments through inspect.signature on every call: 20-30 µs on the CPU, all of the gain)
@@ -111,8 +110,7 @@ def _eager_entry(forward_op, backward_op, setup_context: Callable, make_backward
             return functorch_function.apply(*inputs)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*inputs):
             return function.apply(*inputs)
-        with torch._C._AutoDispatchBelowAutograd():  # nothing to differentiate
-            return forward_op(*inputs)
+        return forward(*inputs)  # nothing to differentiate
 
     return call
 

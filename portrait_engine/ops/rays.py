@@ -467,4 +467,4 @@ def ray_sample(
         op = torch.ops.portrait_engine.ray_sample_triton_forward
     else:
         op = torch.ops.portrait_engine.ray_sample_forward
-    return eager(op)(cam2world.contiguous(), intrinsics.contiguous(), resolution)
+    return op(cam2world.contiguous(), intrinsics.contiguous(), resolution)
