@@ -29,9 +29,8 @@ from portrait_engine.ops._library import (
     register_pair,
 )
 from portrait_engine.ops.reference import decoder_effective_weights, render_rays_reference
-from portrait_engine.ops.triplane import planes_to_channels_last
 from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS, WEIGHTS_MODES
-from portrait_engine.ops.triplane import _projection
+from portrait_engine.ops.triplane import _projection, planes_to_channels_last
 
 # --------------------------------------------------------------------------------------------
 # Kernel-level custom ops (prepared inputs; no validation)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from portrait_engine import _backend
+from portrait_engine import _backend, _extension
 from portrait_engine.ops import _validation as v
 from portrait_engine.ops._library import eager, register_native_pair, register_pair
 from portrait_engine.ops.reference.skinning import lbs_reference, skin_points_reference
@@ -276,6 +276,71 @@ _SHAPE_NATIVE = register_native_pair(
 )
 
 
+# lbs_fused (native only, eager mode): _LBS's forward and backward as one C++ op each
+# (csrc/skinning/lbs_fused.cpp): at SMPL's size native lbs on a GPU is bound by host-side work
+_FUSED_NATIVE = _extension.has_op("lbs_fused_forward") and _extension.has_op("lbs_fused_backward")
+
+
+def _fused_fake_forward(
+    betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot
+):
+    num_joints, num_verts = J_regressor.shape
+    route = _shape_route("native", betas, v_template)
+    rows = max(betas.shape[0], v_template.shape[0] if v_template.dim() == 3 else 1)
+    batch = max(rows, pose.shape[0])
+    stacked = 3 + 3 * betas.shape[1]
+    shape_saved = {
+        "direct": [betas.new_empty((rows, 3, num_verts))],
+        "kernel": [betas.new_empty((num_joints, stacked))],
+        "regressed": [
+            betas.new_empty((num_joints, stacked)),
+            betas.new_empty((num_verts, stacked)),
+        ],
+    }[route]
+    saved = [
+        betas.new_empty((batch, num_joints, 3)),
+        betas.new_empty((batch, num_joints, 4, 4)),
+        betas.new_empty((batch, (num_joints - 1) * 9)),
+        betas.new_empty((batch, num_verts, 3)),
+        *shape_saved,
+    ]
+    return betas.new_empty((batch, num_verts, 3)), betas.new_empty((batch, num_joints, 3)), saved
+
+
+def _fused_fake_backward(
+    grad_vertices,
+    grad_joints,
+    betas,
+    pose,
+    v_template,
+    shapedirs,
+    posedirs,
+    J_regressor,
+    lbs_weights,
+    parents,
+    saved,
+    pose2rot,
+    needs,
+):
+    shapes = (
+        betas.shape,
+        pose.shape,
+        v_template.shape,
+        shapedirs.shape,
+        posedirs.shape,
+        J_regressor.shape,
+        lbs_weights.shape,
+    )
+    return [
+        betas.new_empty(shape if need else (0,)) for shape, need in zip(shapes, needs, strict=True)
+    ]
+
+
+if _FUSED_NATIVE:
+    torch.library.register_fake("portrait_engine::lbs_fused_forward")(_fused_fake_forward)
+    torch.library.register_fake("portrait_engine::lbs_fused_backward")(_fused_fake_backward)
+
+
 def _skin_op(name: str):
     if name == "triton":
         return torch.ops.portrait_engine.skin_points_triton_forward
@@ -457,6 +522,29 @@ def _validate_lbs(
     if torch.compiler.is_compiling():  # the tree's values are data; checked in eager mode
         return
     _check_tree(parents)
+
+
+# Signatures (pose2rot and every input's shape, dtype and device) that passed _validate_lbs:
+# its checks read nothing else but the tree's values (checked per tensor below), and at SMPL's
+# size on a GPU lbs is bound by host-side work, of which the ~40 checks were ~10 % (2-core CPU,
+# 12-vertex model, 2026-11-27: ~20 of ~230 µs per forward+backward). Bounded: cleared when full.
+_VALID_LBS_SIGNATURES: set = set()
+_MAX_SIGNATURES = 256
+
+
+def _validate_lbs_cached(*args):
+    """_validate_lbs, skipped for a signature that passed before (the tree still checked)."""
+    *tensors, pose2rot = args
+    if torch.compiler.is_compiling() or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return _validate_lbs(*args)
+    key = (pose2rot, *[(t.shape, t.dtype, t.device) for t in tensors])
+    if key in _VALID_LBS_SIGNATURES:
+        _check_tree(tensors[6])
+        return
+    _validate_lbs(*args)
+    if len(_VALID_LBS_SIGNATURES) >= _MAX_SIGNATURES:
+        _VALID_LBS_SIGNATURES.clear()
+    _VALID_LBS_SIGNATURES.add(key)
 
 
 # parents tensors whose values were checked, with their version counter then. Reading a GPU
@@ -647,10 +735,59 @@ class _LBS(torch.autograd.Function):
         # pose2rot, name): run_forward's arguments
         if torch.compiler.is_compiling():
             return _LBS.run_forward(ctx, *args)
+        if args[-1] == "native" and _FUSED_NATIVE:
+            return _LBS.run_fused_forward(ctx, *args[:-1])
         # the kernel ops straight to their kernels: their own autograd wrappers (Python, one
         # per op) would only find grad mode off and redispatch (~35 µs of the CPU forward)
         with torch._C._AutoDispatchBelowAutograd():
             return _LBS.run_forward(ctx, *args)
+
+    @staticmethod
+    def run_fused_forward(
+        ctx,
+        betas,
+        pose,
+        v_template,
+        shapedirs,
+        posedirs,
+        J_regressor,
+        lbs_weights,
+        parents,
+        pose2rot,
+    ):
+        """Native lbs in eager mode: run_forward and backward's calls from C++, one op each
+        (csrc/skinning/lbs_fused.cpp), the same kernels and algebra."""
+        vertices, posed_joints, saved = torch.ops.portrait_engine.lbs_fused_forward.default(
+            betas,
+            pose,
+            v_template,
+            shapedirs,
+            posedirs,
+            J_regressor,
+            lbs_weights,
+            parents,
+            pose2rot,
+        )
+        ctx.save_for_backward(
+            betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, *saved
+        )
+        ctx.meta = pose2rot
+        ctx.fused = True
+        return vertices, posed_joints
+
+    @staticmethod
+    def fused_backward(ctx, grad_vertices, grad_posed_joints):
+        inputs = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:7]
+        grads = torch.ops.portrait_engine.lbs_fused_backward.default(
+            grad_vertices, grad_posed_joints, *inputs[:8], inputs[8:], ctx.meta, needs
+        )
+        return (
+            *(g if need else None for g, need in zip(grads, needs, strict=True)),
+            None,
+            None,
+            None,
+        )
 
     @staticmethod
     def run_forward(
@@ -716,6 +853,8 @@ class _LBS(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_vertices, grad_posed_joints):
+        if getattr(ctx, "fused", False):
+            return _LBS.fused_backward(ctx, grad_vertices, grad_posed_joints)
         (
             betas,
             v_template,
@@ -842,7 +981,7 @@ def lbs(
         ``v_posed = v_shaped + P vec(R_{1:} − I)``, forward kinematics, and
         ``v = Σ_j w_j A_j (v_posed, 1)``. Differentiable w.r.t. every float input.
     """
-    _validate_lbs(
+    _validate_lbs_cached(
         betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, pose2rot
     )
     # the skinning schema file defines forward_kinematics and skin_points together
