@@ -11,6 +11,8 @@ dispatch), so the ratio eager / native here tracks the GPU's: on 2026-11-27 this
 6.1-6.5x at B = 1 and 4.9x at B = 32 on the 2-core development machine, against 5.83x and
 4.82x measured on the H100 that day. A change that cuts the time here cuts the H100's wall time
 by about as much (what it does not show: the GPU's per-launch cost, about 5 µs a kernel).
+With lbs's host-side work as one C++ op per direction (csrc/skinning/lbs_fused.cpp), the same
+machine gave 10.98x at B = 1 and 7.4-8.4x at B = 32 (native 236 / 477 µs, from 394 / 666).
 
 Runs native, torch (smplx's formulas) and a do-nothing autograd.Function with lbs's inputs (the
 floor that a single autograd node cannot go below) interleaved, ``--rounds`` rounds of 150
@@ -84,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = make_inputs(batch, args.vertices, torch.Generator().manual_seed(0))
         model = inputs[:6] + [inputs[7]]  # the autograd.Function order: weights before parents
 
-        def lbs_step(backend):
-            def step():
+        def lbs_step(backend, inputs=inputs):
+            def run():
                 for tensor in inputs:
                     tensor.grad = None
                 vertices, joints = ops.lbs(*inputs, backend=backend)
@@ -93,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                     (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
                 )
 
-            return step
+            return run
 
-        def floor_step():
+        def floor_step(inputs=inputs, model=model):
             for tensor in inputs:
                 tensor.grad = None
             vertices, joints = _Floor.apply(*model, inputs[6], True, "native")
