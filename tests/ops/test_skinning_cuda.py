@@ -218,3 +218,20 @@ def test_gpu_lbs_compiles_fullgraph_with_inductor(backend):
     assert relative_l2(got, want) < 1e-5
     for x, y in zip(a, b, strict=True):
         assert relative_l2(x.grad, y.grad) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "one_pose_row"])
+def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind):
+    """Native lbs in eager mode runs as one C++ op per direction (csrc/skinning/lbs_fused.cpp);
+    on a GPU its shape part takes the "regressed" route for B > NB (the CPU: the kernel)."""
+    _require("native", "lbs_fused_forward")
+    from portrait_engine.ops import skinning as skinning_module
+    from tests.ops import test_lbs_routes
+
+    inputs = _cuda(test_lbs_routes._variant(kind))
+    needs = test_lbs_routes.NEEDS["all"]
+    fused = test_lbs_routes._run("native", inputs, needs)
+    monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", False)
+    python = test_lbs_routes._run("native", inputs, needs)
+    for got, want in zip(fused, python, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
