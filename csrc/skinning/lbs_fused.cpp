@@ -96,8 +96,9 @@ const KernelOps& ops() {
 }
 
 // 3x3 identities per (dtype, device), for the pose features R - I: at::eye is an allocation and
-// two kernel launches on a GPU on every call. Never freed (a CUDA tensor destroyed at exit
-// could outlive its context).
+// two kernel launches on a GPU on every call. Made on the CPU and copied over with a blocking
+// copy, so the values are in place before any stream reads them. Never freed (a CUDA tensor
+// destroyed at exit could outlive its context).
 const Tensor& identity3(const Tensor& like) {
   static std::mutex lock;
   static auto* cache = new std::map<std::tuple<int, int, int>, Tensor>();
@@ -107,7 +108,8 @@ const Tensor& identity3(const Tensor& like) {
                                    static_cast<int>(like.device().index()));
   auto found = cache->find(key);
   if (found == cache->end()) {
-    found = cache->emplace(key, at::eye(3, like.options())).first;
+    found = cache->emplace(key, at::eye(3, like.options().device(at::kCPU)).to(like.device()))
+                .first;
   }
   return found->second;
 }

@@ -535,7 +535,11 @@ _MAX_SIGNATURES = 256
 def _validate_lbs_cached(*args):
     """_validate_lbs, skipped for a signature that passed before (the tree still checked)."""
     *tensors, pose2rot = args
-    if torch.compiler.is_compiling() or not all(isinstance(t, torch.Tensor) for t in tensors):
+    if (
+        torch.compiler.is_compiling()
+        or type(pose2rot) is not bool  # 1 == True: the key would not tell them apart
+        or not all(isinstance(t, torch.Tensor) for t in tensors)
+    ):
         return _validate_lbs(*args)
     key = (pose2rot, *[(t.shape, t.dtype, t.device) for t in tensors])
     if key in _VALID_LBS_SIGNATURES:
@@ -720,7 +724,9 @@ def _identity3(like: torch.Tensor) -> torch.Tensor:
     key = (like.dtype, like.device)
     ident = _IDENTITIES.get(key)
     if ident is None:
-        ident = _IDENTITIES[key] = torch.eye(3, dtype=like.dtype, device=like.device)
+        # made on the CPU and copied with a blocking copy: in place before any stream reads it
+        ident = torch.eye(3, dtype=like.dtype).to(like.device)
+        _IDENTITIES[key] = ident
     return ident
 
 

@@ -104,3 +104,6 @@ def test_a_signature_that_passed_still_checks_each_call(monkeypatch):
     inputs[7] = inputs[7].double()
     with pytest.raises(TypeError, match="lbs_weights"):
         lbs(*inputs, backend="native")
+    inputs = _variant("plain")
+    with pytest.raises(TypeError, match="pose2rot"):
+        lbs(*inputs, pose2rot=1, backend="native")
