@@ -108,11 +108,14 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 # The plan after the H100 lease of 2026-11-27 (build 100 s there; every target but lbs's 10x
 # and sample_importance + merge's 5x measured then: benchmarks/results/NVIDIA-H100-80GB-HBM3/):
 # 1. the cuda tests of skinning: skin_points' reductions (one copy of the transforms since),
+#    the fused lbs path against its Python path (the "regressed" route runs only on a GPU),
 #    and the mesh_deform cases that the 2026-11-27 test share did not reach
 step pytest 100 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
   --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_skinning_cuda.py
-# 2. #4's lbs target (host-bound: docs/kernel_contract_skinning.md) after the host-side trims,
-#    skin_points through the eager entry (ops/_library.py), and lbs's kernel profile
+# 2. #4's lbs target (host-bound: docs/kernel_contract_skinning.md) with native lbs as one C++
+#    op per direction (csrc/skinning/lbs_fused.cpp; the CPU proxy went 6.5x -> 11.0x at B = 1,
+#    6.0x -> 7.4-8.4x at B = 32), skin_points through the eager entry (ops/_library.py), and
+#    lbs's kernel profile (now with the fused ops' ATen launches between the kernels)
 step bench_lbs 60 "${BENCH[@]}" --out "$W/bench/lbs" lbs skin_points --providers torch triton native
 profile_lbs
 # 3. #3's ops through the eager entry: ray_march, sample_importance + merge (bandwidth-capped
