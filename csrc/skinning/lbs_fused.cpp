@@ -14,9 +14,9 @@
 // one registration serves the CPU and CUDA kernels.
 //
 //   lbs_fused_forward(betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights,
-//                     parents, pose2rot) -> (vertices (B, V, 3), joints (B, J, 3), saved)
+//                     parents, pose2rot, route) -> (vertices (B, V, 3), joints (B, J, 3), saved)
 //   lbs_fused_backward(grad_vertices?, grad_joints?, betas, pose, v_template, shapedirs,
-//                      posedirs, J_regressor, lbs_weights, parents, saved, pose2rot,
+//                      posedirs, J_regressor, lbs_weights, parents, saved, pose2rot, route,
 //                      needs[7]) -> 7 gradients
 //
 // Inputs as lbs validated them (shapes, one dtype and device, a topological tree). `saved` is
@@ -24,10 +24,12 @@
 // _LBS's order (betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights); one
 // whose `needs` flag is false is an empty tensor (and not computed).
 //
-// The shape part takes one of _LBS's three routes (ops/skinning.py says why each):
-//   direct:    a batch of templates or up to NB shapes; joints from v_shaped as (B, 3, V);
-//   kernel:    CPU, a (V, 3) template and B > NB: the shape_blend kernel;
-//   regressed: the same algebra from ATen products (other devices).
+// The shape part takes the route _LBS's _shape_route chose (ops/skinning.py says why each):
+//   0 direct:    a batch of templates or up to NB shapes; joints from v_shaped as (B, 3, V);
+//   1 kernel:    CPU, a (V, 3) template and B > NB: the shape_blend kernel;
+//   2 regressed: the same algebra from ATen products (other devices).
+// Neither op has an autograd formula of its own: they run inside lbs's autograd node (called
+// directly on inputs that need gradients, their results are not differentiable).
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -56,38 +58,35 @@ c10::TypedOperatorHandle<Signature> kernel_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-// The kernel ops, looked up once (their schemas are registered when the extension loads).
+// The kernel ops' signatures (csrc/skinning/schema.cpp), and the ops, looked up once (their
+// schemas are registered when the extension loads).
+using T = const Tensor&;
+using FkForward = Tensor3(T, T, T, bool);
+using FkBackward = Tensor2(T, T, T, T, T, T, bool);
+using SkinForward = Tensor(T, T, T, bool);
+using SkinBackward = Tensor3(T, T, T, T, bool);
+using BlendForward = Tensor(T, T, T);
+using BlendBackward = Tensor2(T, T, T, bool);
+using ShapeForward = Tensor2(T, T, T, T);
+using ShapeBackward = Tensor4(T, T, T, T, T, T);
+
 struct KernelOps {
-  c10::TypedOperatorHandle<Tensor3(const Tensor&, const Tensor&, const Tensor&, bool)> fk_forward =
-      kernel_op<Tensor3(const Tensor&, const Tensor&, const Tensor&, bool)>(
-          "portrait_engine::forward_kinematics_forward");
-  c10::TypedOperatorHandle<Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                   const Tensor&, const Tensor&, bool)>
-      fk_backward = kernel_op<Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                      const Tensor&, const Tensor&, bool)>(
-          "portrait_engine::forward_kinematics_backward");
-  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&, bool)>
-      skin_forward = kernel_op<Tensor(const Tensor&, const Tensor&, const Tensor&, bool)>(
-          "portrait_engine::skin_points_forward");
-  c10::TypedOperatorHandle<Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                   bool)>
-      skin_backward =
-          kernel_op<Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool)>(
-              "portrait_engine::skin_points_backward");
-  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> blend_forward =
-      kernel_op<Tensor(const Tensor&, const Tensor&, const Tensor&)>(
-          "portrait_engine::blend_shapes_forward");
-  c10::TypedOperatorHandle<Tensor2(const Tensor&, const Tensor&, const Tensor&, bool)>
-      blend_backward = kernel_op<Tensor2(const Tensor&, const Tensor&, const Tensor&, bool)>(
-          "portrait_engine::blend_shapes_backward");
-  c10::TypedOperatorHandle<Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>
-      shape_forward = kernel_op<Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
-          "portrait_engine::shape_blend_forward");
-  c10::TypedOperatorHandle<Tensor4(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                   const Tensor&, const Tensor&)>
-      shape_backward = kernel_op<Tensor4(const Tensor&, const Tensor&, const Tensor&,
-                                         const Tensor&, const Tensor&, const Tensor&)>(
-          "portrait_engine::shape_blend_backward");
+  c10::TypedOperatorHandle<FkForward> fk_forward =
+      kernel_op<FkForward>("portrait_engine::forward_kinematics_forward");
+  c10::TypedOperatorHandle<FkBackward> fk_backward =
+      kernel_op<FkBackward>("portrait_engine::forward_kinematics_backward");
+  c10::TypedOperatorHandle<SkinForward> skin_forward =
+      kernel_op<SkinForward>("portrait_engine::skin_points_forward");
+  c10::TypedOperatorHandle<SkinBackward> skin_backward =
+      kernel_op<SkinBackward>("portrait_engine::skin_points_backward");
+  c10::TypedOperatorHandle<BlendForward> blend_forward =
+      kernel_op<BlendForward>("portrait_engine::blend_shapes_forward");
+  c10::TypedOperatorHandle<BlendBackward> blend_backward =
+      kernel_op<BlendBackward>("portrait_engine::blend_shapes_backward");
+  c10::TypedOperatorHandle<ShapeForward> shape_forward =
+      kernel_op<ShapeForward>("portrait_engine::shape_blend_forward");
+  c10::TypedOperatorHandle<ShapeBackward> shape_backward =
+      kernel_op<ShapeBackward>("portrait_engine::shape_blend_backward");
 };
 
 const KernelOps& ops() {
@@ -122,12 +121,21 @@ Tensor pose_rows(const Tensor& pose, int64_t batch, int64_t J, bool pose2rot) {
   return rows.contiguous();
 }
 
-enum class Route { kDirect, kKernel, kRegressed };
+// The shape part's route, as _LBS's _shape_route chose it (0 direct, 1 kernel, 2 regressed: one
+// place decides, for both paths); kernel and regressed need a single (V, 3) template.
+enum class Route { kDirect = 0, kKernel = 1, kRegressed = 2 };
 
-Route shape_route(const Tensor& betas, const Tensor& v_template) {
-  if (v_template.dim() == 3 || betas.size(0) <= betas.size(1)) return Route::kDirect;
-  return betas.is_cpu() ? Route::kKernel : Route::kRegressed;
+Route shape_route(int64_t route, const Tensor& v_template, const char* op) {
+  TORCH_CHECK(route >= 0 && route <= 2, op,
+              ": route must be 0 (direct), 1 (kernel) or 2 (regressed), got ", route);
+  TORCH_CHECK(route == 0 || v_template.dim() == 2, op,
+              ": the kernel and regressed routes need a (V, 3) v_template, got ",
+              v_template.sizes());
+  return static_cast<Route>(route);
 }
+
+// Length of lbs_fused_forward's saved list per route: 4 tensors, then the route's.
+size_t saved_count(Route route) { return route == Route::kRegressed ? 6 : 5; }
 
 // Rows of v_shaped: the betas rows, or the templates' when one betas row meets a batch of them.
 int64_t shaped_rows(const Tensor& betas, const Tensor& v_template) {
@@ -250,10 +258,10 @@ Tensor4 shape_backward(Route route, const bool needs[4], const Tensor& grad_shap
 std::tuple<Tensor, Tensor, std::vector<Tensor>> lbs_fused_forward(
     const Tensor& betas, const Tensor& pose, const Tensor& v_template, const Tensor& shapedirs,
     const Tensor& posedirs, const Tensor& J_regressor, const Tensor& lbs_weights,
-    const Tensor& parents, bool pose2rot) {
+    const Tensor& parents, bool pose2rot, int64_t route_index) {
+  const Route route = shape_route(route_index, v_template, "lbs_fused_forward");
   // the calls below go straight to their kernels (lbs's own autograd node is above this op)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Route route = shape_route(betas, v_template);
   const int64_t J = J_regressor.size(0), V = J_regressor.size(1);
   std::vector<Tensor> saved;
   saved.reserve(10);
@@ -288,8 +296,12 @@ std::vector<Tensor> lbs_fused_backward(const std::optional<Tensor>& grad_vertice
                                        const Tensor& posedirs, const Tensor& J_regressor,
                                        const Tensor& lbs_weights, const Tensor& parents,
                                        at::TensorList saved,
-                                       bool pose2rot, std::array<bool, 7> needs) {
-  TORCH_CHECK(saved.size() >= 5, "lbs_fused_backward: saved must be lbs_fused_forward's list");
+                                       bool pose2rot, int64_t route_index,
+                                       std::array<bool, 7> needs) {
+  const Route route = shape_route(route_index, v_template, "lbs_fused_backward");
+  TORCH_CHECK(saved.size() == saved_count(route), "lbs_fused_backward: saved must be ",
+              "lbs_fused_forward's list of ", saved_count(route), " tensors for this route, got ",
+              saved.size());
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Tensor& kernel_joints = saved[0];
   const Tensor& transforms = saved[1];
@@ -304,7 +316,6 @@ std::vector<Tensor> lbs_fused_backward(const std::optional<Tensor>& grad_vertice
              need_dirs = needs[3], need_posedirs = needs[4], need_regressor = needs[5],
              need_weights = needs[6];
   const bool need_shape = need_betas || need_template || need_dirs || need_regressor;
-  const Route route = shape_route(betas, v_template);
   const int64_t rows = shaped_rows(betas, v_template);
 
   const Tensor grad_vertices = grad_vertices_in.has_value() && grad_vertices_in->defined()
@@ -361,12 +372,12 @@ std::vector<Tensor> lbs_fused_backward(const std::optional<Tensor>& grad_vertice
 TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
   m.def(
       "lbs_fused_forward(Tensor betas, Tensor pose, Tensor v_template, Tensor shapedirs, "
-      "Tensor posedirs, Tensor J_regressor, Tensor lbs_weights, Tensor parents, bool pose2rot) "
-      "-> (Tensor, Tensor, Tensor[])");
+      "Tensor posedirs, Tensor J_regressor, Tensor lbs_weights, Tensor parents, bool pose2rot, "
+      "int route) -> (Tensor, Tensor, Tensor[])");
   m.def(
       "lbs_fused_backward(Tensor? grad_vertices, Tensor? grad_joints, Tensor betas, Tensor pose, "
       "Tensor v_template, Tensor shapedirs, Tensor posedirs, Tensor J_regressor, "
-      "Tensor lbs_weights, Tensor parents, Tensor[] saved, bool pose2rot, "
+      "Tensor lbs_weights, Tensor parents, Tensor[] saved, bool pose2rot, int route, "
       "bool[7] needs) -> Tensor[]");
 }
 

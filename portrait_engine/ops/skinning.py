@@ -281,11 +281,14 @@ _SHAPE_NATIVE = register_native_pair(
 _FUSED_NATIVE = _extension.has_op("lbs_fused_forward") and _extension.has_op("lbs_fused_backward")
 
 
+# the route's number in the fused ops' schema
+_ROUTE_INDEX = {"direct": 0, "kernel": 1, "regressed": 2}
+
+
 def _fused_fake_forward(
-    betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot
+    betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot, route
 ):
     num_joints, num_verts = J_regressor.shape
-    route = _shape_route("native", betas, v_template)
     rows = max(betas.shape[0], v_template.shape[0] if v_template.dim() == 3 else 1)
     batch = max(rows, pose.shape[0])
     stacked = 3 + 3 * betas.shape[1]
@@ -296,7 +299,7 @@ def _fused_fake_forward(
             betas.new_empty((num_joints, stacked)),
             betas.new_empty((num_verts, stacked)),
         ],
-    }[route]
+    }[list(_ROUTE_INDEX)[route]]
     saved = [
         betas.new_empty((batch, num_joints, 3)),
         betas.new_empty((batch, num_joints, 4, 4)),
@@ -320,6 +323,7 @@ def _fused_fake_backward(
     parents,
     saved,
     pose2rot,
+    route,
     needs,
 ):
     shapes = (
@@ -762,7 +766,8 @@ class _LBS(torch.autograd.Function):
         pose2rot,
     ):
         """Native lbs in eager mode: run_forward and backward's calls from C++, one op each
-        (csrc/skinning/lbs_fused.cpp), the same kernels and algebra."""
+        (csrc/skinning/lbs_fused.cpp), the same kernels, algebra and route."""
+        route = _ROUTE_INDEX[_shape_route("native", betas, v_template)]
         vertices, posed_joints, saved = torch.ops.portrait_engine.lbs_fused_forward.default(
             betas,
             pose,
@@ -773,11 +778,12 @@ class _LBS(torch.autograd.Function):
             lbs_weights,
             parents,
             pose2rot,
+            route,
         )
         ctx.save_for_backward(
             betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, *saved
         )
-        ctx.meta = pose2rot
+        ctx.meta = (pose2rot, route)
         ctx.fused = True
         return vertices, posed_joints
 
@@ -786,7 +792,7 @@ class _LBS(torch.autograd.Function):
         inputs = ctx.saved_tensors
         needs = ctx.needs_input_grad[:7]
         grads = torch.ops.portrait_engine.lbs_fused_backward.default(
-            grad_vertices, grad_posed_joints, *inputs[:8], inputs[8:], ctx.meta, needs
+            grad_vertices, grad_posed_joints, *inputs[:8], inputs[8:], *ctx.meta, needs
         )
         return (
             *(g if need else None for g, need in zip(grads, needs, strict=True)),

@@ -19,33 +19,57 @@ pytestmark = pytest.mark.skipif(
     not _extension.has_op("lbs_fused_forward"), reason="needs the built extension"
 )
 
-FUSED_KINDS = ["plain", "more_shapes_than_betas", "one_pose_row", "batched_template"]
 
-
-def _fused_args(kind, pose2rot=True):
+def _fused_args(kind, pose2rot=True, route=None):
     betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, weights = _variant(kind)
     if not pose2rot:
         pose = rotations_of(pose)
-    return (betas, pose, v_template, shapedirs, posedirs, J_regressor, weights, parents, pose2rot)
+    if route is None:
+        route = skinning_module._shape_route("native", betas, v_template)
+    index = skinning_module._ROUTE_INDEX[route]
+    return (
+        betas,
+        pose,
+        v_template,
+        shapedirs,
+        posedirs,
+        J_regressor,
+        weights,
+        parents,
+        pose2rot,
+        index,
+    )
 
 
-@pytest.mark.parametrize("kind", FUSED_KINDS)
+@pytest.mark.parametrize(
+    "kind, route",
+    [
+        ("plain", None),
+        ("more_shapes_than_betas", None),  # the kernel route
+        ("more_shapes_than_betas", "regressed"),  # the GPU's route, here on the CPU
+        ("one_pose_row", None),
+        ("batched_template", None),
+    ],
+)
 @pytest.mark.parametrize("pose2rot", [True, False])
-def test_opcheck_fused_forward_and_backward(kind, pose2rot):
-    args = _fused_args(kind, pose2rot)
+def test_opcheck_fused_forward_and_backward(kind, route, pose2rot):
+    args = _fused_args(kind, pose2rot, route)
     forward = torch.ops.portrait_engine.lbs_fused_forward.default
     torch.library.opcheck(forward, args)
     vertices, joints, saved = forward(*args)
-    for needs in ([True] * 7, [True, True, False, False, False, False, False]):
-        grads_out = (torch.randn_like(vertices), torch.randn_like(joints))
-        backward_args = (*grads_out, *args[:8], saved, pose2rot, needs)
+    for needs, grad_joints in (
+        ([True] * 7, torch.randn_like(joints)),
+        ([True, True, False, False, False, False, False], None),  # only the vertices reached
+    ):
+        grads_out = (torch.randn_like(vertices), grad_joints)
+        backward_args = (*grads_out, *args[:8], saved, pose2rot, args[9], needs)
         torch.library.opcheck(torch.ops.portrait_engine.lbs_fused_backward.default, backward_args)
         grads = torch.ops.portrait_engine.lbs_fused_backward.default(*backward_args)
         for grad, need in zip(grads, needs, strict=True):
             assert (grad.numel() > 0) == need
 
 
-def _run(inputs, needs):
+def _run(inputs, needs, outputs=(0, 1)):
     leaves = [
         x.detach().clone().requires_grad_(i in needs) if x.is_floating_point() else x
         for i, x in enumerate(inputs)
@@ -54,19 +78,27 @@ def _run(inputs, needs):
     generator = torch.Generator().manual_seed(5)
     gv = torch.randn(vertices.shape, generator=generator)
     gj = torch.randn(joints.shape, generator=generator)
-    torch.autograd.backward([vertices, joints], [gv, gj])
+    reached = [(vertices, gv), (joints, gj)]
+    torch.autograd.backward(*zip(*[reached[i] for i in outputs], strict=True))
     return [vertices.detach(), joints.detach()] + [leaves[i].grad for i in INDEX.values()]
 
 
-@pytest.mark.usefixtures("poison_outputs")
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("needs", list(NEEDS))
-def test_fused_path_matches_the_python_path(monkeypatch, kind, needs):
-    inputs = _variant(kind)
-    assert skinning_module._FUSED_NATIVE
-    fused = _run(inputs, NEEDS[needs])
+def _compare(monkeypatch, inputs, needs, outputs=(0, 1)):
+    """The fused path (checked to run) against the Python path, on the same inputs."""
+    calls = []
+    fused_forward = skinning_module._LBS.run_fused_forward
+
+    def counted(*args):
+        calls.append(1)
+        return fused_forward(*args)
+
+    monkeypatch.setattr(skinning_module._LBS, "run_fused_forward", staticmethod(counted))
+    fused = _run(inputs, needs, outputs)
+    assert calls, "the fused path did not run"
     monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", False)
-    python = _run(inputs, NEEDS[needs])
+    python = _run(inputs, needs, outputs)
+    assert len(calls) == 1, "the fused path ran where the Python path should have"
+    monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", True)
     for index, (got, want) in enumerate(zip(fused, python, strict=True)):
         if want is None:
             assert got is None, f"output {index}: a gradient the Python path does not give"
@@ -75,19 +107,40 @@ def test_fused_path_matches_the_python_path(monkeypatch, kind, needs):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"output {index}")
 
 
-def test_missing_output_gradients_count_as_zero():
-    """Only the vertices reach the loss, or only the joints: the other gradient is None."""
-    inputs = _variant("plain")
-    leaves = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
-    vertices, joints = lbs(*leaves, backend="native")
-    vertices.sum().backward()
-    assert leaves[1].grad is not None and torch.isfinite(leaves[1].grad).all()
-    for leaf in leaves:
-        leaf.grad = None
-    vertices, joints = lbs(*leaves, backend="native")
-    joints.square().sum().backward()
-    assert leaves[0].grad is not None and torch.isfinite(leaves[0].grad).all()
-    assert leaves[4].grad is not None and leaves[4].grad.abs().max() == 0  # posedirs
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("needs", list(NEEDS))
+def test_fused_path_matches_the_python_path(monkeypatch, kind, needs):
+    _compare(monkeypatch, _variant(kind), NEEDS[needs])
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("needs", [*NEEDS, "betas_only", "regressor_only", "template_only"])
+def test_regressed_route_matches_the_python_path(monkeypatch, needs):
+    """The regressed route is the GPU's for B > NB; forced here on the CPU, both paths."""
+    subsets = {"betas_only": (0,), "regressor_only": (5,), "template_only": (2,)}
+    monkeypatch.setattr(skinning_module, "_shape_route", lambda *args: "regressed")
+    _compare(monkeypatch, _variant("more_shapes_than_betas"), NEEDS.get(needs, subsets.get(needs)))
+
+
+@pytest.mark.parametrize("outputs", [(0,), (1,)])
+def test_an_output_that_does_not_reach_the_loss(monkeypatch, outputs):
+    """Only the vertices reach the loss, or only the joints: the other's gradient arrives as
+    None and counts as zero, as on the Python path."""
+    _compare(monkeypatch, _variant("plain"), NEEDS["all"], outputs)
+
+
+def test_bad_route_and_saved_list_are_refused():
+    args = list(_fused_args("batched_template"))
+    args[9] = 2  # regressed with a batch of templates
+    with pytest.raises(RuntimeError, match="v_template"):
+        torch.ops.portrait_engine.lbs_fused_forward.default(*args)
+    args = _fused_args("plain")
+    vertices, joints, saved = torch.ops.portrait_engine.lbs_fused_forward.default(*args)
+    with pytest.raises(RuntimeError, match="saved"):
+        torch.ops.portrait_engine.lbs_fused_backward.default(
+            vertices, joints, *args[:8], saved[:4], args[8], args[9], [True] * 7
+        )
 
 
 def test_a_signature_that_passed_still_checks_each_call(monkeypatch):

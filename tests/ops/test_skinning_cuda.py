@@ -221,7 +221,8 @@ def test_gpu_lbs_compiles_fullgraph_with_inductor(backend):
 
 
 @pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "one_pose_row"])
-def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind):
+@pytest.mark.parametrize("needs", ["all", "betas_pose", "model_only", "shape_only"])
+def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind, needs):
     """Native lbs in eager mode runs as one C++ op per direction (csrc/skinning/lbs_fused.cpp);
     on a GPU its shape part takes the "regressed" route for B > NB (the CPU: the kernel)."""
     _require("native", "lbs_fused_forward")
@@ -229,7 +230,7 @@ def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind):
     from tests.ops import test_lbs_routes
 
     inputs = _cuda(test_lbs_routes._variant(kind))
-    needs = test_lbs_routes.NEEDS["all"]
+    needs = test_lbs_routes.NEEDS[needs]
     fused = test_lbs_routes._run("native", inputs, needs)
     monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", False)
     python = test_lbs_routes._run("native", inputs, needs)
