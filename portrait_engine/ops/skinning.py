@@ -753,37 +753,17 @@ class _LBS(torch.autograd.Function):
             return _LBS.run_forward(ctx, *args)
 
     @staticmethod
-    def run_fused_forward(
-        ctx,
-        betas,
-        pose,
-        v_template,
-        shapedirs,
-        posedirs,
-        J_regressor,
-        lbs_weights,
-        parents,
-        pose2rot,
-    ):
+    def run_fused_forward(ctx, *args):
         """Native lbs in eager mode: run_forward and backward's calls from C++, one op each
-        (csrc/skinning/lbs_fused.cpp), the same kernels, algebra and route."""
-        route = _ROUTE_INDEX[_shape_route("native", betas, v_template)]
+        (csrc/skinning/lbs_fused.cpp), the same kernels, algebra and route. ``args``:
+        run_forward's but the backend name, the fused ops' order (betas, pose, v_template,
+        shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot)."""
+        route = _ROUTE_INDEX[_shape_route("native", args[0], args[2])]
         vertices, posed_joints, saved = torch.ops.portrait_engine.lbs_fused_forward.default(
-            betas,
-            pose,
-            v_template,
-            shapedirs,
-            posedirs,
-            J_regressor,
-            lbs_weights,
-            parents,
-            pose2rot,
-            route,
+            *args, route
         )
-        ctx.save_for_backward(
-            betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, *saved
-        )
-        ctx.meta = (pose2rot, route)
+        ctx.save_for_backward(*args[:8], *saved)
+        ctx.meta = (args[8], route)
         ctx.fused = True
         return vertices, posed_joints
 
