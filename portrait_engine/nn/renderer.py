@@ -119,29 +119,31 @@ def stratified_depths(
 ) -> torch.Tensor:
     """EG3D's ``sample_stratified``: ``(B, R, S, 1)`` jittered depths from start to end.
 
-    ``z_k = start + k·Δ + U_k·Δ`` with ``Δ = (end - start) / (S - 1)`` (per ray for tensor
-    limits ``(B, R, 1)``); in disparity space ``t_k = k/(S-1) + U_k/(S-1)`` and
-    ``z = 1 / (1/start · (1 - t) + 1/end · t)``. ``jitter=False`` takes ``U_k = 0``.
+    ``z_k = start + (k + U_k)·Δ`` with ``Δ = (end - start) / (S - 1)`` (per ray for tensor
+    limits ``(B, R, 1)``); in disparity space ``t_k = (k + U_k)/(S-1)`` and
+    ``z = 1 / (1/start + t·(1/end - 1/start))``. ``jitter=False`` takes ``U_k = 0``. EG3D's
+    formulas, grouped so that the rounded depths of each ray are non-decreasing (see below).
     """
     shape = (batch, rays, samples, 1)
     if jitter:
         jitter = torch.rand(shape, generator=generator, device=device, dtype=dtype)
     else:
         jitter = torch.zeros(shape, device=device, dtype=dtype)
-    steps = torch.linspace(0.0, 1.0, samples, device=device, dtype=dtype).reshape(1, 1, -1, 1)
-    step = 1.0 / (samples - 1)
+    # Each depth from its own position k + U_k, not EG3D's linspace + U_k·Δ: rounded, k + U_k
+    # never passes k + 1 (U_k < 1, k + 1 exact), and every step after it is monotone for
+    # end >= start, so each ray's depths are non-decreasing, as merge_samples requires (and
+    # checks). EG3D's form, the same value to rounding, stepped back by an ulp where U_k ≈ 1 met
+    # U_{k+1} ≈ 0 (about once in 10^10 pairs: ~1e-4 per EG3D-size render, a crash in a long run).
+    positions = torch.arange(samples, device=device, dtype=dtype).reshape(1, 1, -1, 1) + jitter
     if isinstance(ray_start, torch.Tensor):
         start, end = ray_start.unsqueeze(-2), ray_end.unsqueeze(-2)  # (B, R, 1, 1)
     else:
         start, end = ray_start, ray_end
     if disparity_space:
-        t = steps + jitter * step
-        return 1.0 / (1.0 / start * (1.0 - t) + 1.0 / end * t)
-    if isinstance(ray_start, torch.Tensor):
-        delta = (end - start) / (samples - 1)
-        return start + steps * (end - start) + jitter * delta
-    line = torch.linspace(ray_start, ray_end, samples, device=device, dtype=dtype)
-    return line.reshape(1, 1, -1, 1) + jitter * ((ray_end - ray_start) / (samples - 1))
+        t = positions * (1.0 / (samples - 1))
+        # 1/z = (1/start)(1 - t) + (1/end) t, as one product and one sum (monotone in t)
+        return 1.0 / (1.0 / start + t * (1.0 / end - 1.0 / start))
+    return start + positions * ((end - start) / (samples - 1))
 
 
 def triplane_crop_mask(points: torch.Tensor, crop: float, box_warp: float) -> torch.Tensor:

@@ -304,6 +304,32 @@ def test_stratified_depths_stay_sorted_between_the_limits(disparity, tensor_limi
     torch.testing.assert_close(plain[..., 0, :], torch.full((2, 3, 1), 2.0))
 
 
+@pytest.mark.parametrize("disparity", [False, True], ids=["depth", "disparity"])
+@pytest.mark.parametrize("tensor_limits", [False, True], ids=["scalar", "per-ray"])
+def test_stratified_depths_stay_sorted_on_the_worst_jitter(monkeypatch, disparity, tensor_limits):
+    """U_k just below 1 next to U_{k+1} = 0 on every pair: EG3D's linspace + U·Δ steps back by
+    an ulp there (merge_samples would refuse those coarse depths); each depth from its own
+    position k + U_k does not."""
+    samples, start, end = 48, 2.25, 3.3
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))
+
+    def worst(shape, **kwargs):
+        draws = torch.zeros(shape, dtype=kwargs.get("dtype"))
+        draws[..., 0::2, :] = below_one
+        return draws
+
+    if not disparity and not tensor_limits:  # the published form on these draws
+        line = torch.linspace(start, end, samples).reshape(1, 1, -1, 1)
+        eg3d = line + worst((1, 4, samples, 1)) * ((end - start) / (samples - 1))
+        assert bool((eg3d[..., 1:, :] < eg3d[..., :-1, :]).any())
+    if tensor_limits:
+        start = torch.full((1, 4, 1), start)
+        end = torch.tensor([2.3, 3.3, 2.251, 5.0]).reshape(1, 4, 1)
+    monkeypatch.setattr(torch, "rand", worst)
+    depths = stratified_depths(1, 4, start, end, samples, disparity_space=disparity)
+    assert bool((depths[..., 1:, :] >= depths[..., :-1, :]).all())
+
+
 # --- the fused renderer (render_rays) ------------------------------------------------------
 
 
