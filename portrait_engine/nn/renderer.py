@@ -54,6 +54,7 @@ from portrait_engine.ops import (
     sample_importance,
     triplane_sample,
 )
+from portrait_engine.ops.importance import mark_sorted
 from portrait_engine.ops.reference.render import COLOR_ACTIVATIONS
 from portrait_engine.ops.triplane import channels_last_planes
 
@@ -259,7 +260,7 @@ class ImportanceRenderer(nn.Module):
             start, end = fill_invalid_limits(*ray_limits_box(origins, directions, self.box_warp))
         else:
             start, end = float(self.ray_start), float(self.ray_end)
-        return stratified_depths(
+        depths = stratified_depths(
             batch,
             rays,
             start,
@@ -271,6 +272,12 @@ class ImportanceRenderer(nn.Module):
             device=origins.device,
             dtype=origins.dtype,
         )
+        if self.ray_start != "auto" and self.depth_resolution <= 256:
+            # sorted by construction for 0 < start < end (checked in __init__) while the sample
+            # index is exact in every float dtype (bfloat16: up to 256); per-ray limits can come
+            # out reversed (no ray meets the box), so those are checked by the merge
+            mark_sorted(depths)
+        return depths
 
     def density_noise_draw(self, shape, generator, device, dtype) -> torch.Tensor | None:
         """``N(0, 1)·density_noise`` of ``shape`` (None without noise): one draw per sample."""

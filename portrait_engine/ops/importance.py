@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from portrait_engine import _backend, _extension
 from portrait_engine.ops import _validation as v
@@ -244,15 +245,18 @@ def sample_importance(
     )
     name = _backend.resolve(backend, depths.device, "sample_importance")
     if name == "torch" or batch * rays * n_importance == 0:
-        return sample_importance_reference(depths, weights, n_importance, sort=sort, u=u)
-    flat_depths = depths.detach().reshape(batch * rays, samples).contiguous()
-    flat_weights = weights.detach().reshape(batch * rays, samples - 1).contiguous()
-    if name == "triton":
-        op = torch.ops.portrait_engine.sample_importance_triton
+        fine = sample_importance_reference(depths, weights, n_importance, sort=sort, u=u)
     else:
-        op = torch.ops.portrait_engine.sample_importance
-    fine = op(flat_depths, flat_weights, u, sort)
-    return fine.reshape(batch, rays, n_importance, 1)
+        flat_depths = depths.detach().reshape(batch * rays, samples).contiguous()
+        flat_weights = weights.detach().reshape(batch * rays, samples - 1).contiguous()
+        if name == "triton":
+            op = torch.ops.portrait_engine.sample_importance_triton
+        else:
+            op = torch.ops.portrait_engine.sample_importance
+        fine = op(flat_depths, flat_weights, u, sort).reshape(batch, rays, n_importance, 1)
+    if sort and _known_sorted(depths):  # a running maximum of finite depths (weights checked)
+        mark_sorted(fine)
+    return fine
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,10 +264,35 @@ def sample_importance(
 # --------------------------------------------------------------------------------------------
 
 
+# Depth tensors known to be sorted along their sample axis and free of NaN, with their version
+# counter then: those that passed _check_sorted, those sorted by construction (the renderer's
+# stratified depths, through mark_sorted), sample_importance(sort=True)'s output for known
+# depths (a running maximum of finite values) and merge_samples' output. The check is two
+# passes over the tensor and, on a GPU, a device sync per merge (2-core CPU, the quick
+# sample_importance + merge case, 2026-11-27: about a sixth of native's time); a tensor object
+# is checked again only after an in-place change (its version counter moves). Writes through
+# ``.data`` or shared storage that bypass the version counter are not seen, as for lbs's tree.
+_KNOWN_SORTED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def mark_sorted(depths: torch.Tensor) -> torch.Tensor:
+    """Record ``depths`` ``(B, R, S, 1)`` as sorted along S for every ray and free of NaN, so
+    :func:`merge_samples` does not check it again (only for depths sorted by construction)."""
+    if not torch.compiler.is_compiling():
+        _KNOWN_SORTED[depths] = depths._version
+    return depths
+
+
+def _known_sorted(depths: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # compiled code never checks (nor marks)
+        return False
+    return _KNOWN_SORTED.get(depths) == depths._version
+
+
 def _check_sorted(name: str, depths: torch.Tensor) -> None:
     # eager only, like the finiteness check: a merge needs each ray's depths non-decreasing.
     # One comparison pass: a NaN compares false, so it fails the test too.
-    if torch.compiler.is_compiling() or depths.numel() == 0:
+    if torch.compiler.is_compiling() or depths.numel() == 0 or _known_sorted(depths):
         return
     if depths.shape[-2] == 1:
         ordered = not bool(torch.isnan(depths).any())
@@ -276,6 +305,7 @@ def _check_sorted(name: str, depths: torch.Tensor) -> None:
             f"{name} must be sorted (non-decreasing) along the sample axis of each ray; "
             "sample_importance(..., sort=True) gives sorted fine depths"
         )
+    mark_sorted(depths)
 
 
 def _validate_merge(depths1, depths2, values1, values2):
@@ -355,7 +385,10 @@ def merge_samples(
     _validate_merge(depths1, depths2, values1, values2)
     name = _backend.resolve(backend, depths1.device, "merge_samples_index")
     if name == "torch":
-        return merge_samples_reference(depths1, depths2, tuple(values1), tuple(values2))
+        merged_depths, merged = merge_samples_reference(
+            depths1, depths2, tuple(values1), tuple(values2)
+        )
+        return mark_sorted(merged_depths), merged  # a stable sort of checked depths
 
     batch, rays, first, _ = depths1.shape
     second = depths2.shape[2]
@@ -380,5 +413,5 @@ def merge_samples(
         )
         return out.reshape(batch, rays, first + second, channels)
 
-    merged_depths = merge(depths1, depths2)
+    merged_depths = mark_sorted(merge(depths1, depths2))  # both checked sorted: so is this
     return merged_depths, tuple(merge(a, b) for a, b in zip(values1, values2, strict=True))

@@ -330,6 +330,20 @@ def test_stratified_depths_stay_sorted_on_the_worst_jitter(monkeypatch, disparit
     assert bool((depths[..., 1:, :] >= depths[..., :-1, :]).all())
 
 
+def test_coarse_depths_between_fixed_limits_are_known_sorted():
+    """Fixed limits: the coarse depths are sorted by construction and marked so (merge_samples
+    does not check them); per-ray 'auto' limits can come out reversed, so the merge checks."""
+    from portrait_engine.ops import importance
+
+    _, _, origins, directions = make_scene()
+    fixed = ImportanceRenderer(depth_resolution=8, depth_resolution_importance=8)
+    assert importance._known_sorted(fixed.coarse_depths(origins, directions))
+    auto = ImportanceRenderer(
+        depth_resolution=8, depth_resolution_importance=8, ray_start="auto", ray_end="auto"
+    )
+    assert not importance._known_sorted(auto.coarse_depths(origins, directions))
+
+
 # --- the fused renderer (render_rays) ------------------------------------------------------
 
 

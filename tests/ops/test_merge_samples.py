@@ -322,3 +322,59 @@ def test_torch_compile_fullgraph(backend):
     fn(d1, d2, c, e).backward()
     torch.testing.assert_close(a.grad, c.grad)
     torch.testing.assert_close(b.grad, e.grad)
+
+
+# --- depths known sorted: checked once per tensor version ------------------------------------
+
+
+class _CountComparisons(torch.overrides.TorchFunctionMode):
+    """Counts the ``>=`` comparisons (the sortedness check's pass) run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.__ge__, torch.Tensor.ge, torch.ge):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_checked_tensor_is_checked_again_only_after_a_change(backend):
+    depths1, depths2, values1, values2 = make_inputs()
+    with _CountComparisons() as counter:
+        merge_samples(depths1, depths2, values1, values2, backend=backend)
+    assert counter.count == 2
+    with _CountComparisons() as counter:
+        merged, _ = merge_samples(depths1, depths2, values1, values2, backend=backend)
+    assert counter.count == 0
+    # the merged depths are sorted by construction: merging them again checks nothing
+    with _CountComparisons() as counter:
+        merge_samples(merged, depths2, (), (), backend=backend)
+    assert counter.count == 0
+    depths1[0, 0, 0, 0] = 2.0  # in place: the version counter moves, the check runs (and fails)
+    with pytest.raises(ValueError, match="depths1 must be sorted"):
+        merge_samples(depths1, depths2, values1, values2, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_sorted_importance_samples_of_checked_depths_are_not_checked(backend):
+    from portrait_engine.ops import sample_importance
+
+    generator = torch.Generator().manual_seed(0)
+    depths = torch.sort(torch.rand(2, 3, 8, 1, generator=generator) + 2, dim=-2).values
+    weights = torch.rand(2, 3, 7, 1, generator=generator)
+    fresh = sample_importance(depths, weights, 5, sort=True, generator=generator, backend=backend)
+    with _CountComparisons() as counter:  # depths unknown so far: both checked
+        merge_samples(depths, fresh, (), (), backend=backend)
+    assert counter.count == 2
+    fine = sample_importance(depths, weights, 5, sort=True, generator=generator, backend=backend)
+    with _CountComparisons() as counter:  # a running maximum over checked depths
+        merge_samples(depths, fine, (), (), backend=backend)
+    assert counter.count == 0
+    unsorted = sample_importance(depths, weights, 5, generator=generator, backend=backend)
+    with _CountComparisons() as counter:  # sort=False: checked
+        with pytest.raises(ValueError, match="depths2 must be sorted"):
+            merge_samples(depths, unsorted, (), (), backend=backend)
+    assert counter.count == 1
