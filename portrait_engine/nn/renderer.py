@@ -105,6 +105,24 @@ def fill_invalid_limits(
     return new_start, new_end
 
 
+def _empty_where_reversed(
+    start: torch.Tensor, end: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Limits ``(B, R, 1)`` with every reversed pair (end < start) made an empty range at the
+    ray's closest approach to the box's centre.
+
+    After :func:`fill_invalid_limits` only a batch (or a chunk of rays) in which no ray meets
+    the box has reversed limits, EG3D's ``(-1, -2)``: EG3D's own fill raises there (the minimum
+    of no valid start), and reversed depths are refused by ``merge_samples``. An empty range
+    gives those rays zero weights: the background, at a positive depth. No device sync.
+    """
+    o, d = origins.detach(), directions.detach()
+    closest = (-(o * d).sum(-1, keepdim=True) / (d * d).sum(-1, keepdim=True)).clamp_min(0.0)
+    reversed_ = end < start
+    closest = closest.to(start.dtype)
+    return torch.where(reversed_, closest, start), torch.where(reversed_, closest, end)
+
+
 def stratified_depths(
     batch: int,
     rays: int,
@@ -258,6 +276,7 @@ class ImportanceRenderer(nn.Module):
         batch, rays, _ = origins.shape
         if self.ray_start == "auto":
             start, end = fill_invalid_limits(*ray_limits_box(origins, directions, self.box_warp))
+            start, end = _empty_where_reversed(start, end, origins, directions)
         else:
             start, end = float(self.ray_start), float(self.ray_end)
         depths = stratified_depths(

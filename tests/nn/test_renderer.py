@@ -167,6 +167,36 @@ def test_auto_limits_render_inside_the_box():
     assert torch.isfinite(rgb).all() and torch.isfinite(depth).all()
 
 
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
+def test_auto_limits_with_no_ray_in_the_box(backend):
+    """A batch, or a chunk, in which no ray meets the box: EG3D's fill has no valid start to copy
+    (its own code raises) and the limits stay reversed; these rays get an empty range at their
+    closest approach to the box's centre: zero weights, that depth, gradients finite. Rays of
+    other chunks render as in the whole batch."""
+    planes, decoder, origins, directions = make_scene(rays=6, seed=3)
+    origins[0, :3] = torch.tensor([5.0, 5.0, -2.7])  # the first chunk of 3 misses the box
+    directions[0, :3] = torch.tensor([0.0, 0.0, 1.0])
+    kwargs = dict(
+        depth_resolution=8,
+        depth_resolution_importance=6,
+        ray_start="auto",
+        ray_end="auto",
+        deterministic=True,
+        backend=backend,
+    )
+    planes.requires_grad_()
+    whole = ImportanceRenderer(**kwargs)(planes, decoder, origins, directions)
+    chunked = ImportanceRenderer(chunk_rays=3, **kwargs)(planes, decoder, origins, directions)
+    rgb, depth, weight_sum = chunked
+    assert torch.isfinite(rgb).all() and torch.isfinite(depth).all()
+    torch.testing.assert_close(weight_sum[0, :3], torch.zeros(3, 1))
+    torch.testing.assert_close(depth[0, :3], torch.full((3, 1), 2.7))
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a[0, 3:], b[0, 3:])
+    (rgb.sum() + depth.sum()).backward()
+    assert torch.isfinite(planes.grad).all()
+
+
 def test_triplane_crop_removes_density_outside():
     points = torch.tensor(
         [[[0.0, 0.0, 0.0], [0.45, 0.0, 0.0], [0.0, 0.49, 0.0], [0.0, 0.0, -0.41]]]
