@@ -143,6 +143,10 @@ def stratified_depths(
     ``z = 1 / (1/start + t·(1/end - 1/start))``. ``jitter=False`` takes ``U_k = 0``. EG3D's
     formulas, grouped so that the rounded depths of each ray are non-decreasing (see below).
     """
+    if samples < 2:
+        raise ValueError(
+            f"samples must be at least 2 (the spacing divides by S - 1), got {samples}"
+        )
     shape = (batch, rays, samples, 1)
     if jitter:
         jitter = torch.rand(shape, generator=generator, device=device, dtype=dtype)
@@ -150,9 +154,10 @@ def stratified_depths(
         jitter = torch.zeros(shape, device=device, dtype=dtype)
     # Each depth from its own position k + U_k, not EG3D's linspace + U_k·Δ: rounded, k + U_k
     # never passes k + 1 (U_k < 1, k + 1 exact), and every step after it is monotone for
-    # end >= start, so each ray's depths are non-decreasing, as merge_samples requires (and
-    # checks). EG3D's form, the same value to rounding, stepped back by an ulp where U_k ≈ 1 met
-    # U_{k+1} ≈ 0 (about once in 10^10 pairs: ~1e-4 per EG3D-size render, a crash in a long run).
+    # end >= start (disparity space: while 1/z stays positive, end < S·start), so each ray's
+    # depths are non-decreasing, as merge_samples requires (and checks). EG3D's form, the same
+    # value to rounding, stepped back by an ulp where U_k ≈ 1 met U_{k+1} ≈ 0 (about once in
+    # 10^10 pairs: ~1e-4 per EG3D-size render, a crash in a long run).
     positions = torch.arange(samples, device=device, dtype=dtype).reshape(1, 1, -1, 1) + jitter
     if isinstance(ray_start, torch.Tensor):
         start, end = ray_start.unsqueeze(-2), ray_end.unsqueeze(-2)  # (B, R, 1, 1)
@@ -291,10 +296,15 @@ class ImportanceRenderer(nn.Module):
             device=origins.device,
             dtype=origins.dtype,
         )
-        if self.ray_start != "auto" and self.depth_resolution <= 256:
-            # sorted by construction for 0 < start < end (checked in __init__) while the sample
-            # index is exact in every float dtype (bfloat16: up to 256); per-ray limits can come
-            # out reversed (no ray meets the box), so those are checked by the merge
+        if (
+            self.ray_start != "auto"
+            and not self.disparity_space_sampling
+            and self.depth_resolution <= 256
+        ):
+            # sorted and finite by construction for 0 < start < end (checked in __init__) while
+            # the sample index is exact in every float dtype (bfloat16: up to 256). Not marked:
+            # per-ray limits (NaN origins, say) and disparity space (the last sample's t passes
+            # 1, and for end >= S·start its 1/z crosses zero, as in EG3D): the merge checks them
             mark_sorted(depths)
         return depths
 

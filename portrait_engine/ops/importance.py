@@ -254,8 +254,6 @@ def sample_importance(
         else:
             op = torch.ops.portrait_engine.sample_importance
         fine = op(flat_depths, flat_weights, u, sort).reshape(batch, rays, n_importance, 1)
-    if sort and _known_sorted(depths):  # a running maximum of finite depths (weights checked)
-        mark_sorted(fine)
     return fine
 
 
@@ -264,29 +262,33 @@ def sample_importance(
 # --------------------------------------------------------------------------------------------
 
 
-# Depth tensors known to be sorted along their sample axis and free of NaN, with their version
-# counter then: those that passed _check_sorted, those sorted by construction (the renderer's
-# stratified depths, through mark_sorted), sample_importance(sort=True)'s output for known
-# depths (a running maximum of finite values) and merge_samples' output. The check is two
-# passes over the tensor and, on a GPU, a device sync per merge (2-core CPU, the quick
-# sample_importance + merge case, 2026-11-27: about a sixth of native's time); a tensor object
-# is checked again only after an in-place change (its version counter moves). Writes through
-# ``.data`` or shared storage that bypass the version counter are not seen, as for lbs's tree.
+# Depth tensors known to be sorted along their sample axis and finite, with their version
+# counter then: those that passed _check_sorted and are finite, merge_samples' outputs of two
+# such tensors, and those sorted by construction (the renderer's coarse depths between fixed
+# limits, through mark_sorted). The check is two passes over the tensor and, on a GPU, a device
+# sync per merge; a tensor object is checked again only after an in-place change (its version
+# counter moves). Writes through ``.data`` or shared storage that bypass the version counter
+# are not seen, as for lbs's tree. Inference-mode tensors have no version counter: always
+# checked. (sample_importance's outputs are not marked: absurd weights can overflow its pdf
+# into NaN, which only the check sees.)
 _KNOWN_SORTED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def _trackable(depths: torch.Tensor) -> bool:
+    return not torch.compiler.is_compiling() and not depths.is_inference()
+
+
 def mark_sorted(depths: torch.Tensor) -> torch.Tensor:
-    """Record ``depths`` ``(B, R, S, 1)`` as sorted along S for every ray and free of NaN, so
+    """Record ``depths`` ``(B, R, S, 1)`` as sorted along S for every ray and finite, so
     :func:`merge_samples` does not check it again (only for depths sorted by construction)."""
-    if not torch.compiler.is_compiling():
+    if _trackable(depths):
         _KNOWN_SORTED[depths] = depths._version
     return depths
 
 
 def _known_sorted(depths: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():  # compiled code never checks (nor marks)
-        return False
-    return _KNOWN_SORTED.get(depths) == depths._version
+    # compiled code never checks (nor marks); inference tensors have no version counter
+    return _trackable(depths) and _KNOWN_SORTED.get(depths) == depths._version
 
 
 def _check_sorted(name: str, depths: torch.Tensor) -> None:
@@ -305,7 +307,18 @@ def _check_sorted(name: str, depths: torch.Tensor) -> None:
             f"{name} must be sorted (non-decreasing) along the sample axis of each ray; "
             "sample_importance(..., sort=True) gives sorted fine depths"
         )
-    mark_sorted(depths)
+    # sorted and without NaN: finite when each ray's first and last depths are (inf is allowed
+    # through, but a merge of it is not known to be finite)
+    ends = torch.cat((depths[..., :1, :], depths[..., -1:, :]), dim=-2)
+    if bool(torch.isfinite(ends).all()):
+        mark_sorted(depths)
+
+
+def _mark_merged(merged: torch.Tensor, depths1: torch.Tensor, depths2: torch.Tensor):
+    """The merge of two depth tensors known sorted and finite is too."""
+    if _known_sorted(depths1) and _known_sorted(depths2):
+        mark_sorted(merged)
+    return merged
 
 
 def _validate_merge(depths1, depths2, values1, values2):
@@ -388,7 +401,7 @@ def merge_samples(
         merged_depths, merged = merge_samples_reference(
             depths1, depths2, tuple(values1), tuple(values2)
         )
-        return mark_sorted(merged_depths), merged  # a stable sort of checked depths
+        return _mark_merged(merged_depths, depths1, depths2), merged
 
     batch, rays, first, _ = depths1.shape
     second = depths2.shape[2]
@@ -413,5 +426,5 @@ def merge_samples(
         )
         return out.reshape(batch, rays, first + second, channels)
 
-    merged_depths = mark_sorted(merge(depths1, depths2))  # both checked sorted: so is this
+    merged_depths = _mark_merged(merge(depths1, depths2), depths1, depths2)
     return merged_depths, tuple(merge(a, b) for a, b in zip(values1, values2, strict=True))

@@ -372,6 +372,24 @@ def test_coarse_depths_between_fixed_limits_are_known_sorted():
         depth_resolution=8, depth_resolution_importance=8, ray_start="auto", ray_end="auto"
     )
     assert not importance._known_sorted(auto.coarse_depths(origins, directions))
+    # disparity space: for ray_end >= S·ray_start the last sample's 1/z crosses zero (as in
+    # EG3D), so those depths are left to the merge's check, which refuses them
+    disparity = ImportanceRenderer(
+        depth_resolution=8,
+        depth_resolution_importance=8,
+        ray_start=0.1,
+        ray_end=5.0,
+        disparity_space_sampling=True,
+    )
+    assert not importance._known_sorted(disparity.coarse_depths(origins, directions))
+    planes, decoder = make_scene()[:2]
+    with pytest.raises(ValueError, match="depths1 must be sorted"):
+        disparity(planes, decoder, origins, directions)
+    with torch.inference_mode():  # no version counter: nothing marked, the render runs
+        rgb, _, _ = fixed(planes, decoder, origins, directions)
+    assert torch.isfinite(rgb).all()
+    with pytest.raises(ValueError, match="samples must be at least 2"):
+        stratified_depths(1, 2, torch.ones(1, 2, 1), torch.full((1, 2, 1), 2.0), 1)
 
 
 # --- the fused renderer (render_rays) ------------------------------------------------------

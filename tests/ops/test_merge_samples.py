@@ -359,22 +359,29 @@ def test_a_checked_tensor_is_checked_again_only_after_a_change(backend):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_sorted_importance_samples_of_checked_depths_are_not_checked(backend):
+def test_what_is_not_known_sorted_is_checked(backend):
+    """Importance samples are checked on their first merge (absurd weights can overflow their
+    pdf into NaN); depths with inf (sorted, but not finite) and inference-mode tensors (no
+    version counter) on every merge."""
     from portrait_engine.ops import sample_importance
 
     generator = torch.Generator().manual_seed(0)
     depths = torch.sort(torch.rand(2, 3, 8, 1, generator=generator) + 2, dim=-2).values
     weights = torch.rand(2, 3, 7, 1, generator=generator)
-    fresh = sample_importance(depths, weights, 5, sort=True, generator=generator, backend=backend)
-    with _CountComparisons() as counter:  # depths unknown so far: both checked
-        merge_samples(depths, fresh, (), (), backend=backend)
-    assert counter.count == 2
+    merge_samples(depths, depths, (), (), backend=backend)  # depths now known
     fine = sample_importance(depths, weights, 5, sort=True, generator=generator, backend=backend)
-    with _CountComparisons() as counter:  # a running maximum over checked depths
+    with _CountComparisons() as counter:  # not known from the sampler: checked (then known)
         merge_samples(depths, fine, (), (), backend=backend)
-    assert counter.count == 0
-    unsorted = sample_importance(depths, weights, 5, generator=generator, backend=backend)
-    with _CountComparisons() as counter:  # sort=False: checked
-        with pytest.raises(ValueError, match="depths2 must be sorted"):
-            merge_samples(depths, unsorted, (), (), backend=backend)
     assert counter.count == 1
+    far = depths.clone()
+    far[..., -1, :] = float("inf")
+    for _ in range(2):
+        with _CountComparisons() as counter:
+            merged, _ = merge_samples(far, depths, (), (), backend=backend)
+        assert counter.count == 1
+    with torch.inference_mode():
+        frozen = depths.clone()
+        for _ in range(2):
+            with _CountComparisons() as counter:
+                merge_samples(frozen, frozen, (), (), backend=backend)
+            assert counter.count == 2
