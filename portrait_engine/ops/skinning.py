@@ -984,7 +984,9 @@ def lbs(
         # smplx's reshapes fail on an empty batch; the result is simply empty
         empty = betas.new_empty(0, 3)
         return empty.new_empty(0, v_template.shape[-2], 3), empty.new_empty(0, num_joints, 3)
-    if name == "torch":
+    if name == "torch" or v_template.shape[-2] == 0:
+        # (a model of no vertices: the kernels' (B, V·3) reshapes have no size to infer; smplx's
+        # formulas give the joints of an empty mesh, all at the origin before posing)
         return lbs_reference(
             betas,
             pose,

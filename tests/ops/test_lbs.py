@@ -142,6 +142,20 @@ def test_empty_batch(backend):
     assert joints.shape == (0, 24, 3)
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_model_without_vertices(backend):
+    """V = 0: empty vertices, the joints of an empty mesh posed, as smplx gives them."""
+    betas, pose, v_template, shapedirs, posedirs, regressor, parents, weights = make_inputs()
+    inputs = [betas, pose, v_template[:0], shapedirs[:0], posedirs[:, :0], regressor[:, :0]]
+    inputs = [x.clone().requires_grad_() for x in inputs] + [parents, weights[:0]]
+    vertices, joints = lbs(*inputs, backend=backend)
+    want = smplx.lbs.lbs(*inputs)
+    assert vertices.shape == (3, 0, 3)
+    torch.testing.assert_close(joints, want[1])
+    joints.square().sum().backward()
+    assert torch.isfinite(inputs[1].grad).all()
+
+
 def test_reference_rodrigues_is_smplx():
     rot = torch.randn(50, 3, dtype=torch.float64)
     torch.testing.assert_close(batch_rodrigues_reference(rot), smplx.lbs.batch_rodrigues(rot))
