@@ -845,6 +845,17 @@ class _LBS(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_vertices, grad_posed_joints):
+        device_type = (
+            grad_vertices if grad_vertices is not None else grad_posed_joints
+        ).device.type
+        if torch.is_autocast_enabled(device_type):
+            # a backward under autocast: the products in the forward's dtype, as lbs() ran them
+            with torch.autocast(device_type, enabled=False):
+                return _LBS.run_backward(ctx, grad_vertices, grad_posed_joints)
+        return _LBS.run_backward(ctx, grad_vertices, grad_posed_joints)
+
+    @staticmethod
+    def run_backward(ctx, grad_vertices, grad_posed_joints):
         if getattr(ctx, "fused", False):
             return _LBS.fused_backward(ctx, grad_vertices, grad_posed_joints)
         (
@@ -998,7 +1009,7 @@ def lbs(
             lbs_weights,
             pose2rot,
         )
-    return _LBS.apply(
+    args = (
         betas,
         pose,
         v_template,
@@ -1010,3 +1021,11 @@ def lbs(
         pose2rot,
         name,
     )
+    device_type = betas.device.type
+    if torch.is_autocast_enabled(device_type):
+        # the kernels take one dtype, and autocast would run the shape part's products in
+        # fp16 / bf16 beside the fp32 pose: lbs computes in its inputs' dtype (the kernels
+        # accumulate half inputs in fp32 anyway)
+        with torch.autocast(device_type, enabled=False):
+            return _LBS.apply(*args)
+    return _LBS.apply(*args)

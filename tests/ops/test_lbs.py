@@ -156,6 +156,19 @@ def test_a_model_without_vertices(backend):
     assert torch.isfinite(inputs[1].grad).all()
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_under_autocast_computes_in_the_inputs_dtype(backend):
+    """Mixed precision training: autocast would run the shape part's products in bfloat16 beside
+    the float32 pose (the kernels take one dtype); lbs computes in its inputs' dtype instead."""
+    inputs = make_inputs(batch=4)
+    want = run("smplx", inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run(backend, inputs)
+    assert got[0].dtype == torch.float32
+    for g, w in zip(got, want, strict=True):
+        assert relative_l2(g, w) < 1e-5
+
+
 def test_reference_rodrigues_is_smplx():
     rot = torch.randn(50, 3, dtype=torch.float64)
     torch.testing.assert_close(batch_rodrigues_reference(rot), smplx.lbs.batch_rodrigues(rot))

@@ -236,3 +236,17 @@ def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind, needs):
     python = test_lbs_routes._run("native", inputs, needs)
     for got, want in zip(fused, python, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_gpu_lbs_under_autocast(backend):
+    """Mixed precision training on a GPU: under fp16 autocast lbs computes in its inputs' dtype
+    (autocast would turn the shape part's products to fp16 beside the fp32 pose)."""
+    _require(backend, "forward_kinematics_forward")
+    inputs = _cuda(test_lbs.make_inputs(batch=4, rings=10, around=12))
+    want = test_lbs.run("smplx", inputs)
+    with torch.autocast("cuda", dtype=torch.float16):
+        got = test_lbs.run(backend, inputs)
+    assert got[0].dtype == torch.float32
+    for g, w in zip(got, want, strict=True):
+        assert relative_l2(g, w) < 1e-5
