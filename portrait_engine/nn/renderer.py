@@ -346,7 +346,9 @@ class ImportanceRenderer(nn.Module):
         else:  # the decoder's ops (softplus, decoder_outputs) follow the renderer's backend
             with _backend.use_backend(self.backend):
                 out = decoder(features, sample_directions)
-        colors, sigma = out["rgb"], out["sigma"]
+        # in the depths' dtype: under autocast the decoder's products give bf16 / fp16, and
+        # ray_march takes one dtype (a no-op otherwise)
+        colors, sigma = out["rgb"].to(depths.dtype), out["sigma"].to(depths.dtype)
         noise = self.density_noise_draw(sigma.shape, generator, sigma.device, sigma.dtype)
         if noise is not None:
             sigma = sigma + noise

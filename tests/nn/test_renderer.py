@@ -197,6 +197,28 @@ def test_auto_limits_with_no_ray_in_the_box(backend):
     assert torch.isfinite(planes.grad).all()
 
 
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
+def test_renders_under_autocast(backend):
+    """Mixed precision training: under autocast the decoder's products run in bfloat16 and the
+    march gets the colours and densities in the depths' dtype (it takes one dtype)."""
+    planes, decoder, origins, directions = make_scene(rays=6)
+    renderer = ImportanceRenderer(
+        depth_resolution=8, depth_resolution_importance=8, fused=False, backend=backend
+    )
+    planes.requires_grad_()
+    want = renderer(
+        planes, decoder, origins, directions, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = renderer(
+            planes, decoder, origins, directions, generator=torch.Generator().manual_seed(1)
+        )
+        got[0].sum().backward()
+    assert got[0].dtype == torch.float32 and torch.isfinite(planes.grad).all()
+    for g, w in zip(got, want, strict=True):  # bfloat16 products: about 3 significant digits
+        torch.testing.assert_close(g, w, rtol=0.05, atol=0.05)
+
+
 def test_triplane_crop_removes_density_outside():
     points = torch.tensor(
         [[[0.0, 0.0, 0.0], [0.45, 0.0, 0.0], [0.0, 0.49, 0.0], [0.0, 0.0, -0.41]]]
