@@ -263,8 +263,6 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> lbs_fused_forward(
   // the calls below go straight to their kernels (lbs's own autograd node is above this op)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t J = J_regressor.size(0), V = J_regressor.size(1);
-  std::vector<Tensor> saved;
-  saved.reserve(10);
   std::vector<Tensor> shape_saved;
   auto [v_shaped, joints] = shape_forward(route, betas, v_template, shapedirs, J_regressor,
                                           shape_saved);
@@ -284,7 +282,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> lbs_fused_forward(
   Tensor vertices = ops().skin_forward.call(v_posed, weights, transforms, false);
   // not the inputs' views (kernel_pose, tree, dirs, weights): an op's outputs may not alias
   // its inputs; the backward forms them again from the inputs (free for contiguous ones)
-  saved = {kernel_joints, transforms, pose_feature, v_posed};
+  std::vector<Tensor> saved = {kernel_joints, transforms, pose_feature, v_posed};
   saved.insert(saved.end(), shape_saved.begin(), shape_saved.end());
   return {vertices, posed_joints, saved};
 }

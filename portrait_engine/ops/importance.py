@@ -297,9 +297,14 @@ def _check_sorted(name: str, depths: torch.Tensor) -> None:
     if torch.compiler.is_compiling() or depths.numel() == 0 or _known_sorted(depths):
         return
     if depths.shape[-2] == 1:
-        ordered = not bool(torch.isnan(depths).any())
+        ordered = ~torch.isnan(depths).any()
     else:
-        ordered = bool((depths[..., 1:, :] >= depths[..., :-1, :]).all())
+        ordered = (depths[..., 1:, :] >= depths[..., :-1, :]).all()
+    # sorted and without NaN, it is finite when each ray's first and last depths are (inf is
+    # allowed through, but a merge of it is not known to be finite): read back with the
+    # order in one transfer (one device sync, as the order alone took)
+    ends = torch.cat((depths[..., :1, :], depths[..., -1:, :]), dim=-2)
+    ordered, finite = torch.stack((ordered, torch.isfinite(ends).all())).tolist()
     if not ordered:
         if bool(torch.isnan(depths).any()):
             raise ValueError(f"{name} must not contain NaN")
@@ -307,10 +312,7 @@ def _check_sorted(name: str, depths: torch.Tensor) -> None:
             f"{name} must be sorted (non-decreasing) along the sample axis of each ray; "
             "sample_importance(..., sort=True) gives sorted fine depths"
         )
-    # sorted and without NaN: finite when each ray's first and last depths are (inf is allowed
-    # through, but a merge of it is not known to be finite)
-    ends = torch.cat((depths[..., :1, :], depths[..., -1:, :]), dim=-2)
-    if bool(torch.isfinite(ends).all()):
+    if finite:
         mark_sorted(depths)
 
 
