@@ -155,7 +155,33 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
   PE_TARGET_AVX512 void FN##_avx512(const ARGS<scalar_t>& a, int64_t begin, int64_t end) { \
     FN<scalar_t>(a, begin, end);                                                           \
   }
+// PE_ISA_CLONES_WIDTH(FN, ARGS): the same for a range function that also takes its vector
+// width in bytes, `template <typename scalar_t, int kVecBytes> void FN(...)`: a function that
+// holds explicit vector types (GCC vector extensions) sizes them to the target's registers, since
+// a vector wider than the registers lives in memory. The baseline build calls
+// FN<scalar_t, kVecBytesBaseline>.
+#define PE_ISA_CLONES_WIDTH(FN, ARGS)                                                      \
+  template <typename scalar_t>                                                             \
+  PE_TARGET_AVX2 void FN##_avx2(const ARGS<scalar_t>& a, int64_t begin, int64_t end) {     \
+    FN<scalar_t, ::portrait_engine::cpu_math::kVecBytesAvx2>(a, begin, end);               \
+  }                                                                                        \
+  template <typename scalar_t>                                                             \
+  PE_TARGET_AVX512 void FN##_avx512(const ARGS<scalar_t>& a, int64_t begin, int64_t end) { \
+    FN<scalar_t, ::portrait_engine::cpu_math::kVecBytesAvx512>(a, begin, end);             \
+  }
 #endif
+
+// The register width, in bytes, of each instruction set's vectors (SSE2, AVX2, AVX-512).
+constexpr int kVecBytesBaseline = 16;
+constexpr int kVecBytesAvx2 = 32;
+constexpr int kVecBytesAvx512 = 64;
+
+// A GCC vector of T of kBytes bytes (through a template, so that a dependent kBytes is applied
+// where a class template instantiates it).
+template <typename T, int kBytes>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kBytes)));
+};
 
 // The widest instruction set this CPU (and OS) supports, capped by the environment variable
 // PORTRAIT_ENGINE_CPU_ISA = baseline | avx2 | avx512 (read on every call, so tests can run

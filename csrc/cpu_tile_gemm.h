@@ -4,10 +4,11 @@
 // Why not BLAS: the matrices are a ray's worth of rows (tens to a few hundred) by tens of
 // columns, inside an at::parallel_for task; a BLAS call per product would cost more in dispatch
 // and threading than the product itself. Here each product is a loop over tiles of kTileRows
-// rows by kCols columns held in registers: GCC's vector extension types (a Chunk is kCols
-// values) compile to whatever the enclosing function targets (SSE2 baseline, AVX2, AVX-512 under
-// cpu_math.h's PE_TARGET_* clones, where the scalar times chunk product becomes an FMA with an
-// embedded broadcast). Every matrix's rows are padded to a multiple of kCols values
+// rows by kCols columns held in registers: GCC's vector extension types of the enclosing
+// function's register width (the kVecBytes template argument: 16 for the SSE2 baseline, 32 and
+// 64 for cpu_math.h's AVX2 and AVX-512 clones, where the scalar times vector product becomes an
+// FMA with an embedded broadcast), kTileRows chosen so the accumulators fit the register file.
+// Every matrix's rows are padded to a multiple of kCols values
 // (`padded`): the kernels lay their scratch and weight copies out with padded rows. A product
 // computes its N columns: whole chunks, then the last N % kCols columns one at a time (so a
 // kernel may pass the padded width, whose padding columns depend only on B's, or the true
@@ -21,20 +22,32 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu_math.h"
+
 namespace portrait_engine {
 namespace cpu_gemm {
 
-constexpr int kCols = 16;     // values per chunk, and the padding unit of every row
-constexpr int kTileRows = 8;  // rows of a full tile: 8 accumulators hide the FMA latency
+constexpr int kCols = 16;  // values per chunk, and the padding unit of every row
 
 inline int64_t padded(int64_t n) { return (n + kCols - 1) / kCols * kCols; }
 
-template <typename T>
-struct ChunkOf {
-  typedef T type __attribute__((vector_size(kCols * sizeof(T))));
+// A chunk of kCols values as kVecs native vectors of kVecBytes bytes: the enclosing function's
+// register width (16 baseline, 32 AVX2, 64 AVX-512; cpu_math::kVecBytes*). A vector type wider
+// than the target's registers is not split into registers by GCC: it lives in memory and every
+// operation on it loads and stores (a 64-byte chunk under AVX2 ran these products 7x slower than
+// 32-byte vectors, and slower than the SSE2 baseline).
+template <typename T, int kVecBytes>
+struct Lanes {
+  using vec = typename cpu_math::VecOf<T, kVecBytes>::type;
+  static constexpr int kWidth = kVecBytes / static_cast<int>(sizeof(T));
+  static constexpr int kVecs = kCols / kWidth;
+  static_assert(kVecs >= 1 && kVecs * kWidth == kCols, "a chunk must be whole vectors");
+  // rows of a full tile: as many accumulator rows as leave registers for B's chunk and the
+  // broadcast (16 registers below AVX-512, 32 with it), at most 8 (enough to hide the FMA
+  // latency)
+  static constexpr int kBudget = kVecBytes == 64 ? 24 : 12;
+  static constexpr int kTileRows = kBudget / kVecs < 1 ? 1 : (kBudget / kVecs > 8 ? 8 : kBudget / kVecs);
 };
-template <typename T>
-using Chunk = typename ChunkOf<T>::type;
 
 // How a product starts: from zero, from a bias row (kCols-aligned, the same for every row), or
 // from C's current values (accumulation).
@@ -42,30 +55,46 @@ enum class Start { kZero, kBias, kAccumulate };
 
 // One tile: C[r][0, kCols) = start + Σ_k A(r, k) · B[k][0, kCols), r < Rows, with
 // A(r, k) = A[r · a_row + k · a_k] (so Aᵀ is A with the strides swapped).
-template <typename T, int Rows>
+template <typename T, int kVecBytes, int Rows>
 inline void tile(int64_t K, const T* __restrict__ A, int64_t a_row, int64_t a_k,
                  const T* __restrict__ B, int64_t ldb, T* __restrict__ C, int64_t ldc,
                  Start start, const T* __restrict__ bias) {
-  Chunk<T> acc[Rows];
+  using L = Lanes<T, kVecBytes>;
+  using V = typename L::vec;
+  constexpr int kV = L::kVecs;
+  V acc[Rows][kV];
 #pragma GCC unroll 16
   for (int r = 0; r < Rows; ++r) {
-    if (start == Start::kAccumulate) {
-      std::memcpy(&acc[r], C + r * ldc, sizeof(Chunk<T>));
-    } else if (start == Start::kBias) {
-      std::memcpy(&acc[r], bias, sizeof(Chunk<T>));
-    } else {
-      acc[r] = Chunk<T>{};
+#pragma GCC unroll 16
+    for (int q = 0; q < kV; ++q) {
+      if (start == Start::kAccumulate) {
+        std::memcpy(&acc[r][q], C + r * ldc + q * L::kWidth, sizeof(V));
+      } else if (start == Start::kBias) {
+        std::memcpy(&acc[r][q], bias + q * L::kWidth, sizeof(V));
+      } else {
+        acc[r][q] = V{};
+      }
     }
   }
   for (int64_t k = 0; k < K; ++k) {
-    Chunk<T> b;
-    std::memcpy(&b, B + k * ldb, sizeof(b));
+    V b[kV];
+#pragma GCC unroll 16
+    for (int q = 0; q < kV; ++q) std::memcpy(&b[q], B + k * ldb + q * L::kWidth, sizeof(V));
     const T* a = A + k * a_k;
 #pragma GCC unroll 16
-    for (int r = 0; r < Rows; ++r) acc[r] += a[r * a_row] * b;
+    for (int r = 0; r < Rows; ++r) {
+      const T x = a[r * a_row];
+#pragma GCC unroll 16
+      for (int q = 0; q < kV; ++q) acc[r][q] += x * b[q];
+    }
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < Rows; ++r) std::memcpy(C + r * ldc, &acc[r], sizeof(Chunk<T>));
+  for (int r = 0; r < Rows; ++r) {
+#pragma GCC unroll 16
+    for (int q = 0; q < kV; ++q) {
+      std::memcpy(C + r * ldc + q * L::kWidth, &acc[r][q], sizeof(V));
+    }
+  }
 }
 
 // One column of a tile (the columns past the last whole chunk): scalar accumulators.
@@ -91,15 +120,15 @@ inline void tile_column(int64_t K, const T* __restrict__ A, int64_t a_row, int64
 }
 
 // Rows [m, m + Rows) of the product: the whole chunks of columns, then the remaining columns.
-template <typename T, int Rows>
+template <typename T, int kVecBytes, int Rows>
 inline void row_tiles(int64_t m, int64_t N, int64_t K, const T* A, int64_t a_row, int64_t a_k,
                       const T* B, int64_t ldb, T* C, int64_t ldc, Start start, const T* bias) {
   const T* A_m = A + m * a_row;
   T* C_m = C + m * ldc;
   int64_t n = 0;
   for (; n + kCols <= N; n += kCols) {
-    tile<T, Rows>(K, A_m, a_row, a_k, B + n, ldb, C_m + n, ldc, start,
-                  bias + (bias != nullptr ? n : 0));
+    tile<T, kVecBytes, Rows>(K, A_m, a_row, a_k, B + n, ldb, C_m + n, ldc, start,
+                             bias + (bias != nullptr ? n : 0));
   }
   for (; n < N; ++n) {
     tile_column<T, Rows>(K, A_m, a_row, a_k, B + n, ldb, C_m + n, ldc, start,
@@ -107,26 +136,28 @@ inline void row_tiles(int64_t m, int64_t N, int64_t K, const T* A, int64_t a_row
   }
 }
 
-// C (M x N, row stride ldc) = start + A (M x K, strides a_row, a_k) · B (K x N, row stride ldb).
+// Rows [m, M) in tiles of Rows rows while they last, then of Rows / 2, ..., 1.
+template <typename T, int kVecBytes, int Rows>
+inline void rows_from(int64_t m, int64_t M, int64_t N, int64_t K, const T* A, int64_t a_row,
+                      int64_t a_k, const T* B, int64_t ldb, T* C, int64_t ldc, Start start,
+                      const T* bias) {
+  for (; m + Rows <= M; m += Rows) {
+    row_tiles<T, kVecBytes, Rows>(m, N, K, A, a_row, a_k, B, ldb, C, ldc, start, bias);
+  }
+  if constexpr (Rows > 1) {
+    rows_from<T, kVecBytes, Rows / 2>(m, M, N, K, A, a_row, a_k, B, ldb, C, ldc, start, bias);
+  }
+}
+
+// C (M x N, row stride ldc) = start + A (M x K, strides a_row, a_k) · B (K x N, row stride ldb),
+// with vectors of kVecBytes bytes (the enclosing function's register width).
 // ldb and ldc are multiples of kCols (rows of whole chunks); columns of C from N to the padded
 // width are left as they are. `bias` (N values) is read with Start::kBias only.
-template <typename T>
+template <typename T, int kVecBytes>
 inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_row, int64_t a_k,
                  const T* B, int64_t ldb, T* C, int64_t ldc, Start start, const T* bias) {
-  int64_t m = 0;
-  for (; m + kTileRows <= M; m += kTileRows) {
-    row_tiles<T, kTileRows>(m, N, K, A, a_row, a_k, B, ldb, C, ldc, start, bias);
-  }
-  // the last M % 8 rows: a tile of 4, of 2, of 1
-  if (M - m >= 4) {
-    row_tiles<T, 4>(m, N, K, A, a_row, a_k, B, ldb, C, ldc, start, bias);
-    m += 4;
-  }
-  if (M - m >= 2) {
-    row_tiles<T, 2>(m, N, K, A, a_row, a_k, B, ldb, C, ldc, start, bias);
-    m += 2;
-  }
-  if (M - m >= 1) row_tiles<T, 1>(m, N, K, A, a_row, a_k, B, ldb, C, ldc, start, bias);
+  rows_from<T, kVecBytes, Lanes<T, kVecBytes>::kTileRows>(0, M, N, K, A, a_row, a_k, B, ldb, C,
+                                                          ldc, start, bias);
 }
 
 }  // namespace cpu_gemm

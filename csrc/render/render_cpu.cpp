@@ -270,7 +270,7 @@ PE_INLINE void point_grad(const acc_t* __restrict__ u, int64_t ld_u, int64_t C_r
 
 // Passes 1-3 shared by both directions: sample, decode, the per-sample density and colour
 // state, the intervals. Returns nothing; fills the scratch rows of the ray.
-template <typename scalar_t, bool backward, int kC>
+template <typename scalar_t, bool backward, int kC, int kVB>
 PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
                           RayScratch<at::opmath_type<scalar_t>>& t) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -286,7 +286,7 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
     gather_features<kC, backward>(planes_b, a.proj, z.d, z.C, pts[s * 3], pts[s * 3 + 1],
                                   pts[s * 3 + 2], t.f + s * Cp, t.u + s * 3 * Cp, Cp);
   }
-  cpu_gemm::gemm<acc_t>(S, Hp, L.C, t.f, Cp, 1, L.w1t, Hp, t.h, Hp, Start::kBias, L.b1);
+  cpu_gemm::gemm<acc_t, kVB>(S, Hp, L.C, t.f, Cp, 1, L.w1t, Hp, t.h, Hp, Start::kBias, L.b1);
   {
     acc_t* __restrict__ h = t.h;
     acc_t* __restrict__ dsp = t.dsp;
@@ -298,7 +298,7 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
     }
   }
   // N = O: no product over the padding of EG3D's 33 outputs (columns 33-47)
-  cpu_gemm::gemm<acc_t>(S, L.O, L.Hd, t.h, Hp, 1, L.w2t, Op, t.out, Op, Start::kBias, L.b2);
+  cpu_gemm::gemm<acc_t, kVB>(S, L.O, L.Hd, t.h, Hp, 1, L.w2t, Op, t.out, Op, Start::kBias, L.b2);
   const acc_t* noise = a.noise != nullptr ? a.noise + ray * S : nullptr;
   for (int64_t s = 0; s < S; ++s) {
     acc_t* o = t.out + s * Op;
@@ -341,14 +341,14 @@ PE_INLINE void decode_ray(const RenderArgs<scalar_t>& a, int64_t ray,
 }
 
 // Forward of rays [begin, end): decode, then composite along each ray.
-template <typename scalar_t, int kC>
+template <typename scalar_t, int kC, int kVB>
 PE_INLINE void forward_rays_of(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const DecoderLayout<acc_t>& L = *a.L;
   const int64_t S = a.z.S, Op = L.Op, Co = L.O - 1;
   RayScratch<acc_t> t(S, L);
   for (int64_t ray = begin; ray < end; ++ray) {
-    decode_ray<scalar_t, false, kC>(a, ray, t);
+    decode_ray<scalar_t, false, kC, kVB>(a, ray, t);
     const acc_t* dep = a.depths + ray * S;
     acc_t* __restrict__ rgb = t.rgb;
     for (int64_t c = 0; c < Co; ++c) rgb[c] = acc_t(0);
@@ -374,7 +374,7 @@ PE_INLINE void forward_rays_of(const RenderArgs<scalar_t>& a, int64_t begin, int
 }
 
 // Backward of the chunk's blocks [begin, end) of kBlockRays rays (backward_impl's pass 1).
-template <typename scalar_t, int kC>
+template <typename scalar_t, int kC, int kVB>
 PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const DecoderLayout<acc_t>& L = *a.L;
@@ -391,7 +391,7 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
     acc_t* gb2 = gw2 + O * Hp;
     for (int64_t k = blk * kBlockRays; k < std::min(a.n_rays, (blk + 1) * kBlockRays); ++k) {
       const int64_t ray = a.batch * z.R + a.r0 + k;
-      decode_ray<scalar_t, true, kC>(a, ray, t);
+      decode_ray<scalar_t, true, kC, kVB>(a, ray, t);
       const acc_t* g = a.grad_features + ray * Co;
       const acc_t* gw = a.grad_weights + ray * n_weights;
       const acc_t* w_saved = a.saved_weights + ray * n_weights;
@@ -441,7 +441,7 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
         PE_SIMD
         for (int64_t c = 0; c < Co; ++c) dout[1 + c] = coef * g[c] * rgb_grad(state[c], act);
       }
-      cpu_gemm::gemm<acc_t>(S, Hp, O, t.dout, Op, 1, L.w2, Hp, t.dpre, Hp, Start::kZero,
+      cpu_gemm::gemm<acc_t, kVB>(S, Hp, O, t.dout, Op, 1, L.w2, Hp, t.dpre, Hp, Start::kZero,
                             nullptr);
       {
         acc_t* __restrict__ dpre = t.dpre;
@@ -449,12 +449,12 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
         PE_SIMD
         for (int64_t i = 0; i < S * Hp; ++i) dpre[i] *= dsp[i];
       }
-      cpu_gemm::gemm<acc_t>(S, Cp, Hd, t.dpre, Hp, 1, L.w1, Cp, t.df, Cp, Start::kZero,
+      cpu_gemm::gemm<acc_t, kVB>(S, Cp, Hd, t.dpre, Hp, 1, L.w1, Cp, t.df, Cp, Start::kZero,
                             nullptr);
       // weight gradients: dw2 += doutᵀ h, dw1 += dpreᵀ f (K = the ray's samples, in order)
-      cpu_gemm::gemm<acc_t>(O, Hp, S, t.dout, 1, Op, t.h, Hp, gw2, Hp, Start::kAccumulate,
+      cpu_gemm::gemm<acc_t, kVB>(O, Hp, S, t.dout, 1, Op, t.h, Hp, gw2, Hp, Start::kAccumulate,
                             nullptr);
-      cpu_gemm::gemm<acc_t>(Hd, Cp, S, t.dpre, 1, Hp, t.f, Cp, gw1, Cp, Start::kAccumulate,
+      cpu_gemm::gemm<acc_t, kVB>(Hd, Cp, S, t.dpre, 1, Hp, t.f, Cp, gw1, Cp, Start::kAccumulate,
                             nullptr);
       for (int64_t s = 0; s < S; ++s) {
         const acc_t* __restrict__ dout = t.dout + s * Op;
@@ -523,14 +523,14 @@ void with_channels(int64_t C, F&& pass) {
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kVB>
 void forward_rays(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  with_channels(a.z.C, [&]<int K>() { forward_rays_of<scalar_t, K>(a, begin, end); });
+  with_channels(a.z.C, [&]<int K>() { forward_rays_of<scalar_t, K, kVB>(a, begin, end); });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kVB>
 void backward_blocks(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  with_channels(a.z.C, [&]<int K>() { backward_blocks_of<scalar_t, K>(a, begin, end); });
+  with_channels(a.z.C, [&]<int K>() { backward_blocks_of<scalar_t, K, kVB>(a, begin, end); });
 }
 
 template <typename scalar_t>
@@ -540,8 +540,8 @@ void scatter(const RenderArgs<scalar_t>& a, int64_t begin, int64_t end) {
 
 // The passes compiled again for AVX2 and AVX-512 (flatten: the math inlined into the loops).
 #if PE_HAVE_ISA_CLONES
-PE_ISA_CLONES(forward_rays, RenderArgs)
-PE_ISA_CLONES(backward_blocks, RenderArgs)
+PE_ISA_CLONES_WIDTH(forward_rays, RenderArgs)
+PE_ISA_CLONES_WIDTH(backward_blocks, RenderArgs)
 PE_ISA_CLONES(scatter, RenderArgs)
 #endif
 
@@ -564,8 +564,9 @@ RangeFn<scalar_t> pick(Pass pass) {
       break;
   }
 #endif
-  if (pass == Pass::kForward) return forward_rays<scalar_t>;
-  return pass == Pass::kBackward ? backward_blocks<scalar_t> : scatter<scalar_t>;
+  constexpr int kVB = cpu_math::kVecBytesBaseline;
+  if (pass == Pass::kForward) return forward_rays<scalar_t, kVB>;
+  return pass == Pass::kBackward ? backward_blocks<scalar_t, kVB> : scatter<scalar_t>;
 }
 
 template <typename scalar_t>

@@ -126,8 +126,12 @@ struct SampleArgs {
   }
 };
 
-// A float channel vector of fixed length 16 * kV held in registers: GCC vector extensions, so
-// each ISA clone keeps it in kV zmm (AVX-512), 2 kV ymm (AVX2) or 4 kV xmm registers. The
+// A float channel vector of fixed length 16 * kV held in registers: GCC vector extensions of the
+// clone's register width (kVecBytes), so each ISA clone keeps it in kV zmm (AVX-512), 2 kV ymm
+// (AVX2) or 4 kV xmm registers. (Until 2026-11-27 the vectors were 64 bytes whatever the target:
+// below AVX-512 GCC kept them in memory. `python tools/time_cpu_isa.py`, old build against new,
+// 2 threads: forward AVX2 11-12 -> 5.5-6 ms, baseline 13-18 -> 5-9 ms, AVX-512 unchanged at
+// 6.4-7.5 ms.) The
 // generic loops keep a point's accumulator in memory (its length is a run-time C), and every
 // corner then loads, adds and stores it again (perf: that load-FMA-store was the forward's
 // hottest code at C = 32). Against the generic loops on the same inputs (2026-11-26, 3 planes x
@@ -136,52 +140,58 @@ struct SampleArgs {
 // backward with the points pass 0.82-0.91x (1.03x at 256^2 on 2 threads). The forward's
 // per-channel arithmetic is the generic loops' (acc += w * texel, corner by corner, in the same
 // order), so both give the same numbers.
-template <int kV>
+template <int kV, int kVecBytes>
 struct ChannelVec {
-  typedef float f32x16 __attribute__((vector_size(64)));
-  f32x16 v[kV];
+  // 16 * kV floats as kN vectors of the target's register width (cpu_math::kVecBytes*): a
+  // vector type wider than the registers lives in memory (with 64-byte vectors the AVX2 clone
+  // ran barely faster than the SSE2 baseline)
+  using vec = typename cpu_math::VecOf<float, kVecBytes>::type;
+  static constexpr int kW = kVecBytes / 4;
+  static constexpr int kN = 16 * kV / kW;
+  static_assert(kN * kW == 16 * kV, "whole vectors");
+  vec v[kN];
 
-  static inline f32x16 load(const float* src) {
-    f32x16 x;
+  static inline vec load(const float* src) {
+    vec x;
     __builtin_memcpy(&x, src, sizeof(x));
     return x;
   }
   inline void set(float x) {
-    for (int q = 0; q < kV; ++q) v[q] = f32x16{} + x;
+    for (int q = 0; q < kN; ++q) v[q] = vec{} + x;
   }
   inline void axpy(const float* src, float w) {
-    for (int q = 0; q < kV; ++q) v[q] += w * load(src + 16 * q);
+    for (int q = 0; q < kN; ++q) v[q] += w * load(src + kW * q);
   }
   inline void store(float* dst, float scale) const {
-    for (int q = 0; q < kV; ++q) {
-      const f32x16 x = v[q] * scale;
-      __builtin_memcpy(dst + 16 * q, &x, sizeof(x));
+    for (int q = 0; q < kN; ++q) {
+      const vec x = v[q] * scale;
+      __builtin_memcpy(dst + kW * q, &x, sizeof(x));
     }
   }
   inline void store(float* dst) const { __builtin_memcpy(dst, v, sizeof(v)); }
   inline void load_row(const float* src) {
-    for (int q = 0; q < kV; ++q) v[q] = load(src + 16 * q);
+    for (int q = 0; q < kN; ++q) v[q] = load(src + kW * q);
   }
   // sum_c v[c] * other[c]: the lanes' products summed vector by vector, then across lanes
   inline float dot(const ChannelVec& other) const {
-    f32x16 sum = v[0] * other.v[0];
-    for (int q = 1; q < kV; ++q) sum += v[q] * other.v[q];
+    vec sum = v[0] * other.v[0];
+    for (int q = 1; q < kN; ++q) sum += v[q] * other.v[q];
     float total = 0.0f;
-    for (int l = 0; l < 16; ++l) total += sum[l];
+    for (int l = 0; l < kW; ++l) total += sum[l];
     return total;
   }
 };
 
 // The forward of float planes of 16 * kV channels: forward_points below with the accumulator
 // in registers.
-template <int kV>
+template <int kV, int kVecBytes>
 void forward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t end) {
   const Geometry geo = a.z.geo;
   const int64_t P = a.z.P, N = a.z.N;
   const int64_t plane_numel = geo.plane_numel();
   const int ncorners = num_corners(a.trilinear);
   const float inv_p = 1.0f / static_cast<float>(P);
-  ChannelVec<kV> acc;
+  ChannelVec<kV, kVecBytes> acc;
   for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
                  [&](int64_t i, int64_t b, int64_t n, float px, float py, float pz) {
     if (a.reduce_mean) acc.set(0.0f);
@@ -206,15 +216,15 @@ void forward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t end
 }
 
 // Forward over the points [begin, end).
-template <typename scalar_t>
+template <typename scalar_t, int kVecBytes>
 void forward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, float>) {
     switch (a.z.geo.C) {  // EG3D's, PanoHead's and 3DPortraitGAN's planes have 32 channels
-      case 16: return forward_points_fixed<1>(a, begin, end);
-      case 32: return forward_points_fixed<2>(a, begin, end);
-      case 48: return forward_points_fixed<3>(a, begin, end);
-      case 64: return forward_points_fixed<4>(a, begin, end);
+      case 16: return forward_points_fixed<1, kVecBytes>(a, begin, end);
+      case 32: return forward_points_fixed<2, kVecBytes>(a, begin, end);
+      case 48: return forward_points_fixed<3, kVecBytes>(a, begin, end);
+      case 64: return forward_points_fixed<4, kVecBytes>(a, begin, end);
       default: break;
     }
   }
@@ -259,14 +269,14 @@ void forward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
 // dwx_k t_k, likewise vy, vz), then dotted once with the row: dix = vx . g, the generic loop's
 // sum_k dwx_k (t_k . g) in another order (one horizontal sum per axis instead of one per
 // corner).
-template <int kV>
+template <int kV, int kVecBytes>
 void backward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t end) {
   const Geometry geo = a.z.geo;
   const int64_t P = a.z.P, N = a.z.N;
   const int64_t plane_numel = geo.plane_numel();
   const int ncorners = num_corners(a.trilinear);
   const float scale = a.reduce_mean ? 1.0f / static_cast<float>(P) : 1.0f;
-  ChannelVec<kV> g, vx, vy, vz;
+  ChannelVec<kV, kVecBytes> g, vx, vy, vz;
   for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
                  [&](int64_t i, int64_t b, int64_t n, float px, float py, float pz) {
     float out0 = 0, out1 = 0, out2 = 0;
@@ -302,15 +312,15 @@ void backward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t en
 }
 
 // Backward pass 1 over the points [begin, end): grad_points, a gather like the forward.
-template <typename scalar_t>
+template <typename scalar_t, int kVecBytes>
 void backward_points(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, float>) {
     switch (a.z.geo.C) {
-      case 16: return backward_points_fixed<1>(a, begin, end);
-      case 32: return backward_points_fixed<2>(a, begin, end);
-      case 48: return backward_points_fixed<3>(a, begin, end);
-      case 64: return backward_points_fixed<4>(a, begin, end);
+      case 16: return backward_points_fixed<1, kVecBytes>(a, begin, end);
+      case 32: return backward_points_fixed<2, kVecBytes>(a, begin, end);
+      case 48: return backward_points_fixed<3, kVecBytes>(a, begin, end);
+      case 64: return backward_points_fixed<4, kVecBytes>(a, begin, end);
       default: break;
     }
   }
@@ -406,8 +416,8 @@ void backward_planes(const SampleArgs<scalar_t>& a, int64_t begin, int64_t end) 
 // inlined, so the channel loops vectorise at the instruction set's width), picked at run time
 // by cpu_math::cpu_isa() as the ray kernels do (PORTRAIT_ENGINE_CPU_ISA caps the choice).
 #if PE_HAVE_ISA_CLONES
-PE_ISA_CLONES(forward_points, SampleArgs)
-PE_ISA_CLONES(backward_points, SampleArgs)
+PE_ISA_CLONES_WIDTH(forward_points, SampleArgs)
+PE_ISA_CLONES_WIDTH(backward_points, SampleArgs)
 PE_ISA_CLONES(backward_planes, SampleArgs)
 #endif
 
@@ -439,8 +449,8 @@ RangeFn<scalar_t> pick(Pass pass) {
   }
 #endif
   switch (pass) {
-    case Pass::kForward: return forward_points<scalar_t>;
-    case Pass::kBackwardPoints: return backward_points<scalar_t>;
+    case Pass::kForward: return forward_points<scalar_t, cpu_math::kVecBytesBaseline>;
+    case Pass::kBackwardPoints: return backward_points<scalar_t, cpu_math::kVecBytesBaseline>;
     case Pass::kBackwardPlanes: break;
   }
   return backward_planes<scalar_t>;
