@@ -114,17 +114,19 @@ std::tuple<at::Tensor, at::Tensor> merge_samples_index_cpu(const at::Tensor& dep
             // The merge of two sorted lists: the next sample is the first list's unless the
             // second's is strictly nearer (ties: the first list first), which gives the ranks
             // i + #(second < d1[i]) and j + #(first <= d2[j]) of merged_position_first/second.
-            // Every position is written once whatever the input, so the output is always a
-            // permutation (the public op has checked the order and NaN).
+            // Branch-free: each step writes the current merged position to both lists' current
+            // entries and advances one of them, so an entry's last write is the step that took
+            // it (or the tail loops'); the comparison of random depths mispredicted about every
+            // other step as a branch. Whatever the input the output is a permutation (the
+            // public op has checked the order and NaN).
             int64_t i = 0, j = 0;
             while (i < first && j < second) {
-              if (static_cast<acc_t>(d2[j]) < static_cast<acc_t>(d1[i])) {
-                p2[j] = static_cast<int32_t>(i + j);
-                ++j;
-              } else {
-                p1[i] = static_cast<int32_t>(i + j);
-                ++i;
-              }
+              const int32_t position = static_cast<int32_t>(i + j);
+              p1[i] = position;
+              p2[j] = position;
+              const bool take_second = static_cast<acc_t>(d2[j]) < static_cast<acc_t>(d1[i]);
+              j += take_second;
+              i += !take_second;
             }
             for (; i < first; ++i) p1[i] = static_cast<int32_t>(i + j);
             for (; j < second; ++j) p2[j] = static_cast<int32_t>(i + j);
