@@ -419,8 +419,9 @@ def test_native_cpu_isa_paths_and_sizes_match_reference(
     """Each compiled path of the CPU kernel (PORTRAIT_ENGINE_CPU_ISA caps the run-time choice;
     a path the CPU lacks falls back to the widest it has), at EG3D's decoder sizes (the fixed
     32-channel loops; 33 outputs: 2 whole column chunks and a tail column of the register-tiled
-    products) and at sizes that fill no chunk, with sample counts that leave row tiles of 4, 2
-    and 1 (13 = 8 + 4 + 1; 9 = 8 + 1), against the reference, forward and backward."""
+    products) and at sizes that fill no chunk, with sample counts that leave partial row tiles
+    (full tiles of 8 rows with AVX-512, 6 with AVX2, 3 with SSE2: 13 = 8 + 4 + 1, 6 + 6 + 1 and
+    4 x 3 + 1; 9 = 8 + 1, 6 + 3, 3 x 3), against the reference, forward and backward."""
     if not pe.backend_status("cpu", "render_rays_forward")["native"][0]:
         pytest.skip("native extension without render_rays")
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
@@ -433,6 +434,33 @@ def test_native_cpu_isa_paths_and_sizes_match_reference(
     for weights in ("sum", "full"):
         kwargs = dict(density_noise=noise, weights=weights)
         check_against_reference(planes, points, depths, decoder, "native", **kwargs)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize(("channels", "samples"), [(32, 13), (5, 9)])
+def test_native_cpu_isa_paths_float64(isa, channels, samples, monkeypatch):
+    """The float64 kernel (the gradcheck one) on each compiled path: its tile products hold 16
+    doubles as 8, 4 or 2 vectors of the path's register width, in tiles of 1, 3 or 8 rows,
+    against the float64 reference at float64 tolerance, forward and backward."""
+    if not pe.backend_status("cpu", "render_rays_forward")["native"][0]:
+        pytest.skip("native extension without render_rays")
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    planes, points, depths, decoder = make_inputs(
+        "triplane", rays=7, samples=samples, channels=channels, hidden=20, out=32,
+        dtype=torch.float64, seed=samples + channels,
+    )  # fmt: skip
+    planes.requires_grad_(True)
+    points.requires_grad_(True)
+    for weights in ("sum", "full"):
+        got = render_rays(planes, points, depths, decoder, backend="native", weights=weights)
+        want = reference(planes, points, depths, decoder, weights=weights)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        params = [planes, points, *decoder.parameters()]
+        grads_got = gradients(got, params)
+        grads_want = gradients(want, params)
+        for g, w in zip(grads_got, grads_want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
 
 
 def test_decoder_given_as_effective_weights_gets_gradients():
