@@ -42,11 +42,13 @@ struct Lanes {
   static constexpr int kWidth = kVecBytes / static_cast<int>(sizeof(T));
   static constexpr int kVecs = kCols / kWidth;
   static_assert(kVecs >= 1 && kVecs * kWidth == kCols, "a chunk must be whole vectors");
-  // rows of a full tile: as many accumulator rows as leave registers for B's chunk and the
-  // broadcast (16 registers below AVX-512, 32 with it), at most 8 (enough to hide the FMA
-  // latency)
+  // rows of a full tile: at most kBudget accumulator registers (of 16 below AVX-512, 32 with
+  // it; B's chunk is read as a memory operand where no register is left), at most 8 rows
+  // (enough to hide the FMA latency): float 8 / 6 / 3 rows at 64 / 32 / 16 bytes, double
+  // 8 / 3 / 1. Remainder rows go in tiles of Rows / 2, Rows / 4, ..., 1 (rows_from).
   static constexpr int kBudget = kVecBytes == 64 ? 24 : 12;
-  static constexpr int kTileRows = kBudget / kVecs < 1 ? 1 : (kBudget / kVecs > 8 ? 8 : kBudget / kVecs);
+  static constexpr int kRows = kBudget / kVecs;
+  static constexpr int kTileRows = kRows < 1 ? 1 : (kRows > 8 ? 8 : kRows);
 };
 
 // How a product starts: from zero, from a bias row (kCols-aligned, the same for every row), or

@@ -101,7 +101,17 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.rounds}")
-    cpu_flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    # what cpu_isa() requires of each path (csrc/cpu_math.h)
+    needs = {
+        "avx2": {"avx2", "fma"},
+        "avx512": {"avx512f", "avx512vl", "avx512dq", "avx512bw", "fma"},
+    }
     rows = {}
     for isa in args.isa:
         env = dict(os.environ, PORTRAIT_ENGINE_CPU_ISA=isa)
@@ -109,8 +119,10 @@ def main() -> None:
         command += ["--threads", str(args.threads)]
         out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
         rows[isa] = json.loads(out.stdout.strip().splitlines()[-1])
-    if "avx512f" not in cpu_flags and "avx512" in args.isa:
-        print("note: this CPU has no AVX-512: the avx512 row ran the widest path it has")
+    for isa in args.isa:
+        if isa in needs and flags and not needs[isa] <= flags:
+            missing = " ".join(sorted(needs[isa] - flags))
+            print(f"note: this CPU lacks {isa} ({missing}): that row ran the widest path it has")
     names = list(next(iter(rows.values())))
     print(f"{'path':<10}" + "".join(f"{name:>26}" for name in names))
     for isa, row in rows.items():

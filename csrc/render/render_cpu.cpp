@@ -442,7 +442,7 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
         for (int64_t c = 0; c < Co; ++c) dout[1 + c] = coef * g[c] * rgb_grad(state[c], act);
       }
       cpu_gemm::gemm<acc_t, kVB>(S, Hp, O, t.dout, Op, 1, L.w2, Hp, t.dpre, Hp, Start::kZero,
-                            nullptr);
+                                 nullptr);
       {
         acc_t* __restrict__ dpre = t.dpre;
         const acc_t* __restrict__ dsp = t.dsp;
@@ -450,12 +450,12 @@ PE_INLINE void backward_blocks_of(const RenderArgs<scalar_t>& a, int64_t begin, 
         for (int64_t i = 0; i < S * Hp; ++i) dpre[i] *= dsp[i];
       }
       cpu_gemm::gemm<acc_t, kVB>(S, Cp, Hd, t.dpre, Hp, 1, L.w1, Cp, t.df, Cp, Start::kZero,
-                            nullptr);
+                                 nullptr);
       // weight gradients: dw2 += doutᵀ h, dw1 += dpreᵀ f (K = the ray's samples, in order)
       cpu_gemm::gemm<acc_t, kVB>(O, Hp, S, t.dout, 1, Op, t.h, Hp, gw2, Hp, Start::kAccumulate,
-                            nullptr);
+                                 nullptr);
       cpu_gemm::gemm<acc_t, kVB>(Hd, Cp, S, t.dpre, 1, Hp, t.f, Cp, gw1, Cp, Start::kAccumulate,
-                            nullptr);
+                                 nullptr);
       for (int64_t s = 0; s < S; ++s) {
         const acc_t* __restrict__ dout = t.dout + s * Op;
         const acc_t* __restrict__ dpre = t.dpre + s * Hp;

@@ -438,7 +438,7 @@ def test_native_cpu_isa_paths_and_sizes_match_reference(
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize(("channels", "samples"), [(32, 13), (5, 9)])
-def test_native_cpu_isa_paths_float64(isa, channels, samples, monkeypatch):
+def test_native_cpu_isa_paths_float64(isa, channels, samples, monkeypatch, poison_outputs):
     """The float64 kernel (the gradcheck one) on each compiled path: its tile products hold 16
     doubles as 8, 4 or 2 vectors of the path's register width, in tiles of 1, 3 or 8 rows,
     against the float64 reference at float64 tolerance, forward and backward."""
