@@ -4,8 +4,9 @@
 // Every kernel is an at::parallel_for over rays: a task owns whole rays, so nothing is reduced
 // across tasks and the result does not depend on the number of threads.
 //   * sample_importance: per ray, the K + 1 cdf entries into a task-local buffer, then one
-//     binary search and interpolation per draw (with sort: the ray's draws insertion-sorted
-//     first, one walk over the cdf instead of the searches, and a running maximum).
+//     binary search and interpolation per draw (with sort: the ray's draws sorted first, by
+//     buckets and an insertion sort, then one branch-free walk over the cdf and the draws
+//     instead of the searches, and a running maximum).
 //   * merge_samples_index: per ray, one two-pointer walk over both sorted lists, O(S1 + S2)
 //     (a task owns the ray, so nothing is gained by the CUDA kernel's independent binary
 //     searches; on valid input the positions are the same: ties put the first list first).
@@ -45,6 +46,33 @@ inline void copy_row(const scalar_t* src, scalar_t* dst, int64_t channels) {
 }
 
 
+// Sorts a ray's draws in place, ascending: a counting pass into kDrawBuckets buckets of [0, 1]
+// (the draws are uniforms), then an insertion sort that finds them nearly in order. The plain
+// insertion sort took about a quarter of sample_importance's time at EG3D's 48 draws: its
+// inner loop's exit, on random values, mispredicted once per draw after n/4 shifts on average.
+// The buckets only decide how much the insertion sort has to do: any value (outside [0, 1],
+// NaN) goes to some bucket, and the result is the insertion sort's whatever they hold.
+constexpr int64_t kDrawBuckets = 64;
+
+template <typename acc_t>
+void sort_draws(acc_t* values, int64_t n, acc_t* scratch) {
+  if (n >= 16 && n <= 4 * kDrawBuckets) {
+    int64_t start[kDrawBuckets + 1] = {};
+    auto bucket = [](acc_t u) -> int64_t {
+      const acc_t scaled = u * static_cast<acc_t>(kDrawBuckets);
+      // NaN and values below 1 / kDrawBuckets compare false: bucket 0
+      if (!(scaled >= acc_t(1))) return 0;
+      return scaled < static_cast<acc_t>(kDrawBuckets) ? static_cast<int64_t>(scaled)
+                                                        : kDrawBuckets - 1;
+    };
+    for (int64_t k = 0; k < n; ++k) ++start[bucket(values[k]) + 1];
+    for (int64_t b = 0; b < kDrawBuckets; ++b) start[b + 1] += start[b];
+    for (int64_t k = 0; k < n; ++k) scratch[start[bucket(values[k])]++] = values[k];
+    std::copy(scratch, scratch + n, values);
+  }
+  insertion_sort(values, n);
+}
+
 at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& weights,
                                  const at::Tensor& u, bool sort) {
   check_sample_importance(depths, weights, u, kCpuSide);
@@ -60,13 +88,15 @@ at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& wei
         scalar_t* out_ptr = out.data_ptr<scalar_t>();
         at::parallel_for(0, rays, ray_grain(samples + draws), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> cdf(samples), ray_u(draws);
+          std::vector<int64_t> counts(draws);
+          std::vector<acc_t> sort_scratch(draws);
           for (int64_t r = begin; r < end; ++r) {
             const scalar_t* z = z_ptr + r * samples;
             const int64_t bins = build_cdf<scalar_t, acc_t>(w_ptr + r * (samples - 1),
                                                             samples - 1, cdf.data());
             const float* ur = u_ptr + r * draws;
             for (int64_t k = 0; k < draws; ++k) ray_u[k] = static_cast<acc_t>(ur[k]);
-            if (sort) insertion_sort(ray_u.data(), draws);
+            if (sort) sort_draws(ray_u.data(), draws, sort_scratch.data());
             scalar_t* o = out_ptr + r * draws;
             if (!sort) {
               for (int64_t k = 0; k < draws; ++k) {
@@ -76,12 +106,23 @@ at::Tensor sample_importance_cpu(const at::Tensor& depths, const at::Tensor& wei
               continue;
             }
             // sorted draws: the count of cdf entries <= u only grows, so one walk over the
-            // cdf replaces a binary search per draw (the same count: the cdf is non-decreasing)
+            // cdf and the draws together replaces a binary search per draw (the same count:
+            // the cdf is non-decreasing). The walk is a branch-free merge (each step records
+            // the count for the current draw, then advances the cdf or the draw; a draw's last
+            // record is the step that passed it): its loop exits on random comparisons
+            // mispredicted about every other step. The samples then in a second loop.
+            int64_t entry = 0, k = 0;
+            while (entry <= bins && k < draws) {
+              counts[k] = entry;
+              const bool take_entry = cdf[entry] <= ray_u[k];
+              entry += take_entry;
+              k += !take_entry;
+            }
+            for (; k < draws; ++k) counts[k] = entry;
             acc_t running = acc_t(0);
-            int64_t index = 0;
-            for (int64_t k = 0; k < draws; ++k) {
-              while (index <= bins && cdf[index] <= ray_u[k]) ++index;
-              const acc_t t = interpolate_cdf<scalar_t, acc_t>(z, cdf.data(), bins, ray_u[k], index);
+            for (k = 0; k < draws; ++k) {
+              const acc_t t =
+                  interpolate_cdf<scalar_t, acc_t>(z, cdf.data(), bins, ray_u[k], counts[k]);
               running = k == 0 ? t : max_of(running, t);
               o[k] = static_cast<scalar_t>(running);
             }

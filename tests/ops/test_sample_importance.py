@@ -121,6 +121,30 @@ def test_sorted_output_is_the_same_samples_in_depth_order(backend):
     assert_close(ordered, torch.sort(unsorted, dim=-2).values, torch.float32)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("draws", [15, 16, 48, 256, 257])
+def test_sorted_draw_counts_on_the_cpu_kernel(draws, deterministic):
+    """The native CPU kernel sorts a ray's draws by a counting pass into 64 buckets and an
+    insertion sort from 16 to 256 draws, by the insertion sort alone outside that range: each
+    gives the unsorted samples in depth order (deterministic draws: u = linspace(0, 1), 1
+    included, already in order)."""
+    ok, reason = pe.backend_status("cpu", NATIVE_OP)["native"]
+    if not ok:
+        pytest.skip(reason)
+    depths, weights = make_inputs(samples=20, seed=draws)
+
+    def draw(sort):
+        generator = torch.Generator().manual_seed(3)
+        return sample_importance(
+            depths, weights, draws, deterministic=deterministic, generator=generator, sort=sort,
+            backend="native",
+        )  # fmt: skip
+
+    ordered = draw(True)
+    assert bool((ordered[..., 1:, :] >= ordered[..., :-1, :]).all())
+    assert_close(ordered, torch.sort(draw(False), dim=-2).values, torch.float32)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_generator_makes_draws_reproducible(backend):
     depths, weights = make_inputs(seed=1)
