@@ -145,30 +145,27 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 // PE_ISA_CLONES(FN, ARGS) defines FN_avx2 and FN_avx512: the range function
 // `template <typename scalar_t> void FN(const ARGS<scalar_t>&, int64_t begin, int64_t end)`
 // compiled again for each instruction set (whole, through `flatten`), for cpu_isa() to pick.
-#if PE_HAVE_ISA_CLONES
-#define PE_ISA_CLONES(FN, ARGS)                                                            \
-  template <typename scalar_t>                                                             \
-  PE_TARGET_AVX2 void FN##_avx2(const ARGS<scalar_t>& a, int64_t begin, int64_t end) {     \
-    FN<scalar_t>(a, begin, end);                                                           \
-  }                                                                                        \
-  template <typename scalar_t>                                                             \
-  PE_TARGET_AVX512 void FN##_avx512(const ARGS<scalar_t>& a, int64_t begin, int64_t end) { \
-    FN<scalar_t>(a, begin, end);                                                           \
-  }
+//
 // PE_ISA_CLONES_WIDTH(FN, ARGS): the same for a range function that also takes its vector
 // width in bytes, `template <typename scalar_t, int kVecBytes> void FN(...)`: a function that
 // holds explicit vector types (GCC vector extensions) sizes them to the target's registers, since
 // a vector wider than the registers lives in memory. The baseline build calls
 // FN<scalar_t, kVecBytesBaseline>.
-#define PE_ISA_CLONES_WIDTH(FN, ARGS)                                                      \
+#if PE_HAVE_ISA_CLONES
+// WIDTH(bytes) gives FN's template arguments after scalar_t: nothing, or ", bytes"
+#define PE_ISA_NO_WIDTH(bytes)
+#define PE_ISA_WIDTH(bytes) , bytes
+#define PE_ISA_CLONES_WITH(FN, ARGS, WIDTH)                                                \
   template <typename scalar_t>                                                             \
   PE_TARGET_AVX2 void FN##_avx2(const ARGS<scalar_t>& a, int64_t begin, int64_t end) {     \
-    FN<scalar_t, ::portrait_engine::cpu_math::kVecBytesAvx2>(a, begin, end);               \
+    FN<scalar_t WIDTH(::portrait_engine::cpu_math::kVecBytesAvx2)>(a, begin, end);         \
   }                                                                                        \
   template <typename scalar_t>                                                             \
   PE_TARGET_AVX512 void FN##_avx512(const ARGS<scalar_t>& a, int64_t begin, int64_t end) { \
-    FN<scalar_t, ::portrait_engine::cpu_math::kVecBytesAvx512>(a, begin, end);             \
+    FN<scalar_t WIDTH(::portrait_engine::cpu_math::kVecBytesAvx512)>(a, begin, end);       \
   }
+#define PE_ISA_CLONES(FN, ARGS) PE_ISA_CLONES_WITH(FN, ARGS, PE_ISA_NO_WIDTH)
+#define PE_ISA_CLONES_WIDTH(FN, ARGS) PE_ISA_CLONES_WITH(FN, ARGS, PE_ISA_WIDTH)
 #endif
 
 // The register width, in bytes, of each instruction set's vectors (SSE2, AVX2, AVX-512).
@@ -177,10 +174,11 @@ constexpr int kVecBytesAvx2 = 32;
 constexpr int kVecBytesAvx512 = 64;
 
 // A GCC vector of T of kBytes bytes (through a template, so that a dependent kBytes is applied
-// where a class template instantiates it).
+// where a class template instantiates it), and its number of lanes.
 template <typename T, int kBytes>
 struct VecOf {
   typedef T type __attribute__((vector_size(kBytes)));
+  static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
 };
 
 // The widest instruction set this CPU (and OS) supports, capped by the environment variable

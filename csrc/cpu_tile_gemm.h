@@ -39,7 +39,7 @@ inline int64_t padded(int64_t n) { return (n + kCols - 1) / kCols * kCols; }
 template <typename T, int kVecBytes>
 struct Lanes {
   using vec = typename cpu_math::VecOf<T, kVecBytes>::type;
-  static constexpr int kWidth = kVecBytes / static_cast<int>(sizeof(T));
+  static constexpr int kWidth = cpu_math::VecOf<T, kVecBytes>::kLanes;
   static constexpr int kVecs = kCols / kWidth;
   static_assert(kVecs >= 1 && kVecs * kWidth == kCols, "a chunk must be whole vectors");
   // rows of a full tile: at most kBudget accumulator registers (of 16 below AVX-512, 32 with

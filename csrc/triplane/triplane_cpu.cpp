@@ -128,25 +128,24 @@ struct SampleArgs {
 
 // A float channel vector of fixed length 16 * kV held in registers: GCC vector extensions of the
 // clone's register width (kVecBytes), so each ISA clone keeps it in kV zmm (AVX-512), 2 kV ymm
-// (AVX2) or 4 kV xmm registers. (Until 2026-11-27 the vectors were 64 bytes whatever the target:
-// below AVX-512 GCC kept them in memory. `python tools/time_cpu_isa.py`, old build against new,
-// 2 threads: forward AVX2 11-12 -> 5.5-6 ms, baseline 13-18 -> 5-9 ms, AVX-512 unchanged at
-// 6.4-7.5 ms.) The
-// generic loops keep a point's accumulator in memory (its length is a run-time C), and every
+// (AVX2) or 4 kV xmm registers. The generic loops keep a point's accumulator in memory (its length is a run-time C), and every
 // corner then loads, adds and stores it again (perf: that load-FMA-store was the forward's
 // hottest code at C = 32). Against the generic loops on the same inputs (2026-11-26, 3 planes x
 // 32 channels, 12288 points, both forced in turn in one process, alternating which goes first):
 // forward 0.81-0.92x the time on 2 threads and 0.85-0.91x on 1 (64^2 to 256^2 planes), the
 // backward with the points pass 0.82-0.91x (1.03x at 256^2 on 2 threads). The forward's
 // per-channel arithmetic is the generic loops' (acc += w * texel, corner by corner, in the same
-// order), so both give the same numbers.
+// order), so both give the same numbers. (Until 2026-11-27 the vectors were 64 bytes whatever
+// the target: below AVX-512 GCC kept them in memory. `python tools/time_cpu_isa.py`, old build
+// against new, 2 threads: forward AVX2 11-12 -> 5.5-6 ms, baseline 13-18 -> 5-9 ms, AVX-512
+// unchanged at 6.4-7.5 ms.)
 template <int kV, int kVecBytes>
 struct ChannelVec {
   // 16 * kV floats as kN vectors of the target's register width (cpu_math::kVecBytes*): a
   // vector type wider than the registers lives in memory (with 64-byte vectors the AVX2 clone
   // ran barely faster than the SSE2 baseline)
   using vec = typename cpu_math::VecOf<float, kVecBytes>::type;
-  static constexpr int kW = kVecBytes / 4;
+  static constexpr int kW = cpu_math::VecOf<float, kVecBytes>::kLanes;
   static constexpr int kN = 16 * kV / kW;
   static_assert(kN * kW == 16 * kV, "whole vectors");
   vec v[kN];

@@ -245,16 +245,15 @@ def sample_importance(
     )
     name = _backend.resolve(backend, depths.device, "sample_importance")
     if name == "torch" or batch * rays * n_importance == 0:
-        fine = sample_importance_reference(depths, weights, n_importance, sort=sort, u=u)
+        return sample_importance_reference(depths, weights, n_importance, sort=sort, u=u)
+    flat_depths = depths.detach().reshape(batch * rays, samples).contiguous()
+    flat_weights = weights.detach().reshape(batch * rays, samples - 1).contiguous()
+    if name == "triton":
+        op = torch.ops.portrait_engine.sample_importance_triton
     else:
-        flat_depths = depths.detach().reshape(batch * rays, samples).contiguous()
-        flat_weights = weights.detach().reshape(batch * rays, samples - 1).contiguous()
-        if name == "triton":
-            op = torch.ops.portrait_engine.sample_importance_triton
-        else:
-            op = torch.ops.portrait_engine.sample_importance
-        fine = op(flat_depths, flat_weights, u, sort).reshape(batch, rays, n_importance, 1)
-    return fine
+        op = torch.ops.portrait_engine.sample_importance
+    fine = op(flat_depths, flat_weights, u, sort)
+    return fine.reshape(batch, rays, n_importance, 1)
 
 
 # --------------------------------------------------------------------------------------------
