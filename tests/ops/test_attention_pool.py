@@ -84,6 +84,30 @@ def test_matches_float64_oracle(backend, size, maps, channels_last):
 
 
 @pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_native_cpu_isa_paths_match_float64(isa, dtype, channels_last, monkeypatch):
+    """Each compiled CPU path (PORTRAIT_ENGINE_CPU_ISA caps the run-time choice; a path the CPU
+    lacks falls back to the widest it has). The forward's row dots take 4 channels at a time in
+    vectors of the path's width: 13 channels leave a partial block, and the position counts
+    leave every remainder against 2-, 4-, 8- and 16-lane vectors (2, 15, 49, 64 positions)."""
+    if not pe.backend_status("cpu", NATIVE_OP)["native"][0]:
+        pytest.skip("the native extension is not built")
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    for k, (size, maps) in enumerate([((1, 2), 1), ((3, 5), 2), ((7, 7), 1), ((8, 8), 3)]):
+        features, scores = make_inputs(
+            batch=2, channels=13, maps=maps, height=size[0], width=size[1], seed=40 + k,
+            dtype=dtype, channels_last=channels_last,
+        )  # fmt: skip
+        got = run("native", features, scores)
+        want = run("oracle", features, scores)
+        for g, w, scale in zip(got, want, (1, 1, 2), strict=True):  # (2: as above)
+            assert g.dtype == dtype
+            assert_close(g, w.to(dtype), dtype, scale=scale)
+
+
+@pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
