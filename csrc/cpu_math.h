@@ -181,6 +181,23 @@ struct VecOf {
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
 };
 
+// The sum of a vector's lanes, its upper half added to its lower half until two lanes remain:
+// log2(lanes) extract-and-add steps, where a loop over the lanes (or an omp simd reduction,
+// which GCC sums lane by lane through memory) is a chain of one add per lane, since without
+// -ffast-math the compiler keeps its order. The result is that of this pairwise order.
+template <typename T, int kBytes>
+inline T lane_sum(typename VecOf<T, kBytes>::type v) {
+  if constexpr (VecOf<T, kBytes>::kLanes <= 2) {
+    return VecOf<T, kBytes>::kLanes == 2 ? v[0] + v[1] : v[0];
+  } else {
+    using Half = typename VecOf<T, kBytes / 2>::type;
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof(Half));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+    return lane_sum<T, kBytes / 2>(lo + hi);
+  }
+}
+
 // The widest instruction set this CPU (and OS) supports, capped by the environment variable
 // PORTRAIT_ENGINE_CPU_ISA = baseline | avx2 | avx512 (read on every call, so tests can run
 // each path; the cost is one getenv per kernel launch).

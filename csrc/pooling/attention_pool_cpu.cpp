@@ -105,25 +105,11 @@ struct PoolArgs {
   scalar_t* grad_scores;
 };
 
-// The sum of a vector's lanes: its upper half added to its lower half until two lanes remain.
-template <typename acc_t, int kBytes>
-PE_INLINE acc_t lane_sum(typename cpu_math::VecOf<acc_t, kBytes>::type v) {
-  if constexpr (cpu_math::VecOf<acc_t, kBytes>::kLanes == 2) {
-    return v[0] + v[1];
-  } else {
-    using Half = typename cpu_math::VecOf<acc_t, kBytes / 2>::type;
-    Half lo, hi;
-    std::memcpy(&lo, &v, sizeof(Half));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
-    return lane_sum<acc_t, kBytes / 2>(lo + hi);
-  }
-}
-
 // sums[i] = dot(F[c + i, :], a) for kRows consecutive rows of contiguous positions (row stride
 // ld), in vectors of kVB bytes: the weights are loaded once for the rows, each row's vector
-// sum is reduced by halving (lane_sum) and the last L % lanes positions are added after it.
-// With L = 49 (7x7) the loop's own reduction (omp simd) cost more than the products: its
-// lane-by-lane sums through memory were most of the forward's time (perf, 2026-11-27).
+// sum is reduced by halving (cpu_math::lane_sum), and the last L % lanes positions are added
+// after it. With L = 49 (7x7) the loop's own reduction (omp simd) cost more than the products:
+// its lane-by-lane sums through memory were most of the forward's time (perf, 2026-11-27).
 template <int kRows, int kVB, typename acc_t>
 PE_INLINE void dot_rows(const acc_t* __restrict__ rows, int64_t ld, const acc_t* __restrict__ a,
                         int64_t L, acc_t* __restrict__ sums) {
@@ -142,7 +128,7 @@ PE_INLINE void dot_rows(const acc_t* __restrict__ rows, int64_t ld, const acc_t*
     }
   }
   for (int i = 0; i < kRows; ++i) {
-    acc_t sum = lane_sum<acc_t, kVB>(acc[i]);
+    acc_t sum = cpu_math::lane_sum<acc_t, kVB>(acc[i]);
     for (int64_t m = l; m < L; ++m) sum += rows[i * ld + m] * a[m];
     sums[i] = sum;
   }

@@ -171,13 +171,12 @@ struct ChannelVec {
   inline void load_row(const float* src) {
     for (int q = 0; q < kN; ++q) v[q] = load(src + kW * q);
   }
-  // sum_c v[c] * other[c]: the lanes' products summed vector by vector, then across lanes
+  // sum_c v[c] * other[c]: the lanes' products summed vector by vector, then across lanes by
+  // halving (cpu_math::lane_sum; a loop over the lanes was a chain of kW dependent adds)
   inline float dot(const ChannelVec& other) const {
     vec sum = v[0] * other.v[0];
     for (int q = 1; q < kN; ++q) sum += v[q] * other.v[q];
-    float total = 0.0f;
-    for (int l = 0; l < kW; ++l) total += sum[l];
-    return total;
+    return cpu_math::lane_sum<float, kVecBytes>(sum);
   }
 };
 
