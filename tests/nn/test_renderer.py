@@ -480,7 +480,10 @@ def test_fused_renderer_portrait_decoder_matches_unfused(backend, activation):
     renders fused as unfused at the same seed: images and gradients (tolerances as above)."""
     from portrait_engine.models.portrait_gan.generator import PortraitDecoder
 
-    planes, osg, origins, directions = make_scene(batch=2, rays=7, seed=5, trigrid=True)
+    # one batch element: the batch indexing is the same kernel code for every activation, and
+    # the test above covers it (batch 2) on both plane kinds; under Triton's interpreter this test
+    # took 16 s with two (2026-11-27)
+    planes, osg, origins, directions = make_scene(batch=1, rays=7, seed=5, trigrid=True)
     decoder = PortraitDecoder(
         osg.n_features, osg.net[2].weight.shape[0] - 1, hidden_dim=osg.net[0].weight.shape[0],
         activation=activation,
