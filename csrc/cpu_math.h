@@ -168,6 +168,20 @@ enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 #define PE_ISA_CLONES_WIDTH(FN, ARGS) PE_ISA_CLONES_WITH(FN, ARGS, PE_ISA_WIDTH)
 #endif
 
+// PE_ISA_PICK(FN, T): the clone of FN for scalar type T that cpu_isa() picks, as a function
+// pointer: FN##_avx512<T>, FN##_avx2<T> or the baseline build's FN<T>. PE_ISA_PICK_WIDTH(FN, T)
+// the same for a range function of PE_ISA_CLONES_WIDTH (baseline: FN<T, kVecBytesBaseline>).
+// Without the clones (PE_NO_ISA_CLONES, or not x86-64 GCC / clang) both give the baseline one.
+#if PE_HAVE_ISA_CLONES
+#define PE_ISA_PICK_WITH(FN, T, BASELINE)                                               \
+  ::portrait_engine::cpu_math::pick_isa(BASELINE, FN##_avx2<T>, FN##_avx512<T>)
+#else
+#define PE_ISA_PICK_WITH(FN, T, BASELINE) (BASELINE)
+#endif
+#define PE_ISA_PICK(FN, T) PE_ISA_PICK_WITH(FN, T, FN<T>)
+#define PE_ISA_PICK_WIDTH(FN, T) \
+  PE_ISA_PICK_WITH(FN, T, (FN<T, ::portrait_engine::cpu_math::kVecBytesBaseline>))
+
 // The register width, in bytes, of each instruction set's vectors (SSE2, AVX2, AVX-512).
 constexpr int kVecBytesBaseline = 16;
 constexpr int kVecBytesAvx2 = 32;
@@ -186,7 +200,7 @@ struct VecOf {
 // which GCC sums lane by lane through memory) is a chain of one add per lane, since without
 // -ffast-math the compiler keeps its order. The result is that of this pairwise order.
 template <typename T, int kBytes>
-inline T lane_sum(typename VecOf<T, kBytes>::type v) {
+inline T lane_sum(const typename VecOf<T, kBytes>::type& v) {
   if constexpr (VecOf<T, kBytes>::kLanes <= 2) {
     return VecOf<T, kBytes>::kLanes == 2 ? v[0] + v[1] : v[0];
   } else {
@@ -223,6 +237,20 @@ inline Isa cpu_isa() {
 #else
   return Isa::kBaseline;
 #endif
+}
+
+// The one of three clones of a function that cpu_isa() picks (PE_ISA_PICK's helper).
+template <typename Fn>
+inline Fn pick_isa(Fn baseline, Fn avx2, Fn avx512) {
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return avx512;
+    case Isa::kAvx2:
+      return avx2;
+    case Isa::kBaseline:
+      break;
+  }
+  return baseline;
 }
 
 }  // namespace cpu_math

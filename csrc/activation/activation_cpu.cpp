@@ -37,7 +37,6 @@ namespace portrait_engine {
 namespace activation {
 namespace {
 
-using cpu_math::Isa;
 
 template <typename acc_t>
 using MathOf =
@@ -90,17 +89,7 @@ using RangeFn = void (*)(const Args<scalar_t>&, int64_t, int64_t);
 
 template <typename scalar_t>
 RangeFn<scalar_t> pick(bool backward) {
-#if PE_HAVE_ISA_CLONES
-  switch (cpu_math::cpu_isa()) {
-    case Isa::kAvx512:
-      return backward ? backward_range_avx512<scalar_t> : forward_range_avx512<scalar_t>;
-    case Isa::kAvx2:
-      return backward ? backward_range_avx2<scalar_t> : forward_range_avx2<scalar_t>;
-    case Isa::kBaseline:
-      break;
-  }
-#endif
-  return backward ? backward_range<scalar_t> : forward_range<scalar_t>;
+  return backward ? PE_ISA_PICK(backward_range, scalar_t) : PE_ISA_PICK(forward_range, scalar_t);
 }
 
 template <typename scalar_t>
@@ -172,18 +161,8 @@ using HeadFn = void (*)(const HeadArgs<scalar_t>&, int64_t, int64_t);
 
 template <typename scalar_t>
 HeadFn<scalar_t> pick_head(bool backward) {
-#if PE_HAVE_ISA_CLONES
-  switch (cpu_math::cpu_isa()) {
-    case Isa::kAvx512:
-      return backward ? head_backward_range_avx512<scalar_t>
-                      : head_forward_range_avx512<scalar_t>;
-    case Isa::kAvx2:
-      return backward ? head_backward_range_avx2<scalar_t> : head_forward_range_avx2<scalar_t>;
-    case Isa::kBaseline:
-      break;
-  }
-#endif
-  return backward ? head_backward_range<scalar_t> : head_forward_range<scalar_t>;
+  return backward ? PE_ISA_PICK(head_backward_range, scalar_t)
+                  : PE_ISA_PICK(head_forward_range, scalar_t);
 }
 
 template <typename scalar_t>

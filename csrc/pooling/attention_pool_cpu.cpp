@@ -273,18 +273,8 @@ using RangeFn = void (*)(const PoolArgs<scalar_t>&, int64_t, int64_t);
 
 template <typename scalar_t>
 RangeFn<scalar_t> pick(bool backward) {
-#if PE_HAVE_ISA_CLONES
-  switch (cpu_math::cpu_isa()) {
-    case cpu_math::Isa::kAvx512:
-      return backward ? backward_batches_avx512<scalar_t> : forward_batches_avx512<scalar_t>;
-    case cpu_math::Isa::kAvx2:
-      return backward ? backward_batches_avx2<scalar_t> : forward_batches_avx2<scalar_t>;
-    case cpu_math::Isa::kBaseline:
-      break;
-  }
-#endif
-  return backward ? backward_batches<scalar_t>
-                  : forward_batches<scalar_t, cpu_math::kVecBytesBaseline>;
+  return backward ? PE_ISA_PICK(backward_batches, scalar_t)
+                  : PE_ISA_PICK_WIDTH(forward_batches, scalar_t);
 }
 
 // Over the batch with at::parallel_for: a task owns whole batch elements.

@@ -41,7 +41,6 @@ namespace portrait_engine {
 namespace rays {
 namespace {
 
-using cpu_math::Isa;
 
 // Intervals per block of the per-interval passes: one AVX-512 vector of floats, two AVX2, four
 // SSE (the loop over a block has a compile-time trip count, so it vectorises whole).
@@ -355,17 +354,7 @@ using RaysFn = void (*)(const MarchArgs<scalar_t>&, int64_t, int64_t);
 
 template <typename scalar_t>
 RaysFn<scalar_t> pick(bool backward) {
-#if PE_HAVE_ISA_CLONES
-  switch (cpu_math::cpu_isa()) {
-    case Isa::kAvx512:
-      return backward ? backward_rays_avx512<scalar_t> : forward_rays_avx512<scalar_t>;
-    case Isa::kAvx2:
-      return backward ? backward_rays_avx2<scalar_t> : forward_rays_avx2<scalar_t>;
-    case Isa::kBaseline:
-      break;
-  }
-#endif
-  return backward ? backward_rays<scalar_t> : forward_rays<scalar_t>;
+  return backward ? PE_ISA_PICK(backward_rays, scalar_t) : PE_ISA_PICK(forward_rays, scalar_t);
 }
 
 template <typename scalar_t>

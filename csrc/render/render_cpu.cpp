@@ -53,7 +53,6 @@ namespace {
 
 using cpu_gemm::padded;
 using cpu_gemm::Start;
-using cpu_math::Isa;
 
 constexpr int64_t kChunkRays = 1024;
 constexpr int64_t kBlockRays = 8;
@@ -552,21 +551,9 @@ enum class Pass { kForward, kBackward, kScatter };
 
 template <typename scalar_t>
 RangeFn<scalar_t> pick(Pass pass) {
-#if PE_HAVE_ISA_CLONES
-  switch (cpu_math::cpu_isa()) {
-    case Isa::kAvx512:
-      if (pass == Pass::kForward) return forward_rays_avx512<scalar_t>;
-      return pass == Pass::kBackward ? backward_blocks_avx512<scalar_t> : scatter_avx512<scalar_t>;
-    case Isa::kAvx2:
-      if (pass == Pass::kForward) return forward_rays_avx2<scalar_t>;
-      return pass == Pass::kBackward ? backward_blocks_avx2<scalar_t> : scatter_avx2<scalar_t>;
-    case Isa::kBaseline:
-      break;
-  }
-#endif
-  constexpr int kVB = cpu_math::kVecBytesBaseline;
-  if (pass == Pass::kForward) return forward_rays<scalar_t, kVB>;
-  return pass == Pass::kBackward ? backward_blocks<scalar_t, kVB> : scatter<scalar_t>;
+  if (pass == Pass::kForward) return PE_ISA_PICK_WIDTH(forward_rays, scalar_t);
+  return pass == Pass::kBackward ? PE_ISA_PICK_WIDTH(backward_blocks, scalar_t)
+                                 : PE_ISA_PICK(scatter, scalar_t);
 }
 
 template <typename scalar_t>

@@ -39,7 +39,6 @@ namespace portrait_engine {
 namespace triplane {
 namespace {
 
-using cpu_math::Isa;
 
 // Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The
 // gathers and scatters are random accesses into planes far larger than L2, so they are latency bound; issuing the
@@ -275,6 +274,7 @@ void backward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t en
   const int ncorners = num_corners(a.trilinear);
   const float scale = a.reduce_mean ? 1.0f / static_cast<float>(P) : 1.0f;
   ChannelVec<kV, kVecBytes> g, vx, vy, vz;
+  vz.set(0.0f);  // reset per point for a tri-grid only (GCC's -Wmaybe-uninitialized otherwise)
   for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
                  [&](int64_t i, int64_t b, int64_t n, float px, float py, float pz) {
     float out0 = 0, out1 = 0, out2 = 0;
@@ -426,32 +426,12 @@ using RangeFn = void (*)(const SampleArgs<scalar_t>&, int64_t, int64_t);
 
 template <typename scalar_t>
 RangeFn<scalar_t> pick(Pass pass) {
-#if PE_HAVE_ISA_CLONES
-  switch (cpu_math::cpu_isa()) {
-    case Isa::kAvx512:
-      switch (pass) {
-        case Pass::kForward: return forward_points_avx512<scalar_t>;
-        case Pass::kBackwardPoints: return backward_points_avx512<scalar_t>;
-        case Pass::kBackwardPlanes: return backward_planes_avx512<scalar_t>;
-      }
-      break;
-    case Isa::kAvx2:
-      switch (pass) {
-        case Pass::kForward: return forward_points_avx2<scalar_t>;
-        case Pass::kBackwardPoints: return backward_points_avx2<scalar_t>;
-        case Pass::kBackwardPlanes: return backward_planes_avx2<scalar_t>;
-      }
-      break;
-    case Isa::kBaseline:
-      break;
-  }
-#endif
   switch (pass) {
-    case Pass::kForward: return forward_points<scalar_t, cpu_math::kVecBytesBaseline>;
-    case Pass::kBackwardPoints: return backward_points<scalar_t, cpu_math::kVecBytesBaseline>;
+    case Pass::kForward: return PE_ISA_PICK_WIDTH(forward_points, scalar_t);
+    case Pass::kBackwardPoints: return PE_ISA_PICK_WIDTH(backward_points, scalar_t);
     case Pass::kBackwardPlanes: break;
   }
-  return backward_planes<scalar_t>;
+  return PE_ISA_PICK(backward_planes, scalar_t);
 }
 
 template <typename scalar_t>
