@@ -201,8 +201,10 @@ struct VecOf {
 // -ffast-math the compiler keeps its order. The result is that of this pairwise order.
 template <typename T, int kBytes>
 inline T lane_sum(const typename VecOf<T, kBytes>::type& v) {
-  if constexpr (VecOf<T, kBytes>::kLanes <= 2) {
-    return VecOf<T, kBytes>::kLanes == 2 ? v[0] + v[1] : v[0];
+  if constexpr (VecOf<T, kBytes>::kLanes == 1) {
+    return v[0];
+  } else if constexpr (VecOf<T, kBytes>::kLanes == 2) {
+    return v[0] + v[1];
   } else {
     using Half = typename VecOf<T, kBytes / 2>::type;
     Half lo, hi;

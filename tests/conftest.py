@@ -36,10 +36,14 @@ def _cache_interpreter_builtin_names():
     time (tests/nn/test_renderer.py's tri-grid Triton cases: 21 s -> 12 s with this; the render_rays
     registration, Triton and generator tests under -n 2: 113 s -> 88 s; 2026-11-27).
 
-    The walk only looks for the names whose member is a Triton builtin, and that set of names
-    never changes, so it is found once per module and the patch then visits those names alone.
-    What is patched, and how, is Triton's own code (``_patch_attr``): a name that is already
-    patched is skipped exactly as the original skips it. Applied only to the interpreter of the
+    The walk only looks for the names whose member is a Triton builtin. They are found once per
+    module, and the patch then visits those names alone; what is patched, and how, is Triton's
+    own code (``_patch_attr``), and a name that is already patched is skipped exactly as the
+    original skips it. The one difference: where a module is first walked while ``reduce`` and
+    ``associative_scan`` are patched (``_patch_reduce_scan``), those two are left out of its
+    list, and the original's extra patch of them is skipped; ``_patch_reduce_scan`` sets both in
+    the same ``_patch_lang`` either way (checked against the original on random patch / restore
+    sequences, 2026-11-27). Applied only to the interpreter of the
     Triton versions it was checked on; any other version runs unchanged.
     """
     if os.environ.get("TRITON_INTERPRET") != "1":

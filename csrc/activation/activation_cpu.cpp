@@ -37,7 +37,6 @@ namespace portrait_engine {
 namespace activation {
 namespace {
 
-
 template <typename acc_t>
 using MathOf =
     std::conditional_t<std::is_same_v<acc_t, float>, cpu_math::VectorMath, rays::LibMath>;

@@ -41,7 +41,6 @@ namespace portrait_engine {
 namespace rays {
 namespace {
 
-
 // Intervals per block of the per-interval passes: one AVX-512 vector of floats, two AVX2, four
 // SSE (the loop over a block has a compile-time trip count, so it vectorises whole).
 constexpr int64_t kLanes = 16;

@@ -39,7 +39,6 @@ namespace portrait_engine {
 namespace triplane {
 namespace {
 
-
 // Software prefetch of the corner texels of point `i` on planes [p_lo, p_hi) of `target`. The
 // gathers and scatters are random accesses into planes far larger than L2, so they are latency bound; issuing the
 // next point's cache lines while the current point is processed hides most of that latency.
@@ -274,7 +273,7 @@ void backward_points_fixed(const SampleArgs<float>& a, int64_t begin, int64_t en
   const int ncorners = num_corners(a.trilinear);
   const float scale = a.reduce_mean ? 1.0f / static_cast<float>(P) : 1.0f;
   ChannelVec<kV, kVecBytes> g, vx, vy, vz;
-  vz.set(0.0f);  // reset per point for a tri-grid only (GCC's -Wmaybe-uninitialized otherwise)
+  vz.set(0.0f);  // reset per sample for a tri-grid only (GCC's -Wmaybe-uninitialized otherwise)
   for_each_point(a.planes, a.points, a.proj, begin, end, N, P, geo, a.trilinear,
                  [&](int64_t i, int64_t b, int64_t n, float px, float py, float pz) {
     float out0 = 0, out1 = 0, out2 = 0;

@@ -90,8 +90,9 @@ def test_matches_float64_oracle(backend, size, maps, channels_last):
 def test_native_cpu_isa_paths_match_float64(isa, dtype, channels_last, monkeypatch):
     """Each compiled CPU path (PORTRAIT_ENGINE_CPU_ISA caps the run-time choice; a path the CPU
     lacks falls back to the widest it has). The forward's row dots take 4 channels at a time in
-    vectors of the path's width: 13 channels leave a partial block, and the position counts
-    leave every remainder against 2-, 4-, 8- and 16-lane vectors (2, 15, 49, 64 positions)."""
+    vectors of the path's width: 13 channels leave a partial block, and 2, 15, 49 and 64
+    positions leave remainders of 2, 15 / 7 / 3, 1 and 0 positions against 16-, 8- and 4-lane
+    vectors (and fewer positions than lanes)."""
     if not pe.backend_status("cpu", NATIVE_OP)["native"][0]:
         pytest.skip("the native extension is not built")
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
