@@ -277,6 +277,17 @@ RangeFn<scalar_t> pick(bool backward) {
                   : PE_ISA_PICK_WIDTH(forward_batches, scalar_t);
 }
 
+// The inputs' part of a call's PoolArgs; each direction adds its outputs (and saved tensors).
+template <typename scalar_t>
+PoolArgs<scalar_t> pool_args(const at::Tensor& features, const at::Tensor& scores,
+                             const Sizes& z) {
+  PoolArgs<scalar_t> p{};
+  p.z = z;
+  p.features = features.data_ptr<scalar_t>();
+  p.scores = scores.data_ptr<scalar_t>();
+  return p;
+}
+
 // Over the batch with at::parallel_for: a task owns whole batch elements.
 template <typename scalar_t>
 void run(const PoolArgs<scalar_t>& p, bool backward) {
@@ -295,10 +306,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "attention_pool_forward_cpu",
       [&] {
-        PoolArgs<scalar_t> p{};
-        p.z = z;
-        p.features = features.data_ptr<scalar_t>();
-        p.scores = scores.data_ptr<scalar_t>();
+        PoolArgs<scalar_t> p = pool_args<scalar_t>(features, scores, z);
         p.out = out.data_ptr<scalar_t>();
         p.lse = lse.data_ptr<at::opmath_type<scalar_t>>();
         run(p, /*backward=*/false);
@@ -321,10 +329,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(const at::Tensor&
   // C == 0 still runs: grad_scores is then 0 (t = delta = 0).
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "attention_pool_backward_cpu", [&] {
-        PoolArgs<scalar_t> p{};
-        p.z = z;
-        p.features = features.data_ptr<scalar_t>();
-        p.scores = scores.data_ptr<scalar_t>();
+        PoolArgs<scalar_t> p = pool_args<scalar_t>(features, scores, z);
         p.saved_out = out.data_ptr<scalar_t>();
         p.saved_lse = lse.data_ptr<at::opmath_type<scalar_t>>();
         p.grad_out = grad_out.data_ptr<scalar_t>();
