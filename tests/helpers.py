@@ -50,3 +50,15 @@ def assert_close(
 def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, e = actual.double(), expected.double()
     return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def fused_by_default_on_a_gpu(renderer, planes: torch.Tensor, decoder, monkeypatch) -> bool:
+    """``renderer.use_fused`` for planes of ``planes``' shape on a GPU under the native backend:
+    meta planes and the backend's resolution stand in for one (the CPU default is the unfused
+    ops whatever the backend)."""
+    from portrait_engine.nn import renderer as renderer_module
+
+    with monkeypatch.context() as patch:
+        patch.setattr(renderer_module._backend, "resolve", lambda *args: "native")
+        on_gpu = torch.empty(planes.shape, device="meta")
+        return renderer.use_fused(on_gpu, decoder)

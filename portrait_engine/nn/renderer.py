@@ -26,15 +26,16 @@ draws in another order than EG3D's: the same distribution, other values). ``chun
 renders that many rays at a time, bounding the memory of the ``(B, rays, samples, C)``
 intermediates (draws are then made per chunk).
 
-The fused path (``fused=True``; by default whenever the backend in force is not ``"torch"``)
-runs the same stages on :func:`~portrait_engine.ops.render_rays`, which samples, decodes and
-composites each ray in one kernel: a coarse pass without gradient returning the per-interval
-weights, ``sample_importance``, the deformation of the fine points, ``merge_samples`` of the
-depths, the points and the density noise only (no colours or densities exist outside the
-kernel), and a fine pass over all the merged samples. It draws the same random numbers in the
-same order as the unfused path (coarse jitter, coarse density noise, importance uniforms, fine
-density noise), so both render the same image at the same seed. It runs EG3D's ``OSGDecoder``
-and 3DPortraitGAN's ``PortraitDecoder`` with any of its colour activations (:meth:`fusable`).
+The fused path (``fused=True``; by default on a GPU whenever the backend in force is not
+``"torch"``; the CPU default is the unfused ops, faster there: :meth:`use_fused`) runs the same
+stages on :func:`~portrait_engine.ops.render_rays`, which samples, decodes and composites each
+ray in one kernel: a coarse pass without gradient returning the per-interval weights,
+``sample_importance``, the deformation of the fine points, ``merge_samples`` of the depths, the
+points and the density noise only (no colours or densities exist outside the kernel), and a
+fine pass over all the merged samples. It draws the same random numbers in the same order as
+the unfused path (coarse jitter, coarse density noise, importance uniforms, fine density
+noise), so both render the same image at the same seed. It runs EG3D's ``OSGDecoder`` and
+3DPortraitGAN's ``PortraitDecoder`` with any of its colour activations (:meth:`fusable`).
 """
 
 from __future__ import annotations
@@ -201,10 +202,12 @@ class ImportanceRenderer(nn.Module):
             option, useful for evaluation and for comparing chunked and whole renders).
         deform: default hook applied to every sample point ``(B, N, 3) -> (B, N, 3)``.
         backend: the ops' backend (``None``: the one in force).
-        fused: render with the fused :func:`~portrait_engine.ops.render_rays` (needs an
-            ``OSGDecoder`` with EG3D's sigmoid colours); ``None``: fused unless the backend in
-            force is ``"torch"`` (or ``"triton"`` without its render kernel module) or the
-            decoder is not fusable (:meth:`fusable`); ``False``: the unfused ops.
+        fused: render with the fused :func:`~portrait_engine.ops.render_rays` (needs a
+            decoder it runs: :meth:`fusable`); ``None``: fused for planes on a GPU
+            unless the backend in force is ``"torch"`` (or ``"triton"`` without its render
+            kernel module) or the decoder is not fusable (:meth:`fusable`), the unfused ops
+            for planes on the CPU (faster there; the fused path holds less memory);
+            ``False``: the unfused ops.
 
     ``forward(planes, decoder, ray_origins, ray_directions, *, generator=None, deform=None)``
     with ``planes`` ``(B, P, C, H, W)`` or ``(B, P, C, D, H, W)``, rays ``(B, R, 3)``, and a
@@ -399,6 +402,13 @@ class ImportanceRenderer(nn.Module):
         if self.fused is not None:
             return self.fused
         if decoder is not None and not self.fusable(decoder):
+            return False
+        if planes.device.type == "cpu":
+            # The fused path decodes more samples than the unfused one (the coarse samples
+            # again in the fine pass, every sample again in the backward): on a GPU its memory
+            # traffic is what counts, on the CPU its arithmetic. Measured on two 2-core
+            # machines, native, 2 threads (docs/render_rays.md, "Which path on the CPU"): the
+            # unfused ops 1.2-1.6x faster at 64^2 rays x 48+48, level to 1.5x at 16^2-32^2.
             return False
         name = _backend.resolve(self.backend, planes.device, "render_rays_forward")
         if name == "torch":

@@ -15,7 +15,7 @@ from portrait_engine.ops.reference import (
     sample_importance_reference,
     triplane_sample_reference,
 )
-from tests.helpers import assert_close
+from tests.helpers import assert_close, fused_by_default_on_a_gpu
 
 NATIVE_OPS = ("triplane_sample_forward", "ray_march_forward", "sample_importance")
 
@@ -475,7 +475,7 @@ def test_fused_renderer_matches_unfused_at_the_same_seed(backend, trigrid, densi
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("activation", ["none", "lrelu"])
-def test_fused_renderer_portrait_decoder_matches_unfused(backend, activation):
+def test_fused_renderer_portrait_decoder_matches_unfused(backend, activation, monkeypatch):
     """3DPortraitGAN's PortraitDecoder (raw "none" / PanoHead's "lrelu" colours) is fusable, and
     renders fused as unfused at the same seed: images and gradients (tolerances as above)."""
     from portrait_engine.models.portrait_gan.generator import PortraitDecoder
@@ -499,8 +499,9 @@ def test_fused_renderer_portrait_decoder_matches_unfused(backend, activation):
     for fused in (True, False):
         renderer = ImportanceRenderer(fused=fused, **kwargs)
         if fused:
-            # fused by default for this decoder, not only when forced
-            assert ImportanceRenderer(**kwargs).use_fused(planes, decoder)
+            # fused by default for this decoder on a GPU, not only when forced
+            default = ImportanceRenderer(**kwargs)
+            assert fused_by_default_on_a_gpu(default, planes, decoder, monkeypatch)
         out = renderer(
             planes, decoder, origins, directions, generator=torch.Generator().manual_seed(12),
             deform=_pose_like_deform,
@@ -540,14 +541,17 @@ def test_fused_renderer_gradients_reach_the_deformation(backend):
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-6)
 
 
-def test_fused_default_follows_the_backend():
+def test_fused_default_on_the_cpu_is_the_unfused_ops():
+    """On the CPU the default is the unfused ops on every backend (faster there: use_fused's
+    comment); fused=True still takes the fused path."""
     planes = torch.zeros(1, 3, 4, 5, 5)
     assert not ImportanceRenderer(backend="torch").use_fused(planes)
     assert not ImportanceRenderer(backend="torch", fused=False).use_fused(planes)
-    if pe.backend_status("cpu", "render_rays_forward")["native"][0]:
-        assert ImportanceRenderer(backend="native").use_fused(planes)
-        with pe.use_backend("native"):
-            assert ImportanceRenderer().use_fused(planes)
+    assert ImportanceRenderer(backend="native", fused=True).use_fused(planes)
+    for backend in ("native", "triton", None):
+        assert not ImportanceRenderer(backend=backend).use_fused(planes)
+    with pe.use_backend("native"):
+        assert not ImportanceRenderer().use_fused(planes)
 
 
 def test_fused_default_on_a_gpu(monkeypatch):

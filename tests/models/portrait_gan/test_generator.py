@@ -10,6 +10,7 @@ from portrait_engine import _backend, use_backend
 from portrait_engine.data.portrait import camera_label, intrinsics_matrix, lookat_cam2world
 from portrait_engine.models.portrait_gan import PortraitGANConfig
 from portrait_engine.models.portrait_gan.generator import PortraitDecoder, PortraitGenerator
+from tests.helpers import fused_by_default_on_a_gpu
 
 RES = 16  # neural rendering resolution of the tests (the tiny preset renders 32)
 
@@ -266,10 +267,10 @@ def test_sample_density_with_pose_deforms_first(gen):
     ("activation", "density_noise"),
     [("sigmoid", 0.0), ("sigmoid", 0.5), ("none", 0.0), ("none", 0.5), ("lrelu", 0.5)],
 )
-def test_fused_renderer_images_match_unfused(activation, density_noise):
+def test_fused_renderer_images_match_unfused(activation, density_noise, monkeypatch):
     """With any of the decoder's colour activations (EG3D's sigmoid, the published raw "none",
     PanoHead's lrelu) the native backend renders through render_rays (coarse and fine passes
-    fused); at the same seed its images equal the unfused renderer's."""
+    fused; the default on a GPU); at the same seed its images equal the unfused renderer's."""
     if (
         not _native_ready()
         or not _backend.backend_status("cpu", "render_rays_forward")["native"][0]
@@ -290,8 +291,7 @@ def test_fused_renderer_images_match_unfused(activation, density_noise):
             g.renderer.fused = fused
             images[fused] = render(g, z, cam, pose=pose)
     g.renderer.fused = None
-    with use_backend("native"):
-        assert g.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), g.decoder)
+    assert fused_by_default_on_a_gpu(g.renderer, torch.zeros(1, 3, 4, 4, 4), g.decoder, monkeypatch)
     # Float32 rounding differs (the fused kernels sum in other orders than BLAS), and two
     # stages amplify it: importance sampling (a 1e-7 change of a coarse weight moves a fine
     # depth by 1e-7 / pdf) and the image head's convolutions (values up to ~6). Measured: mean
@@ -305,19 +305,20 @@ def test_fused_renderer_images_match_unfused(activation, density_noise):
     )
 
 
-def test_published_decoder_is_rendered_fused(gen):
+def test_published_decoder_is_rendered_fused(gen, monkeypatch):
     """3DPortraitGAN's raw-colour decoder ("none") is fusable: the renderer takes the fused path
-    for it under the kernel backends, and render_rays reads its activation from it (a
-    contradicting explicit one is refused)."""
+    for it under the kernel backends on a GPU (the unfused ops on the CPU), and render_rays
+    reads its activation from it (a contradicting explicit one is refused)."""
     from portrait_engine.ops import render_rays
 
     assert gen.decoder.activation == "none"
     assert gen.renderer.fusable(gen.decoder)
     with use_backend("torch"):
         assert not gen.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), gen.decoder)
-    if _backend.backend_status("cpu", "render_rays_forward")["native"][0]:
-        with use_backend("native"):
-            assert gen.renderer.use_fused(torch.zeros(1, 3, 4, 4, 4), gen.decoder)
+    planes = torch.zeros(1, 3, 4, 4, 4)
+    assert fused_by_default_on_a_gpu(gen.renderer, planes, gen.decoder, monkeypatch)
+    with use_backend("native"):  # the CPU default: the unfused ops
+        assert not gen.renderer.use_fused(planes, gen.decoder)
     points = torch.zeros(1, 2, 3, 3)
     depths = torch.linspace(1, 2, 3).expand(1, 2, 3).unsqueeze(-1)
     planes = torch.zeros(1, 3, gen.decoder.n_features, 4, 4)
