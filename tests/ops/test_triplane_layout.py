@@ -42,6 +42,30 @@ def test_both_directions_match_movedim(shape, dtype):
     assert back.is_contiguous() and torch.equal(back, x)
 
 
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 3, 32, 1, 64, 64),  # 8 x 8 blocks only; to channels-last: far-apart source rows
+        (2, 2, 19, 13, 11),  # partial blocks and tiles on both axes (C = 19, 143 texels)
+        (1, 2, 37, 1, 3),  # more channels than texels: the other band order each way
+        (1, 1, 8, 8),  # one block
+    ],
+    ids=str,
+)
+def test_every_isa_path_moves_the_bits(shape, isa, monkeypatch):
+    """The 4-byte transposes on each instruction-set path (the AVX2 8 x 8 blocks, the element
+    loop) move every bit: random 32-bit patterns (NaN payloads included) come back as they
+    were. A path the CPU lacks runs the widest one it has."""
+    monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
+    gen = torch.Generator().manual_seed(sum(shape))
+    bits = torch.randint(-(2**31), 2**31 - 1, shape, generator=gen, dtype=torch.int32)
+    x = bits.view(torch.float32)
+    last = to_op(x)
+    assert torch.equal(last.view(torch.int32), bits.movedim(2, -1).contiguous())
+    assert torch.equal(from_op(last).view(torch.int32), bits)
+
+
 def test_non_contiguous_input():
     base = torch.randn(2, 3, 6, 10, 12)
     x = base[..., ::2]  # strided last axis
