@@ -42,64 +42,89 @@ void transpose_tile(const T* __restrict__ in, T* __restrict__ out, int64_t R, in
   }
 }
 
-#if PE_HAVE_ISA_CLONES
-// 4-byte elements with AVX2 (2026-11-27): the tile as 8 x 8 blocks, each read as 8 row pieces of
-// 32 bytes and written as 8 of 32 bytes after an in-register transpose. transpose_tile's
-// element loop reads a column of the tile per output row: to channels-last, the source row
-// stride is the spatial size (16 KiB to 256 KiB, multiples of 4 KiB), so the tile's 32 source
-// rows all fall in one L1 set and every element read missed L1 (planes_to_channels_last ran at
-// 4 GB/s on one core of a Zen 4, 8.6 GB/s on two, where the copy runs at 50-80 GB/s). Here the
-// blocks go band by band along the side whose rows are far apart, so each of that side's
-// 64-byte lines is read (or written) whole by consecutive blocks. The moves copy bits: no
-// arithmetic touches the values.
-__attribute__((target("avx2"))) inline void transpose8x8_avx2(const float* in, int64_t S,
-                                                                  float* out, int64_t R) {
-  __m256 row[8];
-  for (int i = 0; i < 8; ++i) row[i] = _mm256_loadu_ps(in + i * S);
-  const __m256 t0 = _mm256_unpacklo_ps(row[0], row[1]), t1 = _mm256_unpackhi_ps(row[0], row[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(row[2], row[3]), t3 = _mm256_unpackhi_ps(row[2], row[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(row[4], row[5]), t5 = _mm256_unpackhi_ps(row[4], row[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(row[6], row[7]), t7 = _mm256_unpackhi_ps(row[6], row[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  _mm256_storeu_ps(out + 0 * R, _mm256_permute2f128_ps(u0, u4, 0x20));
-  _mm256_storeu_ps(out + 1 * R, _mm256_permute2f128_ps(u1, u5, 0x20));
-  _mm256_storeu_ps(out + 2 * R, _mm256_permute2f128_ps(u2, u6, 0x20));
-  _mm256_storeu_ps(out + 3 * R, _mm256_permute2f128_ps(u3, u7, 0x20));
-  _mm256_storeu_ps(out + 4 * R, _mm256_permute2f128_ps(u0, u4, 0x31));
-  _mm256_storeu_ps(out + 5 * R, _mm256_permute2f128_ps(u1, u5, 0x31));
-  _mm256_storeu_ps(out + 6 * R, _mm256_permute2f128_ps(u2, u6, 0x31));
-  _mm256_storeu_ps(out + 7 * R, _mm256_permute2f128_ps(u3, u7, 0x31));
+// The tile as 8 x 8 blocks (since 2026-11-27, evening), band by band along the side whose rows
+// are far apart, then its edges by the element loop. transpose_tile alone reads a column of the
+// tile per output row: to channels-last, the source row stride is the spatial size (16 KiB to
+// 256 KiB, multiples of 4 KiB), so the tile's 32 source rows all fall in one L1 set and every
+// element read missed L1 (planes_to_channels_last ran at 4 GB/s on one core of a Zen 4,
+// 8.6 GB/s on two, where a copy runs at 50-80 GB/s). In bands, each line on the far-apart
+// side is read (to channels-last) or written (from) whole by consecutive blocks. block(in, S,
+// out, R) moves one 8 x 8 block.
+template <typename T, typename Block>
+__attribute__((always_inline)) inline void transpose_tile_blocks(
+    const T* __restrict__ in, T* __restrict__ out, int64_t R, int64_t S, int64_t r0,
+    int64_t r1, int64_t s0, int64_t s1, Block block) {
+  const int64_t r8 = r0 + (r1 - r0) / 8 * 8, s8 = s0 + (s1 - s0) / 8 * 8;
+  if (S >= R) {  // the source rows are far apart: a band of 8 source rows at a time
+    for (int64_t r = r0; r < r8; r += 8) {
+      for (int64_t s = s0; s < s8; s += 8) block(in + r * S + s, S, out + s * R + r, R);
+    }
+  } else {  // the destination rows are: a band of 8 destination rows at a time
+    for (int64_t s = s0; s < s8; s += 8) {
+      for (int64_t r = r0; r < r8; r += 8) block(in + r * S + s, S, out + s * R + r, R);
+    }
+  }
+  transpose_tile(in, out, R, S, r0, r8, s8, s1);  // the last s1 - s8 < 8 columns
+  transpose_tile(in, out, R, S, r8, r1, s0, s1);  // the last r1 - r8 < 8 rows
 }
+
+// Any element size, any CPU: the block as an element loop where the source rows are far apart
+// (to channels-last); the other way, transpose_tile's loop already writes whole destination
+// lines and reads its column from the tile's few contiguous source lines (element blocks were
+// slower there: 85 -> 163 us at 3 x 32 x 64^2, one Zen 4, 2 threads).
+template <typename T>
+void transpose_tile_blocked(const T* __restrict__ in, T* __restrict__ out, int64_t R, int64_t S,
+                            int64_t r0, int64_t r1, int64_t s0, int64_t s1) {
+  if (S < R) {
+    transpose_tile(in, out, R, S, r0, r1, s0, s1);
+    return;
+  }
+  transpose_tile_blocks(in, out, R, S, r0, r1, s0, s1,
+                        [](const T* i, int64_t ld_i, T* o, int64_t ld_o) {
+                          for (int a = 0; a < 8; ++a) {
+                            for (int b = 0; b < 8; ++b) o[b * ld_o + a] = i[a * ld_i + b];
+                          }
+                        });
+}
+
+#if PE_HAVE_ISA_CLONES
+// 4-byte elements with AVX2: the block read as 8 row pieces of 32 bytes and written as 8 after
+// an in-register transpose (the moves copy bits: no arithmetic touches the values).
+struct Block8x8Avx2 {
+  __attribute__((target("avx2"))) void operator()(const uint32_t* in_bits, int64_t S,
+                                                  uint32_t* out_bits, int64_t R) const {
+    const float* in = reinterpret_cast<const float*>(in_bits);
+    float* out = reinterpret_cast<float*>(out_bits);
+    __m256 row[8];
+    for (int i = 0; i < 8; ++i) row[i] = _mm256_loadu_ps(in + i * S);
+    const __m256 t0 = _mm256_unpacklo_ps(row[0], row[1]);
+    const __m256 t1 = _mm256_unpackhi_ps(row[0], row[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(row[2], row[3]);
+    const __m256 t3 = _mm256_unpackhi_ps(row[2], row[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(row[4], row[5]);
+    const __m256 t5 = _mm256_unpackhi_ps(row[4], row[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(row[6], row[7]);
+    const __m256 t7 = _mm256_unpackhi_ps(row[6], row[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(out + 0 * R, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(out + 1 * R, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(out + 2 * R, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(out + 3 * R, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(out + 4 * R, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(out + 5 * R, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(out + 6 * R, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(out + 7 * R, _mm256_permute2f128_ps(u3, u7, 0x31));
+  }
+};
 
 __attribute__((target("avx2"))) void transpose_tile_avx2(const uint32_t* __restrict__ in,
                                                          uint32_t* __restrict__ out, int64_t R,
                                                          int64_t S, int64_t r0, int64_t r1,
                                                          int64_t s0, int64_t s1) {
-  const float* in_f = reinterpret_cast<const float*>(in);
-  float* out_f = reinterpret_cast<float*>(out);
-  const int64_t r8 = r0 + (r1 - r0) / 8 * 8, s8 = s0 + (s1 - s0) / 8 * 8;
-  if (S >= R) {
-    // the source rows are the far-apart ones (to channels-last): a band of 8 source rows at a
-    // time, its lines read whole before the next band
-    for (int64_t r = r0; r < r8; r += 8) {
-      for (int64_t s = s0; s < s8; s += 8) {
-        transpose8x8_avx2(in_f + r * S + s, S, out_f + s * R + r, R);
-      }
-    }
-  } else {
-    // the destination rows are (from channels-last): a band of 8 destination rows at a time,
-    // its lines written whole before the next band
-    for (int64_t s = s0; s < s8; s += 8) {
-      for (int64_t r = r0; r < r8; r += 8) {
-        transpose8x8_avx2(in_f + r * S + s, S, out_f + s * R + r, R);
-      }
-    }
-  }
-  transpose_tile(in, out, R, S, r0, r8, s8, s1);  // the last s1 - s8 < 8 columns
-  transpose_tile(in, out, R, S, r8, r1, s0, s1);  // the last r1 - r8 < 8 rows
+  transpose_tile_blocks(in, out, R, S, r0, r1, s0, s1, Block8x8Avx2{});
 }
 #endif
 
@@ -108,7 +133,7 @@ void transpose_batch(const T* in, T* out, int64_t M, int64_t R, int64_t S) {
   const int64_t r_tiles = (R + kTile - 1) / kTile, s_tiles = (S + kTile - 1) / kTile;
   const int64_t per_matrix = r_tiles * s_tiles;
   using TileFn = void (*)(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-  TileFn tile = &transpose_tile<T>;
+  TileFn tile = &transpose_tile_blocked<T>;
 #if PE_HAVE_ISA_CLONES
   if constexpr (sizeof(T) == 4) {
     if (cpu_math::cpu_isa() != cpu_math::Isa::kBaseline) tile = &transpose_tile_avx2;
