@@ -97,9 +97,28 @@ def test_torch_backend_matches_the_eg3d_pipeline():
     assert float(got[2].detach().max()) > 0.5  # the scene is not empty
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+# The renderer's paths on the CPU: its default (the unfused ops) on every kernel backend, and the
+# fused one (render_rays, the GPU default) on native; Triton's fused path has its own tests below
+# (fused against unfused), which its interpreter makes slow.
+RENDER_PATHS = [
+    pytest.param(backend.values[0], None, marks=backend.marks, id=f"{backend.values[0]}")
+    for backend in KERNEL_BACKENDS
+]
+
+
+def _native_fused_path():
+    ok, reason = pe.backend_status("cpu", "render_rays_forward")["native"]
+    return pytest.param(
+        "native", True, marks=pytest.mark.skipif(not ok, reason=reason), id="native-fused"
+    )
+
+
+RENDER_PATHS.append(_native_fused_path())
+
+
+@pytest.mark.parametrize(("backend", "fused"), RENDER_PATHS)
 @pytest.mark.parametrize("trigrid", [False, True], ids=["triplane", "trigrid"])
-def test_backends_match_the_torch_backend(backend, trigrid):
+def test_backends_match_the_torch_backend(backend, fused, trigrid):
     planes, decoder, origins, directions = make_scene(trigrid=trigrid, seed=1)
     renderer = ImportanceRenderer(
         depth_resolution=8,
@@ -107,18 +126,28 @@ def test_backends_match_the_torch_backend(backend, trigrid):
         density_noise=0.3,
         triplane_crop=0.1,
         plane_axes="panohead" if trigrid else "eg3d",
+        fused=fused,
+    )
+    reference = ImportanceRenderer(
+        depth_resolution=8,
+        depth_resolution_importance=8,
+        density_noise=0.3,
+        triplane_crop=0.1,
+        plane_axes="panohead" if trigrid else "eg3d",
     )
 
-    def render(name):
+    def render(module, name):
         leaf = planes.clone().requires_grad_()
         with pe.use_backend(name):
-            out = renderer(
+            out = module(
                 leaf, decoder, origins, directions, generator=torch.Generator().manual_seed(2)
             )
         (out[0].square().sum() + out[1].sum() + out[2].sum()).backward()
         return (*out, leaf.grad)
 
-    for got, want in zip(render(backend), render("torch"), strict=True):
+    assert renderer.use_fused(planes, decoder) is bool(fused)
+    outputs = zip(render(renderer, backend), render(reference, "torch"), strict=True)
+    for got, want in outputs:
         assert_close(got, want, torch.float32, scale=10)
 
 
@@ -167,8 +196,8 @@ def test_auto_limits_render_inside_the_box():
     assert torch.isfinite(rgb).all() and torch.isfinite(depth).all()
 
 
-@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
-def test_auto_limits_with_no_ray_in_the_box(backend):
+@pytest.mark.parametrize(("backend", "fused"), [("torch", None), *RENDER_PATHS])
+def test_auto_limits_with_no_ray_in_the_box(backend, fused):
     """A batch, or a chunk, in which no ray meets the box: EG3D's fill has no valid start to copy
     (its own code raises) and the limits stay reversed; these rays get an empty range at their
     closest approach to the box's centre: zero weights, that depth, gradients finite. Rays of
@@ -183,6 +212,7 @@ def test_auto_limits_with_no_ray_in_the_box(backend):
         ray_end="auto",
         deterministic=True,
         backend=backend,
+        fused=fused,
     )
     planes.requires_grad_()
     whole = ImportanceRenderer(**kwargs)(planes, decoder, origins, directions)
@@ -410,6 +440,13 @@ def test_coarse_depths_between_fixed_limits_are_known_sorted():
     with torch.inference_mode():  # no version counter: nothing marked, the render runs
         rgb, _, _ = fixed(planes, decoder, origins, directions)
     assert torch.isfinite(rgb).all()
+    if pe.backend_status("cpu", "render_rays_forward")["native"][0]:
+        fused = ImportanceRenderer(
+            depth_resolution=8, depth_resolution_importance=8, fused=True, backend="native"
+        )
+        with torch.inference_mode():  # the fused path too
+            rgb_fused, _, _ = fused(planes, decoder, origins, directions)
+        assert torch.isfinite(rgb_fused).all()
     with pytest.raises(ValueError, match="samples must be at least 2"):
         stratified_depths(1, 2, torch.ones(1, 2, 1), torch.full((1, 2, 1), 2.0), 1)
 

@@ -18,6 +18,8 @@ SHAPES = [
     (1, 3, 32, 1, 64, 64),  # EG3D's tri-plane as the kernels see it (D = 1)
     (2, 3, 5, 3, 7, 9),  # a tri-grid, odd sizes: partial tiles on both axes
     (1, 3, 33, 40, 40),  # rank 5, more rows and columns than one tile
+    (2, 2, 19, 13, 11),  # 8 x 8 blocks beside partial ones on both axes, both directions
+    (1, 2, 37, 1, 3),  # more channels than texels: the other band order each way
     (2, 1, 1, 1, 1),  # C = 1, one texel
     (2, 3, 4, 0, 5),  # empty spatial axis
     (0, 3, 4, 5),  # empty batch

@@ -5,7 +5,9 @@ One case per preset: ``tiny`` (quick sizes, CPU friendly), ``small`` and ``paper
 sizes). The whole generator runs (mapping, tri-grid backbone, pose deformation of every ray
 sample, importance rendering, background, super-resolution) at the preset's neural rendering
 resolution, with a random body pose; the ``torch`` provider runs every kernel-backed stage on
-the PyTorch references, ``triton`` / ``native`` on the fused kernels. Images per second =
+the PyTorch references, ``triton`` / ``native`` on the kernel backends, with the renderer on
+its default path (``ImportanceRenderer.use_fused``: ``render_rays`` on a GPU, the unfused ops on
+the CPU since 2026-11-27; CPU results before that date timed ``render_rays``). Images per second =
 ``batch / median seconds``. The model runs in float32 whatever the dtype asked (StyleGAN2's
 layers are float32 here); only ``z`` is a differentiable input (camera and pose are keyword
 arguments), and only the forward is timed.

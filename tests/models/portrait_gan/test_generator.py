@@ -113,15 +113,23 @@ def test_same_seed_same_image_and_other_seed_differs(gen):
     assert not torch.equal(a["image_depth"], c["image_depth"])
 
 
-def test_chunked_rays_match_when_deterministic(gen):
+@pytest.mark.parametrize("fused", [None, True], ids=["default", "fused"])
+def test_chunked_rays_match_when_deterministic(gen, fused):
+    """Chunked and whole renders agree, on the CPU's default path (the unfused ops) and on the
+    fused one (render_rays, the GPU default)."""
+    if fused and not _backend.backend_status("cpu", "render_rays_forward")["native"][0]:
+        pytest.skip("native extension not built with render_rays")
     z = torch.randn(1, gen.config.z_dim)
     cam = cameras([0.2])
     gen.renderer.deterministic = True
+    gen.renderer.fused = fused
     try:
-        whole = render(gen, z, cam)
-        chunked = render(gen, z, cam, chunk_rays=64)
+        with use_backend("native" if fused else "auto"):
+            whole = render(gen, z, cam)
+            chunked = render(gen, z, cam, chunk_rays=64)
     finally:
         gen.renderer.deterministic = False
+        gen.renderer.fused = None
     torch.testing.assert_close(chunked["image_raw"], whole["image_raw"], atol=1e-5, rtol=1e-5)
 
 
