@@ -120,21 +120,15 @@ RENDER_PATHS.append(_native_fused_path())
 @pytest.mark.parametrize("trigrid", [False, True], ids=["triplane", "trigrid"])
 def test_backends_match_the_torch_backend(backend, fused, trigrid):
     planes, decoder, origins, directions = make_scene(trigrid=trigrid, seed=1)
-    renderer = ImportanceRenderer(
-        depth_resolution=8,
-        depth_resolution_importance=8,
-        density_noise=0.3,
-        triplane_crop=0.1,
-        plane_axes="panohead" if trigrid else "eg3d",
-        fused=fused,
-    )
-    reference = ImportanceRenderer(
+    kwargs = dict(
         depth_resolution=8,
         depth_resolution_importance=8,
         density_noise=0.3,
         triplane_crop=0.1,
         plane_axes="panohead" if trigrid else "eg3d",
     )
+    # the reference: the torch backend's (unfused) render
+    renderer, reference = ImportanceRenderer(fused=fused, **kwargs), ImportanceRenderer(**kwargs)
 
     def render(module, name):
         leaf = planes.clone().requires_grad_()
