@@ -32,15 +32,18 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # below 8 rows the streamed AVX-512 kernels (one instance per batch: 1, 3 and 7 run here); from
 # 8 rows one BLAS call per product (9, 17, 40; until 2026-11-27 these ran register-tiled column
-# slices, whose cases these batches were chosen for)
+# slices, whose cases these batches were chosen for), except the backward's grad_dirs from 2 rows
+# on an AVX2 / AVX-512 CPU: cpu_tile_gemm.h's tiles over 512-column strips (1100 columns: two
+# whole strips and a partial one; 23 and 37 features: row tiles of 8 and the smaller remainder
+# tiles)
 @pytest.mark.parametrize(
     ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
 @pytest.mark.parametrize("dirs_grad", [True, False])
 @pytest.mark.parametrize("features", [FEATURES, 37])
 # avx2 caps the run-time choice below the AVX-512 kernels: the BLAS path of a CPU without
-# AVX-512
-@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+# AVX-512 (and grad_dirs' AVX2 tiles); baseline: the BLAS everywhere
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
 def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features, isa, monkeypatch):
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
     base, coeffs, dirs = blend_inputs(batch, base_rows, dtype, features=features)
