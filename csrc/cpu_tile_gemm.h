@@ -8,8 +8,8 @@
 // function's register width (the kVecBytes template argument: 16 for the SSE2 baseline, 32 and
 // 64 for cpu_math.h's AVX2 and AVX-512 clones, where the scalar times vector product becomes an
 // FMA with an embedded broadcast), kTileRows chosen so the accumulators fit the register file.
-// Every matrix's rows are padded to a multiple of kCols values
-// (`padded`): the kernels lay their scratch and weight copies out with padded rows. A product
+// The render kernel pads every matrix's rows to a multiple of kCols values (`padded`: its
+// scratch and weight copies are laid out with padded rows); other callers need not. A product
 // computes its N columns: whole chunks, then the last N % kCols columns one at a time (so a
 // kernel may pass the padded width, whose padding columns depend only on B's, or the true
 // one). The reduction dimension K is never padded.
@@ -153,8 +153,10 @@ inline void rows_from(int64_t m, int64_t M, int64_t N, int64_t K, const T* A, in
 
 // C (M x N, row stride ldc) = start + A (M x K, strides a_row, a_k) · B (K x N, row stride ldb),
 // with vectors of kVecBytes bytes (the enclosing function's register width).
-// ldb and ldc are multiples of kCols (rows of whole chunks); columns of C from N to the padded
-// width are left as they are. `bias` (N values) is read with Start::kBias only.
+// Any ldb and ldc: every load and store of a chunk is an unaligned memcpy (the render kernel
+// pads its rows to multiples of kCols, which keeps them aligned; skinning_cpu.cpp's grad_dirs
+// passes its true row length). Columns of C from N on are never written. `bias` (N values) is
+// read with Start::kBias only.
 template <typename T, int kVecBytes>
 inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_row, int64_t a_k,
                  const T* B, int64_t ldb, T* C, int64_t ldc, Start start, const T* bias) {

@@ -843,8 +843,9 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& gra
 #endif
 
 // grad_dirs (F, C) = coeffsᵀ (F, B) · grad (B, C) for B > 1, float, on an AVX2 or AVX-512 CPU:
-// register tiles (cpu_tile_gemm.h: 8 rows of grad_dirs by 16 columns, B FMAs with a broadcast
-// coefficient per output vector, each value stored once) over strips of kGradDirsColumns columns,
+// register tiles (cpu_tile_gemm.h: 8 rows of grad_dirs with AVX-512, 6 with AVX2, by 16 columns,
+// B FMAs with a broadcast coefficient per output vector, each value stored once; the rows left
+// over in smaller tiles) over strips of kGradDirsColumns columns,
 // so that a strip of grad (B rows) stays in L1 / L2 while the F / 8 row tiles sweep it; one task
 // per range of strips. Why not the BLAS: MKL ran this K = B product (M = 207, N = 20670 at SMPL's
 // size, a 17 MB output) at 40-52 GFLOP/s on a 2-core Zen 4 (5.3-6.8 ms at B = 32, 2 threads;

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
 
 # 1100 columns: below a batch of 8, one partial 4096-column block of the streamed AVX-512
 # kernels, its rows starting at varying 64-byte offsets (4400-byte rows; the test below runs
-# several blocks); from 8, one BLAS call per product
+# several blocks); from 8, one BLAS call per product (grad_dirs: cpu_tile_gemm.h's tiles on an
+# AVX2 / AVX-512 CPU)
 COLUMNS = 1100
 FEATURES = 23
 
@@ -34,8 +35,8 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 # 8 rows one BLAS call per product (9, 17, 40; until 2026-11-27 these ran register-tiled column
 # slices, whose cases these batches were chosen for), except the backward's grad_dirs from 2 rows
 # on an AVX2 / AVX-512 CPU: cpu_tile_gemm.h's tiles over 512-column strips (1100 columns: two
-# whole strips and a partial one; 23 and 37 features: row tiles of 8 and the smaller remainder
-# tiles)
+# whole strips and a partial one; 23 and 37 features: row tiles of 8 (AVX-512) or 6 (AVX2) and
+# the smaller remainder tiles)
 @pytest.mark.parametrize(
     ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )

@@ -7,10 +7,10 @@ sample, importance rendering, background, super-resolution) at the preset's neur
 resolution, with a random body pose; the ``torch`` provider runs every kernel-backed stage on
 the PyTorch references, ``triton`` / ``native`` on the kernel backends, with the renderer on
 its default path (``ImportanceRenderer.use_fused``: ``render_rays`` on a GPU, the unfused ops on
-the CPU since 2026-11-27; CPU results before that date timed ``render_rays``). Images per second =
-``batch / median seconds``. The model runs in float32 whatever the dtype asked (StyleGAN2's
-layers are float32 here); only ``z`` is a differentiable input (camera and pose are keyword
-arguments), and only the forward is timed.
+the CPU since 2026-11-27 (evening); CPU results from 2026-11-26 until then timed
+``render_rays``). Images per second = ``batch / median seconds``. The model runs in float32
+whatever the dtype asked (StyleGAN2's layers are float32 here); only ``z`` is a differentiable
+input (camera and pose are keyword arguments), and only the forward is timed.
 """
 
 from __future__ import annotations
