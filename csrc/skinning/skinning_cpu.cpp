@@ -853,28 +853,26 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& gra
 // value sums its B terms in increasing b: the same result for any thread count.
 constexpr int64_t kGradDirsColumns = 512;
 
+template <typename scalar_t>
 struct GradDirsArgs {
-  const float* coeffs;  // (B, F)
-  const float* grad;    // (B, C)
-  float* grad_dirs;     // (F, C)
+  const scalar_t* coeffs;  // (B, F)
+  const scalar_t* grad;    // (B, C)
+  scalar_t* grad_dirs;     // (F, C)
   int64_t B, F, C;
 };
 
 template <typename scalar_t, int kVecBytes>
-void grad_dirs_columns(const GradDirsArgs& a, int64_t begin, int64_t end) {
+void grad_dirs_columns(const GradDirsArgs<scalar_t>& a, int64_t begin, int64_t end) {
   for (int64_t c0 = begin; c0 < end; c0 += kGradDirsColumns) {
     const int64_t width = std::min(kGradDirsColumns, end - c0);
     // A(f, b) = coeffs[b * F + f]: coeffsᵀ by its strides
-    cpu_gemm::gemm<float, kVecBytes>(a.F, width, a.B, a.coeffs, 1, a.F, a.grad + c0, a.C,
-                                     a.grad_dirs + c0, a.C, cpu_gemm::Start::kZero, nullptr);
+    cpu_gemm::gemm<scalar_t, kVecBytes>(a.F, width, a.B, a.coeffs, 1, a.F, a.grad + c0, a.C,
+                                        a.grad_dirs + c0, a.C, cpu_gemm::Start::kZero, nullptr);
   }
 }
 
-template <typename scalar_t>
-using GradDirsArgsOf = GradDirsArgs;
-
 #if PE_HAVE_ISA_CLONES
-PE_ISA_CLONES_WIDTH(grad_dirs_columns, GradDirsArgsOf)
+PE_ISA_CLONES_WIDTH(grad_dirs_columns, GradDirsArgs)
 #endif
 
 // Whether grad_dirs takes grad_dirs_columns: float, B > 1, an AVX2 or AVX-512 CPU (the SSE2
@@ -887,8 +885,8 @@ bool grad_dirs_tiled(const at::Tensor& coeffs) {
 at::Tensor grad_dirs_of(const at::Tensor& grad_out, const at::Tensor& coeffs) {
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = grad_out.size(1);
   at::Tensor out = new_output({F, C}, coeffs.options());
-  const GradDirsArgs a{coeffs.data_ptr<float>(), grad_out.data_ptr<float>(),
-                       out.data_ptr<float>(), B, F, C};
+  const GradDirsArgs<float> a{coeffs.data_ptr<float>(), grad_out.data_ptr<float>(),
+                              out.data_ptr<float>(), B, F, C};
   const auto fn = PE_ISA_PICK_WIDTH(grad_dirs_columns, float);
   at::parallel_for(0, (C + kGradDirsColumns - 1) / kGradDirsColumns, 1,
                    [&](int64_t begin, int64_t end) {

@@ -6,8 +6,8 @@
 //   from: (B, P, *spatial, C) -> (B, P, C, *spatial) contiguous (the last dim moved to 2)
 //
 // Each is the other's gradient. Both are a batch of M = B * P matrix transposes (C x L <->
-// L x C, L = the spatial size). CPU: a cache-blocked transpose, parallel over (matrix, block of
-// columns), on the elements' bytes (any dtype of 2, 4 or 8 bytes); ATen's permuted copy ran
+// L x C, L = the spatial size). CPU: a cache-blocked transpose, parallel over (matrix, tile),
+// on the elements' bytes (any dtype of 2, 4 or 8 bytes); ATen's permuted copy ran
 // these at 5-13 GB/s on the 2-core machine and was about a quarter of the native triplane_sample
 // step at the quick size (two copies of 6.3 MB, 2.2 ms each, 2026-11-27). Other devices (and
 // other element sizes): ATen's movedim + contiguous (CompositeExplicitAutograd).
@@ -30,7 +30,8 @@ namespace triplane {
 namespace {
 
 // out[m, s, r] = in[m, r, s] for M matrices of R x S (both contiguous), in tiles of kTile x kTile
-// elements: the tile's source rows and destination rows both stay in L1.
+// elements (the unit of parallel work); transpose_tile moves a tile (or its edges) element by
+// element, transpose_tile_blocks below in 8 x 8 blocks.
 constexpr int64_t kTile = 32;
 
 template <typename T>

@@ -100,12 +100,6 @@ def test_torch_backend_matches_the_eg3d_pipeline():
 # The renderer's paths on the CPU: its default (the unfused ops) on every kernel backend, and the
 # fused one (render_rays, the GPU default) on native; Triton's fused path has its own tests below
 # (fused against unfused), which its interpreter makes slow.
-RENDER_PATHS = [
-    pytest.param(backend.values[0], None, marks=backend.marks, id=f"{backend.values[0]}")
-    for backend in KERNEL_BACKENDS
-]
-
-
 def _native_fused_path():
     ok, reason = pe.backend_status("cpu", "render_rays_forward")["native"]
     return pytest.param(
@@ -113,7 +107,10 @@ def _native_fused_path():
     )
 
 
-RENDER_PATHS.append(_native_fused_path())
+RENDER_PATHS = [
+    *(pytest.param(p.values[0], None, marks=p.marks, id=p.values[0]) for p in KERNEL_BACKENDS),
+    _native_fused_path(),
+]
 
 
 @pytest.mark.parametrize(("backend", "fused"), RENDER_PATHS)
