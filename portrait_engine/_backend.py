@@ -34,9 +34,16 @@ AUTO_ORDER = {
 # fwd+bwd, B=4 128^2 rays, 48+48 samples, EG3D planes): Triton 22.6 ms vs CUDA 36.5 ms; the
 # CUDA backward (one thread per ray, decoder-weight gradients through per-sample atomics) took
 # 65.6 ms of a 64^2-ray case under Nsight Compute (logs-2026-11-26b/ncu_render.log).
+# triplane_sample and softplus on an H100 (benchmarks/results/NVIDIA-H100-80GB-HBM3,
+# logs-2026-11-27b/bench_stages.log): Triton 1.55 ms vs CUDA 7.15 ms forward and 6.32 vs
+# 19.24 ms forward+backward on EG3D's planes (B=4, 128^2 rays x 96 samples), 5.05 vs 12.47 and
+# 19.61 vs 34.23 ms on PanoHead's tri-grid; softplus 1.33 vs 1.50 ms fwd+bwd (Triton at eager's
+# copy bandwidth). decoder_outputs stays native there (2.15 vs 2.48 ms fwd+bwd).
 AUTO_ORDER_BY_OP = {
     ("cuda", "ray_march_forward"): ("triton", "native", "torch"),
     ("cuda", "render_rays_forward"): ("triton", "native", "torch"),
+    ("cuda", "triplane_sample_forward"): ("triton", "native", "torch"),
+    ("cuda", "softplus_forward"): ("triton", "native", "torch"),
 }
 
 _state = threading.local()

@@ -145,7 +145,13 @@ def test_auto_takes_the_per_op_order_where_one_is_measured(monkeypatch):
     # render_rays: the fused Triton renderer measured faster than the CUDA one on an H200
     assert pe._backend.resolve("auto", cuda, "render_rays_forward") == "triton"
     assert pe._backend.resolve("auto", torch.device("cpu"), "render_rays_forward") == "native"
-    assert pe._backend.resolve("auto", cuda, "triplane_sample_forward") == "native"
+    # triplane_sample and softplus: Triton measured faster than the CUDA kernels on an H100
+    assert pe._backend.resolve("auto", cuda, "triplane_sample_forward") == "triton"
+    assert pe._backend.resolve("auto", cuda, "softplus_forward") == "triton"
+    assert pe._backend.resolve("auto", torch.device("cpu"), "triplane_sample_forward") == "native"
+    # ops without a measured exception keep the device's order
+    assert pe._backend.resolve("auto", cuda, "decoder_outputs_forward") == "native"
+    assert pe._backend.resolve("auto", cuda, "lbs_forward") == "native"
     assert pe._backend.resolve("auto", torch.device("cpu"), "ray_march_forward") == "native"
     # an explicit choice is kept
     assert pe._backend.resolve("native", cuda, "ray_march_forward") == "native"
