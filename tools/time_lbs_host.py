@@ -18,6 +18,14 @@ Runs native, torch (smplx's formulas) and a do-nothing autograd.Function with lb
 floor that a single autograd node cannot go below) interleaved, ``--rounds`` rounds of 150
 forward+backward steps each, and prints each one's median and fastest round in µs per step.
 The machine's speed drifts by tens of per cent between runs: compare builds in alternated runs.
+
+On a GPU (``--device cuda --vertices 6890``: SMPL's size) the same loop measures the real
+thing: each round ends with a synchronize, so a round's time per step is the throughput of
+host and device together. ``--routes`` adds native with the shape part forced to the
+"regressed" route for B > NB (the GPU's route for those batches until 2026-11-27),
+``--vertices-grad-only`` gives the joints no gradient (as the benchmark harness), and
+``--profile N`` ends with N native steps under torch.profiler: the ATen calls by host time and
+the kernel launches per step.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 
 import torch
 
+from portrait_engine.ops import skinning
 from portrait_engine.ops.reference import SMPL_PARENTS  # SMPL's 24-joint tree
 
 
@@ -79,41 +88,68 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--routes", action="store_true")
+    parser.add_argument("--vertices-grad-only", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="N")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     for batch in args.batch:
         inputs = make_inputs(batch, args.vertices, torch.Generator().manual_seed(0))
+        inputs = [t.detach().to(device).requires_grad_(t.requires_grad) for t in inputs]
         model = inputs[:6] + [inputs[7]]  # the autograd.Function order: weights before parents
 
-        def lbs_step(backend, inputs=inputs):
-            def run():
-                for tensor in inputs:
-                    tensor.grad = None
-                vertices, joints = ops.lbs(*inputs, backend=backend)
+        def backward(vertices, joints):
+            if args.vertices_grad_only:
+                vertices.backward(torch.ones_like(vertices))
+            else:
                 torch.autograd.backward(
                     (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
                 )
+
+        def lbs_step(backend, inputs=inputs, route=None):
+            def run():
+                for tensor in inputs:
+                    tensor.grad = None
+                if route is None:
+                    backward(*ops.lbs(*inputs, backend=backend))
+                    return
+                saved = skinning._shape_route
+
+                def forced(backend_name, betas, template, saved=saved):
+                    if betas.shape[0] > betas.shape[1]:
+                        return route
+                    return saved(backend_name, betas, template)
+
+                skinning._shape_route = forced
+                try:
+                    backward(*ops.lbs(*inputs, backend=backend))
+                finally:
+                    skinning._shape_route = saved
 
             return run
 
         def floor_step(inputs=inputs, model=model):
             for tensor in inputs:
                 tensor.grad = None
-            vertices, joints = _Floor.apply(*model, inputs[6], True, "native")
-            torch.autograd.backward(
-                (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
-            )
+            backward(*_Floor.apply(*model, inputs[6], True, "native"))
 
         steps = {"native": lbs_step("native"), "torch": lbs_step("torch"), "floor": floor_step}
+        if args.routes:
+            steps["native-regressed"] = lbs_step("native", route="regressed")
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():
                 for _ in range(10):
                     step()
+                sync()
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     step()
+                sync()
                 times[name].append((time.perf_counter() - start) / args.steps * 1e6)
         median = {name: statistics.median(t) for name, t in times.items()}
         print(
@@ -121,7 +157,29 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{n} {median[n]:.0f} us (min {min(times[n]):.0f})" for n in steps)
             + f"; torch / native {median['torch'] / median['native']:.2f}x"
         )
+        if args.profile:
+            _profile(steps["native"], args.profile, device)
     return 0
+
+
+def _profile(step, count: int, device: torch.device) -> None:
+    """``count`` steps under torch.profiler after a warm-up: the top-level ATen and kernel ops
+    by host time, and the kernel launches per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    for _ in range(20):
+        step()
+    with profile(activities=activities) as prof:
+        for _ in range(count):
+            step()
+        torch.cuda.synchronize() if device.type == "cuda" else None
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    print(table)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"device events (kernels and copies) per step: {len(kernels) / count:.1f}")
 
 
 if __name__ == "__main__":

@@ -30,15 +30,21 @@ inline void check_fk(const at::Tensor& pose, const at::Tensor& joints, const at:
               "forward_kinematics (", side.tag, "): tensors must be on one ", side.tag, " device");
 }
 
-inline void check_fk_grads(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
-                           const at::Tensor& grad_rel, const at::Tensor& joints,
-                           const KernelSide& side) {
+// grad_rot (B, J, 3, 3), or (B, J - 1, 3, 3) for joints 1..J-1 (the root's gradient zero);
+// grad_pj (B, J, 3), or empty for zeros. Returns the first joint grad_rot holds (0 or 1).
+inline int64_t check_fk_grads(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
+                              const at::Tensor& grad_rel, const at::Tensor& joints,
+                              const KernelSide& side) {
   const int64_t B = joints.size(0), J = joints.size(1);
-  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J, 3, 3}) && grad_rot.is_contiguous() &&
-                  grad_pj.sizes() == joints.sizes() && grad_pj.is_contiguous() &&
+  const int64_t rot_first = J > 0 && grad_rot.dim() == 4 && grad_rot.size(1) == J - 1 ? 1 : 0;
+  TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J - rot_first, 3, 3}) &&
+                  grad_rot.is_contiguous() &&
+                  (grad_pj.numel() == 0 || grad_pj.sizes() == joints.sizes()) &&
+                  grad_pj.is_contiguous() &&
                   grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous(),
               "forward_kinematics (", side.tag,
-              "): gradients must be contiguous and shaped as the outputs");
+              "): gradients must be contiguous and shaped as the outputs (grad_rot_mats may "
+              "leave out the root joint, grad_posed_joints may be empty for zeros)");
   TORCH_CHECK(grad_rot.scalar_type() == joints.scalar_type() &&
                   grad_pj.scalar_type() == joints.scalar_type() &&
                   grad_rel.scalar_type() == joints.scalar_type() &&
@@ -46,6 +52,7 @@ inline void check_fk_grads(const at::Tensor& grad_rot, const at::Tensor& grad_pj
                   on_side(grad_rel, joints, side),
               "forward_kinematics (", side.tag,
               "): gradients must be in the joints' dtype, on their device");
+  return rot_first;
 }
 
 inline void check_skin(const at::Tensor& points, const at::Tensor& weights,

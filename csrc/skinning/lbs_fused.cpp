@@ -27,7 +27,8 @@
 // The shape part takes the route _LBS's _shape_route chose (ops/skinning.py says why each):
 //   0 direct:    a batch of templates or up to NB shapes; joints from v_shaped as (B, 3, V);
 //   1 kernel:    CPU, a (V, 3) template and B > NB: the shape_blend kernel;
-//   2 regressed: the same algebra from ATen products (other devices).
+//   2 regressed: the same algebra from ATen products (a GPU's for B > 256);
+//   3 rows:      a GPU's for one shape: joints from v_shaped's own (V, 3) rows.
 // Neither op has an autograd formula of its own: they run inside lbs's autograd node (called
 // directly on inputs that need gradients, their results are not differentiable).
 
@@ -36,9 +37,9 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include "constant_cache.h"
+
 #include <array>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -94,23 +95,10 @@ const KernelOps& ops() {
   return kOps;
 }
 
-// 3x3 identities per (dtype, device), for the pose features R - I: at::eye is an allocation and
-// two kernel launches on a GPU on every call. Made on the CPU and copied over with a blocking
-// copy, so the values are in place before any stream reads them. Never freed (a CUDA tensor
-// destroyed at exit could outlive its context).
+// 3x3 identities per (dtype, device), for the pose features R - I (constant_cache.h).
 const Tensor& identity3(const Tensor& like) {
-  static std::mutex lock;
-  static auto* cache = new std::map<std::tuple<int, int, int>, Tensor>();
-  std::lock_guard<std::mutex> guard(lock);
-  const auto key = std::make_tuple(static_cast<int>(like.scalar_type()),
-                                   static_cast<int>(like.device().type()),
-                                   static_cast<int>(like.device().index()));
-  auto found = cache->find(key);
-  if (found == cache->end()) {
-    found = cache->emplace(key, at::eye(3, like.options().device(at::kCPU)).to(like.device()))
-                .first;
-  }
-  return found->second;
+  return cached_constant("eye3", like.options(),
+                         [](const at::TensorOptions& options) { return at::eye(3, options); });
 }
 
 // The pose rows the forward-kinematics kernel reads: (batch, J, 3) axis-angle or (batch, J, 3, 3)
@@ -123,14 +111,16 @@ Tensor pose_rows(const Tensor& pose, int64_t batch, int64_t J, bool pose2rot) {
 
 // The shape part's route, as _LBS's _shape_route chose it (0 direct, 1 kernel, 2 regressed: one
 // place decides, for both paths); kernel and regressed need a single (V, 3) template.
-enum class Route { kDirect = 0, kKernel = 1, kRegressed = 2 };
+enum class Route { kDirect = 0, kKernel = 1, kRegressed = 2, kRows = 3 };
 
-Route shape_route(int64_t route, const Tensor& v_template, const char* op) {
-  TORCH_CHECK(route >= 0 && route <= 2, op,
-              ": route must be 0 (direct), 1 (kernel) or 2 (regressed), got ", route);
+Route shape_route(int64_t route, const Tensor& v_template, const Tensor& betas, const char* op) {
+  TORCH_CHECK(route >= 0 && route <= 3, op,
+              ": route must be 0 (direct), 1 (kernel), 2 (regressed) or 3 (rows), got ", route);
   TORCH_CHECK(route == 0 || v_template.dim() == 2, op,
-              ": the kernel and regressed routes need a (V, 3) v_template, got ",
+              ": the kernel, regressed and rows routes need a (V, 3) v_template, got ",
               v_template.sizes());
+  TORCH_CHECK(route != 3 || betas.size(0) == 1, op,
+              ": the rows route takes one betas row, got ", betas.size(0));
   return static_cast<Route>(route);
 }
 
@@ -165,6 +155,11 @@ Tensor2 shape_forward(Route route, const Tensor& betas, const Tensor& v_template
     } else {  // a batch of templates for one betas row
       v_shaped = templ + at::mm(betas, dirs.t());
     }
+    if (route == Route::kRows) {  // one shape: (J, V) x (V, 3), contiguous (1, J, 3)
+      Tensor joints = at::mm(J_regressor, v_shaped.view({V, 3})).unsqueeze(0);
+      saved.push_back(v_shaped);
+      return {v_shaped, joints};
+    }
     if (route == Route::kDirect) {
       Tensor columns = v_shaped.view({-1, V, 3}).transpose(1, 2).contiguous();
       Tensor joints = at::matmul(columns, J_regressor.t()).transpose(1, 2);
@@ -194,7 +189,13 @@ Tensor4 shape_backward(Route route, const bool needs[4], const Tensor& grad_shap
   const int64_t rows = grad_shaped_in.size(0);
   Tensor grad_shaped = grad_shaped_in;
   Tensor grad_betas, grad_regressor, grad_template_joints, grad_dirs_joints;
-  if (route == Route::kDirect) {
+  if (route == Route::kRows) {
+    const Tensor& v_shaped = saved[0];
+    const Tensor grad_rows = grad_joints.view({J, 3});
+    // v_shaped's gradient plus J_regressorᵀ dJ, the add in the product
+    grad_shaped = at::addmm(grad_shaped.view({V, 3}), J_regressor.t(), grad_rows).view({1, V * 3});
+    if (need_regressor) grad_regressor = at::mm(grad_rows, v_shaped.view({V, 3}).t());
+  } else if (route == Route::kDirect) {
     const Tensor& columns = saved[0];
     const Tensor rows_of_grad = grad_joints.transpose(1, 2);  // (Bv, 3, J)
     const Tensor grad_columns = at::matmul(rows_of_grad, J_regressor);  // (Bv, 3, V)
@@ -259,7 +260,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> lbs_fused_forward(
     const Tensor& betas, const Tensor& pose, const Tensor& v_template, const Tensor& shapedirs,
     const Tensor& posedirs, const Tensor& J_regressor, const Tensor& lbs_weights,
     const Tensor& parents, bool pose2rot, int64_t route_index) {
-  const Route route = shape_route(route_index, v_template, "lbs_fused_forward");
+  const Route route = shape_route(route_index, v_template, betas, "lbs_fused_forward");
   // the calls below go straight to their kernels (lbs's own autograd node is above this op)
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t J = J_regressor.size(0), V = J_regressor.size(1);
@@ -296,7 +297,7 @@ std::vector<Tensor> lbs_fused_backward(const std::optional<Tensor>& grad_vertice
                                        at::TensorList saved,
                                        bool pose2rot, int64_t route_index,
                                        std::array<bool, 7> needs) {
-  const Route route = shape_route(route_index, v_template, "lbs_fused_backward");
+  const Route route = shape_route(route_index, v_template, betas, "lbs_fused_backward");
   TORCH_CHECK(saved.size() == saved_count(route), "lbs_fused_backward: saved must be ",
               "lbs_fused_forward's list of ", saved_count(route), " tensors for this route, got ",
               saved.size());
@@ -327,13 +328,13 @@ std::vector<Tensor> lbs_fused_backward(const std::optional<Tensor>& grad_vertice
 
   Tensor grad_pose, grad_joints;
   if (need_pose || need_shape) {
-    // the root's rotation gets no gradient from the pose features
-    const Tensor grad_rot = at::constant_pad_nd(grad_feature.view({batch, J - 1, 9}),
-                                                {0, 0, 1, 0})
-                                .view({batch, J, 3, 3});
+    // the pose features leave out the root's rotation: the kernel takes the gradient of
+    // joints 1..J-1 as it is (no padded copy), and an empty one for unused posed joints (no
+    // zeros): two and one fewer launches on a GPU, where lbs is bound by host-side work
+    const Tensor grad_rot = grad_feature.contiguous().view({batch, J - 1, 3, 3});
     const Tensor grad_posed_joints = grad_joints_in.has_value() && grad_joints_in->defined()
                                          ? grad_joints_in->contiguous()
-                                         : at::zeros_like(kernel_joints);
+                                         : at::empty({0}, kernel_joints.options());
     auto [grad_kernel_pose, grad_kernel_joints] = ops().fk_backward.call(
         grad_rot, grad_posed_joints, grad_transforms, kernel_pose, kernel_joints, tree,
         pose2rot);

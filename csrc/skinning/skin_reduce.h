@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include "constant_cache.h"
+
 #include <tuple>
 
 namespace portrait_engine {
@@ -35,8 +37,13 @@ inline std::tuple<at::Tensor, at::Tensor> skin_reductions(const at::Tensor& dM,
     grad_weights = at::bmm(dM, A12.transpose(1, 2));
     grad_A = at::bmm(W.transpose(1, 2), dM);
   }
-  at::Tensor grad_transforms = at::zeros(transforms.sizes(), dM.options());
-  grad_transforms.narrow(2, 0, 3).copy_(grad_A.reshape({B, J, 3, 4}));
+  // the bottom rows' gradient is zero: one concatenation with a kept zero row (a GPU launch;
+  // zeros and a copy into them were two)
+  const at::Tensor& zero_row = cached_constant(
+      "skin_zero_row", dM.options(),
+      [](const at::TensorOptions& options) { return at::zeros({1, 1, 1, 4}, options); });
+  const at::Tensor grad_transforms =
+      at::cat({grad_A.reshape({B, J, 3, 4}), zero_row.expand({B, J, 1, 4})}, 2);
   return {grad_weights.to(weights.scalar_type()).contiguous(),
           grad_transforms.to(transforms.scalar_type())};
 }

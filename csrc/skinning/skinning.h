@@ -270,11 +270,14 @@ constexpr int64_t kChainBackwardWorkspace = 63;
 // grad_pj J x 3, grad_rel J x 16, only the top rows read) to grad_pose (J x 3 or J x 9) and
 // grad_joints (J x 3). The global transforms are recomputed. ws: kChainBackwardWorkspace * J
 // values (rot 9J, jnt 3J, G 12J, dRel 12J, dPJ 3J, dG 12J, dRot 9J, dJ 3J).
+// rot_first: the first joint that grad_rot holds (0, or 1 when it holds joints 1..J-1 and the
+// root's is zero: lbs's pose features leave out the root); grad_pj null: zeros.
 template <typename scalar_t, typename T>
 HOST_DEVICE PE_INLINE void forward_kinematics_backward_element(
-    const scalar_t* grad_rot, const scalar_t* grad_pj, const scalar_t* grad_rel,
-    const scalar_t* pose, const scalar_t* joints, const int64_t* parents, int64_t J,
-    bool pose2rot, T* ws, scalar_t* grad_pose, scalar_t* grad_joints) {
+    const scalar_t* grad_rot, int64_t rot_first, const scalar_t* grad_pj,
+    const scalar_t* grad_rel, const scalar_t* pose, const scalar_t* joints,
+    const int64_t* parents, int64_t J, bool pose2rot, T* ws, scalar_t* grad_pose,
+    scalar_t* grad_joints) {
   T* rot = ws;
   T* jnt = rot + 9 * J;
   T* G = jnt + 3 * J;
@@ -285,14 +288,19 @@ HOST_DEVICE PE_INLINE void forward_kinematics_backward_element(
   T* dJ = dRot + 9 * J;
   load_local_frames(pose, joints, J, pose2rot, rot, jnt);
   for (int64_t i = 0; i < J; ++i) {
-    for (int c = 0; c < 3; ++c) dPJ[i * 3 + c] = static_cast<T>(grad_pj[i * 3 + c]);
+    for (int c = 0; c < 3; ++c) dPJ[i * 3 + c] = grad_pj ? static_cast<T>(grad_pj[i * 3 + c]) : T(0);
     for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grad_rel[i * 16 + k]);
   }
   for (int64_t i = 0; i < J; ++i) chain_joint(rot, jnt, parents, i, G);
   chain_backward(rot, jnt, parents, J, G, dRel, dPJ, dG, dRot, dJ);
   for (int64_t i = 0; i < J; ++i) {
     T dR[9];
-    for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(grad_rot[i * 9 + k]);
+    if (i >= rot_first) {
+      const scalar_t* g = grad_rot + (i - rot_first) * 9;
+      for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k] + static_cast<T>(g[k]);
+    } else {
+      for (int k = 0; k < 9; ++k) dR[k] = dRot[i * 9 + k];
+    }
     if (pose2rot) {
       const scalar_t* r = pose + i * 3;
       const T rv[3] = {static_cast<T>(r[0]), static_cast<T>(r[1]), static_cast<T>(r[2])};

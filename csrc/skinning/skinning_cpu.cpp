@@ -74,7 +74,7 @@ void fk_forward_impl(const at::Tensor& pose, const at::Tensor& joints, const at:
 }
 
 template <typename scalar_t>
-void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
+void fk_backward_impl(const at::Tensor& grad_rot, int64_t rot_first, const at::Tensor& grad_pj,
                       const at::Tensor& grad_rel, const at::Tensor& pose,
                       const at::Tensor& joints, const at::Tensor& parents, bool pose2rot,
                       at::Tensor& grad_pose, at::Tensor& grad_joints) {
@@ -84,14 +84,15 @@ void fk_backward_impl(const at::Tensor& grad_rot, const at::Tensor& grad_pj,
   const scalar_t* j_ptr = joints.data_ptr<scalar_t>();
   const int64_t* par = parents.data_ptr<int64_t>();
   const scalar_t* grot = grad_rot.data_ptr<scalar_t>();
-  const scalar_t* gpj = grad_pj.data_ptr<scalar_t>();
+  const scalar_t* gpj = grad_pj.numel() > 0 ? grad_pj.data_ptr<scalar_t>() : nullptr;
   const scalar_t* grel = grad_rel.data_ptr<scalar_t>();
   scalar_t* gpose = grad_pose.data_ptr<scalar_t>();
   scalar_t* gj = grad_joints.data_ptr<scalar_t>();
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> ws(J * kChainBackwardWorkspace);
     for (int64_t b = begin; b < end; ++b) {
-      forward_kinematics_backward_element(grot + b * J * 9, gpj + b * J * 3, grel + b * J * 16,
+      forward_kinematics_backward_element(grot + b * (J - rot_first) * 9, rot_first,
+                                          gpj ? gpj + b * J * 3 : nullptr, grel + b * J * 16,
                                           pose_ptr + b * pose_stride, j_ptr + b * J * 3, par, J,
                                           pose2rot, ws.data(), gpose + b * pose_stride,
                                           gj + b * J * 3);
@@ -120,13 +121,14 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
     const at::Tensor& pose, const at::Tensor& joints, const at::Tensor& parents, bool pose2rot) {
   check_fk(pose, joints, parents, pose2rot, kCpuSide);
   const int64_t B = joints.size(0), J = joints.size(1);
-  check_fk_grads(grad_rot, grad_pj, grad_rel, joints, kCpuSide);
+  const int64_t rot_first = check_fk_grads(grad_rot, grad_pj, grad_rel, joints, kCpuSide);
   at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
   at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
   if (B == 0 || J == 0) return {grad_pose, grad_joints};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, joints.scalar_type(),
                                   "forward_kinematics_backward_cpu", [&] {
-                                    fk_backward_impl<scalar_t>(grad_rot, grad_pj, grad_rel, pose,
+                                    fk_backward_impl<scalar_t>(grad_rot, rot_first, grad_pj,
+                                                               grad_rel, pose,
                                                                joints, parents, pose2rot,
                                                                grad_pose, grad_joints);
                                   });

@@ -96,7 +96,7 @@ __global__ void fk_forward_kernel(const scalar_t* __restrict__ pose,
 }
 
 template <typename scalar_t, typename T>
-__global__ void fk_backward_kernel(const scalar_t* __restrict__ grad_rot,
+__global__ void fk_backward_kernel(const scalar_t* __restrict__ grad_rot, int64_t rot_first,
                                    const scalar_t* __restrict__ grad_pj,
                                    const scalar_t* __restrict__ grad_rel,
                                    const scalar_t* __restrict__ pose,
@@ -109,7 +109,8 @@ __global__ void fk_backward_kernel(const scalar_t* __restrict__ grad_rot,
   T* w = smem_stride > 0 ? reinterpret_cast<T*>(fk_shared) + threadIdx.x * smem_stride
                          : ws + b * J * kChainBackwardWorkspace;
   const int64_t pose_stride = J * (pose2rot ? 3 : 9);
-  forward_kinematics_backward_element(grad_rot + b * J * 9, grad_pj + b * J * 3,
+  forward_kinematics_backward_element(grad_rot + b * (J - rot_first) * 9, rot_first,
+                                      grad_pj ? grad_pj + b * J * 3 : nullptr,
                                       grad_rel + b * J * 16, pose + b * pose_stride,
                                       joints + b * J * 3, parents, J, pose2rot, w,
                                       gpose + b * pose_stride, gjoints + b * J * 3);
@@ -270,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cuda(
   check_fk(pose, joints, parents, pose2rot, kCudaSide);
   const c10::cuda::CUDAGuard guard(joints.device());
   const int64_t B = joints.size(0), J = joints.size(1);
-  check_fk_grads(grad_rot, grad_pj, grad_rel, joints, kCudaSide);
+  const int64_t rot_first = check_fk_grads(grad_rot, grad_pj, grad_rel, joints, kCudaSide);
   at::Tensor grad_pose = new_output(pose.sizes(), pose.options());
   at::Tensor grad_joints = new_output(joints.sizes(), joints.options());
   if (B == 0 || J == 0) return {grad_pose, grad_joints};
@@ -285,7 +286,8 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cuda(
         const int blocks = static_cast<int>((B + threads - 1) / threads);
         const size_t shared = stride > 0 ? threads * stride * sizeof(T) : 0;
         fk_backward_kernel<scalar_t, T><<<blocks, threads, shared, stream>>>(
-            grad_rot.data_ptr<scalar_t>(), grad_pj.data_ptr<scalar_t>(),
+            grad_rot.data_ptr<scalar_t>(), rot_first,
+            grad_pj.numel() > 0 ? grad_pj.data_ptr<scalar_t>() : nullptr,
             grad_rel.data_ptr<scalar_t>(), pose.data_ptr<scalar_t>(), joints.data_ptr<scalar_t>(),
             parents.data_ptr<int64_t>(), B, J, pose2rot, stride, ws.data_ptr<T>(),
             grad_pose.data_ptr<scalar_t>(), grad_joints.data_ptr<scalar_t>());

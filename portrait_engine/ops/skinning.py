@@ -282,7 +282,7 @@ _FUSED_NATIVE = _extension.has_op("lbs_fused_forward") and _extension.has_op("lb
 
 
 # the route's number in the fused ops' schema
-_ROUTE_INDEX = {"direct": 0, "kernel": 1, "regressed": 2}
+_ROUTE_INDEX = {"direct": 0, "kernel": 1, "regressed": 2, "rows": 3}
 
 
 def _fused_fake_forward(
@@ -299,6 +299,7 @@ def _fused_fake_forward(
             betas.new_empty((num_joints, stacked)),
             betas.new_empty((num_verts, stacked)),
         ],
+        "rows": [betas.new_empty((1, num_verts * 3))],
     }[list(_ROUTE_INDEX)[route]]
     saved = [
         betas.new_empty((batch, num_joints, 3)),
@@ -594,11 +595,30 @@ def _check_tree(parents: torch.Tensor) -> None:
 #                v_shaped moved to (B, 3, V) first: the BLAS runs 𝒥 (J, V) x v_shaped (V, 3)
 #                with its stride-3 inner dimension ~3x slower than (3, V) x 𝒥ᵀ plus the copy
 #                (this CPU: 110 vs 34 µs at SMPL's size), and the same holds for the backward.
+#                On a GPU also for B > NB up to _GPU_DIRECT_MAX_BATCH shapes: there lbs is bound
+#                by its host-side work, a launch each ATen call (H100, 2026-11-27: 0.37 ms of
+#                kernels in 1.74 ms of wall time at B = 32), and "regressed" makes about 7 more
+#                (the concatenation, the 𝒥 [T | S] and β products, their sums) than "direct",
+#                whose extra arithmetic (B · 3V · J multiply-adds) is microseconds there.
+#   "rows":      a GPU's route for one shape (a (V, 3) template, one betas row): J = 𝒥 v_shaped
+#                on v_shaped's own (V, 3) rows, no (3, V) copy, and the joints come out
+#                contiguous for the kinematics kernel (no second copy); the backward's two
+#                regressor products take the same rows (addmm: no separate add). Three fewer
+#                launches than "direct"; the stride-3 products that "direct" avoids on the CPU
+#                cost a GPU next to nothing at this size.
 # --------------------------------------------------------------------------------------------
+
+# Above it "regressed" on a GPU: "direct" keeps a (B, 3, V) copy of v_shaped for the backward
+_GPU_DIRECT_MAX_BATCH = 256
 
 
 def _shape_route(name, betas, v_template) -> str:
+    gpu = betas.device.type != "cpu"
+    if gpu and v_template.dim() == 2 and betas.shape[0] == 1:
+        return "rows"
     if v_template.dim() == 3 or betas.shape[0] <= betas.shape[1]:
+        return "direct"
+    if gpu and betas.shape[0] <= _GPU_DIRECT_MAX_BATCH:
         return "direct"
     if name == "native" and _SHAPE_NATIVE and betas.device.type == "cpu":
         # CPU only: the CUDA shape_blend (correct on the H100, 2026-11-26) is the same cuBLAS
@@ -627,6 +647,9 @@ def _shape_forward(route, betas, v_template, shapedirs, J_regressor):
             v_shaped = torch.addmm(template, betas, shape_dirs.t())
         else:  # a batch of templates for one betas row
             v_shaped = template + torch.mm(betas, shape_dirs.t())
+        if route == "rows":  # one shape: 𝒥 (J, V) x v_shaped (V, 3), contiguous (1, J, 3)
+            joints = torch.mm(J_regressor, v_shaped.view(num_verts, 3)).unsqueeze(0)
+            return v_shaped, joints, (v_shaped,)
         if route == "direct":
             # (Bv, 3, V): the regressor's products run on rows of V (see above)
             columns = v_shaped.view(-1, num_verts, 3).transpose(1, 2).contiguous()
@@ -649,7 +672,16 @@ def _shape_backward(needs, grad_shaped, grad_joints, inputs, route, saved):
     num_joints, num_verts = J_regressor.shape
     rows = grad_shaped.shape[0]
     grad_betas = grad_regressor = None
-    if route == "direct":
+    if route == "rows":
+        (v_shaped,) = saved
+        grad_joints = grad_joints.view(num_joints, 3)
+        # v_shaped's gradient plus 𝒥ᵀ dJ, the add in the product
+        grad_shaped = torch.addmm(grad_shaped.view(num_verts, 3), J_regressor.t(), grad_joints)
+        grad_shaped = grad_shaped.view(1, num_verts * 3)
+        if need_regressor:
+            grad_regressor = torch.mm(grad_joints, v_shaped.view(num_verts, 3).t())
+        grad_template_joints = grad_dirs_joints = None
+    elif route == "direct":
         (columns,) = saved
         rows_of_grad = grad_joints.transpose(1, 2)  # (Bv, 3, J)
         grad_columns = torch.matmul(rows_of_grad, J_regressor)  # (Bv, 3, V)
@@ -765,6 +797,9 @@ class _LBS(torch.autograd.Function):
         ctx.save_for_backward(*args[:8], *saved)
         ctx.meta = (args[8], route)
         ctx.fused = True
+        # an output that does not reach the loss arrives as None, not as zeros made here: the
+        # fused backward takes it as zeros without them (a launch fewer on a GPU)
+        ctx.set_materialize_grads(False)
         return vertices, posed_joints
 
     @staticmethod
@@ -845,6 +880,9 @@ class _LBS(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_vertices, grad_posed_joints):
+        if grad_vertices is None and grad_posed_joints is None:
+            # the fused path does not materialize missing gradients: none reached either output
+            return (None,) * 10
         device_type = (
             grad_vertices if grad_vertices is not None else grad_posed_joints
         ).device.type

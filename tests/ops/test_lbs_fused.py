@@ -46,7 +46,8 @@ def _fused_args(kind, pose2rot=True, route=None):
     [
         ("plain", None),
         ("more_shapes_than_betas", None),  # the kernel route
-        ("more_shapes_than_betas", "regressed"),  # the GPU's route, here on the CPU
+        ("more_shapes_than_betas", "regressed"),  # the GPU's route for B > 256, here on the CPU
+        ("one_betas_row", "rows"),  # the GPU's route for one shape, here on the CPU
         ("one_pose_row", None),
         ("batched_template", None),
     ],
@@ -121,6 +122,17 @@ def test_regressed_route_matches_the_python_path(monkeypatch, needs):
     subsets = {"betas_only": (0,), "regressor_only": (5,), "template_only": (2,)}
     monkeypatch.setattr(skinning_module, "_shape_route", lambda *args: "regressed")
     _compare(monkeypatch, _variant("more_shapes_than_betas"), NEEDS.get(needs, subsets.get(needs)))
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("kind", ["one_betas_row", "single"])
+@pytest.mark.parametrize("needs", [*NEEDS, "regressor_only", "template_only"])
+def test_rows_route_matches_the_python_path(monkeypatch, kind, needs):
+    """The rows route is the GPU's for one shape; forced here on the CPU, both paths (one betas
+    row under a batch of poses, and B = 1)."""
+    subsets = {"regressor_only": (5,), "template_only": (2,)}
+    monkeypatch.setattr(skinning_module, "_shape_route", lambda *args: "rows")
+    _compare(monkeypatch, _variant(kind), NEEDS.get(needs, subsets.get(needs)))
 
 
 @pytest.mark.parametrize("outputs", [(0,), (1,)])

@@ -8,6 +8,13 @@ import torch
 from portrait_engine.ops import lbs
 from tests.ops.test_lbs import KERNEL_BACKENDS, make_inputs, rotations_of
 
+
+def pe_backend_ok(backend, device="cpu"):
+    import portrait_engine as pe
+
+    return pe.backend_status(device, "forward_kinematics_backward")[backend][0]
+
+
 OPS = {
     "triton": ("forward_kinematics_triton_forward", "forward_kinematics_triton_backward"),
     "native": ("forward_kinematics_forward", "forward_kinematics_backward"),
@@ -33,6 +40,79 @@ def test_opcheck_forward_kinematics(backend, pose2rot):
         getattr(torch.ops.portrait_engine, backward),
         (*grads, pose.detach().contiguous(), joints.detach(), parents, pose2rot),
     )
+
+
+def fk_shortened_gradients(device="cpu", dtype=torch.float64, batch=3, joints=24, pose2rot=True):
+    """forward_kinematics_backward's two short forms against the full ones on the same values:
+    the rotations' gradient of joints 1..J-1 only (the root's zero: lbs's pose features leave
+    it out) and an empty gradient of the posed joints (zeros). Returns (got, want) pairs."""
+    generator = torch.Generator().manual_seed(joints * 7 + batch)
+    parents = torch.tensor([-1] + [max(0, i - 1 - i % 3) for i in range(1, joints)])
+    pose = 0.3 * torch.randn(batch, joints, 3, generator=generator, dtype=dtype)
+    if not pose2rot:
+        pose = rotations_of(pose.reshape(batch, -1)).to(dtype)
+    rest = torch.randn(batch, joints, 3, generator=generator, dtype=dtype)
+    grad_rot = torch.randn(batch, joints - 1, 3, 3, generator=generator, dtype=dtype)
+    grad_pj = torch.randn(batch, joints, 3, generator=generator, dtype=dtype)
+    grad_rel = torch.randn(batch, joints, 4, 4, generator=generator, dtype=dtype)
+    move = [t.to(device) for t in (grad_rot, grad_pj, grad_rel, pose, rest, parents)]
+    grad_rot, grad_pj, grad_rel, pose, rest, parents = move
+    backward = torch.ops.portrait_engine.forward_kinematics_backward
+    padded = torch.cat([torch.zeros_like(grad_rot[:, :1]), grad_rot], 1)
+    empty = grad_pj.new_empty(0)
+    pairs = []
+    for short, full in (
+        ((grad_rot, grad_pj), (padded, grad_pj)),
+        ((padded, empty), (padded, torch.zeros_like(grad_pj))),
+        ((grad_rot, empty), (padded, torch.zeros_like(grad_pj))),
+    ):
+        got = backward(*short, grad_rel, pose, rest, parents, pose2rot)
+        want = backward(*full, grad_rel, pose, rest, parents, pose2rot)
+        pairs += list(zip(got, want, strict=True))
+    return pairs
+
+
+@pytest.mark.parametrize("pose2rot", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fk_backward_takes_a_rootless_rotation_gradient_and_no_joint_gradient(pose2rot, dtype):
+    if not pe_backend_ok("native"):
+        pytest.skip("the native extension is not built")
+    for got, want in fk_shortened_gradients(dtype=dtype, pose2rot=pose2rot):
+        # the same arithmetic: a zero added or not
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # any other number of rotation rows, or a joints gradient neither empty nor full, is refused
+    backward = torch.ops.portrait_engine.forward_kinematics_backward
+    pose, rest = torch.zeros(2, 24, 3).normal_(), torch.zeros(2, 24, 3).normal_()
+    parents = torch.tensor([-1] + list(range(23)))
+    rel = torch.randn(2, 24, 4, 4)
+    for rot, pj in (
+        (torch.randn(2, 22, 3, 3), torch.randn(2, 24, 3)),
+        (torch.randn(2, 24, 3, 3), torch.randn(2, 23, 3)),
+    ):
+        with pytest.raises(RuntimeError, match="grad_rot_mats may leave out the root joint"):
+            backward(rot, pj, rel, pose, rest, parents, True)
+
+
+def test_gpu_shape_route_is_direct_up_to_its_batch_bound():
+    """On a GPU (meta tensors stand for one here) the shape part of one shape runs "rows", and
+    "direct" up to _GPU_DIRECT_MAX_BATCH shapes, where the CPU takes the kernel or regressed
+    route."""
+    from portrait_engine.ops import skinning as skinning_module
+
+    bound = skinning_module._GPU_DIRECT_MAX_BATCH
+    template = torch.empty(6890, 3, device="meta")
+    for rows, want in ((1, "rows"), (32, "direct"), (bound, "direct"), (bound + 1, "regressed")):
+        betas = torch.empty(rows, 10, device="meta")
+        assert skinning_module._shape_route("native", betas, template) == want
+        assert skinning_module._shape_route("triton", betas, template) == want
+    # one betas row over a batch of templates: "direct"
+    templates = torch.empty(4, 6890, 3, device="meta")
+    assert skinning_module._shape_route("native", torch.empty(1, 10, device="meta"), templates) == (
+        "direct"
+    )
+    # the CPU's route for 32 shapes of 10 betas (its kernel with the native backend)
+    cpu = (torch.empty(32, 10), torch.empty(6890, 3))
+    assert skinning_module._shape_route("torch", *cpu) == "regressed"
 
 
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)

@@ -59,6 +59,8 @@ def _variant(kind):
         inputs[0] = inputs[0][:1]
     elif kind == "template_of_one_row":  # (1, V, 3)
         inputs[2] = inputs[2].unsqueeze(0)
+    elif kind == "single":  # B = 1
+        inputs[0], inputs[1] = inputs[0][:1], inputs[1][:1]
     return inputs
 
 
@@ -86,6 +88,7 @@ KINDS = [
     "batched_template",
     "batched_template_one_betas_row",
     "template_of_one_row",
+    "single",
 ]
 NEEDS = {
     "all": tuple(INDEX.values()),
@@ -111,6 +114,27 @@ def test_every_route_and_broadcast_matches_smplx(backend, kind, needs):
         assert g is not None, f"{name}: no gradient"
         assert g.shape == w.shape, name
         assert_close(g, w, torch.float32, scale=10)
+
+
+@pytest.mark.parametrize("kind", ["one_betas_row", "single"])
+@pytest.mark.parametrize("needs", list(NEEDS))
+def test_rows_route_matches_smplx(monkeypatch, kind, needs):
+    """The GPU's route for one shape (a (V, 3) template, one betas row), forced on the CPU."""
+    routes = []
+
+    def rows(*args):
+        routes.append("rows")
+        return "rows"
+
+    monkeypatch.setattr(skinning_module, "_shape_route", rows)
+    inputs = _variant(kind)
+    got = _run("native", inputs, NEEDS[needs])
+    assert routes, "lbs did not ask for a route"
+    want = _expected(kind, inputs, NEEDS[needs])
+    for name, g, w in zip(["vertices", "joints", *NAMES], got, want, strict=True):
+        assert (g is None) == (w is None), name
+        if w is not None:
+            assert_close(g, w, torch.float32, scale=10)
 
 
 @pytest.mark.parametrize("batch, betas, route", [(1, 10, "direct"), (4, 2, "regressed")])

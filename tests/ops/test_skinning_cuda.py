@@ -220,15 +220,19 @@ def test_gpu_lbs_compiles_fullgraph_with_inductor(backend):
         assert relative_l2(x.grad, y.grad) < 1e-4
 
 
-@pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "one_pose_row"])
+@pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "one_pose_row", "regressed"])
 @pytest.mark.parametrize("needs", ["all", "betas_pose", "model_only", "shape_only"])
 def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind, needs):
     """Native lbs in eager mode runs as one C++ op per direction (csrc/skinning/lbs_fused.cpp);
-    on a GPU its shape part takes the "regressed" route for B > NB (the CPU: the kernel)."""
+    on a GPU its shape part takes the "direct" route up to _GPU_DIRECT_MAX_BATCH shapes (the
+    CPU: the kernel for B > NB) and "regressed" beyond, forced here."""
     _require("native", "lbs_fused_forward")
     from portrait_engine.ops import skinning as skinning_module
     from tests.ops import test_lbs_routes
 
+    if kind == "regressed":
+        monkeypatch.setattr(skinning_module, "_shape_route", lambda *args: "regressed")
+        kind = "more_shapes_than_betas"
     inputs = _cuda(test_lbs_routes._variant(kind))
     needs = test_lbs_routes.NEEDS[needs]
     fused = test_lbs_routes._run("native", inputs, needs)
@@ -250,3 +254,17 @@ def test_gpu_lbs_under_autocast(backend):
     assert got[0].dtype == torch.float32
     for g, w in zip(got, want, strict=True):
         assert relative_l2(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("pose2rot", [True, False])
+@pytest.mark.parametrize("joints", [24, 300])
+def test_gpu_fk_backward_takes_a_rootless_rotation_gradient_and_no_joint_gradient(pose2rot, joints):
+    """lbs's fused backward hands the CUDA fk backward the rotations' gradient of joints
+    1..J-1 and an empty posed-joints gradient: equal to the padded and zero-filled forms
+    (J = 300: the chain's workspace in global memory)."""
+    _require("native", "forward_kinematics_backward")
+    from tests.ops.test_lbs_registration import fk_shortened_gradients
+
+    pairs = fk_shortened_gradients("cuda", torch.float32, 5, joints, pose2rot)
+    for got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
