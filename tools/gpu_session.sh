@@ -105,29 +105,24 @@ if [ -n "${BENCH_ONLY:-}" ]; then  # argument sets separated by '|', one bench r
   done
 fi
 if [ -z "${SKIP_BENCH:-}" ]; then
-# The plan after the H100 lease of 2026-11-27 (build 100 s there; every target but lbs's 10x
-# and sample_importance + merge's 5x measured then: benchmarks/results/NVIDIA-H100-80GB-HBM3/):
-# 1. the cuda tests of skinning: skin_points' reductions (one copy of the transforms since),
-#    the fused lbs path against its Python path (the "regressed" route runs only on a GPU),
-#    and the mesh_deform cases that the 2026-11-27 test share did not reach
-step pytest 100 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
-  --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_skinning_cuda.py
-# 2. #4's lbs target (host-bound: docs/kernel_contract_skinning.md) with native lbs as one C++
-#    op per direction (csrc/skinning/lbs_fused.cpp; the CPU proxy went 6.5x -> 11.0x at B = 1,
-#    6.0x -> 7.4-8.4x at B = 32), skin_points through the eager entry (ops/_library.py), and
-#    lbs's kernel profile (now with the fused ops' ATen launches between the kernels)
+# The plan after the H100 leases of the evening of 2026-11-27 (build 80-88 s; results in
+# benchmarks/results/NVIDIA-H100-80GB-HBM3/logs-2026-11-27b and -c):
+# 1. the cuda tests those calls did not reach or that changed since: mesh_deform's (the two
+#    that ran past the share), the triplane / importance files (auto now takes Triton for
+#    triplane_sample and softplus on CUDA: _backend.AUTO_ORDER_BY_OP)
+step pytest 120 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
+  --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_skinning_cuda.py \
+  tests/ops/test_triplane_cuda.py tests/ops/test_importance_cuda.py
+# 2. #4's lbs target (host-bound; 7.5-8x smplx eager after the launch cuts of b34f9ac:
+#    docs/kernel_contract_skinning.md): the interleaved loop and its host-time profile (what
+#    makes skin_points_backward's 316 µs of host time per call at B = 1?), then the harness
+step time_lbs 60 python3 tools/time_lbs_host.py --device cuda --vertices 6890 --rounds 4 \
+  --steps 100 --routes --vertices-grad-only --profile 10
 step bench_lbs 60 "${BENCH[@]}" --out "$W/bench/lbs" lbs skin_points --providers torch triton native
 profile_lbs
-# 3. #3's ops through the eager entry: ray_march, sample_importance + merge (bandwidth-capped
-#    near 5x: docs/kernel_contract_importance.md)
+# 3. #3's sample_importance + merge (bandwidth-capped near 5x: docs/kernel_contract_importance.md)
 step bench_importance 80 "${BENCH[@]}" --out "$W/bench/importance" ray_march sample_importance \
   merge_samples --providers torch triton native
-# 4. the unfused renderer's other stages: on the H100 and the H200 the renderer ran 1.4-1.6x
-#    faster all on Triton than all on native (25.0 vs 35.9 ms, 22.6 vs 36.5 ms), and ray_march
-#    explains about 1 ms of that; `auto` takes native for these stages on CUDA
-#    (_backend.AUTO_ORDER_BY_OP), so their rows decide whether it should take Triton
-step bench_stages 90 "${BENCH[@]}" --out "$W/bench/stages" triplane_sample softplus \
-  decoder_outputs --providers torch triton native
 fi
 
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"

@@ -21,8 +21,8 @@ The machine's speed drifts by tens of per cent between runs: compare builds in a
 
 On a GPU (``--device cuda --vertices 6890``: SMPL's size) the same loop measures the real
 thing: each round ends with a synchronize, so a round's time per step is the throughput of
-host and device together. ``--routes`` adds native with the shape part forced to the
-"regressed" route for B > NB (the GPU's route for those batches until 2026-11-27),
+host and device together. ``--routes`` adds native with the shape part on the GPU's routes
+until 2026-11-27 ("direct" for B = 1, "regressed" for B > NB),
 ``--vertices-grad-only`` gives the joints no gradient (as the benchmark harness), and
 ``--profile N`` ends with N native steps under torch.profiler: the ATen calls by host time and
 the kernel launches per step.
@@ -110,21 +110,15 @@ def main(argv: list[str] | None = None) -> int:
                     (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
                 )
 
-        def lbs_step(backend, inputs=inputs, route=None):
+        def lbs_step(backend, inputs=inputs, old_routes=False):
             def run():
                 for tensor in inputs:
                     tensor.grad = None
-                if route is None:
+                if not old_routes:
                     backward(*ops.lbs(*inputs, backend=backend))
                     return
                 saved = skinning._shape_route
-
-                def forced(backend_name, betas, template, saved=saved):
-                    if betas.shape[0] > betas.shape[1]:
-                        return route
-                    return saved(backend_name, betas, template)
-
-                skinning._shape_route = forced
+                skinning._shape_route = _old_gpu_route
                 try:
                     backward(*ops.lbs(*inputs, backend=backend))
                 finally:
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
         steps = {"native": lbs_step("native"), "torch": lbs_step("torch"), "floor": floor_step}
         if args.routes:
-            steps["native-regressed"] = lbs_step("native", route="regressed")
+            steps["native-old-routes"] = lbs_step("native", old_routes=True)
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():
@@ -160,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             _profile(steps["native"], args.profile, device)
     return 0
+
+
+def _old_gpu_route(name, betas, v_template) -> str:
+    """The shape part's route on a GPU until 2026-11-27: "direct" up to NB shapes (B = 1
+    included, now "rows"), "regressed" beyond (now "direct" up to 256 shapes)."""
+    if v_template.dim() == 3 or betas.shape[0] <= betas.shape[1]:
+        return "direct"
+    return "regressed"
 
 
 def _profile(step, count: int, device: torch.device) -> None:
