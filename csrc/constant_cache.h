@@ -1,8 +1,10 @@
 // Small constant tensors kept per (tag, dtype, device): made once instead of on every call
 // (at::eye or at::zeros is an allocation and a kernel launch or two on a GPU on every call,
 // and lbs is bound by such host-side work there). Made on the CPU by `make(options)` and copied
-// over with a blocking copy, so the values are in place before any stream reads them: run an
-// op that uses one once before capturing it in a CUDA graph (as any warm-up does). Never freed
+// over with a blocking copy, so the values are in place before any stream reads them: the
+// first fill must not happen while a CUDA stream is being captured (skin_points' reductions
+// make a fresh tensor then; lbs's identity needs a warm-up call before a capture, as any
+// warm-up does). Never freed
 // (a CUDA tensor destroyed at exit could outlive its context). Callers must not write to them.
 #pragma once
 

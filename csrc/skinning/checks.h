@@ -39,7 +39,8 @@ inline int64_t check_fk_grads(const at::Tensor& grad_rot, const at::Tensor& grad
   const int64_t rot_first = J > 0 && grad_rot.dim() == 4 && grad_rot.size(1) == J - 1 ? 1 : 0;
   TORCH_CHECK(grad_rot.sizes() == at::IntArrayRef({B, J - rot_first, 3, 3}) &&
                   grad_rot.is_contiguous() &&
-                  (grad_pj.numel() == 0 || grad_pj.sizes() == joints.sizes()) &&
+                  ((grad_pj.dim() == 1 && grad_pj.size(0) == 0) ||
+                   grad_pj.sizes() == joints.sizes()) &&
                   grad_pj.is_contiguous() &&
                   grad_rel.sizes() == at::IntArrayRef({B, J, 4, 4}) && grad_rel.is_contiguous(),
               "forward_kinematics (", side.tag,

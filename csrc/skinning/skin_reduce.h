@@ -18,10 +18,13 @@
 namespace portrait_engine {
 namespace skinning {
 
-// (grad_weights, grad_transforms) in the dtypes of weights and transforms.
+// (grad_weights, grad_transforms) in the dtypes of weights and transforms. keep_zero_row:
+// take the bottom rows' zeros from constant_cache.h (false while a CUDA stream is being
+// captured: the cache's first fill is a blocking copy, which a capture does not allow).
 inline std::tuple<at::Tensor, at::Tensor> skin_reductions(const at::Tensor& dM,
                                                          const at::Tensor& weights,
-                                                         const at::Tensor& transforms) {
+                                                         const at::Tensor& transforms,
+                                                         bool keep_zero_row = true) {
   const int64_t B = transforms.size(0), J = transforms.size(1), N = weights.size(1);
   const at::Tensor top = transforms.narrow(2, 0, 3);  // (B, J, 3, 4), the 12 used values
   const at::Tensor W = weights.to(dM.scalar_type());
@@ -39,9 +42,12 @@ inline std::tuple<at::Tensor, at::Tensor> skin_reductions(const at::Tensor& dM,
   }
   // the bottom rows' gradient is zero: one concatenation with a kept zero row (a GPU launch;
   // zeros and a copy into them were two)
-  const at::Tensor& zero_row = cached_constant(
-      "skin_zero_row", dM.options(),
-      [](const at::TensorOptions& options) { return at::zeros({1, 1, 1, 4}, options); });
+  const auto make_row = [](const at::TensorOptions& options) {
+    return at::zeros({1, 1, 1, 4}, options);
+  };
+  const at::Tensor zero_row = keep_zero_row
+                                  ? cached_constant("skin_zero_row", dM.options(), make_row)
+                                  : make_row(dM.options());
   const at::Tensor grad_transforms =
       at::cat({grad_A.reshape({B, J, 3, 4}), zero_row.expand({B, J, 1, 4})}, 2);
   return {grad_weights.to(weights.scalar_type()).contiguous(),

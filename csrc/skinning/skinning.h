@@ -288,7 +288,9 @@ HOST_DEVICE PE_INLINE void forward_kinematics_backward_element(
   T* dJ = dRot + 9 * J;
   load_local_frames(pose, joints, J, pose2rot, rot, jnt);
   for (int64_t i = 0; i < J; ++i) {
-    for (int c = 0; c < 3; ++c) dPJ[i * 3 + c] = grad_pj ? static_cast<T>(grad_pj[i * 3 + c]) : T(0);
+    for (int c = 0; c < 3; ++c) {
+      dPJ[i * 3 + c] = grad_pj ? static_cast<T>(grad_pj[i * 3 + c]) : T(0);
+    }
     for (int k = 0; k < 12; ++k) dRel[i * 12 + k] = static_cast<T>(grad_rel[i * 16 + k]);
   }
   for (int64_t i = 0; i < J; ++i) chain_joint(rot, jnt, parents, i, G);

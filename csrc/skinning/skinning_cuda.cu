@@ -23,6 +23,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -346,7 +347,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cuda(
                   inverse, grad_points.data_ptr<scalar_t>(), dM.data_ptr<T>());
         });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    auto [grad_weights, grad_transforms] = skin_reductions(dM, weights, transforms);
+    const bool capturing =
+        c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+    auto [grad_weights, grad_transforms] = skin_reductions(dM, weights, transforms, !capturing);
     return {grad_points, grad_weights, grad_transforms};
   }
   at::Tensor grad_weights = new_output(weights.sizes(), weights.options());

@@ -220,12 +220,16 @@ def test_gpu_lbs_compiles_fullgraph_with_inductor(backend):
         assert relative_l2(x.grad, y.grad) < 1e-4
 
 
-@pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "one_pose_row", "regressed"])
+@pytest.mark.parametrize(
+    "kind",
+    ["plain", "more_shapes_than_betas", "one_pose_row", "one_betas_row", "single", "regressed"],
+)
 @pytest.mark.parametrize("needs", ["all", "betas_pose", "model_only", "shape_only"])
 def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind, needs):
     """Native lbs in eager mode runs as one C++ op per direction (csrc/skinning/lbs_fused.cpp);
-    on a GPU its shape part takes the "direct" route up to _GPU_DIRECT_MAX_BATCH shapes (the
-    CPU: the kernel for B > NB) and "regressed" beyond, forced here."""
+    on a GPU its shape part takes "rows" for one shape (one_betas_row, single), the "direct"
+    route up to _GPU_DIRECT_MAX_BATCH shapes (the CPU: the kernel for B > NB) and "regressed"
+    beyond, forced here."""
     _require("native", "lbs_fused_forward")
     from portrait_engine.ops import skinning as skinning_module
     from tests.ops import test_lbs_routes
@@ -242,12 +246,13 @@ def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind, needs):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("backend", ["triton", "native"])
-def test_gpu_lbs_under_autocast(backend):
+def test_gpu_lbs_under_autocast(backend, batch):
     """Mixed precision training on a GPU: under fp16 autocast lbs computes in its inputs' dtype
     (autocast would turn the shape part's products to fp16 beside the fp32 pose)."""
     _require(backend, "forward_kinematics_forward")
-    inputs = _cuda(test_lbs.make_inputs(batch=4, rings=10, around=12))
+    inputs = _cuda(test_lbs.make_inputs(batch=batch, rings=10, around=12))
     want = test_lbs.run("smplx", inputs)
     with torch.autocast("cuda", dtype=torch.float16):
         got = test_lbs.run(backend, inputs)
@@ -268,3 +273,27 @@ def test_gpu_fk_backward_takes_a_rootless_rotation_gradient_and_no_joint_gradien
     pairs = fk_shortened_gradients("cuda", torch.float32, 5, joints, pose2rot)
     for got, want in pairs:
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_gpu_skin_points_backward_under_stream_capture():
+    """skin_points' backward inside a CUDA graph capture (float64: likely the first call for
+    its dtype in this process, when the kept zero row's first fill, a blocking copy, would
+    break the capture; the row is made afresh while capturing); the replay gives the eager
+    gradients."""
+    _require("native", "skin_points_forward")
+    generator = torch.Generator().manual_seed(11)
+    points = torch.randn(3, 500, 3, generator=generator, dtype=torch.float64).cuda()
+    weights = torch.rand(1, 500, 24, generator=generator, dtype=torch.float64).softmax(-1).cuda()
+    transforms = torch.randn(3, 24, 4, 4, generator=generator, dtype=torch.float64).cuda()
+    grad_out = torch.randn(3, 500, 3, generator=generator, dtype=torch.float64).cuda()
+    backward = torch.ops.portrait_engine.skin_points_backward
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        captured = backward(grad_out, points, weights, transforms, False)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = backward(grad_out, points, weights, transforms, False)
+    for got, want in zip(captured, eager, strict=True):
+        torch.testing.assert_close(got, want)
