@@ -88,6 +88,7 @@ def test_fk_backward_takes_a_rootless_rotation_gradient_and_no_joint_gradient(po
     for rot, pj in (
         (torch.randn(2, 22, 3, 3), torch.randn(2, 24, 3)),
         (torch.randn(2, 24, 3, 3), torch.randn(2, 23, 3)),
+        (torch.randn(2, 23, 3, 3), torch.empty(2, 24, 0)),  # empty means a (0,) tensor
     ):
         with pytest.raises(RuntimeError, match="grad_rot_mats may leave out the root joint"):
             backward(rot, pj, rel, pose, rest, parents, True)
