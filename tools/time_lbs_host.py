@@ -31,8 +31,11 @@ the kernel launches per step.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -111,18 +114,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         def lbs_step(backend, inputs=inputs, old_routes=False):
+            routes = (
+                functools.partial(mock.patch.object, skinning, "_shape_route", _old_gpu_route)
+                if old_routes
+                else contextlib.nullcontext
+            )
+
             def run():
                 for tensor in inputs:
                     tensor.grad = None
-                if not old_routes:
+                with routes():
                     backward(*ops.lbs(*inputs, backend=backend))
-                    return
-                saved = skinning._shape_route
-                skinning._shape_route = _old_gpu_route
-                try:
-                    backward(*ops.lbs(*inputs, backend=backend))
-                finally:
-                    skinning._shape_route = saved
 
             return run
 
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"; torch / native {median['torch'] / median['native']:.2f}x"
         )
         if args.profile:
-            _profile(steps["native"], args.profile, device)
+            _profile(steps["native"], args.profile, device, sync)
     return 0
 
 
@@ -164,7 +166,7 @@ def _old_gpu_route(name, betas, v_template) -> str:
     return "regressed"
 
 
-def _profile(step, count: int, device: torch.device) -> None:
+def _profile(step, count: int, device: torch.device, sync) -> None:
     """``count`` steps under torch.profiler after a warm-up: the top-level ATen and kernel ops
     by host time, and the kernel launches per step."""
     from torch.profiler import ProfilerActivity, profile
@@ -177,7 +179,7 @@ def _profile(step, count: int, device: torch.device) -> None:
     with profile(activities=activities) as prof:
         for _ in range(count):
             step()
-        torch.cuda.synchronize() if device.type == "cuda" else None
+        sync()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
     print(table)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]

@@ -97,7 +97,7 @@ const KernelOps& ops() {
 
 // 3x3 identities per (dtype, device), for the pose features R - I (constant_cache.h).
 const Tensor& identity3(const Tensor& like) {
-  return cached_constant("eye3", like.options(),
+  return cached_constant(like.options(),
                          [](const at::TensorOptions& options) { return at::eye(3, options); });
 }
 
@@ -109,8 +109,9 @@ Tensor pose_rows(const Tensor& pose, int64_t batch, int64_t J, bool pose2rot) {
   return rows.contiguous();
 }
 
-// The shape part's route, as _LBS's _shape_route chose it (0 direct, 1 kernel, 2 regressed: one
-// place decides, for both paths); kernel and regressed need a single (V, 3) template.
+// The shape part's route, as _LBS's _shape_route chose it (0 direct, 1 kernel, 2 regressed,
+// 3 rows: one place decides, for both paths); all but direct need a single (V, 3) template,
+// rows one betas row.
 enum class Route { kDirect = 0, kKernel = 1, kRegressed = 2, kRows = 3 };
 
 Route shape_route(int64_t route, const Tensor& v_template, const Tensor& betas, const char* op) {

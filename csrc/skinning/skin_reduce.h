@@ -45,9 +45,8 @@ inline std::tuple<at::Tensor, at::Tensor> skin_reductions(const at::Tensor& dM,
   const auto make_row = [](const at::TensorOptions& options) {
     return at::zeros({1, 1, 1, 4}, options);
   };
-  const at::Tensor zero_row = keep_zero_row
-                                  ? cached_constant("skin_zero_row", dM.options(), make_row)
-                                  : make_row(dM.options());
+  const at::Tensor zero_row =
+      keep_zero_row ? cached_constant(dM.options(), make_row) : make_row(dM.options());
   const at::Tensor grad_transforms =
       at::cat({grad_A.reshape({B, J, 3, 4}), zero_row.expand({B, J, 1, 4})}, 2);
   return {grad_weights.to(weights.scalar_type()).contiguous(),

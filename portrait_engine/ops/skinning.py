@@ -620,7 +620,7 @@ def _shape_route(name, betas, v_template) -> str:
         return "direct"
     if gpu and betas.shape[0] <= _GPU_DIRECT_MAX_BATCH:
         return "direct"
-    if name == "native" and _SHAPE_NATIVE and betas.device.type == "cpu":
+    if name == "native" and _SHAPE_NATIVE and not gpu:
         # CPU only: the CUDA shape_blend (correct on the H100, 2026-11-26) is the same cuBLAS
         # products as the "regressed" route plus a concatenation, so it gains nothing there
         return "kernel"

@@ -8,13 +8,6 @@ import torch
 from portrait_engine.ops import lbs
 from tests.ops.test_lbs import KERNEL_BACKENDS, make_inputs, rotations_of
 
-
-def pe_backend_ok(backend, device="cpu"):
-    import portrait_engine as pe
-
-    return pe.backend_status(device, "forward_kinematics_backward")[backend][0]
-
-
 OPS = {
     "triton": ("forward_kinematics_triton_forward", "forward_kinematics_triton_backward"),
     "native": ("forward_kinematics_forward", "forward_kinematics_backward"),
@@ -74,14 +67,15 @@ def fk_shortened_gradients(device="cpu", dtype=torch.float64, batch=3, joints=24
 
 @pytest.mark.parametrize("pose2rot", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fk_backward_takes_a_rootless_rotation_gradient_and_no_joint_gradient(pose2rot, dtype):
-    if not pe_backend_ok("native"):
-        pytest.skip("the native extension is not built")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS[1:])  # native: the short forms are lbs's
+def test_fk_backward_takes_a_rootless_rotation_gradient_and_no_joint_gradient(
+    backend, pose2rot, dtype
+):
     for got, want in fk_shortened_gradients(dtype=dtype, pose2rot=pose2rot):
         # the same arithmetic: a zero added or not
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     # any other number of rotation rows, or a joints gradient neither empty nor full, is refused
-    backward = torch.ops.portrait_engine.forward_kinematics_backward
+    backward = getattr(torch.ops.portrait_engine, OPS[backend][1])
     pose, rest = torch.zeros(2, 24, 3).normal_(), torch.zeros(2, 24, 3).normal_()
     parents = torch.tensor([-1] + list(range(23)))
     rel = torch.randn(2, 24, 4, 4)
