@@ -23,7 +23,9 @@ On a GPU (``--device cuda --vertices 6890``: SMPL's size) the same loop measures
 thing: each round ends with a synchronize, so a round's time per step is the throughput of
 host and device together. ``--routes`` adds native with the shape part on the GPU's routes
 until 2026-11-27 ("direct" for B = 1, "regressed" for B > NB),
-``--vertices-grad-only`` gives the joints no gradient (as the benchmark harness), and
+``--fused`` adds native on the fused ops where the direct kernels would run (their A/B:
+csrc/skinning/lbs_direct.h), ``--vertices-grad-only`` gives the joints no gradient (as the
+benchmark harness), and
 ``--profile N`` ends with N native steps under torch.profiler: the ATen calls by host time and
 the kernel launches per step.
 """
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--routes", action="store_true")
+    parser.add_argument("--fused", action="store_true")
     parser.add_argument("--vertices-grad-only", action="store_true")
     parser.add_argument("--profile", type=int, default=0, metavar="N")
     args = parser.parse_args(argv)
@@ -113,17 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                     (vertices, joints), (torch.ones_like(vertices), torch.ones_like(joints))
                 )
 
-        def lbs_step(backend, inputs=inputs, old_routes=False):
-            routes = (
-                functools.partial(mock.patch.object, skinning, "_shape_route", _old_gpu_route)
-                if old_routes
+        def lbs_step(backend, inputs=inputs, patch=None):
+            patched = (
+                functools.partial(mock.patch.object, skinning, *patch)
+                if patch
                 else contextlib.nullcontext
             )
 
             def run():
                 for tensor in inputs:
                     tensor.grad = None
-                with routes():
+                with patched():
                     backward(*ops.lbs(*inputs, backend=backend))
 
             return run
@@ -135,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
         steps = {"native": lbs_step("native"), "torch": lbs_step("torch"), "floor": floor_step}
         if args.routes:
-            steps["native-old-routes"] = lbs_step("native", old_routes=True)
+            steps["native-old-routes"] = lbs_step("native", patch=("_shape_route", _old_gpu_route))
+        if args.fused:
+            steps["native-fused"] = lbs_step("native", patch=("_DIRECT_DEVICES", ()))
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():

@@ -284,6 +284,33 @@ _FUSED_NATIVE = _extension.has_op("lbs_fused_forward") and _extension.has_op("lb
 # the route's number in the fused ops' schema
 _ROUTE_INDEX = {"direct": 0, "kernel": 1, "regressed": 2, "rows": 3}
 
+# lbs_direct (native on a GPU, eager mode): the fused ops' algebra as a few kernels of our own
+# (csrc/skinning/lbs_direct.h): 4 launches forward and at most 7 backward, no cuBLAS call, where
+# the fused ops make about 30 calls a step; on the CPU the same functions run as a twin that the
+# tests check (not a fast path there). The inputs they take (lbs_direct.h's eligible(), which
+# refuses any other): one dtype, float or double; a (V, 3) template; as many betas rows as pose
+# rows, 1 to _DIRECT_MAX_BATCH (beyond, the GPU is busy enough for cuBLAS's products to pay);
+# 2 to 128 joints; the direct or rows route (the GPU's up to 256 shapes).
+_DIRECT_NATIVE = _extension.has_op("lbs_direct_forward") and _extension.has_op(
+    "lbs_direct_backward"
+)
+_DIRECT_DEVICES = ("cuda",)
+_DIRECT_MAX_BATCH = 64
+
+
+def _direct_takes(betas, pose, v_template, J_regressor, route_index) -> bool:
+    return (
+        _DIRECT_NATIVE
+        and betas.device.type in _DIRECT_DEVICES
+        and betas.dtype in (torch.float32, torch.float64)
+        and v_template.dim() == 2
+        and route_index in (0, 3)
+        and pose.shape[0] == betas.shape[0]
+        and 1 <= betas.shape[0] <= _DIRECT_MAX_BATCH
+        and 2 <= J_regressor.shape[0] <= 128
+        and betas.shape[1] >= 1
+    )
+
 
 def _fused_fake_forward(
     betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot, route
@@ -344,6 +371,9 @@ def _fused_fake_backward(
 if _FUSED_NATIVE:
     torch.library.register_fake("portrait_engine::lbs_fused_forward")(_fused_fake_forward)
     torch.library.register_fake("portrait_engine::lbs_fused_backward")(_fused_fake_backward)
+if _DIRECT_NATIVE:  # the same schemas and saved tensors (the direct or rows route's)
+    torch.library.register_fake("portrait_engine::lbs_direct_forward")(_fused_fake_forward)
+    torch.library.register_fake("portrait_engine::lbs_direct_backward")(_fused_fake_backward)
 
 
 def _skin_op(name: str):
@@ -791,11 +821,13 @@ class _LBS(torch.autograd.Function):
         run_forward's but the backend name, the fused ops' order (betas, pose, v_template,
         shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot)."""
         route = _ROUTE_INDEX[_shape_route("native", args[0], args[2])]
-        vertices, posed_joints, saved = torch.ops.portrait_engine.lbs_fused_forward.default(
-            *args, route
-        )
+        ops = torch.ops.portrait_engine
+        direct = _direct_takes(args[0], args[1], args[2], args[5], route)
+        forward = ops.lbs_direct_forward if direct else ops.lbs_fused_forward
+        vertices, posed_joints, saved = forward.default(*args, route)
         ctx.save_for_backward(*args[:8], *saved)
         ctx.meta = (args[8], route)
+        ctx.direct = direct
         ctx.fused = True
         # an output that does not reach the loss arrives as None, not as zeros made here: the
         # fused backward takes it as zeros without them (a launch fewer on a GPU)
@@ -806,7 +838,9 @@ class _LBS(torch.autograd.Function):
     def fused_backward(ctx, grad_vertices, grad_posed_joints):
         inputs = ctx.saved_tensors
         needs = ctx.needs_input_grad[:7]
-        grads = torch.ops.portrait_engine.lbs_fused_backward.default(
+        ops = torch.ops.portrait_engine
+        backward = ops.lbs_direct_backward if ctx.direct else ops.lbs_fused_backward
+        grads = backward.default(
             grad_vertices, grad_posed_joints, *inputs[:8], inputs[8:], *ctx.meta, needs
         )
         return (

@@ -239,6 +239,8 @@ def test_gpu_lbs_fused_path_matches_the_python_path(monkeypatch, kind, needs):
         kind = "more_shapes_than_betas"
     inputs = _cuda(test_lbs_routes._variant(kind))
     needs = test_lbs_routes.NEEDS[needs]
+    # the fused ops themselves, not the direct kernels (tests below) where those take the inputs
+    monkeypatch.setattr(skinning_module, "_DIRECT_DEVICES", ())
     fused = test_lbs_routes._run("native", inputs, needs)
     monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", False)
     python = test_lbs_routes._run("native", inputs, needs)
@@ -297,3 +299,96 @@ def test_gpu_skin_points_backward_under_stream_capture():
     eager = backward(grad_out, points, weights, transforms, False)
     for got, want in zip(captured, eager, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def _spy_direct(monkeypatch):
+    from portrait_engine.ops import skinning as skinning_module
+
+    taken = []
+    original = skinning_module._direct_takes
+
+    def takes(*args):
+        taken.append(original(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(skinning_module, "_direct_takes", takes)
+    return taken
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["plain", "single"])
+@pytest.mark.parametrize("needs", ["all", "betas_pose", "model_only", "pose_only", "shape_only"])
+def test_gpu_lbs_direct_kernels_match_smplx(monkeypatch, dtype, kind, needs):
+    """Native lbs on a GPU for up to 64 rows: the direct kernels (csrc/skinning/lbs_direct.h;
+    "single" takes the rows route), values and every needed gradient against smplx."""
+    _require("native", "lbs_direct_forward")
+    from tests.ops import test_lbs_routes
+
+    taken = _spy_direct(monkeypatch)
+    inputs = test_lbs_routes._variant(kind)
+    inputs = _cuda([x.to(dtype) if x.is_floating_point() else x for x in inputs])
+    needs = test_lbs_routes.NEEDS[needs]
+    got = test_lbs_routes._run("native", inputs, needs)
+    assert taken == [True]
+    want = test_lbs_routes._expected(kind, inputs, needs)
+    for name, g, w in zip(["vertices", "joints", *test_lbs_routes.NAMES], got, want, strict=True):
+        assert (g is None) == (w is None), name
+        if w is not None:
+            assert_close(g, w, dtype, scale=10)
+
+
+@pytest.mark.parametrize("route, batch", [(0, 6), (0, 64), (3, 1)])
+def test_gpu_lbs_direct_kernels_match_their_cpu_twin(route, batch):
+    """The CUDA kernels against the CPU twin (the same per-thread functions in loops), float64
+    at SMPL's vertex count: every output, saved tensor and gradient equal to rounding (the
+    GPU's sums run in another order), twice on the GPU bit for bit."""
+    _require("native", "lbs_direct_forward")
+    from tests.ops.test_lbs import make_inputs
+
+    inputs = make_inputs(batch=batch, dtype=torch.float64, rings=120, around=57)
+    betas, pose, v_template, shapedirs, posedirs, regressor, parents, weights = inputs
+    args = (betas, pose, v_template, shapedirs, posedirs, regressor, weights, parents, True, route)
+    ops = torch.ops.portrait_engine
+    want = ops.lbs_direct_forward(*args)
+    gpu_args = tuple(x.cuda() if torch.is_tensor(x) else x for x in args)
+    got = ops.lbs_direct_forward(*gpu_args)
+    for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]], strict=True):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-10, atol=1e-12)
+    generator = torch.Generator().manual_seed(4)
+    grad_v = torch.randn(want[0].shape, generator=generator, dtype=torch.float64)
+    grad_j = torch.randn(want[1].shape, generator=generator, dtype=torch.float64)
+    needs = [True] * 7
+    want_grads = ops.lbs_direct_backward(grad_v, grad_j, *args[:8], want[2], True, route, needs)
+    gpu_backward = (grad_v.cuda(), grad_j.cuda(), *gpu_args[:8], got[2], True, route, needs)
+    got_grads = ops.lbs_direct_backward(*gpu_backward)
+    again = ops.lbs_direct_backward(*gpu_backward)
+    for g, a, w in zip(got_grads, again, want_grads, strict=True):
+        torch.testing.assert_close(g, a, rtol=0, atol=0)
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("batch", [1, 32, 64])
+def test_gpu_lbs_direct_kernels_match_the_fused_ops_at_smpl_size(monkeypatch, batch):
+    """float32 at the benchmark's size (V = 6890, 24 joints, 10 betas): the direct kernels
+    against the fused ops (cuBLAS products), values and all seven gradients, norm-wise (the
+    sums over 20670 coordinates run in different orders)."""
+    _require("native", "lbs_direct_forward")
+    from portrait_engine.benchmark.cases.skinning import _smpl_sized_model
+    from portrait_engine.ops import skinning as skinning_module
+
+    generator = torch.Generator().manual_seed(9)
+    v_template, shapedirs, posedirs, regressor, parents, weights = _smpl_sized_model(
+        6890, generator
+    )
+    betas = torch.randn(batch, 10, generator=generator)
+    pose = 0.3 * torch.randn(batch, 72, generator=generator)
+    inputs = _cuda([betas, pose, v_template, shapedirs, posedirs, regressor, parents, weights])
+    from tests.ops import test_lbs_routes
+
+    taken = _spy_direct(monkeypatch)
+    got = test_lbs_routes._run("native", inputs, test_lbs_routes.NEEDS["all"])
+    monkeypatch.setattr(skinning_module, "_DIRECT_DEVICES", ())
+    want = test_lbs_routes._run("native", inputs, test_lbs_routes.NEEDS["all"])
+    assert taken == [True, False]
+    for name, g, w in zip(["vertices", "joints", *test_lbs_routes.NAMES], got, want, strict=True):
+        assert relative_l2(g, w) < 1e-5, name

@@ -1,0 +1,92 @@
+// The CPU twin of lbs's direct kernels (lbs_direct.h): the same per-thread functions and host
+// driver as lbs_direct_cuda.cu, run in loops, so that the GPU's indexing and algebra are tested
+// where there is no GPU (tests/ops/test_lbs_direct.py). Not a fast path: the CPU's own native
+// lbs (lbs_fused.cpp and the kernels of skinning_cpu.cpp) is.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "skinning/lbs_direct.h"
+
+namespace portrait_engine {
+namespace skinning {
+namespace direct {
+namespace {
+
+struct CpuExec {
+  template <class Term>
+  void reduce(int64_t groups, const Term& term) {
+    using T = typename Term::value_type;
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        T acc[Term::K] = {};
+        for (int64_t i = 0; i < term.length(); ++i) term.add(g, i, acc);
+        term.store(g, acc);
+      }
+    });
+  }
+
+  template <class Map>
+  void map(int64_t count, const Map& fn) {
+    at::parallel_for(0, count, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(i);
+    });
+  }
+
+  template <class F>
+  void vertices(const Dims& d, const F& fn) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(fn.betas)>>;
+    std::vector<T> f(kBatchTile * d.P);
+    for (int64_t b0 = 0; b0 < d.B; b0 += kBatchTile) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBatchTile, d.B - b0));
+      fn.fill_features(b0, nb, f.data(), 0, 1, true);
+      at::parallel_for(0, d.V, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t v = begin; v < end; ++v) fn(v, b0, nb, f.data());
+      });
+    }
+  }
+};
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_cpu(
+    const Tensor& betas, const Tensor& pose, const Tensor& v_template, const Tensor& shapedirs,
+    const Tensor& posedirs, const Tensor& J_regressor, const Tensor& lbs_weights,
+    const Tensor& parents, bool pose2rot, int64_t route) {
+  CpuExec exec;
+  return forward_op(exec, betas, pose, v_template, shapedirs, posedirs, J_regressor,
+                    lbs_weights, parents, pose2rot, route);
+}
+
+std::vector<Tensor> backward_cpu(const std::optional<Tensor>& grad_vertices,
+                                 const std::optional<Tensor>& grad_joints, const Tensor& betas,
+                                 const Tensor& pose, const Tensor& v_template,
+                                 const Tensor& shapedirs, const Tensor& posedirs,
+                                 const Tensor& J_regressor, const Tensor& lbs_weights,
+                                 const Tensor& parents, at::TensorList saved, bool pose2rot,
+                                 int64_t route, std::array<bool, 7> needs) {
+  CpuExec exec;
+  return backward_op(exec, grad_vertices, grad_joints, betas, pose, v_template, shapedirs,
+                     posedirs, J_regressor, lbs_weights, parents, saved, pose2rot, route, needs);
+}
+
+}  // namespace
+}  // namespace direct
+}  // namespace skinning
+}  // namespace portrait_engine
+
+TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
+  m.def(
+      "lbs_direct_forward(Tensor betas, Tensor pose, Tensor v_template, Tensor shapedirs, "
+      "Tensor posedirs, Tensor J_regressor, Tensor lbs_weights, Tensor parents, bool pose2rot, "
+      "int route) -> (Tensor, Tensor, Tensor[])");
+  m.def(
+      "lbs_direct_backward(Tensor? grad_vertices, Tensor? grad_joints, Tensor betas, "
+      "Tensor pose, Tensor v_template, Tensor shapedirs, Tensor posedirs, Tensor J_regressor, "
+      "Tensor lbs_weights, Tensor parents, Tensor[] saved, bool pose2rot, int route, "
+      "bool[7] needs) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
+  m.impl("lbs_direct_forward", &portrait_engine::skinning::direct::forward_cpu);
+  m.impl("lbs_direct_backward", &portrait_engine::skinning::direct::backward_cpu);
+}

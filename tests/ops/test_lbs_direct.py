@@ -1,0 +1,172 @@
+"""lbs's direct kernels (``lbs_direct_forward`` / ``lbs_direct_backward``,
+``csrc/skinning/lbs_direct.h``): native lbs's path on a GPU for up to 64 rows. Their CPU twin runs
+the same per-thread functions and host driver in loops, so every index of the GPU kernels is
+checked here against ``smplx.lbs.lbs``: values and the gradients of every input, each subset of
+inputs needing gradients, both routes they take (the layouts of the saved shapes differ), both
+pose forms, float32 and float64; opcheck; the inputs they refuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from portrait_engine import _extension
+from portrait_engine.ops import skinning as skinning_module
+from tests.helpers import assert_close
+from tests.ops.test_lbs import rotations_of
+from tests.ops.test_lbs_routes import NAMES, NEEDS, _expected, _run, _variant
+
+pytestmark = pytest.mark.skipif(
+    not _extension.has_op("lbs_direct_forward"), reason="needs the built extension"
+)
+
+
+@pytest.fixture
+def direct_on_cpu(monkeypatch):
+    """lbs takes the direct kernels on the CPU too (their twin); records each decision."""
+    taken = []
+    original = skinning_module._direct_takes
+
+    def takes(*args):
+        result = original(*args)
+        taken.append(result)
+        return result
+
+    monkeypatch.setattr(skinning_module, "_DIRECT_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(skinning_module, "_direct_takes", takes)
+    return taken
+
+
+def _check(got, want, dtype=torch.float32):
+    for name, g, w in zip(["vertices", "joints", *NAMES], got, want, strict=True):
+        assert (g is None) == (w is None), name
+        if w is not None:
+            assert g.shape == w.shape, name
+            assert_close(g, w, dtype, scale=10)
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize("kind", ["plain", "single"])
+@pytest.mark.parametrize("needs", list(NEEDS))
+@pytest.mark.parametrize("route", ["direct", "rows"])
+def test_direct_kernels_match_smplx(direct_on_cpu, monkeypatch, kind, needs, route):
+    if route == "rows":
+        if kind != "single":
+            pytest.skip("the rows route takes one betas row")
+        monkeypatch.setattr(skinning_module, "_shape_route", lambda *args: "rows")
+    inputs = _variant(kind)
+    got = _run("native", inputs, NEEDS[needs])
+    assert direct_on_cpu == [True], "lbs did not take the direct kernels"
+    _check(got, _expected(kind, inputs, NEEDS[needs]))
+
+
+@pytest.mark.parametrize("pose2rot", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_kernels_pose_forms_and_dtypes(direct_on_cpu, pose2rot, dtype):
+    inputs = [x.to(dtype) if x.is_floating_point() else x for x in _variant("plain")]
+    # batch 6: a partial tile of every batch tile (4 in the vertex pass, 8 and 4 in the sums)
+    inputs[0] = torch.cat([inputs[0], inputs[0][:2] * 0.5])
+    inputs[1] = torch.cat([inputs[1], inputs[1][:2] * -0.7])
+    if not pose2rot:
+        inputs[1] = rotations_of(inputs[1])
+    needs = NEEDS["all"]
+    leaves = [
+        x.detach().clone().requires_grad_(i in needs) if x.is_floating_point() else x
+        for i, x in enumerate(inputs)
+    ]
+    vertices, joints = skinning_module.lbs(*leaves, pose2rot=pose2rot, backend="native")
+    assert direct_on_cpu == [True]
+    import smplx.lbs
+
+    reference = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    want_v, want_j = smplx.lbs.lbs(*reference, pose2rot=pose2rot)
+    generator = torch.Generator().manual_seed(5)
+    gv = torch.randn(vertices.shape, generator=generator, dtype=dtype)
+    gj = torch.randn(joints.shape, generator=generator, dtype=dtype)
+    torch.autograd.backward([vertices, joints], [gv, gj])
+    torch.autograd.backward([want_v, want_j], [gv, gj])
+    assert_close(vertices, want_v, dtype, scale=10)
+    assert_close(joints, want_j, dtype, scale=10)
+    for i in needs:
+        assert_close(leaves[i].grad, reference[i].grad, dtype, scale=10)
+
+
+def test_ineligible_inputs_take_the_fused_ops(direct_on_cpu):
+    """One betas row under a batch of poses, a batch of templates: the fused ops (the direct
+    kernels take neither)."""
+    for kind in ("one_betas_row", "batched_template"):
+        inputs = _variant(kind)
+        got = _run("native", inputs, NEEDS["all"])
+        _check(got, _expected(kind, inputs, NEEDS["all"]))
+    assert direct_on_cpu == [False, False]
+
+
+def _direct_args(kind="plain", route=0, pose2rot=True):
+    betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, weights = _variant(kind)
+    if not pose2rot:
+        pose = rotations_of(pose)
+    return (
+        betas,
+        pose,
+        v_template,
+        shapedirs,
+        posedirs,
+        J_regressor,
+        weights,
+        parents,
+        pose2rot,
+        route,
+    )
+
+
+@pytest.mark.parametrize("kind, route", [("plain", 0), ("single", 0), ("single", 3)])
+@pytest.mark.parametrize("pose2rot", [True, False])
+def test_opcheck_direct_forward_and_backward(kind, route, pose2rot):
+    args = _direct_args(kind, route, pose2rot)
+    forward = torch.ops.portrait_engine.lbs_direct_forward.default
+    torch.library.opcheck(forward, args)
+    vertices, joints, saved = forward(*args)
+    fused = torch.ops.portrait_engine.lbs_fused_forward.default(*args)
+    torch.testing.assert_close(vertices, fused[0])
+    torch.testing.assert_close(joints, fused[1])
+    for got, want in zip(saved, fused[2], strict=True):  # the same saved shapes as the route's
+        assert got.shape == want.shape
+    generator = torch.Generator().manual_seed(2)
+    backward_args = (
+        torch.randn(vertices.shape, generator=generator),
+        torch.randn(joints.shape, generator=generator),
+        *args[:8],
+        saved,
+        pose2rot,
+        route,
+        [True] * 7,
+    )
+    torch.library.opcheck(torch.ops.portrait_engine.lbs_direct_backward.default, backward_args)
+    once = torch.ops.portrait_engine.lbs_direct_backward.default(*backward_args)
+    again = torch.ops.portrait_engine.lbs_direct_backward.default(*backward_args)
+    for a, b in zip(once, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    fused_grads = torch.ops.portrait_engine.lbs_fused_backward.default(
+        *backward_args[:10], fused[2], *backward_args[11:]
+    )
+    for a, b in zip(once, fused_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: (a[0][:1], *a[1:]), "as many betas rows as pose rows"),
+        (lambda a: (*a[:2], a[2].expand(4, -1, -1), *a[3:]), "v_template"),
+        (lambda a: (*a[:9], 1), "route 0 or 3"),
+        (
+            lambda a: tuple(
+                x.half() if torch.is_tensor(x) and x.is_floating_point() else x for x in a
+            ),
+            "float or double",
+        ),
+    ],
+)
+def test_direct_forward_refuses_inputs_it_does_not_take(change, message):
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.portrait_engine.lbs_direct_forward.default(*change(_direct_args()))
