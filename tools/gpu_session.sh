@@ -105,24 +105,22 @@ if [ -n "${BENCH_ONLY:-}" ]; then  # argument sets separated by '|', one bench r
   done
 fi
 if [ -z "${SKIP_BENCH:-}" ]; then
-# The plan after the H100 leases of the evening of 2026-11-27 (build 80-88 s; results in
-# benchmarks/results/NVIDIA-H100-80GB-HBM3/logs-2026-11-27b and -c):
-# 1. the cuda tests those calls did not reach or that changed since: mesh_deform's (the two
-#    that ran past the share), the triplane / importance files (auto now takes Triton for
-#    triplane_sample and softplus on CUDA: _backend.AUTO_ORDER_BY_OP)
-step pytest 120 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
-  --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_skinning_cuda.py \
-  tests/ops/test_triplane_cuda.py tests/ops/test_importance_cuda.py
-# 2. #4's lbs target (host-bound; 7.5-8x smplx eager after the launch cuts of b34f9ac:
-#    docs/kernel_contract_skinning.md): the interleaved loop and its host-time profile (what
-#    makes skin_points_backward's 316 µs of host time per call at B = 1?), then the harness
+# The plan after lbs's direct kernels (csrc/skinning/lbs_direct.h, 2026-11-27 night; the
+# leases before: benchmarks/results/NVIDIA-H100-80GB-HBM3/logs-2026-11-27b and -c):
+# 1. the lbs / fk / capture cuda tests (the direct kernels' first GPU run: against smplx, their
+#    CPU twin at SMPL's size in float64, and the fused ops at the benchmark's size)
+step pytest 90 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
+  --timeout 120 --junitxml="$W/pytest.xml" tests/ops/test_skinning_cuda.py -k "lbs or fk or capture"
+# 2. #4's lbs target: direct kernels against the fused ops in one process, the host-time
+#    profile, then the harness
 step time_lbs 60 python3 tools/time_lbs_host.py --device cuda --vertices 6890 --rounds 4 \
-  --steps 100 --routes --vertices-grad-only --profile 10
-step bench_lbs 60 "${BENCH[@]}" --out "$W/bench/lbs" lbs skin_points --providers torch triton native
-profile_lbs
-# 3. #3's sample_importance + merge (bandwidth-capped near 5x: docs/kernel_contract_importance.md)
-step bench_importance 80 "${BENCH[@]}" --out "$W/bench/importance" ray_march sample_importance \
-  merge_samples --providers torch triton native
+  --steps 100 --fused --vertices-grad-only --profile 10
+step bench_lbs 50 "${BENCH[@]}" --out "$W/bench/lbs" lbs --providers torch native
+# 3. the cuda tests not run since the last changes: mesh_deform's, triplane's, importance's
+step pytest_rest 70 python3 -m pytest -m cuda -v --maxfail=300 -n 16 -p no:cacheprovider \
+  --timeout 60 --junitxml="$W/pytest_rest.xml" tests/ops/test_skinning_cuda.py \
+  tests/ops/test_triplane_cuda.py tests/ops/test_importance_cuda.py \
+  -k "not lbs and not fk and not capture and not skin_points and not shape_blend"
 fi
 
 find "$W/bench" -name '*.json' >"$W/bench_files.txt"
@@ -145,8 +143,11 @@ for path in sorted(pathlib.Path(sys.argv[1]).rglob("*.json")):
 EOF
 echo "=== smoke"; cut -c1-300 "$W/smoke.log" | grep -v "^  File" | head -40; head -12 "$W/info.txt"
 echo "=== build"; grep -E " error|Error" "$W/build.log" | head -20; tail -2 "$W/build.log"
-echo "=== pytest"; grep -E "^(FAILED|ERROR)" "$W/pytest.log" | cut -c1-220 | head -40; tail -3 "$W/pytest.log"
-echo "passed $(grep -c ' PASSED ' "$W/pytest.log") failed $(grep -c ' FAILED ' "$W/pytest.log") skipped $(grep -c ' SKIPPED ' "$W/pytest.log")"
+for log in "$W"/pytest*.log; do
+  echo "=== $(basename "$log")"; grep -E "^(FAILED|ERROR)" "$log" | cut -c1-220 | head -40; tail -3 "$log"
+  echo "passed $(grep -c ' PASSED ' "$log") failed $(grep -c ' FAILED ' "$log") skipped $(grep -c ' SKIPPED ' "$log")"
+done
+echo "=== time_lbs"; grep -E "^B=|per step" "$W/time_lbs.log" 2>/dev/null
 echo "=== ncu"; grep -E "render_|Duration|Memory Throughput|Compute \(SM\)|Registers|Local|Achieved Occ|Theoretical Occ|Block Size|Grid Size|==ERR|==WARN" "$W/ncu_render.log" 2>/dev/null | cut -c1-160 | head -60
 echo "=== sweep"; grep -E "^BEST|failed|wrong" "$W/sweep_ray_march.log" 2>/dev/null | cut -c1-300 | head -20
 echo "=== lbs profile"; grep -v -E "^-+" "$W/profile_lbs.log" 2>/dev/null | cut -c1-150 | head -72
