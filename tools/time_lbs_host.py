@@ -185,7 +185,9 @@ def _profile(step, count: int, device: torch.device, sync) -> None:
         for _ in range(count):
             step()
         sync()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    table = prof.key_averages().table(
+        sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=120
+    )
     print(table)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     print(f"device events (kernels and copies) per step: {len(kernels) / count:.1f}")

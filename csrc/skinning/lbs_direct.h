@@ -51,13 +51,13 @@ namespace portrait_engine {
 namespace skinning {
 namespace direct {
 
-constexpr int kBatchTile = 4;         // vertex forward: batch rows per thread
-constexpr int kRegressTile = 16;      // R: columns per block
+constexpr int kBatchTile = 8;         // vertex forward: batch rows per thread
+constexpr int kRegressTile = 4;       // R: columns per block
 constexpr int kJointTile = 4;         // grad_A: joints per block (12 values each)
-constexpr int kFeatureTile = 4;       // grad_f: pose features per block
+constexpr int kFeatureTile = 8;       // grad_f: pose features per block
 constexpr int kFeatureBatchTile = 8;  // grad_f: batch rows per block
 constexpr int kPosedirsTile = 8;      // grad_P: pose features per thread
-constexpr int kBetasBatchTile = 4;    // grad_beta: batch rows per block
+constexpr int kBetasBatchTile = 1;    // grad_beta: batch rows per block
 constexpr int kBetasTile = 8;         // grad_beta: betas per block
 
 struct Dims {
@@ -290,38 +290,42 @@ struct VertexForward {
   }
 };
 
-// The first vertex pass of the backward, vertex v over every batch row: v_posed's gradient
-// M^T gV, and grad_w[v, j] = sum_b gV . (A_bj (v_posed, 1)) where grad_weights is not null.
+// v_posed's gradient gvp[b, v] = M^T gV[b, v], M = sum_j w_vj A_bj; i over (B, V).
 template <typename scalar_t>
-struct VertexBackward {
-  const scalar_t *grad_vertices, *v_posed, *weights, *transforms;
-  scalar_t *grad_posed, *grad_weights;
-  Dims d;
-  HOST_DEVICE PE_INLINE void operator()(int64_t v) const {
-    const int64_t V = d.V, J = d.J;
-    for (int64_t b = 0; b < d.B; ++b) {
+struct PosedGradMap {
+  const scalar_t *grad_vertices, *weights, *transforms;
+  scalar_t* grad_posed;
+  int64_t V, J;
+  HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
+    const int64_t b = i / V, v = i % V;
+    scalar_t M[12];
+    blend<scalar_t>(weights + v * J, transforms + b * J * 16, J, M);
+    const scalar_t* g = grad_vertices + i * 3;
+    for (int c = 0; c < 3; ++c) {
+      grad_posed[i * 3 + c] = M[c] * g[0] + M[4 + c] * g[1] + M[8 + c] * g[2];
+    }
+  }
+};
+
+// grad_w[v, j] = sum_b gV[b, v] . (A_bj (v_posed[b, v], 1)); i over (V, J).
+template <typename scalar_t>
+struct WeightsGradMap {
+  const scalar_t *grad_vertices, *v_posed, *transforms;
+  scalar_t* grad_weights;
+  int64_t B, V, J;
+  HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
+    const int64_t v = i / J, j = i % J;
+    scalar_t sum = 0;
+    for (int64_t b = 0; b < B; ++b) {
       const int64_t row = (b * V + v) * 3;
-      scalar_t M[12];
-      blend<scalar_t>(weights + v * J, transforms + b * J * 16, J, M);
       const scalar_t* g = grad_vertices + row;
-      for (int c = 0; c < 3; ++c) {
-        grad_posed[row + c] = M[c] * g[0] + M[4 + c] * g[1] + M[8 + c] * g[2];
+      const scalar_t* p = v_posed + row;
+      const scalar_t* A = transforms + (b * J + j) * 16;
+      for (int r = 0; r < 3; ++r) {
+        sum += g[r] * (A[r * 4] * p[0] + A[r * 4 + 1] * p[1] + A[r * 4 + 2] * p[2] + A[r * 4 + 3]);
       }
     }
-    if (grad_weights == nullptr) return;
-    for (int64_t j = 0; j < J; ++j) {
-      scalar_t sum = 0;
-      for (int64_t b = 0; b < d.B; ++b) {
-        const int64_t row = (b * V + v) * 3;
-        const scalar_t* g = grad_vertices + row;
-        const scalar_t* p = v_posed + row;
-        const scalar_t* A = transforms + (b * J + j) * 16;
-        for (int r = 0; r < 3; ++r) {
-          sum += g[r] * (A[r * 4] * p[0] + A[r * 4 + 1] * p[1] + A[r * 4 + 2] * p[2] + A[r * 4 + 3]);
-        }
-      }
-      grad_weights[v * J + j] = sum;
-    }
+    grad_weights[i] = sum;
   }
 };
 
@@ -349,56 +353,82 @@ struct PosedirsGradMap {
   }
 };
 
-// The shape part's backward for vertex v: G (v_shaped's gradient, written where grad_shaped is
-// not null), grad_T, grad_S, grad_Jreg (each where not null).
+// v_shaped's gradient G[b, v, c] = gvp[b, v, c] + sum_j Jreg[j, v] gJ[b, j, c]; i over (B, V, 3).
 template <typename scalar_t>
-struct ShapeBackward {
-  const scalar_t *grad_posed, *grad_joints, *regressor, *betas, *v_shaped;
-  scalar_t *grad_shaped, *grad_template, *grad_shapedirs, *grad_regressor;
-  ShapedLayout layout;
-  Dims d;
-  HOST_DEVICE PE_INLINE scalar_t shaped_gradient(int64_t b, int64_t v, int c) const {
-    scalar_t G = grad_posed[(b * d.V + v) * 3 + c];
-    const scalar_t* gj = grad_joints + b * d.J * 3 + c;
-    for (int64_t j = 0; j < d.J; ++j) G += regressor[j * d.V + v] * gj[j * 3];
-    return G;
+struct ShapedGradMap {
+  const scalar_t *grad_posed, *grad_joints, *regressor;
+  scalar_t* grad_shaped;
+  int64_t V, J;
+  HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
+    const int64_t b = i / (V * 3), v = (i / 3) % V, c = i % 3;
+    scalar_t G = grad_posed[i];
+    const scalar_t* gj = grad_joints + b * J * 3 + c;
+    for (int64_t j = 0; j < J; ++j) G += regressor[j * V + v] * gj[j * 3];
+    grad_shaped[i] = G;
   }
-  HOST_DEVICE PE_INLINE void operator()(int64_t v) const {
-    const int64_t V = d.V, J = d.J, NB = d.NB, B = d.B;
-    if (grad_template != nullptr || grad_shaped != nullptr) {
-      scalar_t total[3] = {0, 0, 0};
-      for (int64_t b = 0; b < B; ++b) {
-        for (int c = 0; c < 3; ++c) {
-          const scalar_t G = shaped_gradient(b, v, c);
-          if (grad_shaped != nullptr) grad_shaped[(b * V + v) * 3 + c] = G;
-          total[c] += G;
-        }
-      }
-      if (grad_template != nullptr) {
-        for (int c = 0; c < 3; ++c) grad_template[v * 3 + c] = total[c];
-      }
+};
+
+// From G: grad_S[d, k] = sum_b G[b, d] beta[b, k] (k < nk: NB where grad_shapedirs is wanted,
+// else 0) and grad_T[d] = sum_b G[b, d] (k = nk, where grad_template is not null); i over
+// (3V, nk + 1).
+template <typename scalar_t>
+struct BlendShapesGradMap {
+  const scalar_t *grad_shaped, *betas;
+  scalar_t *grad_template, *grad_shapedirs;
+  int64_t B, D, NB, nk;
+  HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
+    const int64_t d = i / (nk + 1), k = i % (nk + 1);
+    if (k == nk && grad_template == nullptr) return;
+    scalar_t sum = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      sum += grad_shaped[b * D + d] * (k < nk ? betas[b * NB + k] : scalar_t(1));
     }
-    if (grad_shapedirs != nullptr) {  // reads back this thread's own G
-      for (int c = 0; c < 3; ++c) {
-        for (int64_t k = 0; k < NB; ++k) {
-          scalar_t sum = 0;
-          for (int64_t b = 0; b < B; ++b) sum += grad_shaped[(b * V + v) * 3 + c] * betas[b * NB + k];
-          grad_shapedirs[(v * 3 + c) * NB + k] = sum;
-        }
-      }
-    }
-    if (grad_regressor != nullptr) {
-      for (int64_t j = 0; j < J; ++j) {
-        scalar_t sum = 0;
-        for (int64_t b = 0; b < B; ++b) {
-          const scalar_t* gj = grad_joints + (b * J + j) * 3;
-          for (int c = 0; c < 3; ++c) sum += gj[c] * v_shaped[layout.at(b, v, c)];
-        }
-        grad_regressor[j * V + v] = sum;
-      }
+    if (k < nk) {
+      grad_shapedirs[d * NB + k] = sum;
+    } else {
+      grad_template[d] = sum;
     }
   }
 };
+
+// grad_Jreg[j, v] = sum_{b, c} gJ[b, j, c] v_shaped[b, v, c]; i over (J, V).
+template <typename scalar_t>
+struct RegressorGradMap {
+  const scalar_t *grad_joints, *v_shaped;
+  scalar_t* grad_regressor;
+  ShapedLayout layout;
+  int64_t B, V, J;
+  HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
+    const int64_t j = i / V, v = i % V;
+    scalar_t sum = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const scalar_t* gj = grad_joints + (b * J + j) * 3;
+      for (int c = 0; c < 3; ++c) sum += gj[c] * v_shaped[layout.at(b, v, c)];
+    }
+    grad_regressor[i] = sum;
+  }
+};
+
+// Two independent maps in one launch: i < first_count runs first(i), the rest second(i -
+// first_count) (a launch is host-side work, what lbs is bound by on a GPU).
+template <class First, class Second>
+struct MapPair {
+  First first;
+  Second second;
+  int64_t first_count;
+  HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
+    if (i < first_count) {
+      first(i);
+    } else {
+      second(i - first_count);
+    }
+  }
+};
+
+template <class First, class Second>
+MapPair<First, Second> map_pair(const First& first, int64_t first_count, const Second& second) {
+  return MapPair<First, Second>{first, second, first_count};
+}
 
 // ------------------------------------------------------------------------------------------
 // The host side, one template for both devices. Exec (lbs_direct_cpu.cpp / lbs_direct_cuda.cu):
@@ -443,7 +473,7 @@ struct FkOps {
 // direct or rows route; J >= 2 joints, NB >= 1 betas; up to kMaxBatch rows (beyond, the GPU is
 // busy enough that cuBLAS's products are the better deal).
 constexpr int64_t kMaxBatch = 64;
-constexpr int64_t kMaxJoints = 128;  // the vertex pass's shared features: 4 x 9 (J - 1) values
+constexpr int64_t kMaxJoints = 64;  // the vertex pass's shared features: 8 x 9 (J - 1) values
 
 inline bool eligible(const Tensor& betas, const Tensor& pose, const Tensor& v_template,
                      const Tensor& shapedirs, const Tensor& J_regressor, int64_t route) {
@@ -525,11 +555,18 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
                                    : at::zeros({B, V, 3}, options);
   Tensor grad_posed = at::empty({B, V, 3}, options);
   Tensor grad_weights = need_weights ? at::empty({V, J}, options) : empty;
-  exec.map(V, VertexBackward<scalar_t>{
-                  grad_vertices.data_ptr<scalar_t>(), v_posed.data_ptr<scalar_t>(),
-                  weights.data_ptr<scalar_t>(), transforms.data_ptr<scalar_t>(),
-                  grad_posed.data_ptr<scalar_t>(),
-                  need_weights ? grad_weights.data_ptr<scalar_t>() : nullptr, d});
+  exec.map(B * V + (need_weights ? V * J : 0),
+           map_pair(PosedGradMap<scalar_t>{grad_vertices.data_ptr<scalar_t>(),
+                                           weights.data_ptr<scalar_t>(),
+                                           transforms.data_ptr<scalar_t>(),
+                                           grad_posed.data_ptr<scalar_t>(), V, J},
+                    B * V,
+                    WeightsGradMap<scalar_t>{grad_vertices.data_ptr<scalar_t>(),
+                                             v_posed.data_ptr<scalar_t>(),
+                                             transforms.data_ptr<scalar_t>(),
+                                             need_weights ? grad_weights.data_ptr<scalar_t>()
+                                                          : nullptr,
+                                             B, V, J}));
   Tensor grad_pose = empty, grad_joints;
   if (need_pose || need_shape) {
     Tensor grad_transforms = at::empty({B, J, 4, 4}, options);
@@ -556,36 +593,47 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
     if (need_pose) grad_pose = grad_kernel_pose.reshape(pose.sizes());
     grad_joints = grad_kernel_joints;
   }
-  Tensor grad_posedirs = empty;
-  if (need_posedirs) {
-    grad_posedirs = at::empty({d.P, D}, options);
-    exec.map(tiles(d.P, kPosedirsTile) * D,
-             PosedirsGradMap<scalar_t>{features.data_ptr<scalar_t>(),
-                                       grad_posed.data_ptr<scalar_t>(),
-                                       grad_posedirs.data_ptr<scalar_t>(), B, D, d.P});
-  }
-  Tensor grad_betas = empty, grad_template = empty, grad_shapedirs = empty,
-         grad_regressor = empty;
-  if (need_shape) {
-    Tensor grad_shaped = need_betas || need_dirs ? at::empty({B, V, 3}, options) : empty;
-    if (need_template) grad_template = at::empty({V, 3}, options);
-    if (need_dirs) grad_shapedirs = at::empty({V, 3, NB}, options);
-    if (need_regressor) grad_regressor = at::empty({J, V}, options);
-    const auto ptr = [](bool need, Tensor& t) { return need ? t.data_ptr<scalar_t>() : nullptr; };
-    exec.map(V, ShapeBackward<scalar_t>{
-                    grad_posed.data_ptr<scalar_t>(), grad_joints.data_ptr<scalar_t>(),
-                    regressor.data_ptr<scalar_t>(), betas.data_ptr<scalar_t>(),
-                    v_shaped.data_ptr<scalar_t>(), ptr(need_betas || need_dirs, grad_shaped),
-                    ptr(need_template, grad_template), ptr(need_dirs, grad_shapedirs),
-                    ptr(need_regressor, grad_regressor), shaped_layout(route, V), d});
-    if (need_betas) {
-      grad_betas = at::empty({B, NB}, options);
-      exec.reduce(tiles(B, kBetasBatchTile) * tiles(NB, kBetasTile),
-                  BetasGradTerm<scalar_t>{shapedirs.data_ptr<scalar_t>(),
-                                          grad_shaped.data_ptr<scalar_t>(),
-                                          grad_betas.data_ptr<scalar_t>(), B, D, NB,
-                                          tiles(NB, kBetasTile)});
-    }
+  // v_shaped's gradient G where the blend shapes' gradients need it, beside grad_P
+  const bool need_G = need_betas || need_template || need_dirs;
+  Tensor grad_posedirs = need_posedirs ? at::empty({d.P, D}, options) : empty;
+  Tensor grad_shaped = need_G ? at::empty({B, V, 3}, options) : empty;
+  const int64_t posedirs_count = need_posedirs ? tiles(d.P, kPosedirsTile) * D : 0;
+  exec.map(posedirs_count + (need_G ? B * D : 0),
+           map_pair(PosedirsGradMap<scalar_t>{features.data_ptr<scalar_t>(),
+                                              grad_posed.data_ptr<scalar_t>(),
+                                              need_posedirs ? grad_posedirs.data_ptr<scalar_t>()
+                                                            : nullptr,
+                                              B, D, d.P},
+                    posedirs_count,
+                    ShapedGradMap<scalar_t>{grad_posed.data_ptr<scalar_t>(),
+                                            need_G ? grad_joints.data_ptr<scalar_t>() : nullptr,
+                                            regressor.data_ptr<scalar_t>(),
+                                            need_G ? grad_shaped.data_ptr<scalar_t>() : nullptr,
+                                            V, J}));
+  Tensor grad_betas = empty;
+  Tensor grad_template = need_template ? at::empty({V, 3}, options) : empty;
+  Tensor grad_shapedirs = need_dirs ? at::empty({V, 3, NB}, options) : empty;
+  Tensor grad_regressor = need_regressor ? at::empty({J, V}, options) : empty;
+  const int64_t nk = need_dirs ? NB : 0;
+  const int64_t blend_count = need_template || need_dirs ? D * (nk + 1) : 0;
+  const auto ptr = [](bool need, Tensor& t) { return need ? t.data_ptr<scalar_t>() : nullptr; };
+  exec.map(blend_count + (need_regressor ? J * V : 0),
+           map_pair(BlendShapesGradMap<scalar_t>{ptr(need_G, grad_shaped),
+                                                 betas.data_ptr<scalar_t>(),
+                                                 ptr(need_template, grad_template),
+                                                 ptr(need_dirs, grad_shapedirs), B, D, NB, nk},
+                    blend_count,
+                    RegressorGradMap<scalar_t>{
+                        need_regressor ? grad_joints.data_ptr<scalar_t>() : nullptr,
+                        v_shaped.data_ptr<scalar_t>(), ptr(need_regressor, grad_regressor),
+                        shaped_layout(route, V), B, V, J}));
+  if (need_betas) {
+    grad_betas = at::empty({B, NB}, options);
+    exec.reduce(tiles(B, kBetasBatchTile) * tiles(NB, kBetasTile),
+                BetasGradTerm<scalar_t>{shapedirs.data_ptr<scalar_t>(),
+                                        grad_shaped.data_ptr<scalar_t>(),
+                                        grad_betas.data_ptr<scalar_t>(), B, D, NB,
+                                        tiles(NB, kBetasTile)});
   }
   (void)v_template;
   return {grad_betas, grad_pose, grad_template, grad_shapedirs, grad_posedirs, grad_regressor,

@@ -36,6 +36,7 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(Term term) {
 #pragma unroll
   for (int k = 0; k < K; ++k) acc[k] = T(0);
   const int64_t length = term.length();
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < length; i += kReduceThreads) term.add(g, i, acc);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -106,7 +107,7 @@ struct CudaExec {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(fn.betas)>>;
     const dim3 grid(static_cast<unsigned>((d.V + kVertexThreads - 1) / kVertexThreads),
                     static_cast<unsigned>((d.B + kBatchTile - 1) / kBatchTile));
-    const size_t shared = sizeof(T) * kBatchTile * d.P;  // at most 36 KiB (kMaxJoints, double)
+    const size_t shared = sizeof(T) * kBatchTile * d.P;  // at most 36 KiB (kMaxJoints = 64, double)
     vertex_kernel<F><<<grid, kVertexThreads, shared, stream>>>(fn);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

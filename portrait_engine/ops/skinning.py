@@ -290,7 +290,7 @@ _ROUTE_INDEX = {"direct": 0, "kernel": 1, "regressed": 2, "rows": 3}
 # tests check (not a fast path there). The inputs they take (lbs_direct.h's eligible(), which
 # refuses any other): one dtype, float or double; a (V, 3) template; as many betas rows as pose
 # rows, 1 to _DIRECT_MAX_BATCH (beyond, the GPU is busy enough for cuBLAS's products to pay);
-# 2 to 128 joints; the direct or rows route (the GPU's up to 256 shapes).
+# 2 to 64 joints (SMPL-X has 55); the direct or rows route (the GPU's up to 256 shapes).
 _DIRECT_NATIVE = _extension.has_op("lbs_direct_forward") and _extension.has_op(
     "lbs_direct_backward"
 )
@@ -307,7 +307,7 @@ def _direct_takes(betas, pose, v_template, J_regressor, route_index) -> bool:
         and route_index in (0, 3)
         and pose.shape[0] == betas.shape[0]
         and 1 <= betas.shape[0] <= _DIRECT_MAX_BATCH
-        and 2 <= J_regressor.shape[0] <= 128
+        and 2 <= J_regressor.shape[0] <= 64
         and betas.shape[1] >= 1
     )
 

@@ -170,3 +170,13 @@ def test_opcheck_direct_forward_and_backward(kind, route, pose2rot):
 def test_direct_forward_refuses_inputs_it_does_not_take(change, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.portrait_engine.lbs_direct_forward.default(*change(_direct_args()))
+
+
+@pytest.mark.parametrize("needs", [(2,), (5,), (0, 7), (1, 4), (0,), (2, 5)])
+def test_direct_kernels_single_gradients(direct_on_cpu, needs):
+    """One model tensor at a time: each gradient's map runs alone in its shared launch (the
+    template's without the shape directions', the regressor's without G)."""
+    inputs = _variant("plain")
+    got = _run("native", inputs, needs)
+    assert direct_on_cpu == [True]
+    _check(got, _expected("plain", inputs, needs))
