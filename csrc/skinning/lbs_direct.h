@@ -51,12 +51,13 @@ namespace portrait_engine {
 namespace skinning {
 namespace direct {
 
-constexpr int kBatchTile = 8;         // vertex forward: batch rows per thread
+constexpr int kBatchTile = 4;         // vertex forward: batch rows per thread
 constexpr int kRegressTile = 4;       // R: columns per block
 constexpr int kJointTile = 4;         // grad_A: joints per block (12 values each)
 constexpr int kFeatureTile = 8;       // grad_f: pose features per block
 constexpr int kFeatureBatchTile = 8;  // grad_f: batch rows per block
 constexpr int kPosedirsTile = 8;      // grad_P: pose features per thread
+constexpr int kWeightsTile = 4;       // grad_w: joints per thread
 constexpr int kBetasBatchTile = 1;    // grad_beta: batch rows per block
 constexpr int kBetasTile = 8;         // grad_beta: betas per block
 
@@ -307,25 +308,34 @@ struct PosedGradMap {
   }
 };
 
-// grad_w[v, j] = sum_b gV[b, v] . (A_bj (v_posed[b, v], 1)); i over (V, J).
+// grad_w[v, j] = sum_b gV[b, v] . (A_bj (v_posed[b, v], 1)) for j in a tile of kWeightsTile;
+// i over (V, J tiles).
 template <typename scalar_t>
 struct WeightsGradMap {
   const scalar_t *grad_vertices, *v_posed, *transforms;
   scalar_t* grad_weights;
   int64_t B, V, J;
   HOST_DEVICE PE_INLINE void operator()(int64_t i) const {
-    const int64_t v = i / J, j = i % J;
-    scalar_t sum = 0;
+    const int64_t jt = (J + kWeightsTile - 1) / kWeightsTile;
+    const int64_t v = i / jt, j0 = (i % jt) * kWeightsTile;
+    scalar_t sum[kWeightsTile];
+    for (int t = 0; t < kWeightsTile; ++t) sum[t] = 0;
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = (b * V + v) * 3;
-      const scalar_t* g = grad_vertices + row;
-      const scalar_t* p = v_posed + row;
-      const scalar_t* A = transforms + (b * J + j) * 16;
-      for (int r = 0; r < 3; ++r) {
-        sum += g[r] * (A[r * 4] * p[0] + A[r * 4 + 1] * p[1] + A[r * 4 + 2] * p[2] + A[r * 4 + 3]);
+      const scalar_t g[3] = {grad_vertices[row], grad_vertices[row + 1], grad_vertices[row + 2]};
+      const scalar_t p[3] = {v_posed[row], v_posed[row + 1], v_posed[row + 2]};
+      for (int t = 0; t < kWeightsTile; ++t) {
+        if (j0 + t >= J) break;
+        const scalar_t* A = transforms + (b * J + j0 + t) * 16;
+        for (int r = 0; r < 3; ++r) {
+          sum[t] +=
+              g[r] * (A[r * 4] * p[0] + A[r * 4 + 1] * p[1] + A[r * 4 + 2] * p[2] + A[r * 4 + 3]);
+        }
       }
     }
-    grad_weights[i] = sum;
+    for (int t = 0; t < kWeightsTile; ++t) {
+      if (j0 + t < J) grad_weights[v * J + j0 + t] = sum[t];
+    }
   }
 };
 
@@ -473,7 +483,7 @@ struct FkOps {
 // direct or rows route; J >= 2 joints, NB >= 1 betas; up to kMaxBatch rows (beyond, the GPU is
 // busy enough that cuBLAS's products are the better deal).
 constexpr int64_t kMaxBatch = 64;
-constexpr int64_t kMaxJoints = 64;  // the vertex pass's shared features: 8 x 9 (J - 1) values
+constexpr int64_t kMaxJoints = 64;  // the vertex pass's shared features: 4 x 9 (J - 1) values
 
 inline bool eligible(const Tensor& betas, const Tensor& pose, const Tensor& v_template,
                      const Tensor& shapedirs, const Tensor& J_regressor, int64_t route) {
@@ -555,7 +565,7 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
                                    : at::zeros({B, V, 3}, options);
   Tensor grad_posed = at::empty({B, V, 3}, options);
   Tensor grad_weights = need_weights ? at::empty({V, J}, options) : empty;
-  exec.map(B * V + (need_weights ? V * J : 0),
+  exec.map(B * V + (need_weights ? V * tiles(J, kWeightsTile) : 0),
            map_pair(PosedGradMap<scalar_t>{grad_vertices.data_ptr<scalar_t>(),
                                            weights.data_ptr<scalar_t>(),
                                            transforms.data_ptr<scalar_t>(),

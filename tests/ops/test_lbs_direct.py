@@ -180,3 +180,23 @@ def test_direct_kernels_single_gradients(direct_on_cpu, needs):
     got = _run("native", inputs, needs)
     assert direct_on_cpu == [True]
     _check(got, _expected("plain", inputs, needs))
+
+
+def test_direct_kernels_joints_not_a_multiple_of_the_tiles(direct_on_cpu):
+    """22 joints (SMPL's first 22): partial joint tiles in grad_w and grad_A, a partial
+    pose-feature tile (189 features) in grad_f and grad_P."""
+    betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, weights = _variant("plain")
+    joints = 22
+    inputs = [
+        betas,
+        pose[:, : joints * 3].contiguous(),
+        v_template,
+        shapedirs,
+        posedirs[: (joints - 1) * 9].contiguous(),
+        J_regressor[:joints].contiguous(),
+        parents[:joints].contiguous(),
+        (weights[:, :joints] / weights[:, :joints].sum(1, keepdim=True)).contiguous(),
+    ]
+    got = _run("native", inputs, NEEDS["all"])
+    assert direct_on_cpu == [True]
+    _check(got, _expected("plain", inputs, NEEDS["all"]))
