@@ -16,8 +16,9 @@
 // product on the register-tiled kernel where the chunk blend takes it), over a (B, N, 12)
 // workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
 // thread count).
-// blend_shapes (lbs's pose blend shapes): one BLAS call per product; below kStreamMinBlasBatch,
-// streamed AVX-512 kernels over column blocks for float (one pass over dirs each way).
+// blend_shapes (lbs's pose blend shapes): below kStreamMinBlasBatch, streamed AVX-512 kernels
+// over column blocks for float (one pass over dirs each way); from it, the forward and grad_dirs
+// on cpu_tile_gemm.h's register tiles (AVX2 / AVX-512, float) and grad_coeffs one BLAS call.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -772,6 +773,11 @@ bool blend_streamed(const at::Tensor& coeffs) {
 bool blend_streamed_parallel() { return at::get_num_threads() > 1; }
 #endif
 
+// The tiled forward and grad_coeffs (defined with grad_dirs's tiles below).
+bool blend_tiled(const at::Tensor& coeffs);
+at::Tensor blend_forward_tiled(const at::Tensor& base, const at::Tensor& coeffs,
+                               const at::Tensor& dirs);
+
 at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& coeffs,
                                     const at::Tensor& dirs) {
   check_blend(base, coeffs, dirs, kCpuSide);
@@ -792,7 +798,8 @@ at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& co
     return out;
   }
 #endif
-  // from kStreamMinBlasBatch on (or one thread, or no AVX-512): one BLAS call (see above)
+  // from kStreamMinBlasBatch on: the tiles (below); one thread or no AVX-512 below it: the BLAS
+  if (blend_tiled(coeffs)) return blend_forward_tiled(base, coeffs, dirs);
   return at::addmm(base, coeffs, dirs);
 }
 
@@ -890,6 +897,65 @@ at::Tensor grad_dirs_of(const at::Tensor& grad_out, const at::Tensor& coeffs) {
   const GradDirsArgs<float> a{coeffs.data_ptr<float>(), grad_out.data_ptr<float>(),
                               out.data_ptr<float>(), B, F, C};
   const auto fn = PE_ISA_PICK_WIDTH(grad_dirs_columns, float);
+  at::parallel_for(0, (C + kGradDirsColumns - 1) / kGradDirsColumns, 1,
+                   [&](int64_t begin, int64_t end) {
+                     fn(a, begin * kGradDirsColumns, std::min(C, end * kGradDirsColumns));
+                   });
+  return out;
+}
+
+// The forward product on the same tiles, where grad_dirs takes them (float, B > 1, an AVX2 or
+// AVX-512 CPU) and the streamed kernels do not (B >= kStreamMinBlasBatch): strips of
+// kGradDirsColumns columns, each strip of out starting as base's rows, then the row tiles of
+// coeffs sweeping the strip of dirs (in L2). Each value is base + its F terms in increasing f:
+// the same result for any thread count. Measured on the 2-core Zen 4 (2026-11-27, B = 32 at
+// SMPL's size, 2 threads, one process, alternated with MKL's addmm): the product alone 2.9-3.4
+// against 3.9-4.1 ms; native lbs fwd+bwd 13.5 / 14.6 against 15.1 / 16.9 ms (two rounds), in
+// the benchmark harness 13.2 / 13.1 against 16.5 / 15.9 ms (the eager reference moved as much
+// between those runs, so the ratios, 2.60-2.72x against 2.53-2.64x, did not show it). The same
+// tiles for grad_coeffs ((32, 20670) x (20670, 207), K = 20670: gradᵀ padded to 16 columns, a
+// task per range of dirs' rows) took as long as MKL (2.9 ms): not kept.
+template <typename scalar_t>
+struct BlendForwardArgs {
+  const scalar_t* base;    // (base_rows, C), base_rows 1 or B
+  const scalar_t* coeffs;  // (B, F)
+  const scalar_t* dirs;    // (F, C)
+  scalar_t* out;           // (B, C)
+  int64_t base_rows, B, F, C;
+};
+
+template <typename scalar_t, int kVecBytes>
+void blend_forward_columns(const BlendForwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  for (int64_t c0 = begin; c0 < end; c0 += kGradDirsColumns) {
+    const int64_t width = std::min(kGradDirsColumns, end - c0);
+    for (int64_t b = 0; b < a.B; ++b) {
+      const scalar_t* row = a.base + (a.base_rows == 1 ? 0 : b) * a.C + c0;
+      std::memcpy(a.out + b * a.C + c0, row, width * sizeof(scalar_t));
+    }
+    cpu_gemm::gemm<scalar_t, kVecBytes>(a.B, width, a.F, a.coeffs, a.F, 1, a.dirs + c0, a.C,
+                                        a.out + c0, a.C, cpu_gemm::Start::kAccumulate, nullptr);
+  }
+}
+
+#if PE_HAVE_ISA_CLONES
+PE_ISA_CLONES_WIDTH(blend_forward_columns, BlendForwardArgs)
+#endif
+
+// Whether the forward and grad_coeffs take the tiles: grad_dirs's condition, from
+// kStreamMinBlasBatch rows on (below, the streamed kernels or the BLAS as before).
+bool blend_tiled(const at::Tensor& coeffs) {
+  return grad_dirs_tiled(coeffs) && coeffs.size(0) >= kStreamMinBlasBatch;
+}
+
+at::Tensor blend_forward_tiled(const at::Tensor& base, const at::Tensor& coeffs,
+                               const at::Tensor& dirs) {
+  const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
+  at::Tensor out = new_output({B, C}, coeffs.options());
+  const at::Tensor base_c = base.contiguous();
+  const BlendForwardArgs<float> a{base_c.data_ptr<float>(), coeffs.data_ptr<float>(),
+                                  dirs.data_ptr<float>(), out.data_ptr<float>(), base_c.size(0),
+                                  B, F, C};
+  const auto fn = PE_ISA_PICK_WIDTH(blend_forward_columns, float);
   at::parallel_for(0, (C + kGradDirsColumns - 1) / kGradDirsColumns, 1,
                    [&](int64_t begin, int64_t end) {
                      fn(a, begin * kGradDirsColumns, std::min(C, end * kGradDirsColumns));

@@ -32,11 +32,11 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # below 8 rows the streamed AVX-512 kernels (one instance per batch: 1, 3 and 7 run here); from
-# 8 rows one BLAS call per product (9, 17, 40; until 2026-11-27 these ran register-tiled column
-# slices, whose cases these batches were chosen for), except the backward's grad_dirs from 2 rows
-# on an AVX2 / AVX-512 CPU: cpu_tile_gemm.h's tiles over 512-column strips (1100 columns: two
-# whole strips and a partial one; 23 and 37 features: row tiles of 8 (AVX-512) or 6 (AVX2) and
-# the smaller remainder tiles)
+# 8 rows one BLAS call for grad_coeffs (9, 17, 40), while the backward's grad_dirs from 2 rows
+# and the forward from 8 rows take cpu_tile_gemm.h's tiles over 512-column strips on an AVX2 /
+# AVX-512 CPU (1100 columns: two whole strips and a partial one; 23 and 37 features: row tiles
+# of 8 (AVX-512) or 6 (AVX2) and the smaller remainder tiles; 9, 17 and 40 rows: the forward's
+# row tiles likewise, from one base row or one per batch row); baseline: the BLAS
 @pytest.mark.parametrize(
     ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
