@@ -150,65 +150,37 @@ struct TransformGradTerm {
   }
 };
 
-// grad_f[b0 .. b0 + 8, k0 .. k0 + 4) over the 3V coordinates; group g = b tile * tiles + k tile.
-// Written as the rotations' gradient of joints 1..J-1, (B, J - 1, 3, 3) = (B, P).
-template <typename scalar_t>
-struct FeatureGradTerm {
+// out[b, k] = sum_{d < D} dirs(k, d) grad[b, d], dirs(k, d) = dirs[k * k_stride + d * d_stride],
+// for a tile of BT batch rows by KT columns k; group g = b tile * tiles + k tile. Two uses:
+//   grad_f = P gvp: dirs = posedirs (P, 3V) (k_stride 3V, d_stride 1), out = the rotations'
+//     gradient of joints 1..J-1, (B, J - 1, 3, 3) = (B, P);
+//   grad_beta = S^T G: dirs = shapedirs as (3V, NB) (k_stride 1, d_stride NB), G v_shaped's
+//     gradient (B, 3V).
+template <typename scalar_t, int BT, int KT>
+struct DirsGradTerm {
   using value_type = scalar_t;
-  static constexpr int K = kFeatureTile * kFeatureBatchTile;
-  const scalar_t *posedirs, *grad_posed;
+  static constexpr int K = BT * KT;
+  const scalar_t *dirs, *grad;
   scalar_t* out;
-  int64_t B, D, P, tiles;
+  int64_t B, D, columns, k_stride, d_stride, tiles;
   HOST_DEVICE int64_t length() const { return D; }
   HOST_DEVICE PE_INLINE void add(int64_t g, int64_t d, scalar_t acc[K]) const {
-    const int64_t b0 = (g / tiles) * kFeatureBatchTile, k0 = (g % tiles) * kFeatureTile;
-    scalar_t p[kFeatureTile];
-    for (int t = 0; t < kFeatureTile; ++t) {
-      p[t] = k0 + t < P ? posedirs[(k0 + t) * D + d] : scalar_t(0);
+    const int64_t b0 = (g / tiles) * BT, k0 = (g % tiles) * KT;
+    scalar_t p[KT];
+    for (int t = 0; t < KT; ++t) {
+      p[t] = k0 + t < columns ? dirs[(k0 + t) * k_stride + d * d_stride] : scalar_t(0);
     }
-    for (int s = 0; s < kFeatureBatchTile; ++s) {
+    for (int s = 0; s < BT; ++s) {
       if (b0 + s >= B) break;
-      const scalar_t gv = grad_posed[(b0 + s) * D + d];
-      for (int t = 0; t < kFeatureTile; ++t) acc[s * kFeatureTile + t] += p[t] * gv;
+      const scalar_t gv = grad[(b0 + s) * D + d];
+      for (int t = 0; t < KT; ++t) acc[s * KT + t] += p[t] * gv;
     }
   }
   HOST_DEVICE PE_INLINE void store(int64_t g, const scalar_t acc[K]) const {
-    const int64_t b0 = (g / tiles) * kFeatureBatchTile, k0 = (g % tiles) * kFeatureTile;
-    for (int s = 0; s < kFeatureBatchTile; ++s) {
-      for (int t = 0; t < kFeatureTile; ++t) {
-        if (b0 + s < B && k0 + t < P) out[(b0 + s) * P + k0 + t] = acc[s * kFeatureTile + t];
-      }
-    }
-  }
-};
-
-// grad_beta[b0 .. b0 + 4, k0 .. k0 + 8) over the 3V coordinates; group g = b tile * tiles + k
-// tile. G: v_shaped's gradient (B, 3V).
-template <typename scalar_t>
-struct BetasGradTerm {
-  using value_type = scalar_t;
-  static constexpr int K = kBetasBatchTile * kBetasTile;
-  const scalar_t *shapedirs, *grad_shaped;
-  scalar_t* out;
-  int64_t B, D, NB, tiles;
-  HOST_DEVICE int64_t length() const { return D; }
-  HOST_DEVICE PE_INLINE void add(int64_t g, int64_t d, scalar_t acc[K]) const {
-    const int64_t b0 = (g / tiles) * kBetasBatchTile, k0 = (g % tiles) * kBetasTile;
-    scalar_t s[kBetasTile];
-    for (int t = 0; t < kBetasTile; ++t) {
-      s[t] = k0 + t < NB ? shapedirs[d * NB + k0 + t] : scalar_t(0);
-    }
-    for (int u = 0; u < kBetasBatchTile; ++u) {
-      if (b0 + u >= B) break;
-      const scalar_t gv = grad_shaped[(b0 + u) * D + d];
-      for (int t = 0; t < kBetasTile; ++t) acc[u * kBetasTile + t] += s[t] * gv;
-    }
-  }
-  HOST_DEVICE PE_INLINE void store(int64_t g, const scalar_t acc[K]) const {
-    const int64_t b0 = (g / tiles) * kBetasBatchTile, k0 = (g % tiles) * kBetasTile;
-    for (int u = 0; u < kBetasBatchTile; ++u) {
-      for (int t = 0; t < kBetasTile; ++t) {
-        if (b0 + u < B && k0 + t < NB) out[(b0 + u) * NB + k0 + t] = acc[u * kBetasTile + t];
+    const int64_t b0 = (g / tiles) * BT, k0 = (g % tiles) * KT;
+    for (int s = 0; s < BT; ++s) {
+      for (int t = 0; t < KT; ++t) {
+        if (b0 + s < B && k0 + t < columns) out[(b0 + s) * columns + k0 + t] = acc[s * KT + t];
       }
     }
   }
@@ -588,10 +560,9 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
                                             tiles(J, kJointTile)});
     Tensor grad_rot = at::empty({B, J - 1, 3, 3}, options);
     exec.reduce(tiles(B, kFeatureBatchTile) * tiles(d.P, kFeatureTile),
-                FeatureGradTerm<scalar_t>{posedirs.data_ptr<scalar_t>(),
-                                          grad_posed.data_ptr<scalar_t>(),
-                                          grad_rot.data_ptr<scalar_t>(), B, D, d.P,
-                                          tiles(d.P, kFeatureTile)});
+                DirsGradTerm<scalar_t, kFeatureBatchTile, kFeatureTile>{
+                    posedirs.data_ptr<scalar_t>(), grad_posed.data_ptr<scalar_t>(),
+                    grad_rot.data_ptr<scalar_t>(), B, D, d.P, D, 1, tiles(d.P, kFeatureTile)});
     const Tensor grad_posed_joints = grad_joints_in.has_value() && grad_joints_in->defined()
                                          ? grad_joints_in->contiguous()
                                          : empty;
@@ -640,21 +611,21 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
   if (need_betas) {
     grad_betas = at::empty({B, NB}, options);
     exec.reduce(tiles(B, kBetasBatchTile) * tiles(NB, kBetasTile),
-                BetasGradTerm<scalar_t>{shapedirs.data_ptr<scalar_t>(),
-                                        grad_shaped.data_ptr<scalar_t>(),
-                                        grad_betas.data_ptr<scalar_t>(), B, D, NB,
-                                        tiles(NB, kBetasTile)});
+                DirsGradTerm<scalar_t, kBetasBatchTile, kBetasTile>{
+                    shapedirs.data_ptr<scalar_t>(), grad_shaped.data_ptr<scalar_t>(),
+                    grad_betas.data_ptr<scalar_t>(), B, D, NB, 1, NB, tiles(NB, kBetasTile)});
   }
   (void)v_template;
   return {grad_betas, grad_pose, grad_template, grad_shapedirs, grad_posedirs, grad_regressor,
           grad_weights};
 }
 
-// The ops' entries (lbs_direct_forward / lbs_direct_backward, the fused ops' schemas): the
-// inputs must be eligible(); the dtype picks the kernels.
+// The ops' kernels (lbs_direct_forward / lbs_direct_backward, the fused ops' schemas), one per
+// executor: the inputs must be eligible(); the dtype picks the kernels. Exec(betas) binds the
+// device (CUDA: its guard and current stream).
 template <typename Exec>
 std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_op(
-    Exec& exec, const Tensor& betas, const Tensor& pose, const Tensor& v_template,
+    const Tensor& betas, const Tensor& pose, const Tensor& v_template,
     const Tensor& shapedirs, const Tensor& posedirs, const Tensor& J_regressor,
     const Tensor& lbs_weights, const Tensor& parents, bool pose2rot, int64_t route) {
   TORCH_CHECK(eligible(betas, pose, v_template, shapedirs, J_regressor, route),
@@ -663,6 +634,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_op(
               kMaxJoints, " joints, at least one beta, route 0 or 3; got betas ", betas.sizes(),
               " ", betas.scalar_type(), ", pose ", pose.sizes(), ", v_template ",
               v_template.sizes(), ", J_regressor ", J_regressor.sizes(), ", route ", route);
+  Exec exec(betas);
   return AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "lbs_direct_forward", [&] {
     return forward<scalar_t>(exec, betas, pose, v_template, shapedirs, posedirs, J_regressor,
                              lbs_weights, parents, pose2rot, route);
@@ -670,7 +642,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_op(
 }
 
 template <typename Exec>
-std::vector<Tensor> backward_op(Exec& exec, const std::optional<Tensor>& grad_vertices,
+std::vector<Tensor> backward_op(const std::optional<Tensor>& grad_vertices,
                                 const std::optional<Tensor>& grad_joints, const Tensor& betas,
                                 const Tensor& pose, const Tensor& v_template,
                                 const Tensor& shapedirs, const Tensor& posedirs,
@@ -683,6 +655,7 @@ std::vector<Tensor> backward_op(Exec& exec, const std::optional<Tensor>& grad_ve
               ", pose ", pose.sizes(), ", route ", route);
   TORCH_CHECK(saved.size() == 5, "lbs_direct_backward: saved must be lbs_direct_forward's list "
               "of 5 tensors, got ", saved.size());
+  Exec exec(betas);
   return AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "lbs_direct_backward", [&] {
     return backward<scalar_t>(exec, grad_vertices, grad_joints, betas, pose, v_template,
                               shapedirs, posedirs, J_regressor, lbs_weights, parents, saved,

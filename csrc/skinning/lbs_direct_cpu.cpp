@@ -15,6 +15,8 @@ namespace direct {
 namespace {
 
 struct CpuExec {
+  explicit CpuExec(const Tensor& /*like*/) {}
+
   template <class Term>
   void reduce(int64_t groups, const Term& term) {
     using T = typename Term::value_type;
@@ -48,27 +50,6 @@ struct CpuExec {
   }
 };
 
-std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_cpu(
-    const Tensor& betas, const Tensor& pose, const Tensor& v_template, const Tensor& shapedirs,
-    const Tensor& posedirs, const Tensor& J_regressor, const Tensor& lbs_weights,
-    const Tensor& parents, bool pose2rot, int64_t route) {
-  CpuExec exec;
-  return forward_op(exec, betas, pose, v_template, shapedirs, posedirs, J_regressor,
-                    lbs_weights, parents, pose2rot, route);
-}
-
-std::vector<Tensor> backward_cpu(const std::optional<Tensor>& grad_vertices,
-                                 const std::optional<Tensor>& grad_joints, const Tensor& betas,
-                                 const Tensor& pose, const Tensor& v_template,
-                                 const Tensor& shapedirs, const Tensor& posedirs,
-                                 const Tensor& J_regressor, const Tensor& lbs_weights,
-                                 const Tensor& parents, at::TensorList saved, bool pose2rot,
-                                 int64_t route, std::array<bool, 7> needs) {
-  CpuExec exec;
-  return backward_op(exec, grad_vertices, grad_joints, betas, pose, v_template, shapedirs,
-                     posedirs, J_regressor, lbs_weights, parents, saved, pose2rot, route, needs);
-}
-
 }  // namespace
 }  // namespace direct
 }  // namespace skinning
@@ -87,6 +68,7 @@ TORCH_LIBRARY_FRAGMENT(portrait_engine, m) {
 }
 
 TORCH_LIBRARY_IMPL(portrait_engine, CPU, m) {
-  m.impl("lbs_direct_forward", &portrait_engine::skinning::direct::forward_cpu);
-  m.impl("lbs_direct_backward", &portrait_engine::skinning::direct::backward_cpu);
+  using portrait_engine::skinning::direct::CpuExec;
+  m.impl("lbs_direct_forward", &portrait_engine::skinning::direct::forward_op<CpuExec>);
+  m.impl("lbs_direct_backward", &portrait_engine::skinning::direct::backward_op<CpuExec>);
 }

@@ -85,7 +85,10 @@ __global__ void __launch_bounds__(kVertexThreads) vertex_kernel(F fn) {
 }
 
 struct CudaExec {
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  c10::cuda::CUDAGuard guard;  // first: the stream below is the guarded device's
+  cudaStream_t stream;
+  explicit CudaExec(const Tensor& like)
+      : guard(like.device()), stream(c10::cuda::getCurrentCUDAStream()) {}
 
   template <class Term>
   void reduce(int64_t groups, const Term& term) {
@@ -113,35 +116,13 @@ struct CudaExec {
   }
 };
 
-std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_cuda(
-    const Tensor& betas, const Tensor& pose, const Tensor& v_template, const Tensor& shapedirs,
-    const Tensor& posedirs, const Tensor& J_regressor, const Tensor& lbs_weights,
-    const Tensor& parents, bool pose2rot, int64_t route) {
-  const c10::cuda::CUDAGuard guard(betas.device());
-  CudaExec exec;
-  return forward_op(exec, betas, pose, v_template, shapedirs, posedirs, J_regressor,
-                    lbs_weights, parents, pose2rot, route);
-}
-
-std::vector<Tensor> backward_cuda(const std::optional<Tensor>& grad_vertices,
-                                  const std::optional<Tensor>& grad_joints, const Tensor& betas,
-                                  const Tensor& pose, const Tensor& v_template,
-                                  const Tensor& shapedirs, const Tensor& posedirs,
-                                  const Tensor& J_regressor, const Tensor& lbs_weights,
-                                  const Tensor& parents, at::TensorList saved, bool pose2rot,
-                                  int64_t route, std::array<bool, 7> needs) {
-  const c10::cuda::CUDAGuard guard(betas.device());
-  CudaExec exec;
-  return backward_op(exec, grad_vertices, grad_joints, betas, pose, v_template, shapedirs,
-                     posedirs, J_regressor, lbs_weights, parents, saved, pose2rot, route, needs);
-}
-
 }  // namespace
 }  // namespace direct
 }  // namespace skinning
 }  // namespace portrait_engine
 
 TORCH_LIBRARY_IMPL(portrait_engine, CUDA, m) {
-  m.impl("lbs_direct_forward", &portrait_engine::skinning::direct::forward_cuda);
-  m.impl("lbs_direct_backward", &portrait_engine::skinning::direct::backward_cuda);
+  using portrait_engine::skinning::direct::CudaExec;
+  m.impl("lbs_direct_forward", &portrait_engine::skinning::direct::forward_op<CudaExec>);
+  m.impl("lbs_direct_backward", &portrait_engine::skinning::direct::backward_op<CudaExec>);
 }

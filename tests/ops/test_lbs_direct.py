@@ -14,6 +14,7 @@ from portrait_engine import _extension
 from portrait_engine.ops import skinning as skinning_module
 from tests.helpers import assert_close
 from tests.ops.test_lbs import rotations_of
+from tests.ops.test_lbs_fused import _fused_args
 from tests.ops.test_lbs_routes import NAMES, NEEDS, _expected, _run, _variant
 
 pytestmark = pytest.mark.skipif(
@@ -102,21 +103,8 @@ def test_ineligible_inputs_take_the_fused_ops(direct_on_cpu):
 
 
 def _direct_args(kind="plain", route=0, pose2rot=True):
-    betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, weights = _variant(kind)
-    if not pose2rot:
-        pose = rotations_of(pose)
-    return (
-        betas,
-        pose,
-        v_template,
-        shapedirs,
-        posedirs,
-        J_regressor,
-        weights,
-        parents,
-        pose2rot,
-        route,
-    )
+    """The fused ops' arguments (the direct kernels share their schema) on route 0 or 3."""
+    return _fused_args(kind, pose2rot, {0: "direct", 3: "rows"}[route])
 
 
 @pytest.mark.parametrize("kind, route", [("plain", 0), ("single", 0), ("single", 3)])
