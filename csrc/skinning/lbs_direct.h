@@ -45,6 +45,7 @@
 #include <tuple>
 #include <vector>
 
+#include "host.h"
 #include "skinning/skinning.h"
 
 namespace portrait_engine {
@@ -99,10 +100,9 @@ struct RegressTerm {
   HOST_DEVICE PE_INLINE void add(int64_t g, int64_t v, scalar_t acc[K]) const {
     const int64_t j = g / tiles, m0 = (g % tiles) * K;
     const scalar_t r = regressor[j * V + v];
-    const scalar_t* dirs = shapedirs + v * (M - 3) - 3;
     for (int t = 0; t < K; ++t) {
       const int64_t m = m0 + t;
-      if (m < M) acc[t] += r * (m < 3 ? v_template[v * 3 + m] : dirs[m]);
+      if (m < M) acc[t] += r * (m < 3 ? v_template[v * 3 + m] : shapedirs[v * (M - 3) + m - 3]);
     }
   }
   HOST_DEVICE PE_INLINE void store(int64_t g, const scalar_t acc[K]) const {
@@ -113,7 +113,8 @@ struct RegressTerm {
   }
 };
 
-// grad_A[b, j0 .. j0 + 4) (12 values each) over the vertices; group g = b * tiles + j tile.
+// grad_A[b, j0 .. j0 + kJointTile) (12 values each) over the vertices; group g = b * tiles +
+// j tile.
 // Writes the (B, J, 4, 4) gradient of the transforms, the unused bottom rows as zeros.
 template <typename scalar_t>
 struct TransformGradTerm {
@@ -456,6 +457,8 @@ struct FkOps {
 // busy enough that cuBLAS's products are the better deal).
 constexpr int64_t kMaxBatch = 64;
 constexpr int64_t kMaxJoints = 64;  // the vertex pass's shared features: 4 x 9 (J - 1) values
+static_assert(sizeof(double) * kBatchTile * 9 * (kMaxJoints - 1) <= 48 * 1024,
+              "the vertex pass's features must fit the default 48 KiB of shared memory");
 
 inline bool eligible(const Tensor& betas, const Tensor& pose, const Tensor& v_template,
                      const Tensor& shapedirs, const Tensor& J_regressor, int64_t route) {
@@ -465,6 +468,43 @@ inline bool eligible(const Tensor& betas, const Tensor& pose, const Tensor& v_te
          (route == 0 || route == 3) && pose.size(0) == B && B >= 1 && B <= kMaxBatch && J >= 2 &&
          J <= kMaxJoints && betas.size(1) >= 1 && shapedirs.dim() == 3 &&
          J_regressor.size(1) >= 1;
+}
+
+// The shapes, devices and dtypes eligible() does not look at, checked on every call (lbs()
+// validates them first; the ops are public, and a wrong size would read past a tensor).
+inline void check_inputs(const char* op, const Tensor& betas, const Tensor& pose,
+                         const Tensor& v_template, const Tensor& shapedirs,
+                         const Tensor& posedirs, const Tensor& J_regressor,
+                         const Tensor& lbs_weights, const Tensor& parents, bool pose2rot,
+                         int64_t route) {
+  const int64_t B = betas.size(0), NB = betas.size(1), J = J_regressor.size(0),
+                V = J_regressor.size(1);
+  const auto expect = [&](const Tensor& t, at::IntArrayRef sizes, const char* name) {
+    TORCH_CHECK(t.sizes() == sizes, op, ": ", name, " must be ", sizes, " (betas ",
+                betas.sizes(), ", J_regressor ", J_regressor.sizes(), "), got ", t.sizes());
+    TORCH_CHECK(t.device() == betas.device(), op, ": ", name, " is on ", t.device(),
+                ", betas on ", betas.device());
+    TORCH_CHECK(t.scalar_type() == betas.scalar_type(), op, ": ", name, " is ",
+                t.scalar_type(), ", betas ", betas.scalar_type());
+  };
+  TORCH_CHECK(betas.dim() == 2 && J_regressor.dim() == 2, op,
+              ": betas and J_regressor must be 2-D, got ", betas.sizes(), " and ",
+              J_regressor.sizes());
+  expect(v_template, {V, 3}, "v_template");
+  expect(shapedirs, {V, 3, NB}, "shapedirs");
+  expect(posedirs, {9 * (J - 1), 3 * V}, "posedirs");
+  expect(J_regressor, {J, V}, "J_regressor");
+  expect(lbs_weights, {V, J}, "lbs_weights");
+  TORCH_CHECK(pose.size(0) == B && pose.numel() == B * J * (pose2rot ? 3 : 9), op,
+              ": pose must hold ", B, " rows of ", J, pose2rot ? " axis-angles" : " rotations",
+              ", got ", pose.sizes());
+  TORCH_CHECK(pose.device() == betas.device() && pose.scalar_type() == betas.scalar_type(), op,
+              ": pose must be ", betas.scalar_type(), " on ", betas.device(), ", got ",
+              pose.scalar_type(), " on ", pose.device());
+  TORCH_CHECK(parents.numel() == J && parents.device() == betas.device(), op,
+              ": parents must hold ", J, " entries on ", betas.device(), ", got ",
+              parents.sizes(), " on ", parents.device());
+  TORCH_CHECK(route != 3 || B == 1, op, ": the rows route (3) takes one row, got ", B);
 }
 
 template <typename scalar_t, typename Exec>
@@ -480,13 +520,13 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(
   const Dims d{B, V, J, NB, 9 * (J - 1)};
   const auto options = betas.options();
   const int64_t M = 3 + 3 * NB;
-  Tensor regressed = at::empty({J, M}, options);
+  Tensor regressed = new_output({J, M}, options);
   exec.reduce(J * tiles(M, kRegressTile),
               RegressTerm<scalar_t>{regressor.data_ptr<scalar_t>(),
                                     v_template.data_ptr<scalar_t>(),
                                     shapedirs.data_ptr<scalar_t>(),
                                     regressed.data_ptr<scalar_t>(), V, M, tiles(M, kRegressTile)});
-  Tensor joints = at::empty({B, J, 3}, options);
+  Tensor joints = new_output({B, J, 3}, options);
   exec.map(B * J * 3, JointsMap<scalar_t>{regressed.data_ptr<scalar_t>(),
                                           betas.data_ptr<scalar_t>(),
                                           joints.data_ptr<scalar_t>(), J, NB});
@@ -495,10 +535,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(
   const Tensor tree = parents.to(at::kLong);
   auto [rot, posed_joints, transforms] =
       FkOps::get().forward.call(kernel_pose, joints, tree, pose2rot);
-  Tensor v_shaped = route == 3 ? at::empty({1, V * 3}, options) : at::empty({B, 3, V}, options);
-  Tensor v_posed = at::empty({B, V, 3}, options);
-  Tensor vertices = at::empty({B, V, 3}, options);
-  Tensor features = at::empty({B, d.P}, options);
+  Tensor v_shaped = route == 3 ? new_output({1, V * 3}, options) : new_output({B, 3, V}, options);
+  Tensor v_posed = new_output({B, V, 3}, options);
+  Tensor vertices = new_output({B, V, 3}, options);
+  Tensor features = new_output({B, d.P}, options);
   exec.vertices(d, VertexForward<scalar_t>{
                        betas.data_ptr<scalar_t>(), v_template.data_ptr<scalar_t>(),
                        shapedirs.data_ptr<scalar_t>(), posedirs.data_ptr<scalar_t>(),
@@ -531,12 +571,13 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
              need_dirs = needs[3], need_posedirs = needs[4], need_regressor = needs[5],
              need_weights = needs[6];
   const bool need_shape = need_betas || need_template || need_dirs || need_regressor;
-  const Tensor empty = at::empty({0}, options);
+  // a gradient not needed is an empty tensor of its own (the op's outputs may not alias)
+  const auto empty_of = [&] { return at::empty({0}, options); };
   const Tensor grad_vertices = grad_vertices_in.has_value() && grad_vertices_in->defined()
                                    ? grad_vertices_in->contiguous()
                                    : at::zeros({B, V, 3}, options);
-  Tensor grad_posed = at::empty({B, V, 3}, options);
-  Tensor grad_weights = need_weights ? at::empty({V, J}, options) : empty;
+  Tensor grad_posed = new_output({B, V, 3}, options);
+  Tensor grad_weights = need_weights ? new_output({V, J}, options) : empty_of();
   exec.map(B * V + (need_weights ? V * tiles(J, kWeightsTile) : 0),
            map_pair(PosedGradMap<scalar_t>{grad_vertices.data_ptr<scalar_t>(),
                                            weights.data_ptr<scalar_t>(),
@@ -549,23 +590,23 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
                                              need_weights ? grad_weights.data_ptr<scalar_t>()
                                                           : nullptr,
                                              B, V, J}));
-  Tensor grad_pose = empty, grad_joints;
+  Tensor grad_pose = empty_of(), grad_joints;
   if (need_pose || need_shape) {
-    Tensor grad_transforms = at::empty({B, J, 4, 4}, options);
+    Tensor grad_transforms = new_output({B, J, 4, 4}, options);
     exec.reduce(B * tiles(J, kJointTile),
                 TransformGradTerm<scalar_t>{grad_vertices.data_ptr<scalar_t>(),
                                             v_posed.data_ptr<scalar_t>(),
                                             weights.data_ptr<scalar_t>(),
                                             grad_transforms.data_ptr<scalar_t>(), V, J,
                                             tiles(J, kJointTile)});
-    Tensor grad_rot = at::empty({B, J - 1, 3, 3}, options);
+    Tensor grad_rot = new_output({B, J - 1, 3, 3}, options);
     exec.reduce(tiles(B, kFeatureBatchTile) * tiles(d.P, kFeatureTile),
                 DirsGradTerm<scalar_t, kFeatureBatchTile, kFeatureTile>{
                     posedirs.data_ptr<scalar_t>(), grad_posed.data_ptr<scalar_t>(),
                     grad_rot.data_ptr<scalar_t>(), B, D, d.P, D, 1, tiles(d.P, kFeatureTile)});
     const Tensor grad_posed_joints = grad_joints_in.has_value() && grad_joints_in->defined()
                                          ? grad_joints_in->contiguous()
-                                         : empty;
+                                         : empty_of();
     const Tensor kernel_pose = pose2rot ? pose.reshape({B, J, 3}).contiguous()
                                         : pose.reshape({B, J, 3, 3}).contiguous();
     auto [grad_kernel_pose, grad_kernel_joints] = FkOps::get().backward.call(
@@ -576,8 +617,8 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
   }
   // v_shaped's gradient G where the blend shapes' gradients need it, beside grad_P
   const bool need_G = need_betas || need_template || need_dirs;
-  Tensor grad_posedirs = need_posedirs ? at::empty({d.P, D}, options) : empty;
-  Tensor grad_shaped = need_G ? at::empty({B, V, 3}, options) : empty;
+  Tensor grad_posedirs = need_posedirs ? new_output({d.P, D}, options) : empty_of();
+  Tensor grad_shaped = need_G ? new_output({B, V, 3}, options) : empty_of();
   const int64_t posedirs_count = need_posedirs ? tiles(d.P, kPosedirsTile) * D : 0;
   exec.map(posedirs_count + (need_G ? B * D : 0),
            map_pair(PosedirsGradMap<scalar_t>{features.data_ptr<scalar_t>(),
@@ -591,10 +632,10 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
                                             regressor.data_ptr<scalar_t>(),
                                             need_G ? grad_shaped.data_ptr<scalar_t>() : nullptr,
                                             V, J}));
-  Tensor grad_betas = empty;
-  Tensor grad_template = need_template ? at::empty({V, 3}, options) : empty;
-  Tensor grad_shapedirs = need_dirs ? at::empty({V, 3, NB}, options) : empty;
-  Tensor grad_regressor = need_regressor ? at::empty({J, V}, options) : empty;
+  Tensor grad_betas = empty_of();
+  Tensor grad_template = need_template ? new_output({V, 3}, options) : empty_of();
+  Tensor grad_shapedirs = need_dirs ? new_output({V, 3, NB}, options) : empty_of();
+  Tensor grad_regressor = need_regressor ? new_output({J, V}, options) : empty_of();
   const int64_t nk = need_dirs ? NB : 0;
   const int64_t blend_count = need_template || need_dirs ? D * (nk + 1) : 0;
   const auto ptr = [](bool need, Tensor& t) { return need ? t.data_ptr<scalar_t>() : nullptr; };
@@ -609,7 +650,7 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
                         v_shaped.data_ptr<scalar_t>(), ptr(need_regressor, grad_regressor),
                         shaped_layout(route, V), B, V, J}));
   if (need_betas) {
-    grad_betas = at::empty({B, NB}, options);
+    grad_betas = new_output({B, NB}, options);
     exec.reduce(tiles(B, kBetasBatchTile) * tiles(NB, kBetasTile),
                 DirsGradTerm<scalar_t, kBetasBatchTile, kBetasTile>{
                     shapedirs.data_ptr<scalar_t>(), grad_shaped.data_ptr<scalar_t>(),
@@ -634,6 +675,8 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_op(
               kMaxJoints, " joints, at least one beta, route 0 or 3; got betas ", betas.sizes(),
               " ", betas.scalar_type(), ", pose ", pose.sizes(), ", v_template ",
               v_template.sizes(), ", J_regressor ", J_regressor.sizes(), ", route ", route);
+  check_inputs("lbs_direct_forward", betas, pose, v_template, shapedirs, posedirs, J_regressor,
+               lbs_weights, parents, pose2rot, route);
   Exec exec(betas);
   return AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "lbs_direct_forward", [&] {
     return forward<scalar_t>(exec, betas, pose, v_template, shapedirs, posedirs, J_regressor,
@@ -655,6 +698,8 @@ std::vector<Tensor> backward_op(const std::optional<Tensor>& grad_vertices,
               ", pose ", pose.sizes(), ", route ", route);
   TORCH_CHECK(saved.size() == 5, "lbs_direct_backward: saved must be lbs_direct_forward's list "
               "of 5 tensors, got ", saved.size());
+  check_inputs("lbs_direct_backward", betas, pose, v_template, shapedirs, posedirs,
+               J_regressor, lbs_weights, parents, pose2rot, route);
   Exec exec(betas);
   return AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "lbs_direct_backward", [&] {
     return backward<scalar_t>(exec, grad_vertices, grad_joints, betas, pose, v_template,

@@ -110,7 +110,8 @@ struct CudaExec {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(fn.betas)>>;
     const dim3 grid(static_cast<unsigned>((d.V + kVertexThreads - 1) / kVertexThreads),
                     static_cast<unsigned>((d.B + kBatchTile - 1) / kBatchTile));
-    const size_t shared = sizeof(T) * kBatchTile * d.P;  // at most 36 KiB (kMaxJoints = 64, double)
+    // at most 18 KiB (kMaxJoints = 64, double: the static_assert in lbs_direct.h)
+    const size_t shared = sizeof(T) * kBatchTile * d.P;
     vertex_kernel<F><<<grid, kVertexThreads, shared, stream>>>(fn);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -160,6 +160,69 @@ def test_direct_forward_refuses_inputs_it_does_not_take(change, message):
         torch.ops.portrait_engine.lbs_direct_forward.default(*change(_direct_args()))
 
 
+def _replace(args, index, value):
+    return (*args[:index], value, *args[index + 1 :])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: _replace(a, 3, a[3][..., :-1].contiguous()), "shapedirs must be"),
+        (lambda a: _replace(a, 4, a[4][:9].contiguous()), "posedirs must be"),
+        (lambda a: _replace(a, 6, a[6][:, :5].contiguous()), "lbs_weights must be"),
+        (lambda a: _replace(a, 2, a[2][:-1].contiguous()), "v_template must be"),
+        (lambda a: _replace(a, 1, a[1][:, :-3].contiguous()), "pose must hold"),
+        (lambda a: _replace(a, 7, a[7][:-1].contiguous()), "parents must hold"),
+        (lambda a: _replace(a, 9, 3), "the rows route"),
+    ],
+)
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_direct_ops_refuse_sizes_that_do_not_fit(change, message, direction):
+    """Sizes lbs() would refuse before the op (a wrong one would read past a tensor)."""
+    ops = torch.ops.portrait_engine
+    args = change(_direct_args())
+    if direction == "forward":
+        with pytest.raises(RuntimeError, match=message):
+            ops.lbs_direct_forward.default(*args)
+        return
+    vertices, joints, saved = ops.lbs_direct_forward.default(*_direct_args())
+    with pytest.raises(RuntimeError, match=message):
+        ops.lbs_direct_backward.default(
+            vertices, joints, *args[:8], saved, args[8], args[9], [True] * 7
+        )
+
+
+@pytest.mark.parametrize("needs", [[False, True, False, False, False, False, True], [True] * 7])
+def test_opcheck_direct_backward_with_unneeded_gradients(needs):
+    """Each gradient not needed is an empty tensor of its own: the outputs may not alias."""
+    args = _direct_args()
+    vertices, joints, saved = torch.ops.portrait_engine.lbs_direct_forward.default(*args)
+    backward_args = (vertices, joints, *args[:8], saved, args[8], args[9], needs)
+    torch.library.opcheck(torch.ops.portrait_engine.lbs_direct_backward.default, backward_args)
+    grads = torch.ops.portrait_engine.lbs_direct_backward.default(*backward_args)
+    for need, grad in zip(needs, grads, strict=True):
+        assert (grad.numel() > 0) == need
+
+
+def test_python_and_cpp_limits_agree(direct_on_cpu):
+    """lbs's choice (_direct_takes) and the C++ entry's eligible() meet at the same batch (64)
+    and joint (64) limits: one past them lbs takes the fused ops, and the op refuses."""
+    args = list(_direct_args())
+    betas, pose = args[0], args[1]
+    for rows, takes in ((skinning_module._DIRECT_MAX_BATCH, True), (65, False)):
+        many = (betas[:1].expand(rows, -1), pose[:1].expand(rows, -1))
+        assert skinning_module._direct_takes(*many, args[2], args[5], 0) == takes
+        if not takes:
+            with pytest.raises(RuntimeError, match="1 to 64"):
+                torch.ops.portrait_engine.lbs_direct_forward.default(
+                    many[0].contiguous(), many[1].contiguous(), *args[2:]
+                )
+    regressor_65 = torch.zeros(65, args[5].shape[1])
+    assert not skinning_module._direct_takes(betas, pose, args[2], regressor_65, 0)
+    regressor_64 = torch.zeros(64, args[5].shape[1])
+    assert skinning_module._direct_takes(betas, pose, args[2], regressor_64, 0)
+
+
 @pytest.mark.parametrize("needs", [(2,), (5,), (0, 7), (1, 4), (0,), (2, 5)])
 def test_direct_kernels_single_gradients(direct_on_cpu, needs):
     """One model tensor at a time: each gradient's map runs alone in its shared launch (the
