@@ -38,7 +38,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
 #include <optional>
@@ -46,6 +45,7 @@
 #include <vector>
 
 #include "host.h"
+#include "skinning/kernel_ops.h"
 #include "skinning/skinning.h"
 
 namespace portrait_engine {
@@ -212,6 +212,7 @@ struct JointsMap {
 // f: those rows' pose features (nb x P, shared memory on the GPU).
 template <typename scalar_t>
 struct VertexForward {
+  using value_type = scalar_t;
   const scalar_t *betas, *v_template, *shapedirs, *posedirs, *weights, *transforms, *rot;
   scalar_t *v_shaped, *v_posed, *vertices, *features;  // features: (B, P)
   ShapedLayout layout;
@@ -299,11 +300,9 @@ struct WeightsGradMap {
       const scalar_t p[3] = {v_posed[row], v_posed[row + 1], v_posed[row + 2]};
       for (int t = 0; t < kWeightsTile; ++t) {
         if (j0 + t >= J) break;
-        const scalar_t* A = transforms + (b * J + j0 + t) * 16;
-        for (int r = 0; r < 3; ++r) {
-          sum[t] +=
-              g[r] * (A[r * 4] * p[0] + A[r * 4 + 1] * p[1] + A[r * 4 + 2] * p[2] + A[r * 4 + 3]);
-        }
+        scalar_t q[3];  // A_bj (v_posed, 1)
+        skin_point<scalar_t>(transforms + (b * J + j0 + t) * 16, p, false, q);
+        sum[t] += g[0] * q[0] + g[1] * q[1] + g[2] * q[2];
       }
     }
     for (int t = 0; t < kWeightsTile; ++t) {
@@ -427,30 +426,6 @@ inline ShapedLayout shaped_layout(int64_t route, int64_t V) {
 
 inline int64_t tiles(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
 
-using Tensor = at::Tensor;
-
-// The fk kernel ops, through the dispatcher (their CPU or CUDA kernel).
-struct FkOps {
-  c10::TypedOperatorHandle<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                              const Tensor&, bool)>
-      forward = c10::Dispatcher::singleton()
-                    .findSchemaOrThrow("portrait_engine::forward_kinematics_forward", "")
-                    .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                              const Tensor&, bool)>();
-  c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                      const Tensor&, const Tensor&,
-                                                      const Tensor&, const Tensor&, bool)>
-      backward = c10::Dispatcher::singleton()
-                     .findSchemaOrThrow("portrait_engine::forward_kinematics_backward", "")
-                     .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                       const Tensor&, const Tensor&,
-                                                       const Tensor&, const Tensor&, bool)>();
-  static const FkOps& get() {
-    static const FkOps kOps;
-    return kOps;
-  }
-};
-
 // Whether the direct kernels take these inputs (else the caller takes the fused ops' general
 // path): one dtype, float or double; a (V, 3) template; as many betas rows as pose rows; the
 // direct or rows route; J >= 2 joints, NB >= 1 betas; up to kMaxBatch rows (beyond, the GPU is
@@ -530,11 +505,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> forward(
   exec.map(B * J * 3, JointsMap<scalar_t>{regressed.data_ptr<scalar_t>(),
                                           betas.data_ptr<scalar_t>(),
                                           joints.data_ptr<scalar_t>(), J, NB});
-  const Tensor kernel_pose = pose2rot ? pose.reshape({B, J, 3}).contiguous()
-                                      : pose.reshape({B, J, 3, 3}).contiguous();
+  const Tensor kernel_pose = pose_rows(pose, B, J, pose2rot);
   const Tensor tree = parents.to(at::kLong);
   auto [rot, posed_joints, transforms] =
-      FkOps::get().forward.call(kernel_pose, joints, tree, pose2rot);
+      ops().fk_forward.call(kernel_pose, joints, tree, pose2rot);
   Tensor v_shaped = route == 3 ? new_output({1, V * 3}, options) : new_output({B, 3, V}, options);
   Tensor v_posed = new_output({B, V, 3}, options);
   Tensor vertices = new_output({B, V, 3}, options);
@@ -607,9 +581,8 @@ std::vector<Tensor> backward(Exec& exec, const std::optional<Tensor>& grad_verti
     const Tensor grad_posed_joints = grad_joints_in.has_value() && grad_joints_in->defined()
                                          ? grad_joints_in->contiguous()
                                          : empty_of();
-    const Tensor kernel_pose = pose2rot ? pose.reshape({B, J, 3}).contiguous()
-                                        : pose.reshape({B, J, 3, 3}).contiguous();
-    auto [grad_kernel_pose, grad_kernel_joints] = FkOps::get().backward.call(
+    const Tensor kernel_pose = pose_rows(pose, B, J, pose2rot);
+    auto [grad_kernel_pose, grad_kernel_joints] = ops().fk_backward.call(
         grad_rot, grad_posed_joints, grad_transforms, kernel_pose, joints, parents.to(at::kLong),
         pose2rot);
     if (need_pose) grad_pose = grad_kernel_pose.reshape(pose.sizes());

@@ -38,7 +38,7 @@ struct CpuExec {
 
   template <class F>
   void vertices(const Dims& d, const F& fn) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(fn.betas)>>;
+    using T = typename F::value_type;
     std::vector<T> f(kBatchTile * d.P);
     for (int64_t b0 = 0; b0 < d.B; b0 += kBatchTile) {
       const int nb = static_cast<int>(std::min<int64_t>(kBatchTile, d.B - b0));

@@ -74,7 +74,7 @@ extern __shared__ __align__(16) unsigned char vertex_shared[];
 // block also keeps them), then a thread per vertex.
 template <class F>
 __global__ void __launch_bounds__(kVertexThreads) vertex_kernel(F fn) {
-  using T = std::remove_const_t<std::remove_pointer_t<decltype(fn.betas)>>;
+  using T = typename F::value_type;
   T* f = reinterpret_cast<T*>(vertex_shared);
   const int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBatchTile;
   const int nb = static_cast<int>(fn.d.B - b0 < kBatchTile ? fn.d.B - b0 : kBatchTile);
@@ -107,7 +107,7 @@ struct CudaExec {
 
   template <class F>
   void vertices(const Dims& d, const F& fn) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(fn.betas)>>;
+    using T = typename F::value_type;
     const dim3 grid(static_cast<unsigned>((d.V + kVertexThreads - 1) / kVertexThreads),
                     static_cast<unsigned>((d.B + kBatchTile - 1) / kBatchTile));
     // at most 18 KiB (kMaxJoints = 64, double: the static_assert in lbs_direct.h)

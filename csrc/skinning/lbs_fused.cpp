@@ -38,6 +38,7 @@
 #include <torch/library.h>
 
 #include "constant_cache.h"
+#include "skinning/kernel_ops.h"
 
 #include <array>
 #include <optional>
@@ -50,63 +51,11 @@ namespace skinning {
 namespace {
 
 using Tensor = at::Tensor;
-using Tensor2 = std::tuple<Tensor, Tensor>;
-using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
-using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> kernel_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-// The kernel ops' signatures (csrc/skinning/schema.cpp), and the ops, looked up once (their
-// schemas are registered when the extension loads).
-using T = const Tensor&;
-using FkForward = Tensor3(T, T, T, bool);
-using FkBackward = Tensor2(T, T, T, T, T, T, bool);
-using SkinForward = Tensor(T, T, T, bool);
-using SkinBackward = Tensor3(T, T, T, T, bool);
-using BlendForward = Tensor(T, T, T);
-using BlendBackward = Tensor2(T, T, T, bool);
-using ShapeForward = Tensor2(T, T, T, T);
-using ShapeBackward = Tensor4(T, T, T, T, T, T);
-
-struct KernelOps {
-  c10::TypedOperatorHandle<FkForward> fk_forward =
-      kernel_op<FkForward>("portrait_engine::forward_kinematics_forward");
-  c10::TypedOperatorHandle<FkBackward> fk_backward =
-      kernel_op<FkBackward>("portrait_engine::forward_kinematics_backward");
-  c10::TypedOperatorHandle<SkinForward> skin_forward =
-      kernel_op<SkinForward>("portrait_engine::skin_points_forward");
-  c10::TypedOperatorHandle<SkinBackward> skin_backward =
-      kernel_op<SkinBackward>("portrait_engine::skin_points_backward");
-  c10::TypedOperatorHandle<BlendForward> blend_forward =
-      kernel_op<BlendForward>("portrait_engine::blend_shapes_forward");
-  c10::TypedOperatorHandle<BlendBackward> blend_backward =
-      kernel_op<BlendBackward>("portrait_engine::blend_shapes_backward");
-  c10::TypedOperatorHandle<ShapeForward> shape_forward =
-      kernel_op<ShapeForward>("portrait_engine::shape_blend_forward");
-  c10::TypedOperatorHandle<ShapeBackward> shape_backward =
-      kernel_op<ShapeBackward>("portrait_engine::shape_blend_backward");
-};
-
-const KernelOps& ops() {
-  static const KernelOps kOps;
-  return kOps;
-}
 
 // 3x3 identities per (dtype, device), for the pose features R - I (constant_cache.h).
 const Tensor& identity3(const Tensor& like) {
   return cached_constant(like.options(),
                          [](const at::TensorOptions& options) { return at::eye(3, options); });
-}
-
-// The pose rows the forward-kinematics kernel reads: (batch, J, 3) axis-angle or (batch, J, 3, 3)
-// rotations, one pose row expanded to the batch.
-Tensor pose_rows(const Tensor& pose, int64_t batch, int64_t J, bool pose2rot) {
-  const Tensor rows = pose2rot ? pose.reshape({pose.size(0), J, 3}).expand({batch, J, 3})
-                               : pose.reshape({pose.size(0), J, 3, 3}).expand({batch, J, 3, 3});
-  return rows.contiguous();
 }
 
 // The shape part's route, as _LBS's _shape_route chose it (0 direct, 1 kernel, 2 regressed,
