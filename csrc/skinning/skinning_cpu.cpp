@@ -6,19 +6,20 @@
 // skin_points forward: parallel over points, the blended transform formed per point in
 // registers (never stored; float on an AVX-512 CPU: J vector FMAs over the joints' 4x4
 // storage). With weights shared by a batch of B > 1, the blend of a chunk of points is a small
-// (chunk, J) x (J, B * 12) product (float on AVX-512: a register-tiled kernel;
+// (chunk, J) x (J, B * 12) product (float accumulation on AVX-512: a register-tiled kernel;
 // otherwise the BLAS, vectorised for the CPU at hand; the extension itself is compiled for
 // baseline x86-64), into a per-thread buffer of kBlendChunk points: the (B, N, 12) transforms
 // are still never stored.
 // Backward: per point, grad_points and the gradient dM of its blended transform; the two
-// reductions over points and batch (grad_weights, grad_transforms) are GEMMs over dM: per chunk
-// of points on a cache-resident buffer with shared weights (skin_backward_shared; grad_transforms'
-// product on the register-tiled kernel where the chunk blend takes it), over a (B, N, 12)
-// workspace otherwise. No atomics; as deterministic as the BLAS (fixed for a fixed
-// thread count).
+// reductions over points and batch (grad_weights, grad_transforms) are products over dM: per
+// chunk of points on a cache-resident buffer with shared weights (skin_backward_shared: on the
+// register-tiled kernel with float accumulation on AVX-512, from B = 1; the BLAS otherwise, from
+// kSharedChunkMinBatch), over a (B, N, 12) workspace otherwise. No atomics; as deterministic as
+// the BLAS (fixed for a fixed thread count; the tiles' sums do not depend on it).
 // blend_shapes (lbs's pose blend shapes): below kStreamMinBlasBatch, streamed AVX-512 kernels
-// over column blocks for float (one pass over dirs each way); from it, the forward and grad_dirs
-// on cpu_tile_gemm.h's register tiles (AVX2 / AVX-512, float) and grad_coeffs one BLAS call.
+// over column blocks for float (one pass over dirs each way); from it, float on an AVX-512 CPU
+// runs all three products on register tiles of this file (forward and grad_coeffs) and of
+// cpu_tile_gemm.h (grad_dirs; the forward too on AVX2), other CPUs and types the BLAS.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -39,6 +40,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -142,67 +144,91 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
 // Points per BLAS blend in the shared-weights paths: (kBlendChunk, B * 12) values per thread
 // (384 KiB at SMPL's B = 32: within L2), enough that a product's call overhead is small.
 constexpr int64_t kBlendChunk = 256;
-// The narrowest joint-major transform matrix (B * 12 columns) whose chunk blend takes the
-// AVX-512 tiled product rather than the BLAS (measured: see blend_chunk).
-constexpr int64_t kTiledBlendMinColumns = 192;
 
 #if defined(PE_AVX512_BLEND)
+#define PE_UNROLL _Pragma("GCC unroll 16")
+
 // The AVX-512 paths (float on an AVX-512 CPU, checked at run time: the extension itself is
 // built for baseline x86-64).
 bool blend_avx512(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512;
 }
 
-// The register-tiled product of the chunk blends (blend_chunk, skin_backward_shared).
+// The register-tiled product of the chunk blends and of the backward's reductions over a chunk
+// (blend_chunk, skin_backward_shared).
 // rows_times_matrix: out[r, c] = sum_k a[k * ak + r * ar] m[k * C + c] for the R rows from
-//   `row`: an R x 64 tile held in R x 4 registers while the K rows of m stream by, each output
-//   value stored once. K = J, the joints.
-template <int R>
+//   `row` and the Q vectors of columns from c0 (the last one masked by `last`): an R x Q tile of
+//   registers while the K rows of m stream by, each output value stored once, its K terms
+//   summed in increasing k (the same result whatever the tiles).
+template <int R, int Q>
 __attribute__((target("avx512f"))) void rows_times_matrix_avx512(
     const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t K, int64_t C,
-    int64_t row, int64_t c0, int64_t width) {
-  const int64_t full = c0 + (width / 64) * 64;
-  for (int64_t c = c0; c < full; c += 64) {
-    __m512 acc[R][4];
+    int64_t row, int64_t c0, __mmask16 last) {
+  __mmask16 mask[Q];
+  PE_UNROLL
+  for (int q = 0; q < Q; ++q) mask[q] = q == Q - 1 ? last : static_cast<__mmask16>(0xffff);
+  __m512 acc[R][Q];
+  PE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    PE_UNROLL
+    for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ps();
+  }
+  const float* ar0 = a + row * ar;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* g = m + k * C + c0;
+    __m512 gv[Q];
+    PE_UNROLL
+    for (int q = 0; q < Q; ++q) gv[q] = _mm512_maskz_loadu_ps(mask[q], g + 16 * q);
+    PE_UNROLL
     for (int r = 0; r < R; ++r) {
-      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      const float* g = m + k * C + c;
-      const __m512 g0 = _mm512_loadu_ps(g), g1 = _mm512_loadu_ps(g + 16),
-                   g2 = _mm512_loadu_ps(g + 32), g3 = _mm512_loadu_ps(g + 48);
-      for (int r = 0; r < R; ++r) {
-        const __m512 w = _mm512_set1_ps(a[k * ak + (row + r) * ar]);
-        acc[r][0] = _mm512_fmadd_ps(w, g0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(w, g1, acc[r][1]);
-        acc[r][2] = _mm512_fmadd_ps(w, g2, acc[r][2]);
-        acc[r][3] = _mm512_fmadd_ps(w, g3, acc[r][3]);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      float* o = out + (row + r) * C + c;
-      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(o + 16 * q, acc[r][q]);
+      const __m512 w = _mm512_set1_ps(ar0[k * ak + r * ar]);
+      PE_UNROLL
+      for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_fmadd_ps(w, gv[q], acc[r][q]);
     }
   }
-  for (int64_t c = full; c < c0 + width; ++c) {  // the last < 64 columns
-    for (int r = 0; r < R; ++r) {
-      float sum = 0.f;
-      for (int64_t k = 0; k < K; ++k) sum += a[k * ak + (row + r) * ar] * m[k * C + c];
-      out[(row + r) * C + c] = sum;
-    }
+  PE_UNROLL
+  for (int r = 0; r < R; ++r) {
+    float* o = out + (row + r) * C + c0;
+    PE_UNROLL
+    for (int q = 0; q < Q; ++q) _mm512_mask_storeu_ps(o + 16 * q, mask[q], acc[r][q]);
   }
 }
 
+// Rows [0, rows) of one column tile of Q vectors: tiles of R rows, then of one.
+template <int R, int Q>
+__attribute__((target("avx512f"))) void rows_times_matrix_column_avx512(
+    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
+    int64_t C, int64_t c0, __mmask16 last) {
+  int64_t row = 0;
+  for (; row + R <= rows; row += R) {
+    rows_times_matrix_avx512<R, Q>(a, ak, ar, m, out, K, C, row, c0, last);
+  }
+  for (; row < rows; ++row) rows_times_matrix_avx512<1, Q>(a, ak, ar, m, out, K, C, row, c0, last);
+}
+
+// out (rows, C) = a · m over the columns [c0, c0 + width): tiles of 4 rows by 64 columns, the
+// last 1 to 63 columns in one tile of 1 to 4 vectors, of 8 rows where it is 1 or 2 vectors wide
+// (16 accumulators: the FMA latency hidden; e.g. SMPL's 24 joints, or 24 columns at B = 2).
 __attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
     const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
     int64_t C, int64_t c0, int64_t width) {
-  int64_t row = 0;
-  for (; row + 4 <= rows; row += 4) {
-    rows_times_matrix_avx512<4>(a, ak, ar, m, out, K, C, row, c0, width);
+  constexpr __mmask16 kAll = 0xffff;
+  const int64_t end = c0 + width;
+  int64_t c = c0;
+  for (; c + 64 <= end; c += 64) {
+    rows_times_matrix_column_avx512<4, 4>(a, ak, ar, m, out, rows, K, C, c, kAll);
   }
-  for (; row < rows; ++row) rows_times_matrix_avx512<1>(a, ak, ar, m, out, K, C, row, c0, width);
+  const int64_t left = end - c;
+  if (left <= 0) return;
+  const int64_t tail = left % 16;
+  const __mmask16 last = tail == 0 ? kAll : static_cast<__mmask16>((1u << tail) - 1u);
+  switch ((left + 15) / 16) {
+    case 1: rows_times_matrix_column_avx512<8, 1>(a, ak, ar, m, out, rows, K, C, c, last); break;
+    case 2: rows_times_matrix_column_avx512<8, 2>(a, ak, ar, m, out, rows, K, C, c, last); break;
+    case 3: rows_times_matrix_column_avx512<4, 3>(a, ak, ar, m, out, rows, K, C, c, last); break;
+    default: rows_times_matrix_column_avx512<4, 4>(a, ak, ar, m, out, rows, K, C, c, last); break;
+  }
 }
-
 
 // M (12 values) = sum_j w[j] A[j][:3, :]: a joint's 4x4 storage is one 16-lane vector (the
 // bottom row is blended too, and dropped), so a point's blend is J FMAs, in four chains (the
@@ -273,17 +299,17 @@ void blend_chunk(const scalar_t* w_ptr, const at::Tensor& At, int64_t n0, int64_
   T* wt_ptr = wt.data_ptr<T>();
   for (int64_t i = 0; i < rows * J; ++i) wt_ptr[i] = static_cast<T>(w[i]);
 #if defined(PE_AVX512_BLEND)
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    // the BLAS runs this K = J product at ~45 GFLOP/s (one core, loaded machine), the tiled
-    // kernel at ~60-70 -- for wide At only: at B * 12 = 24 to 96 columns the
-    // tiled kernel was 3.7-8.7x slower than the BLAS (skin_points forward, 6890 and 16384
-    // points, quiet machine), at 192 and 384 columns 5-15 % faster
+  // float accumulation on an AVX-512 CPU: the register tiles (the BLAS ran this K = J product at
+  // ~45 GFLOP/s on one core). Until 2026-11-28 the tiles computed the columns past the last 64
+  // one at a time, 3.7-8.7x slower than the BLAS at B * 12 = 24 to 96 columns, and took only
+  // At of 192 columns or more; with masked vector tiles for those columns, skin_points
+  // samples-inverse (B = 2, 24 columns) fwd+bwd went 1.70 -> 1.39 ms (2-core Zen 4, in one
+  // process, alternated).
+  if (blend_avx512(At)) {
     const int64_t R = At.size(1);
-    if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
-      rows_times_matrix_all_avx512(wt_ptr, 1, J, At.data_ptr<float>(), M.data_ptr<float>(), rows,
-                                   J, R, 0, R);
-      return;
-    }
+    rows_times_matrix_all_avx512(reinterpret_cast<const float*>(wt_ptr), 1, J,
+                                 At.data_ptr<float>(), M.data_ptr<float>(), rows, J, R, 0, R);
+    return;
   }
 #endif
   at::Tensor out = M.narrow(0, 0, rows);
@@ -355,10 +381,25 @@ void skin_forward_impl(const at::Tensor& points, const at::Tensor& weights,
                    });
 }
 
-// Small batches keep one (N, B, 12) workspace and two whole GEMMs: their per-chunk products
-// below would be tiny (R = 12 B columns), and at B = 2 (the samples-inverse benchmark case) the
-// chunked path measured no gain (loaded machine, noisy: 1.6-2.5x vs 2.1-2.7x the eager op).
+// Without the register tiles (below: not float accumulation, or no AVX-512), small batches keep
+// one (N, B, 12) workspace and two whole GEMMs: their per-chunk BLAS products would be tiny
+// (R = 12 B columns), and at B = 2 (the samples-inverse benchmark case) the chunked path with
+// the BLAS measured no gain (loaded machine, noisy: 1.6-2.5x vs 2.1-2.7x the eager op).
 constexpr int64_t kSharedChunkMinBatch = 8;
+
+// Whether the backward of weights shared by the batch takes skin_backward_shared: from
+// kSharedChunkMinBatch on, and from one row with float accumulation on an AVX-512 CPU, where the
+// chunk's products run on the register tiles (2-core Zen 4, 2026-11-28, in one process,
+// alternated: skin_points samples-inverse, B = 2, fwd+bwd 2.18 -> 1.32 ms; lbs at B = 1 2.71 ->
+// 2.42 ms; the whole-workspace path's BLAS products ran at ~40 GFLOP/s there).
+bool shared_chunked(const at::Tensor& weights, int64_t B, const at::TensorOptions& acc) {
+  if (weights.size(0) != 1) return false;
+#if defined(PE_AVX512_BLEND)
+  if (acc.dtype() == at::kFloat && cpu_math::cpu_isa() == cpu_math::Isa::kAvx512) return true;
+#endif
+  (void)acc;
+  return B >= kSharedChunkMinBatch;
+}
 
 // Shared weights, B >= kSharedChunkMinBatch: per chunk of kBlendChunk points the blend (as in
 // the forward), then per
@@ -380,6 +421,7 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
   scalar_t* gp_ptr = grad_points.data_ptr<scalar_t>();
   const at::Tensor At = joint_major_rows(transforms);
   const at::Tensor At_t = At.t();
+  const at::Tensor At_rows = At_t.contiguous();  // (R, J): grad_w's right side
   at::parallel_for(0, partial.size(0), 1, [&](int64_t begin, int64_t end) {
     at::Tensor M = at::empty({kBlendChunk, R}, At.options());
     at::Tensor wt = at::empty({kBlendChunk, J}, At.options());
@@ -403,21 +445,23 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
       }
       const at::Tensor dM_rows = dM.narrow(0, 0, rows);
       at::Tensor gw = grad_w.narrow(0, n0, rows);
-      at::mm_out(gw, dM_rows, At_t);
       at::Tensor part = partial[chunk];
 #if defined(PE_AVX512_BLEND)
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        // part[j, :] = sum_i wt[i, j] dM[i, :]: the chunk blend's register-tiled product (a J x R
-        // output, K = rows) from the chunk blend's column threshold; at lbs's B = 32 (R = 384)
-        // the whole backward went 6.2-7.0 -> 6.0-6.3 ms (one thread, loaded machine, old and
-        // new builds alternated)
-        if (blend_avx512(At) && R >= kTiledBlendMinColumns) {
-          rows_times_matrix_all_avx512(wt.data_ptr<float>(), J, 1, dm_ptr, part.data_ptr<float>(),
-                                       J, rows, R, 0, R);
-          continue;
-        }
+      if (blend_avx512(At)) {
+        // both on the chunk blend's register tiles (float accumulation, AVX-512):
+        //   grad_w rows = dM (rows, R) · Atᵀ (R, J)       (at lbs's B = 32, against the BLAS:
+        //                                                  skin_points fwd+bwd 4.97 -> 4.73 ms)
+        //   part[j, :] = Σ_i wt[i, j] dM[i, :]             (at B = 32 the whole backward went
+        //                                                  6.2-7.0 -> 6.0-6.3 ms, one thread)
+        const float* dm = reinterpret_cast<const float*>(dm_ptr);
+        rows_times_matrix_all_avx512(dm, 1, R, At_rows.data_ptr<float>(), gw.data_ptr<float>(),
+                                     rows, R, J, 0, J);
+        rows_times_matrix_all_avx512(wt.data_ptr<float>(), J, 1, dm, part.data_ptr<float>(), J,
+                                     rows, R, 0, R);
+        continue;
       }
 #endif
+      at::mm_out(gw, dM_rows, At_t);
       at::mm_out(part, wt.narrow(0, 0, rows).t(), dM_rows);
     }
   });
@@ -505,7 +549,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   // The reductions over points are GEMMs over dM (skin_reduce.h): per chunk of points on a
   // cache-resident buffer for batches of shared weights, over a whole workspace otherwise.
   const auto acc = points.options().dtype(acc_dtype(points));
-  if (weights.size(0) == 1 && B >= kSharedChunkMinBatch) {
+  if (shared_chunked(weights, B, acc)) {
     at::Tensor grad_w = at::empty({N, J}, acc);
     at::Tensor partial = at::empty({(N + kBlendChunk - 1) / kBlendChunk, J, B * 12}, acc);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
@@ -533,9 +577,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 
 // ------------------------------------------------------------------------------------------
 // blend_shapes: out = base + coeffs @ dirs (SMPL's pose blend shapes: (B, 207) x (207, V * 3)).
-// From kStreamMinBlasBatch on, each product is one BLAS call, which blocks and threads it
-// itself. Below it (matrix-vector-like, memory-bound): float on an AVX-512 CPU
-// with two or more threads, the streamed kernels further down; otherwise one BLAS call each.
+// From kStreamMinBlasBatch on, float on an AVX2 / AVX-512 CPU: register tiles of our own (below:
+// blend_forward_tiled, grad_coeffs_tiled, grad_dirs_of); otherwise one BLAS call each. Below it
+// (matrix-vector-like, memory-bound): float on an AVX-512 CPU with two or more threads, the
+// streamed kernels further down; otherwise one BLAS call each.
 //
 // History: until 2026-11-27 the products from B = 8 on ran on column slices of 512 (one task
 // per slice range) through register-tiled AVX-512 kernels, the backward's two sharing each
@@ -549,6 +594,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // ------------------------------------------------------------------------------------------
 
 #if defined(PE_AVX512_BLEND)
+// The sum of a vector's 16 lanes in a fixed order. GCC 12's _mm512_reduce_add_ps, shuffles and
+// casts pass an undefined vector to their builtins (a -Wuninitialized warning in its header):
+// the masked forms below name every operand.
+__attribute__((target("avx512f"))) inline float sum_lanes(__m512 v) {
+  constexpr __mmask16 kAll = 0xffff;
+  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, kAll, v, v, 0x4E));  // the 256-bit halves
+  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, kAll, v, v, 0xB1));  // the 128-bit quarters
+  __m128 x = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xf, v, 0);
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
 // outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
 //   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
 //   line of the cold output (write-allocate), doubling the memory traffic.
@@ -724,7 +781,7 @@ __attribute__((target("avx512f"))) void stream_backward_block_avx512(
       if (o != nullptr) _mm512_mask_storeu_ps(o + c, mask, w0);
     }
     for (int b = 0; b < NB; ++b) {
-      part[b * F + f] = dot[b] + _mm512_reduce_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]));
+      part[b * F + f] = dot[b] + sum_lanes(_mm512_add_ps(acc[b][0], acc[b][1]));
     }
   }
 }
@@ -914,7 +971,12 @@ at::Tensor grad_dirs_of(const at::Tensor& grad_out, const at::Tensor& coeffs) {
 // the benchmark harness 13.2 / 13.1 against 16.5 / 15.9 ms (the eager reference moved as much
 // between those runs, so the ratios, 2.60-2.72x against 2.53-2.64x, did not show it). The same
 // tiles for grad_coeffs ((32, 20670) x (20670, 207), K = 20670: gradᵀ padded to 16 columns, a
-// task per range of dirs' rows) took as long as MKL (2.9 ms): not kept.
+// task per range of dirs' rows) took as long as MKL (2.9 ms): not kept (grad_coeffs_tiled's dot
+// products replaced both on AVX-512, 2026-11-28). On an AVX-512 CPU the forward now runs
+// blend_forward_strips_avx512 instead. Each strip of dirs is first copied into panels of kCols
+// columns ((F, kCols) each, contiguous): in place, the tiles' K = F rows of dirs lie a row apart
+// (82 KB at SMPL's size), a new page each (with the ISA capped to AVX2 on the Zen 4, B = 32:
+// 3.5 -> 2.8-3.3 ms).
 template <typename scalar_t>
 struct BlendForwardArgs {
   const scalar_t* base;    // (base_rows, C), base_rows 1 or B
@@ -926,19 +988,123 @@ struct BlendForwardArgs {
 
 template <typename scalar_t, int kVecBytes>
 void blend_forward_columns(const BlendForwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  std::vector<scalar_t> packed(a.F * kGradDirsColumns);
   for (int64_t c0 = begin; c0 < end; c0 += kGradDirsColumns) {
     const int64_t width = std::min(kGradDirsColumns, end - c0);
     for (int64_t b = 0; b < a.B; ++b) {
       const scalar_t* row = a.base + (a.base_rows == 1 ? 0 : b) * a.C + c0;
       std::memcpy(a.out + b * a.C + c0, row, width * sizeof(scalar_t));
     }
-    cpu_gemm::gemm<scalar_t, kVecBytes>(a.B, width, a.F, a.coeffs, a.F, 1, a.dirs + c0, a.C,
-                                        a.out + c0, a.C, cpu_gemm::Start::kAccumulate, nullptr);
+    constexpr int64_t P = cpu_gemm::kCols;
+    const int64_t panels = width / P;
+    for (int64_t f = 0; f < a.F; ++f) {
+      const scalar_t* src = a.dirs + f * a.C + c0;
+      for (int64_t p = 0; p < panels; ++p) {
+        std::memcpy(packed.data() + (p * a.F + f) * P, src + p * P, P * sizeof(scalar_t));
+      }
+    }
+    for (int64_t p = 0; p < panels; ++p) {
+      cpu_gemm::gemm<scalar_t, kVecBytes>(a.B, P, a.F, a.coeffs, a.F, 1,
+                                          packed.data() + p * a.F * P, P, a.out + c0 + p * P,
+                                          a.C, cpu_gemm::Start::kAccumulate, nullptr);
+    }
+    if (panels * P < width) {
+      cpu_gemm::gemm<scalar_t, kVecBytes>(a.B, width - panels * P, a.F, a.coeffs, a.F, 1,
+                                          a.dirs + c0 + panels * P, a.C, a.out + c0 + panels * P,
+                                          a.C, cpu_gemm::Start::kAccumulate, nullptr);
+    }
   }
 }
 
 #if PE_HAVE_ISA_CLONES
 PE_ISA_CLONES_WIDTH(blend_forward_columns, BlendForwardArgs)
+#endif
+
+#if defined(PE_AVX512_BLEND)
+// The forward on an AVX-512 CPU (float, B >= kStreamMinBlasBatch): strips of kForwardStrip
+// columns, each strip of dirs first copied into panels of kForwardPanel columns ((F, 48) each,
+// contiguous, zero past the last column), then register tiles of 8 batch rows by the panel's 3
+// vectors (24 accumulators; per row of dirs 3 loads and 8 broadcasts for 24 FMAs) sweep each
+// panel from L1. The cpu_gemm tiles on dirs in place (8 rows by one vector, K = F rows of dirs
+// 82 KB apart: a new page per row) ran this product at 2.3-3.0 ms at SMPL's B = 32.
+constexpr int64_t kForwardPanel = 48;
+constexpr int64_t kForwardStrip = 8 * kForwardPanel;
+
+template <int RB>
+__attribute__((target("avx512f"))) void blend_forward_tile_avx512(
+    const BlendForwardArgs<float>& a, const float* panel, int64_t b0, int64_t c0,
+    int64_t width, const char* prefetch) {
+  __mmask16 mask[3];
+  PE_UNROLL
+  for (int q = 0; q < 3; ++q) {
+    const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, width - 16 * q));
+    mask[q] = static_cast<__mmask16>((1u << left) - 1u);
+  }
+  __m512 acc[RB][3];
+  PE_UNROLL
+  for (int r = 0; r < RB; ++r) {
+    const float* base = a.base + (a.base_rows == 1 ? 0 : b0 + r) * a.C + c0;
+    PE_UNROLL
+    for (int q = 0; q < 3; ++q) acc[r][q] = _mm512_maskz_loadu_ps(mask[q], base + 16 * q);
+  }
+  const float* k = a.coeffs + b0 * a.F;
+  for (int64_t f = 0; f < a.F; ++f) {
+    const float* d = panel + f * kForwardPanel;
+    if (prefetch != nullptr) _mm_prefetch(prefetch + f * a.C * 4, _MM_HINT_T1);
+    const __m512 d0 = _mm512_loadu_ps(d), d1 = _mm512_loadu_ps(d + 16),
+                 d2 = _mm512_loadu_ps(d + 32);
+    PE_UNROLL
+    for (int r = 0; r < RB; ++r) {
+      const __m512 w = _mm512_set1_ps(k[r * a.F + f]);
+      acc[r][0] = _mm512_fmadd_ps(w, d0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(w, d1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(w, d2, acc[r][2]);
+    }
+  }
+  PE_UNROLL
+  for (int r = 0; r < RB; ++r) {
+    float* o = a.out + (b0 + r) * a.C + c0;
+    PE_UNROLL
+    for (int q = 0; q < 3; ++q) _mm512_mask_storeu_ps(o + 16 * q, mask[q], acc[r][q]);
+  }
+}
+
+__attribute__((target("avx512f"))) void blend_forward_strips_avx512(
+    const BlendForwardArgs<float>& a, int64_t begin, int64_t end) {
+  std::vector<float> packed(a.F * kForwardStrip);
+  for (int64_t strip = begin; strip < end; ++strip) {
+    const int64_t s0 = strip * kForwardStrip, width = std::min(kForwardStrip, a.C - s0);
+    const int64_t panels = (width + kForwardPanel - 1) / kForwardPanel;
+    for (int64_t f = 0; f < a.F; ++f) {  // each row of the strip read as one run
+      const float* src = a.dirs + f * a.C + s0;
+      for (int64_t p = 0; p < panels; ++p) {
+        float* dst = packed.data() + (p * a.F + f) * kForwardPanel;
+        const int64_t n = std::min(kForwardPanel, width - p * kForwardPanel);
+        std::memcpy(dst, src + p * kForwardPanel, n * sizeof(float));
+        std::fill(dst + n, dst + kForwardPanel, 0.f);
+      }
+    }
+    // the next strip's rows into L2 while this one computes: tile t prefetches line t of
+    // every row, one per row of its sweep (the strip's copy otherwise waits on memory: F short
+    // runs of the strip's width, 0.8 ms of 2.25 at SMPL's B = 32, no overlap)
+    const int64_t next0 = s0 + kForwardStrip;
+    const int64_t next_lines =
+        strip + 1 < end ? (std::min(kForwardStrip, a.C - next0) * 4 + 63) / 64 : 0;
+    int64_t tile_index = 0;
+    for (int64_t p = 0; p < panels; ++p) {
+      const float* panel = packed.data() + p * a.F * kForwardPanel;
+      const int64_t c0 = s0 + p * kForwardPanel, n = std::min(kForwardPanel, width - p * kForwardPanel);
+      int64_t b0 = 0;
+      for (; b0 + 8 <= a.B; b0 += 8, ++tile_index) {
+        const char* pf = tile_index < next_lines
+                             ? reinterpret_cast<const char*>(a.dirs + next0) + tile_index * 64
+                             : nullptr;
+        blend_forward_tile_avx512<8>(a, panel, b0, c0, n, pf);
+      }
+      for (; b0 < a.B; ++b0) blend_forward_tile_avx512<1>(a, panel, b0, c0, n, nullptr);
+    }
+  }
+}
 #endif
 
 // Whether the forward and grad_coeffs take the tiles: grad_dirs's condition, from
@@ -955,6 +1121,13 @@ at::Tensor blend_forward_tiled(const at::Tensor& base, const at::Tensor& coeffs,
   const BlendForwardArgs<float> a{base_c.data_ptr<float>(), coeffs.data_ptr<float>(),
                                   dirs.data_ptr<float>(), out.data_ptr<float>(), base_c.size(0),
                                   B, F, C};
+#if defined(PE_AVX512_BLEND)
+  if (blend_avx512(coeffs)) {
+    at::parallel_for(0, (C + kForwardStrip - 1) / kForwardStrip, 1,
+                     [&](int64_t begin, int64_t end) { blend_forward_strips_avx512(a, begin, end); });
+    return out;
+  }
+#endif
   const auto fn = PE_ISA_PICK_WIDTH(blend_forward_columns, float);
   at::parallel_for(0, (C + kGradDirsColumns - 1) / kGradDirsColumns, 1,
                    [&](int64_t begin, int64_t end) {
@@ -962,6 +1135,98 @@ at::Tensor blend_forward_tiled(const at::Tensor& base, const at::Tensor& coeffs,
                    });
   return out;
 }
+
+#if defined(PE_AVX512_BLEND)
+// grad_coeffs (B, F) = grad (B, C) · dirsᵀ for B >= kStreamMinBlasBatch, float on an AVX-512
+// CPU: both operands have C contiguous, so each output is a dot product along C. Register tiles
+// of RB batch rows by RF rows of dirs hold RB x RF vector accumulators (4 x 6: 24 of the 32
+// registers; 10 loads per 24 FMAs) over a slab of columns, then sum their lanes. The columns are
+// cut into kGradCoeffsSlabs fixed slabs (one task each, balanced for 1, 2, 4 and 8 threads);
+// a slab's (B, F) partial is summed over the slabs in order: the same result for any thread
+// count. Within a slab the f-tiles run outermost, so a tile's RF rows of dirs (RF x 10 KB at
+// SMPL's size) are met by every batch tile from L1 / L2 and dirs is read once from memory.
+constexpr int64_t kGradCoeffsSlabs = 8;
+
+template <int RB, int RF>
+__attribute__((target("avx512f"))) void grad_coeffs_tile_avx512(
+    const float* grad, const float* dirs, float* part, int64_t F, int64_t C, int64_t c0,
+    int64_t width, int64_t b0, int64_t f0) {
+  __m512 acc[RB][RF];
+  PE_UNROLL
+  for (int i = 0; i < RB; ++i) {
+    PE_UNROLL
+    for (int j = 0; j < RF; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  const float* g = grad + b0 * C + c0;
+  const float* d = dirs + f0 * C + c0;
+  const int64_t full = width / 16 * 16;
+  for (int64_t c = 0; c < full; c += 16) {
+    __m512 dv[RF];
+    PE_UNROLL
+    for (int j = 0; j < RF; ++j) dv[j] = _mm512_loadu_ps(d + j * C + c);
+    PE_UNROLL
+    for (int i = 0; i < RB; ++i) {
+      const __m512 gv = _mm512_loadu_ps(g + i * C + c);
+      PE_UNROLL
+      for (int j = 0; j < RF; ++j) acc[i][j] = _mm512_fmadd_ps(gv, dv[j], acc[i][j]);
+    }
+  }
+  if (full < width) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (width - full)) - 1u);
+    __m512 dv[RF];
+    PE_UNROLL
+    for (int j = 0; j < RF; ++j) dv[j] = _mm512_maskz_loadu_ps(mask, d + j * C + full);
+    PE_UNROLL
+    for (int i = 0; i < RB; ++i) {
+      const __m512 gv = _mm512_maskz_loadu_ps(mask, g + i * C + full);
+      PE_UNROLL
+      for (int j = 0; j < RF; ++j) acc[i][j] = _mm512_fmadd_ps(gv, dv[j], acc[i][j]);
+    }
+  }
+  PE_UNROLL
+  for (int i = 0; i < RB; ++i) {
+    PE_UNROLL
+    for (int j = 0; j < RF; ++j) part[(b0 + i) * F + f0 + j] = sum_lanes(acc[i][j]);
+  }
+}
+
+__attribute__((target("avx512f"))) void grad_coeffs_slab_avx512(
+    const float* grad, const float* dirs, float* part, int64_t B, int64_t F, int64_t C,
+    int64_t c0, int64_t width) {
+  // f-tiles outermost: a tile's rows of dirs stay in cache for every batch tile
+  int64_t f0 = 0;
+  for (; f0 + 6 <= F; f0 += 6) {
+    int64_t b0 = 0;
+    for (; b0 + 4 <= B; b0 += 4) {
+      grad_coeffs_tile_avx512<4, 6>(grad, dirs, part, F, C, c0, width, b0, f0);
+    }
+    for (; b0 < B; ++b0) grad_coeffs_tile_avx512<1, 6>(grad, dirs, part, F, C, c0, width, b0, f0);
+  }
+  for (; f0 < F; ++f0) {
+    int64_t b0 = 0;
+    for (; b0 + 4 <= B; b0 += 4) {
+      grad_coeffs_tile_avx512<4, 1>(grad, dirs, part, F, C, c0, width, b0, f0);
+    }
+    for (; b0 < B; ++b0) grad_coeffs_tile_avx512<1, 1>(grad, dirs, part, F, C, c0, width, b0, f0);
+  }
+}
+
+at::Tensor grad_coeffs_tiled(const at::Tensor& grad_out, const at::Tensor& dirs) {
+  const int64_t B = grad_out.size(0), F = dirs.size(0), C = dirs.size(1);
+  const int64_t slab = (C + kGradCoeffsSlabs * 16 - 1) / (kGradCoeffsSlabs * 16) * 16;
+  at::Tensor partial = at::zeros({kGradCoeffsSlabs, B, F}, grad_out.options());
+  const float* g = grad_out.data_ptr<float>();
+  const float* d = dirs.data_ptr<float>();
+  float* part = partial.data_ptr<float>();
+  at::parallel_for(0, kGradCoeffsSlabs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t c0 = s * slab, width = std::min(slab, C - c0);
+      if (width > 0) grad_coeffs_slab_avx512(g, d, part + s * B * F, B, F, C, c0, width);
+    }
+  });
+  return partial.sum(0);
+}
+#endif
 
 std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& grad_out,
                                                              const at::Tensor& coeffs,
@@ -981,6 +1246,11 @@ std::tuple<at::Tensor, at::Tensor> blend_shapes_backward_cpu(const at::Tensor& g
                 : grad_dirs_tiled(coeffs) ? grad_dirs_of(grad_out, coeffs)
                                           : at::mm(coeffs.t(), grad_out);
   }
+#if defined(PE_AVX512_BLEND)
+  if (blend_tiled(coeffs) && blend_avx512(coeffs)) {
+    return {grad_coeffs_tiled(grad_out, dirs), grad_dirs};
+  }
+#endif
   return {at::mm(grad_out, dirs.t()), grad_dirs};
 }
 

@@ -32,11 +32,13 @@ def blend_inputs(batch, base_rows, dtype, seed=0, features=FEATURES):
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # below 8 rows the streamed AVX-512 kernels (one instance per batch: 1, 3 and 7 run here); from
-# 8 rows one BLAS call for grad_coeffs (9, 17, 40), while the backward's grad_dirs from 2 rows
-# and the forward from 8 rows take cpu_tile_gemm.h's tiles over 512-column strips on an AVX2 /
-# AVX-512 CPU (1100 columns: two whole strips and a partial one; 23 and 37 features: row tiles
-# of 8 (AVX-512) or 6 (AVX2) and the smaller remainder tiles; 9, 17 and 40 rows: the forward's
-# row tiles likewise, from one base row or one per batch row); baseline: the BLAS
+# 8 rows (9, 17, 40): on AVX-512 the forward's 384-column strips of 48-column panels (1100
+# columns: two whole strips and a partial one ending in a partial panel; 8-row tiles and single
+# rows) and grad_coeffs' 8 slabs of dot-product tiles (4 rows by 6 features and the single ones
+# left over: 23 and 37 features), on AVX2 the forward on cpu_tile_gemm.h's tiles over 16-column
+# panels and grad_coeffs one BLAS call; grad_dirs from 2 rows on cpu_tile_gemm.h's tiles over
+# 512-column strips (row tiles of 8 (AVX-512) or 6 (AVX2) and the smaller remainder tiles);
+# baseline: the BLAS
 @pytest.mark.parametrize(
     ("batch", "base_rows"), [(1, 1), (3, 3), (7, 1), (9, 9), (9, 1), (17, 1), (40, 40)]
 )
@@ -91,6 +93,38 @@ def test_blend_shapes_streamed_over_several_blocks(batch, dirs_grad, threads):
         assert_close(grad_dirs, k.t() @ grad.double(), torch.float32)
     else:
         assert grad_dirs.numel() == 0
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return "avx512f" in info.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="grad_coeffs takes a threaded BLAS call here")
+@pytest.mark.parametrize("batch", [9, 32])
+def test_blend_shapes_tiles_do_not_depend_on_threads(batch):
+    """From 8 rows on an AVX-512 CPU the products run on fixed strips and slabs (grad_coeffs: a
+    partial per slab, summed in order): bit-identical results on one thread and on two."""
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 8300, generator=generator)
+    coeffs = torch.randn(batch, FEATURES, generator=generator)
+    dirs = torch.randn(FEATURES, 8300, generator=generator)
+    grad = torch.randn(batch, 8300, generator=generator)
+    ops = torch.ops.portrait_engine
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = ops.blend_shapes_forward(base, coeffs, dirs)
+            results.append((out, *ops.blend_shapes_backward(grad, coeffs, dirs, True)))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("dirs_grad", [True, False])

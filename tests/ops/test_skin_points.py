@@ -106,24 +106,51 @@ def test_shared_weights_large_batch_matches_float64_oracle(inverse, dtype):
 
 @pytest.mark.usefixtures("poison_outputs")
 # float32 on an AVX-512 CPU blends each point with J vector FMAs (B = 1, batched weights) and a
-# chunk of shared-weights points with the register-tiled product (from B * 12 = 192 columns;
-# B = 17's 204 columns end in a partial tile; B = 9 takes the BLAS); capping at avx2 runs the
-# scalar blend and the BLAS instead
+# chunk of shared-weights points with the register-tiled products, whose backward takes the
+# per-chunk path from B = 1: B * 12 = 12, 24, 72, 108 and 204 columns (one masked vector, two,
+# a 64-column tile and a masked one, three vectors, three 64-column tiles and a masked vector);
+# grad_weights' J columns (7: one masked vector in tiles of 8 rows; 24: two); capping at avx2
+# runs the scalar blend and the BLAS (the per-chunk backward from B = 8) instead
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
-@pytest.mark.parametrize("batch", [1, 9, 17])
+@pytest.mark.parametrize("batch", [1, 2, 6, 9, 17])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_weights", "batched_weights"])
 @pytest.mark.parametrize("inverse", [False, True])
-def test_native_cpu_float_paths_match_float64_oracle(isa, batch, shared, inverse, monkeypatch):
+@pytest.mark.parametrize("joints", [7, 24])
+def test_native_cpu_float_paths_match_float64_oracle(
+    isa, batch, shared, inverse, joints, monkeypatch
+):
     ok, reason = pe.backend_status("cpu", NATIVE_OP)["native"]
     if not ok:
         pytest.skip(reason)
     monkeypatch.setenv("PORTRAIT_ENGINE_CPU_ISA", isa)
     # 7 joints: the vector blend's 4-joint steps and a remainder
-    inputs = make_inputs(batch=batch, count=600, joints=7, shared=shared, tree="star")
+    inputs = make_inputs(batch=batch, count=600, joints=joints, shared=shared, tree="star")
     got = run("native", *inputs, inverse=inverse)
     want = run("oracle", *inputs, inverse=inverse)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w.to(torch.float32), torch.float32, scale=10)
+
+
+# from 8 rows the per-chunk backward on every CPU (the register tiles on AVX-512, the BLAS on
+# one thread per chunk otherwise); below it, without AVX-512, a whole-workspace BLAS product
+@pytest.mark.parametrize("batch", [8, 32])
+def test_native_cpu_shared_weights_do_not_depend_on_threads(batch):
+    """The per-chunk products (one partial per 256-point chunk, summed in chunk order): results
+    bit-identical on one thread and on two."""
+    ok, reason = pe.backend_status("cpu", NATIVE_OP)["native"]
+    if not ok:
+        pytest.skip(reason)
+    inputs = make_inputs(batch=batch, count=1100, joints=24, tree="star")
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(run("native", *inputs, inverse=True))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
