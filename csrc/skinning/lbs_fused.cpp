@@ -25,7 +25,8 @@
 // whose `needs` flag is false is an empty tensor (and not computed).
 //
 // The shape part takes the route _LBS's _shape_route chose (ops/skinning.py says why each):
-//   0 direct:    a batch of templates or up to NB shapes; joints from v_shaped as (B, 3, V);
+//   0 direct:    a batch of templates or up to NB shapes; joints from v_shaped as (B, 3, V)
+//                (on the CPU with a (V, 3) template: shape_direct.h's passes);
 //   1 kernel:    CPU, a (V, 3) template and B > NB: the shape_blend kernel;
 //   2 regressed: the same algebra from ATen products (a GPU's for B > 256);
 //   3 rows:      a GPU's for one shape: joints from v_shaped's own (V, 3) rows.
@@ -39,6 +40,7 @@
 
 #include "constant_cache.h"
 #include "skinning/kernel_ops.h"
+#include "skinning/shape_direct.h"
 
 #include <array>
 #include <optional>
@@ -97,6 +99,13 @@ Tensor2 shape_forward(Route route, const Tensor& betas, const Tensor& v_template
     v_shaped = shaped.view({betas.size(0), V * 3});
     regressed = reg;
     saved.push_back(regressed);
+  } else if (route == Route::kDirect &&
+             shape_direct_cpu_takes(betas, v_template, shapedirs, J_regressor)) {
+    // the CPU's one pass (shape_direct.h): the same v_shaped, columns and joints
+    auto [shaped, columns, joints] =
+        shape_direct_forward_cpu(v_template, betas, shapedirs, J_regressor);
+    saved.push_back(columns);
+    return {shaped, joints};
   } else {
     const Tensor templ = v_template.reshape({-1, V * 3});
     const Tensor dirs = shapedirs.reshape({V * 3, -1});
@@ -145,6 +154,12 @@ Tensor4 shape_backward(Route route, const bool needs[4], const Tensor& grad_shap
     // v_shaped's gradient plus J_regressorᵀ dJ, the add in the product
     grad_shaped = at::addmm(grad_shaped.view({V, 3}), J_regressor.t(), grad_rows).view({1, V * 3});
     if (need_regressor) grad_regressor = at::mm(grad_rows, v_shaped.view({V, 3}).t());
+  } else if (route == Route::kDirect &&
+             shape_direct_cpu_takes(betas, v_template, shapedirs, J_regressor)) {
+    auto [g_betas, g_template, g_dirs, g_regressor] = shape_direct_backward_cpu(
+        grad_shaped, grad_joints, saved[0], v_template, betas, shapedirs, J_regressor,
+        {need_betas, need_template, need_dirs, need_regressor});
+    return {g_betas, g_template, g_dirs, g_regressor};
   } else if (route == Route::kDirect) {
     const Tensor& columns = saved[0];
     const Tensor rows_of_grad = grad_joints.transpose(1, 2);  // (Bv, 3, J)

@@ -37,6 +37,7 @@
 #include "cpu_math.h"
 #include "host.h"
 #include "skinning/checks.h"
+#include "skinning/shape_direct.h"
 
 #if PE_HAVE_ISA_CLONES
 #include <immintrin.h>
@@ -353,7 +354,197 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shape_blend_backward_
           grad_dirs.to(dtype), grad_regressor.to(dtype)};
 }
 
+// ------------------------------------------------------------------------------------------
+// The direct route's passes (shape_direct.h): the blocks and products above, with the joints
+// 𝒥 v_shaped per batch row in place of 𝒥 [T | S].
+// ------------------------------------------------------------------------------------------
+
+template <typename acc_t>
+struct DirectArgs {
+  const acc_t* tmpl;         // (V, 3)
+  const acc_t* betas;        // (B, NB)
+  const acc_t* dirs;         // (V * 3, NB)
+  const acc_t* regressor;    // (J, V)
+  const acc_t* grad_v;       // (B, V * 3), backward
+  const acc_t* grad_joints;  // (B, J, 3), backward
+  acc_t* v_shaped;           // (B, V * 3), forward
+  acc_t* columns;            // (B, 3, V): written forward, read backward
+  acc_t* partial;            // forward (blocks, B, J * 3): joints; backward (blocks, B, NBp): grad_β
+  acc_t* grad_tmpl;          // (V, 3) or null
+  acc_t* grad_dirs;          // (V * 3, NB) or null
+  acc_t* grad_regressor;     // (J, V) or null
+  int64_t B, NB, V, J;
+  bool avx512;
+};
+
+template <typename acc_t>
+void direct_forward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J;
+  std::vector<acc_t> st(NB * padded(3 * kShapeBlock));
+  for (int64_t index = begin; index < end; ++index) {
+    const Block k(index, V);
+    const acc_t* s = a.dirs + k.v0 * 3 * NB;
+    for (int64_t c = 0; c < k.cols; ++c) {
+      for (int64_t l = 0; l < NB; ++l) st[l * k.colsp + c] = s[c * NB + l];
+    }
+    // v_shaped rows of the block: T + β S, written in place (B rows of V * 3)
+    product<acc_t>({B, NB, k.cols, NB, 1, k.colsp, 0, V * 3}, a.betas, st.data(),
+                   a.tmpl + k.v0 * 3, a.v_shaped + k.v0 * 3, a.avx512);
+    for (int64_t b = 0; b < B; ++b) {
+      const acc_t* vs = a.v_shaped + b * V * 3 + k.v0 * 3;
+      acc_t* col = a.columns + b * 3 * V + k.v0;
+      for (int64_t v = 0; v < k.nv; ++v) {
+        for (int64_t c = 0; c < 3; ++c) col[c * V + v] = vs[v * 3 + c];
+      }
+      // the block's partial of the joints: 𝒥[:, block] (J, nv) x v_shaped_b (nv, 3)
+      product<acc_t>({J, k.nv, 3, V, 1, 3, 0, 3}, a.regressor + k.v0, vs, nullptr,
+                     a.partial + (index * B + b) * J * 3, a.avx512);
+    }
+  }
+}
+
+template <typename acc_t>
+void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J, NBp = padded(NB);
+  const int64_t colsp_max = padded(3 * kShapeBlock);
+  // gt: the block's gradient reaching v_shaped, (B, 3 nv) by the block's columns
+  std::vector<acc_t> gt(B * 3 * kShapeBlock), ones(B, acc_t(1)), gsum(colsp_max),
+      gst(NB * colsp_max);
+  for (int64_t index = begin; index < end; ++index) {
+    const Block k(index, V);
+    const acc_t* s = a.dirs + k.v0 * 3 * NB;
+    for (int64_t b = 0; b < B; ++b) {
+      // gt_b (nv, 3) = g_b (nv, 3) + 𝒥[:, block]ᵀ (nv, J) x gJ_b (J, 3)
+      product<acc_t>({k.nv, J, 3, 1, V, 3, 3, 3}, a.regressor + k.v0, a.grad_joints + b * J * 3,
+                     a.grad_v + b * V * 3 + k.v0 * 3, gt.data() + b * k.cols, a.avx512);
+    }
+    // this block's partial of grad_β = gt S, (B, NBp)
+    product<acc_t>({B, k.cols, NB, k.cols, 1, NB, 0, NBp}, gt.data(), s, nullptr,
+                   a.partial + index * B * NBp, a.avx512);
+    if (a.grad_tmpl != nullptr || a.grad_dirs != nullptr) {
+      // Σ_b gt_b (1, cols) and Σ_b β_b gt_bᵀ by columns (NB, cols)
+      product<acc_t>({1, B, k.cols, 0, 1, k.cols, 0, k.colsp}, ones.data(), gt.data(), nullptr,
+                     gsum.data(), a.avx512);
+      if (a.grad_tmpl != nullptr) {
+        std::copy(gsum.begin(), gsum.begin() + k.cols, a.grad_tmpl + k.v0 * 3);
+      }
+      if (a.grad_dirs != nullptr) {
+        product<acc_t>({NB, B, k.cols, 1, NB, k.cols, 0, k.colsp}, a.betas, gt.data(), nullptr,
+                       gst.data(), a.avx512);
+        acc_t* gs = a.grad_dirs + k.v0 * 3 * NB;
+        for (int64_t c = 0; c < k.cols; ++c) {
+          for (int64_t l = 0; l < NB; ++l) gs[c * NB + l] = gst[l * k.colsp + c];
+        }
+      }
+    }
+    if (a.grad_regressor != nullptr) {
+      // grad_𝒥[:, block] = Σ_b gJ_b (J, 3) x columns_b[:, block] (3, nv), b in order
+      for (int64_t b = 0; b < B; ++b) {
+        acc_t* out = a.grad_regressor + k.v0;
+        product<acc_t>({J, 3, k.nv, 3, 1, V, b == 0 ? 0 : V, V}, a.grad_joints + b * J * 3,
+                       a.columns + b * 3 * V + k.v0, b == 0 ? nullptr : out, out, a.avx512);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+bool shape_direct_cpu_takes(const at::Tensor& betas, const at::Tensor& v_template,
+                            const at::Tensor& shapedirs, const at::Tensor& J_regressor) {
+  const auto dtype = betas.scalar_type();
+  const bool cpu = betas.is_cpu() && v_template.is_cpu() && shapedirs.is_cpu() &&
+                   J_regressor.is_cpu();
+  return cpu && (dtype == at::kFloat || dtype == at::kDouble) &&
+         v_template.scalar_type() == dtype && shapedirs.scalar_type() == dtype &&
+         J_regressor.scalar_type() == dtype && v_template.dim() == 2 && betas.dim() == 2 &&
+         betas.size(0) >= 1;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> shape_direct_forward_cpu(
+    const at::Tensor& v_template_in, const at::Tensor& betas_in, const at::Tensor& shapedirs_in,
+    const at::Tensor& regressor_in) {
+  const at::Tensor v_template = v_template_in.contiguous(), betas = betas_in.contiguous(),
+                   shapedirs = shapedirs_in.contiguous(), regressor = regressor_in.contiguous();
+  const int64_t B = betas.size(0), NB = betas.size(1), V = v_template.size(0);
+  const int64_t J = regressor.size(0), blocks = shape_blocks(V);
+  const auto options = betas.options();
+  at::Tensor v_shaped = new_output({B, V * 3}, options);
+  at::Tensor columns = new_output({B, 3, V}, options);
+  at::Tensor partial = at::empty({blocks, B, J * 3}, options);
+  at::Tensor joints = at::zeros({B, J, 3}, options);
+  if (V == 0) return {v_shaped, columns, joints};
+  AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "shape_direct_forward_cpu", [&] {
+    DirectArgs<scalar_t> a{};
+    a.tmpl = v_template.data_ptr<scalar_t>();
+    a.betas = betas.data_ptr<scalar_t>();
+    a.dirs = shapedirs.data_ptr<scalar_t>();
+    a.regressor = regressor.data_ptr<scalar_t>();
+    a.v_shaped = v_shaped.data_ptr<scalar_t>();
+    a.columns = columns.data_ptr<scalar_t>();
+    a.partial = partial.data_ptr<scalar_t>();
+    a.B = B, a.NB = NB, a.V = V, a.J = J;
+    a.avx512 = shape_avx512(betas);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      direct_forward_range(a, begin, end);
+    });
+    // the blocks' partials in block order
+    scalar_t* out = joints.data_ptr<scalar_t>();
+    const scalar_t* part = a.partial;
+    for (int64_t index = 0; index < blocks; ++index) {
+      for (int64_t i = 0; i < B * J * 3; ++i) out[i] += part[index * B * J * 3 + i];
+    }
+  });
+  return {v_shaped, columns, joints};
+}
+
+std::array<at::Tensor, 4> shape_direct_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& grad_joints_in, const at::Tensor& columns_in,
+    const at::Tensor& v_template, const at::Tensor& betas_in, const at::Tensor& shapedirs_in,
+    const at::Tensor& regressor_in, const std::array<bool, 4>& needs) {
+  const at::Tensor grad = grad_in.contiguous(), grad_joints = grad_joints_in.contiguous(),
+                   columns = columns_in.contiguous(), betas = betas_in.contiguous(),
+                   shapedirs = shapedirs_in.contiguous(), regressor = regressor_in.contiguous();
+  const int64_t B = betas.size(0), NB = betas.size(1), V = v_template.size(0);
+  const int64_t J = regressor.size(0), blocks = shape_blocks(V), NBp = padded(NB);
+  const auto options = betas.options();
+  std::array<at::Tensor, 4> out;
+  if (needs[1]) out[1] = new_output(v_template.sizes(), options);
+  if (needs[2]) out[2] = new_output(shapedirs.sizes(), options);
+  if (needs[3]) out[3] = new_output(regressor.sizes(), options);
+  at::Tensor grad_betas = at::zeros({B, NB}, options);
+  if (V > 0) {
+    // each block writes the first NB values of its B rows (the padding is never read)
+    at::Tensor partial = at::empty({blocks, B, NBp}, options);
+    AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "shape_direct_backward_cpu", [&] {
+      DirectArgs<scalar_t> a{};
+      a.betas = betas.data_ptr<scalar_t>();
+      a.dirs = shapedirs.data_ptr<scalar_t>();
+      a.regressor = regressor.data_ptr<scalar_t>();
+      a.grad_v = grad.data_ptr<scalar_t>();
+      a.grad_joints = grad_joints.data_ptr<scalar_t>();
+      a.columns = columns.data_ptr<scalar_t>();
+      a.partial = partial.data_ptr<scalar_t>();
+      a.grad_tmpl = needs[1] ? out[1].data_ptr<scalar_t>() : nullptr;
+      a.grad_dirs = needs[2] ? out[2].data_ptr<scalar_t>() : nullptr;
+      a.grad_regressor = needs[3] ? out[3].data_ptr<scalar_t>() : nullptr;
+      a.B = B, a.NB = NB, a.V = V, a.J = J;
+      a.avx512 = shape_avx512(betas);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        direct_backward_range(a, begin, end);
+      });
+      scalar_t* gb = grad_betas.data_ptr<scalar_t>();
+      for (int64_t index = 0; index < blocks; ++index) {
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t l = 0; l < NB; ++l) gb[b * NB + l] += a.partial[(index * B + b) * NBp + l];
+        }
+      }
+    });
+  }
+  if (needs[0]) out[0] = grad_betas;
+  return out;
+}
+
 }  // namespace skinning
 }  // namespace portrait_engine
 

@@ -467,6 +467,191 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
   });
 }
 
+#if defined(PE_AVX512_BLEND)
+// The shared-weights paths with the per-point work on 16 points at once (float on an AVX-512 CPU,
+// the forward map M (p, 1) only: not `inverse`). The chunk's blended transforms are built
+// component-major, Mk[b * 12 + k][i] = Σ_j At[j, b * 12 + k] w[n0 + i, j] (R x kBlendChunk, the
+// register tiles over the weights' transposed chunk), so that each of a point group's 12 values
+// is one vector load; the points and their gradients are de-interleaved from (x, y, z) triples
+// by two permutes per component. The backward writes dM component-major too (dMk, R x chunk) and
+// reduces it with the same tiles: grad_w rows = dMkᵀ At_rows, partᵀ (R, J) = dMk w_chunk.
+// With the transforms point-major ((chunk, R)) each point's 12 values were scalar work: at lbs's
+// B = 32 about a third of skin_points' time. The sums keep skin_point's order (no FMA), and
+// each chunk's partial is summed in chunk order: the same result for any thread count.
+
+// lanes [0, n) of a 16-lane mask
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff)
+                 : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// Permute indices between 16 (x, y, z) triples (48 floats in three vectors) and three vectors of
+// components: component c of point i is float 3 i + c.
+struct TripleIndices {
+  alignas(64) int32_t split_first[3][16];  // de-interleave: from (v0, v1),
+  alignas(64) int32_t split_last[3][16];   //   then from (t, v2)
+  alignas(64) int32_t join_first[3][16];   // interleave: from (x, y),
+  alignas(64) int32_t join_last[3][16];    //   then from (t, z)
+};
+
+const TripleIndices& triple_indices() {
+  static const TripleIndices indices = [] {
+    TripleIndices t{};
+    for (int c = 0; c < 3; ++c) {
+      for (int i = 0; i < 16; ++i) {
+        const int f = 3 * i + c;  // component c of point i in the 48 floats
+        t.split_first[c][i] = f < 32 ? f : 0;
+        t.split_last[c][i] = f >= 32 ? 16 + (f - 32) : i;
+      }
+    }
+    for (int q = 0; q < 3; ++q) {  // output vector q holds floats 16 q .. 16 q + 15
+      for (int i = 0; i < 16; ++i) {
+        const int f = 16 * q + i, point = f / 3, c = f % 3;
+        t.join_first[q][i] = c == 2 ? 0 : point + 16 * c;
+        t.join_last[q][i] = c == 2 ? 16 + point : i;
+      }
+    }
+    return t;
+  }();
+  return indices;
+}
+
+// n <= 16 triples from src into x, y, z (lanes past n zero)
+__attribute__((target("avx512f"))) inline void load_triples(const TripleIndices& t,
+                                                            const float* src, int64_t n,
+                                                            __m512 out[3]) {
+  const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(3 * n), src);
+  const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(3 * n - 16), src + 16);
+  const __m512 v2 = _mm512_maskz_loadu_ps(first_lanes(3 * n - 32), src + 32);
+  for (int c = 0; c < 3; ++c) {
+    const __m512i first = _mm512_load_si512(t.split_first[c]);
+    const __m512i last = _mm512_load_si512(t.split_last[c]);
+    out[c] = _mm512_permutex2var_ps(_mm512_permutex2var_ps(v0, first, v1), last, v2);
+  }
+}
+
+__attribute__((target("avx512f"))) inline void store_triples(const TripleIndices& t,
+                                                             const __m512 in[3], int64_t n,
+                                                             float* dst) {
+  for (int q = 0; q < 3; ++q) {
+    const __m512i first = _mm512_load_si512(t.join_first[q]);
+    const __m512i last = _mm512_load_si512(t.join_last[q]);
+    const __m512 v =
+        _mm512_permutex2var_ps(_mm512_permutex2var_ps(in[0], first, in[1]), last, in[2]);
+    _mm512_mask_storeu_ps(dst + 16 * q, first_lanes(3 * n - 16 * q), v);
+  }
+}
+
+// Mk (R x kBlendChunk) for the `rows` points from n0; wt_t a (J x kBlendChunk) buffer.
+__attribute__((target("avx512f"))) void blend_chunk_by_component(
+    const float* w, const float* At, int64_t J, int64_t R, int64_t n0, int64_t rows,
+    float* wt_t, float* Mk) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < J; ++j) wt_t[j * kBlendChunk + i] = w[(n0 + i) * J + j];
+  }
+  // Mk[r, i] = Σ_j At[j, r] wt_t[j, i]: a = At with (r, j) strides (1, R)
+  rows_times_matrix_all_avx512(At, R, 1, wt_t, Mk, R, J, kBlendChunk, 0, rows);
+}
+
+struct SkinSharedArgs {
+  const float* grad_out;  // (B, N, 3), backward
+  const float* points;    // (B, N, 3)
+  const float* w;         // (N, J)
+  const float* At;        // (J, R)
+  const float* At_rows;   // (R, J), backward
+  float* out;             // forward: (B, N, 3); backward: grad_points
+  float* grad_w;          // (N, J), backward
+  float* partial_t;       // (chunks, R, J), backward
+  int64_t B, N, J;
+};
+
+// the forward's chunks [begin, end) (chunk c: points from c * kBlendChunk)
+__attribute__((target("avx512f"))) void skin_forward_shared_chunks(const SkinSharedArgs& a,
+                                                                   int64_t begin, int64_t end) {
+  const int64_t B = a.B, N = a.N, J = a.J, R = B * 12;
+  const TripleIndices& t = triple_indices();
+  std::vector<float> wt_t(J * kBlendChunk), Mk(R * kBlendChunk);
+  for (int64_t chunk = begin; chunk < end; ++chunk) {
+    const int64_t n0 = chunk * kBlendChunk, rows = std::min(kBlendChunk, N - n0);
+    blend_chunk_by_component(a.w, a.At, J, R, n0, rows, wt_t.data(), Mk.data());
+    for (int64_t b = 0; b < B; ++b) {
+      const float* m = Mk.data() + b * 12 * kBlendChunk;
+      for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+        const int64_t n = std::min<int64_t>(16, rows - i0);
+        const int64_t point = (b * N + n0 + i0) * 3;
+        __m512 p[3], o[3];
+        load_triples(t, a.points + point, n, p);
+        for (int r = 0; r < 3; ++r) {  // M[r] (p, 1), in skin_point's order
+          const float* row = m + r * 4 * kBlendChunk + i0;
+          const __m512 xy = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(row), p[0]),
+                                          _mm512_mul_ps(_mm512_loadu_ps(row + kBlendChunk), p[1]));
+          o[r] = _mm512_add_ps(
+              _mm512_add_ps(xy, _mm512_mul_ps(_mm512_loadu_ps(row + 2 * kBlendChunk), p[2])),
+              _mm512_loadu_ps(row + 3 * kBlendChunk));
+        }
+        store_triples(t, o, n, a.out + point);
+      }
+    }
+  }
+}
+
+// the backward's chunks [begin, end)
+__attribute__((target("avx512f"))) void skin_backward_shared_chunks(const SkinSharedArgs& a,
+                                                                    int64_t begin, int64_t end) {
+  const int64_t B = a.B, N = a.N, J = a.J, R = B * 12;
+  const TripleIndices& t = triple_indices();
+  std::vector<float> wt_t(J * kBlendChunk), Mk(R * kBlendChunk), dMk(R * kBlendChunk);
+  for (int64_t chunk = begin; chunk < end; ++chunk) {
+    const int64_t n0 = chunk * kBlendChunk, rows = std::min(kBlendChunk, N - n0);
+    blend_chunk_by_component(a.w, a.At, J, R, n0, rows, wt_t.data(), Mk.data());
+    for (int64_t b = 0; b < B; ++b) {
+      const float* m = Mk.data() + b * 12 * kBlendChunk;
+      float* dm = dMk.data() + b * 12 * kBlendChunk;
+      for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+        const int64_t n = std::min<int64_t>(16, rows - i0);
+        const int64_t point = (b * N + n0 + i0) * 3;
+        __m512 p[3], g[3], gp[3];
+        load_triples(t, a.points + point, n, p);
+        load_triples(t, a.grad_out + point, n, g);
+        // gp = Mᵀ g; dM = g (p, 1)ᵀ (the lanes past n are never read: the products below take
+        // the chunk's first `rows` columns)
+        for (int c = 0; c < 3; ++c) {
+          const float* col = m + c * kBlendChunk + i0;
+          gp[c] = _mm512_add_ps(
+              _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(col), g[0]),
+                            _mm512_mul_ps(_mm512_loadu_ps(col + 4 * kBlendChunk), g[1])),
+              _mm512_mul_ps(_mm512_loadu_ps(col + 8 * kBlendChunk), g[2]));
+        }
+        store_triples(t, gp, n, a.out + point);
+        for (int r = 0; r < 3; ++r) {
+          float* row = dm + r * 4 * kBlendChunk + i0;
+          for (int c = 0; c < 3; ++c) {
+            _mm512_storeu_ps(row + c * kBlendChunk, _mm512_mul_ps(g[r], p[c]));
+          }
+          _mm512_storeu_ps(row + 3 * kBlendChunk, g[r]);
+        }
+      }
+    }
+    // grad_w rows (rows, J) = dMkᵀ (rows, R) At_rows (R, J): a = dMk, (i, r) strides (1, chunk)
+    rows_times_matrix_all_avx512(dMk.data(), kBlendChunk, 1, a.At_rows, a.grad_w + n0 * J, rows,
+                                 R, J, 0, J);
+    // partᵀ (R, J) = dMk (R, rows) w[n0 : n0 + rows] (rows, J)
+    rows_times_matrix_all_avx512(dMk.data(), 1, kBlendChunk, a.w + n0 * J,
+                                 a.partial_t + chunk * R * J, R, rows, J, 0, J);
+  }
+}
+
+// Whether skin_points takes the two kernels above: float, shared weights, the forward map, an
+// AVX-512 CPU (the forward from B = 2: at B = 1 the per-point blend measured the same).
+// Measured on the 2-core Zen 4 (2026-11-28, in one process, alternated with the point-major
+// path): lbs at B = 32 fwd+bwd 12.13 -> 11.64 ms, skin_points smpl-b32 4.62 -> 4.26 ms, lbs at
+// B = 1 2.75 -> 2.61 ms.
+bool skin_shared_vector(const at::Tensor& points, const at::Tensor& weights, bool inverse) {
+  return !inverse && weights.size(0) == 1 && points.scalar_type() == at::kFloat &&
+         blend_avx512(points);
+}
+#endif
+
 // Per point: grad_points and dM into a workspace in the accumulation type, reduced by the GEMMs
 // of the caller: (B, N, 12) for batched weights, point-major (N, B, 12) for shared ones (the
 // path of batches below kSharedChunkMinBatch; B = 1: both layouts agree).
@@ -528,6 +713,20 @@ at::Tensor skin_points_forward_cpu(const at::Tensor& points, const at::Tensor& w
   check_skin(points, weights, transforms, kCpuSide);
   at::Tensor out = new_output(points.sizes(), points.options());
   if (points.numel() == 0) return out;
+#if defined(PE_AVX512_BLEND)
+  if (skin_shared_vector(points, weights, inverse) && points.size(0) > 1) {
+    const at::Tensor At = joint_major_rows(transforms);
+    SkinSharedArgs a{};
+    a.points = points.data_ptr<float>();
+    a.w = weights.data_ptr<float>();
+    a.At = At.data_ptr<float>();
+    a.out = out.data_ptr<float>();
+    a.B = points.size(0), a.N = points.size(1), a.J = transforms.size(1);
+    at::parallel_for(0, (a.N + kBlendChunk - 1) / kBlendChunk, 1,
+                     [&](int64_t begin, int64_t end) { skin_forward_shared_chunks(a, begin, end); });
+    return out;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "skin_points_forward_cpu", [&] {
                                     skin_forward_impl<scalar_t>(points, weights, transforms,
@@ -549,6 +748,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
   // The reductions over points are GEMMs over dM (skin_reduce.h): per chunk of points on a
   // cache-resident buffer for batches of shared weights, over a whole workspace otherwise.
   const auto acc = points.options().dtype(acc_dtype(points));
+#if defined(PE_AVX512_BLEND)
+  if (skin_shared_vector(points, weights, inverse)) {
+    const at::Tensor At = joint_major_rows(transforms);
+    const at::Tensor At_rows = At.t().contiguous();
+    at::Tensor grad_w = new_output({1, N, J}, acc);
+    at::Tensor partial_t = at::empty({(N + kBlendChunk - 1) / kBlendChunk, B * 12, J}, acc);
+    SkinSharedArgs a{grad_out.data_ptr<float>(), points.data_ptr<float>(),
+                     weights.data_ptr<float>(), At.data_ptr<float>(), At_rows.data_ptr<float>(),
+                     grad_points.data_ptr<float>(), grad_w.data_ptr<float>(),
+                     partial_t.data_ptr<float>(), B, N, J};
+    at::parallel_for(0, partial_t.size(0), 1, [&](int64_t begin, int64_t end) {
+      skin_backward_shared_chunks(a, begin, end);
+    });
+    at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
+    grad_transforms.narrow(2, 0, 3).copy_(
+        partial_t.sum(0).view({B, 12, J}).transpose(1, 2).reshape({B, J, 3, 4}));
+    return {grad_points, grad_w, grad_transforms};
+  }
+#endif
   if (shared_chunked(weights, B, acc)) {
     at::Tensor grad_w = at::empty({N, J}, acc);
     at::Tensor partial = at::empty({(N + kBlendChunk - 1) / kBlendChunk, J, B * 12}, acc);
@@ -880,6 +1098,20 @@ at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
 }
 
 #if defined(PE_AVX512_BLEND)
+// The streamed backward's block width: at most kStreamColumns, the blocks a multiple of
+// kStreamBlocks in number and as even as whole vectors allow, so that 2, 4 or 8 threads get equal
+// shares; from C alone (the partials' order does not depend on the threads). 4096-column blocks
+// split SMPL's 20670 columns 3 : 2.05 between two threads (the last block 190 columns): B = 1's
+// backward took 0.95 ms where a 17 MB clone takes 0.65.
+constexpr int64_t kStreamBlocks = 8;
+
+int64_t stream_backward_width(int64_t C) {
+  const int64_t at_most = (C + kStreamColumns - 1) / kStreamColumns;
+  const int64_t blocks = std::max<int64_t>(
+      kStreamBlocks, (at_most + kStreamBlocks - 1) / kStreamBlocks * kStreamBlocks);
+  return std::max<int64_t>(16, (C + blocks * 16 - 1) / (blocks * 16) * 16);
+}
+
 // The streamed backward of small batches: one pass over column blocks, grad_coeffs summed from
 // one (B, F) partial per block (in block order: fixed for any thread count; no atomics).
 std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& grad_out,
@@ -889,7 +1121,8 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& gra
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
   at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
                                    : at::empty({0}, dirs.options());
-  const int64_t blocks = (C + kStreamColumns - 1) / kStreamColumns;
+  const int64_t width = stream_backward_width(C);
+  const int64_t blocks = (C + width - 1) / width;
   at::Tensor partial = at::empty({blocks, B, F}, coeffs.options());
   const float* g = grad_out.data_ptr<float>();
   const float* k = coeffs.data_ptr<float>();
@@ -898,9 +1131,9 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& gra
   float* part = partial.data_ptr<float>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t c0 = block * kStreamColumns;
+      const int64_t c0 = block * width;
       stream_by_batch<StreamBackward>(B, g, k, d, gd, part + block * B * F, F, C, c0,
-                                      std::min(kStreamColumns, C - c0));
+                                      std::min(width, C - c0));
     }
     _mm_sfence();  // the non-temporal stores are visible before the task ends
   });

@@ -196,3 +196,24 @@ def test_lbs_on_two_threads_matches_smplx():
     want = run("smplx", inputs)
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, torch.float32, scale=10)
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="the BLAS runs some products here")
+@pytest.mark.parametrize("batch", [1, 6])
+def test_lbs_small_batches_do_not_depend_on_threads(batch):
+    """Below 8 rows on an AVX-512 CPU native lbs runs no BLAS call: the direct route's shape part
+    (shape_direct.h) and the streamed blend passes on fixed blocks, skin_points' per-chunk
+    backward, each partial summed in block order. Two threads and three (the streamed passes
+    need two or more) give bit-identical values and gradients, on a mesh of several vertex
+    blocks and a partial one."""
+    inputs = make_inputs(batch=batch, rings=20, around=24)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            results.append(run("native", inputs))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)

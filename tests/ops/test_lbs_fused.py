@@ -104,8 +104,13 @@ def _compare(monkeypatch, inputs, needs, outputs=(0, 1)):
         if want is None:
             assert got is None, f"output {index}: a gradient the Python path does not give"
             continue
-        # the same kernels and ATen products in the same order: equal to rounding
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"output {index}")
+        # the same kernels, equal to float32 rounding: the same ATen products in the same order,
+        # except the direct route's shape part on the CPU, which runs its own passes over blocks
+        # of vertices (shape_direct.h) and so sums in another order: differences of ~1e-7 of
+        # each tensor's largest value (up to 4e-6 on gradients near 40), hence an absolute
+        # tolerance of 1e-6 of that scale
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * scale, msg=f"output {index}")
 
 
 @pytest.mark.usefixtures("poison_outputs")
