@@ -1255,24 +1255,68 @@ PE_ISA_CLONES_WIDTH(blend_forward_columns, BlendForwardArgs)
 
 #if defined(PE_AVX512_BLEND)
 // The forward on an AVX-512 CPU (float, B >= kStreamMinBlasBatch): strips of kForwardStrip
-// columns, each strip of dirs first copied into panels of kForwardPanel columns ((F, 48) each,
+// columns, each strip of dirs copied into panels of kForwardPanel columns ((F, 48) each,
 // contiguous, zero past the last column), then register tiles of 8 batch rows by the panel's 3
 // vectors (24 accumulators; per row of dirs 3 loads and 8 broadcasts for 24 FMAs) sweep each
-// panel from L1. The cpu_gemm tiles on dirs in place (8 rows by one vector, K = F rows of dirs
-// 82 KB apart: a new page per row) ran this product at 2.3-3.0 ms at SMPL's B = 32.
+// panel from L1 / L2. Measured at SMPL's B = 32 on the 2-core Zen 4 (2026-11-28, the product
+// alone, dirs out of cache): the cpu_tile_gemm tiles on dirs in place (8 rows by one vector,
+// K = F rows of dirs 82 KB apart: a new page per row) 2.3-3.0 ms; these tiles on a strip copied
+// first 2.1-2.35 ms, of which the tiles alone (no copy) 1.33 ms and the copy alone 0.8 ms: the
+// copy's loads from memory did not overlap the FMAs, prefetching the next strip did not help
+// (2.1-2.25). Interleaving the next strip's copy into the tiles, a line per step of their sweep
+// (StripCopy): 1.77-1.81 ms.
 constexpr int64_t kForwardPanel = 48;
-constexpr int64_t kForwardStrip = 8 * kForwardPanel;
 
+constexpr int64_t kForwardStrip = 8 * kForwardPanel;
+constexpr int64_t kStripLines = kForwardStrip / 16;  // 64-byte lines per row of a strip
+constexpr int64_t kStripPrefetchLines = 64;          // lines prefetched ahead of their copy
+
+// Copies a strip of dirs (F rows of up to kForwardStrip columns, zero past its width) into
+// panels (p, F, kForwardPanel), one 16-float line per step: the tiles of the strip before it
+// take a step per row of their sweep, so the copy's loads from memory overlap their FMAs. Lines
+// in row order (each row of the strip one run of memory), prefetched kStripPrefetchLines ahead.
+struct StripCopy {
+  const float* src = nullptr;  // the strip's first column in dirs' row 0
+  float* dst = nullptr;
+  int64_t width = 0, F = 0, C = 0, item = 0, items = 0;
+};
+
+__attribute__((target("avx512f"))) inline void strip_copy_step(StripCopy& copy) {
+  if (copy.item >= copy.items) return;
+  const int64_t ahead = copy.item + kStripPrefetchLines;
+  if (ahead < copy.items) {
+    const int64_t f = ahead / kStripLines, line = ahead % kStripLines;
+    if (16 * line < copy.width) {
+      _mm_prefetch(reinterpret_cast<const char*>(copy.src + f * copy.C + 16 * line), _MM_HINT_T0);
+    }
+  }
+  const int64_t f = copy.item / kStripLines, line = copy.item % kStripLines;
+  const int64_t panel = line / 3, q = line % 3;
+  const __mmask16 mask = first_lanes(copy.width - 16 * line);
+  _mm512_storeu_ps(copy.dst + (panel * copy.F + f) * kForwardPanel + 16 * q,
+                   _mm512_maskz_loadu_ps(mask, copy.src + f * copy.C + 16 * line));
+  ++copy.item;
+}
+
+StripCopy strip_copy(const BlendForwardArgs<float>& a, int64_t strip, float* dst) {
+  StripCopy copy;
+  copy.src = a.dirs + strip * kForwardStrip;
+  copy.dst = dst;
+  copy.width = std::min(kForwardStrip, a.C - strip * kForwardStrip);
+  copy.F = a.F, copy.C = a.C;
+  copy.items = a.F * kStripLines;
+  return copy;
+}
+
+// RB rows of out from b0 over the panel of columns [c0, c0 + width): base + Σ_f coeffs[b, f]
+// panel[f, :], f in increasing order; a step of `copy` per f.
 template <int RB>
 __attribute__((target("avx512f"))) void blend_forward_tile_avx512(
     const BlendForwardArgs<float>& a, const float* panel, int64_t b0, int64_t c0,
-    int64_t width, const char* prefetch) {
+    int64_t width, StripCopy& copy) {
   __mmask16 mask[3];
   PE_UNROLL
-  for (int q = 0; q < 3; ++q) {
-    const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, width - 16 * q));
-    mask[q] = static_cast<__mmask16>((1u << left) - 1u);
-  }
+  for (int q = 0; q < 3; ++q) mask[q] = first_lanes(width - 16 * q);
   __m512 acc[RB][3];
   PE_UNROLL
   for (int r = 0; r < RB; ++r) {
@@ -1282,8 +1326,8 @@ __attribute__((target("avx512f"))) void blend_forward_tile_avx512(
   }
   const float* k = a.coeffs + b0 * a.F;
   for (int64_t f = 0; f < a.F; ++f) {
+    strip_copy_step(copy);
     const float* d = panel + f * kForwardPanel;
-    if (prefetch != nullptr) _mm_prefetch(prefetch + f * a.C * 4, _MM_HINT_T1);
     const __m512 d0 = _mm512_loadu_ps(d), d1 = _mm512_loadu_ps(d + 16),
                  d2 = _mm512_loadu_ps(d + 32);
     PE_UNROLL
@@ -1302,40 +1346,27 @@ __attribute__((target("avx512f"))) void blend_forward_tile_avx512(
   }
 }
 
+// The strips [begin, end) of kForwardStrip columns, two packed buffers: while a strip's tiles
+// compute from one, they copy the next strip into the other (what is left is copied after).
 __attribute__((target("avx512f"))) void blend_forward_strips_avx512(
     const BlendForwardArgs<float>& a, int64_t begin, int64_t end) {
-  std::vector<float> packed(a.F * kForwardStrip);
+  std::vector<float> buffers(2 * a.F * kForwardStrip);
+  float* current = buffers.data();
+  float* next = current + a.F * kForwardStrip;
+  StripCopy copy = strip_copy(a, begin, current);
+  while (copy.item < copy.items) strip_copy_step(copy);
   for (int64_t strip = begin; strip < end; ++strip) {
     const int64_t s0 = strip * kForwardStrip, width = std::min(kForwardStrip, a.C - s0);
-    const int64_t panels = (width + kForwardPanel - 1) / kForwardPanel;
-    for (int64_t f = 0; f < a.F; ++f) {  // each row of the strip read as one run
-      const float* src = a.dirs + f * a.C + s0;
-      for (int64_t p = 0; p < panels; ++p) {
-        float* dst = packed.data() + (p * a.F + f) * kForwardPanel;
-        const int64_t n = std::min(kForwardPanel, width - p * kForwardPanel);
-        std::memcpy(dst, src + p * kForwardPanel, n * sizeof(float));
-        std::fill(dst + n, dst + kForwardPanel, 0.f);
-      }
-    }
-    // the next strip's rows into L2 while this one computes: tile t prefetches line t of
-    // every row, one per row of its sweep (the strip's copy otherwise waits on memory: F short
-    // runs of the strip's width, 0.8 ms of 2.25 at SMPL's B = 32, no overlap)
-    const int64_t next0 = s0 + kForwardStrip;
-    const int64_t next_lines =
-        strip + 1 < end ? (std::min(kForwardStrip, a.C - next0) * 4 + 63) / 64 : 0;
-    int64_t tile_index = 0;
-    for (int64_t p = 0; p < panels; ++p) {
-      const float* panel = packed.data() + p * a.F * kForwardPanel;
+    copy = strip + 1 < end ? strip_copy(a, strip + 1, next) : StripCopy{};
+    for (int64_t p = 0; p * kForwardPanel < width; ++p) {
+      const float* panel = current + p * a.F * kForwardPanel;
       const int64_t c0 = s0 + p * kForwardPanel, n = std::min(kForwardPanel, width - p * kForwardPanel);
       int64_t b0 = 0;
-      for (; b0 + 8 <= a.B; b0 += 8, ++tile_index) {
-        const char* pf = tile_index < next_lines
-                             ? reinterpret_cast<const char*>(a.dirs + next0) + tile_index * 64
-                             : nullptr;
-        blend_forward_tile_avx512<8>(a, panel, b0, c0, n, pf);
-      }
-      for (; b0 < a.B; ++b0) blend_forward_tile_avx512<1>(a, panel, b0, c0, n, nullptr);
+      for (; b0 + 8 <= a.B; b0 += 8) blend_forward_tile_avx512<8>(a, panel, b0, c0, n, copy);
+      for (; b0 < a.B; ++b0) blend_forward_tile_avx512<1>(a, panel, b0, c0, n, copy);
     }
+    while (copy.item < copy.items) strip_copy_step(copy);
+    std::swap(current, next);
   }
 }
 #endif
