@@ -408,8 +408,7 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
   const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J, NBp = padded(NB);
   const int64_t colsp_max = padded(3 * kShapeBlock);
   // gt: the block's gradient reaching v_shaped, (B, 3 nv) by the block's columns
-  std::vector<acc_t> gt(B * 3 * kShapeBlock), ones(B, acc_t(1)), gsum(colsp_max),
-      gst(NB * colsp_max);
+  std::vector<acc_t> gt(B * 3 * kShapeBlock), ones(B, acc_t(1)), gsum(colsp_max);
   for (int64_t index = begin; index < end; ++index) {
     const Block k(index, V);
     const acc_t* s = a.dirs + k.v0 * 3 * NB;
@@ -429,12 +428,9 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
         std::copy(gsum.begin(), gsum.begin() + k.cols, a.grad_tmpl + k.v0 * 3);
       }
       if (a.grad_dirs != nullptr) {
-        product<acc_t>({NB, B, k.cols, 1, NB, k.cols, 0, k.colsp}, a.betas, gt.data(), nullptr,
-                       gst.data(), a.avx512);
-        acc_t* gs = a.grad_dirs + k.v0 * 3 * NB;
-        for (int64_t c = 0; c < k.cols; ++c) {
-          for (int64_t l = 0; l < NB; ++l) gs[c * NB + l] = gst[l * k.colsp + c];
-        }
+        // grad_S rows of the block (cols, NB) = gtᵀ (cols, B) β (B, NB), in place
+        product<acc_t>({k.cols, B, NB, 1, k.cols, NB, 0, NB}, gt.data(), a.betas, nullptr,
+                       a.grad_dirs + k.v0 * 3 * NB, a.avx512);
       }
     }
     if (a.grad_regressor != nullptr) {
