@@ -70,12 +70,14 @@ def test_opcheck_fused_forward_and_backward(kind, route, pose2rot):
             assert (grad.numel() > 0) == need
 
 
-def _run(inputs, needs, outputs=(0, 1)):
+def _run(inputs, needs, outputs=(0, 1), nodes=None):
     leaves = [
         x.detach().clone().requires_grad_(i in needs) if x.is_floating_point() else x
         for i, x in enumerate(inputs)
     ]
     vertices, joints = lbs(*leaves, backend="native")
+    if nodes is not None:
+        nodes.append(vertices.grad_fn.name())
     generator = torch.Generator().manual_seed(5)
     gv = torch.randn(vertices.shape, generator=generator)
     gj = torch.randn(joints.shape, generator=generator)
@@ -85,7 +87,8 @@ def _run(inputs, needs, outputs=(0, 1)):
 
 
 def _compare(monkeypatch, inputs, needs, outputs=(0, 1)):
-    """The fused path (checked to run) against the Python path, on the same inputs."""
+    """The fused path (checked to run) against the Python path, on the same inputs: through
+    lbs_autograd (the C++ autograd node, eager mode on the CPU) and through _LBS."""
     calls = []
     fused_forward = skinning_module._LBS.run_fused_forward
 
@@ -94,12 +97,21 @@ def _compare(monkeypatch, inputs, needs, outputs=(0, 1)):
         return fused_forward(*args)
 
     monkeypatch.setattr(skinning_module._LBS, "run_fused_forward", staticmethod(counted))
+    nodes = []
+    through_cpp = _run(inputs, needs, outputs, nodes)
+    assert not calls and "LbsFunction" in nodes[0], "lbs_autograd did not run"
+    monkeypatch.setattr(skinning_module, "_AUTOGRAD_DEVICES", ())
     fused = _run(inputs, needs, outputs)
     assert calls, "the fused path did not run"
     monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", False)
     python = _run(inputs, needs, outputs)
     assert len(calls) == 1, "the fused path ran where the Python path should have"
     monkeypatch.setattr(skinning_module, "_FUSED_NATIVE", True)
+    for index, (cpp, got) in enumerate(zip(through_cpp, fused, strict=True)):
+        # the same ops on the same inputs: identical results
+        assert (cpp is None) == (got is None), f"output {index}"
+        if got is not None:
+            assert torch.equal(cpp, got), f"output {index}: lbs_autograd differs from _LBS"
     for index, (got, want) in enumerate(zip(fused, python, strict=True)):
         if want is None:
             assert got is None, f"output {index}: a gradient the Python path does not give"
@@ -177,3 +189,24 @@ def test_a_signature_that_passed_still_checks_each_call(monkeypatch):
     inputs = _variant("plain")
     with pytest.raises(TypeError, match="pose2rot"):
         lbs(*inputs, pose2rot=1, backend="native")
+
+
+@pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "one_betas_row"])
+def test_opcheck_lbs_autograd(kind):
+    """The C++ autograd node's op: schema, fake kernel, autograd registration."""
+    if not _extension.has_op("lbs_autograd"):
+        pytest.skip("needs the built extension")
+    args = list(_fused_args(kind))
+    for i in range(7):
+        args[i] = args[i].detach().clone().requires_grad_(True)
+    direct = skinning_module._direct_takes(args[0], args[1], args[2], args[5], args[9])
+    torch.library.opcheck(torch.ops.portrait_engine.lbs_autograd.default, (*args, direct))
+
+
+def test_lbs_autograd_without_autograd_gives_the_same_values():
+    """Under inference mode (no autograd key) the op runs its forward alone."""
+    inputs = _variant("plain")
+    with torch.inference_mode():
+        vertices, joints = lbs(*inputs, backend="native")
+    want = lbs(*inputs, backend="native")
+    assert torch.equal(vertices, want[0]) and torch.equal(joints, want[1])
