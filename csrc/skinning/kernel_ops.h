@@ -7,7 +7,10 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <array>
+#include <optional>
 #include <tuple>
+#include <vector>
 
 namespace portrait_engine {
 namespace skinning {
@@ -33,6 +36,17 @@ using BlendBackward = Tensor2(TensorRef, TensorRef, TensorRef, bool);
 using ShapeForward = Tensor2(TensorRef, TensorRef, TensorRef, TensorRef);
 using ShapeBackward = Tensor4(TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, TensorRef);
 
+// lbs's own host ops (lbs_fused.cpp; lbs_direct_cpu.cpp defines the direct ones' schemas, the
+// same), as lbs_autograd.cpp calls them.
+using LbsForward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
+    TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, bool,
+    int64_t);
+using LbsBackward = std::vector<Tensor>(const std::optional<Tensor>&,
+                                        const std::optional<Tensor>&, TensorRef, TensorRef,
+                                        TensorRef, TensorRef, TensorRef, TensorRef, TensorRef,
+                                        TensorRef, at::TensorList, bool, int64_t,
+                                        std::array<bool, 7>);
+
 struct KernelOps {
   c10::TypedOperatorHandle<FkForward> fk_forward =
       kernel_op<FkForward>("portrait_engine::forward_kinematics_forward");
@@ -50,6 +64,14 @@ struct KernelOps {
       kernel_op<ShapeForward>("portrait_engine::shape_blend_forward");
   c10::TypedOperatorHandle<ShapeBackward> shape_backward =
       kernel_op<ShapeBackward>("portrait_engine::shape_blend_backward");
+  c10::TypedOperatorHandle<LbsForward> lbs_fused_forward =
+      kernel_op<LbsForward>("portrait_engine::lbs_fused_forward");
+  c10::TypedOperatorHandle<LbsBackward> lbs_fused_backward =
+      kernel_op<LbsBackward>("portrait_engine::lbs_fused_backward");
+  c10::TypedOperatorHandle<LbsForward> lbs_direct_forward =
+      kernel_op<LbsForward>("portrait_engine::lbs_direct_forward");
+  c10::TypedOperatorHandle<LbsBackward> lbs_direct_backward =
+      kernel_op<LbsBackward>("portrait_engine::lbs_direct_backward");
 };
 
 inline const KernelOps& ops() {

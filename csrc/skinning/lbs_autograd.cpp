@@ -21,6 +21,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "skinning/kernel_ops.h"
+
 #include <array>
 #include <optional>
 #include <tuple>
@@ -30,41 +32,8 @@ namespace portrait_engine {
 namespace skinning {
 namespace {
 
-using Tensor = at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using FusedForward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, bool, int64_t);
-using FusedBackward = std::vector<Tensor>(const std::optional<Tensor>&,
-                                          const std::optional<Tensor>&, const Tensor&,
-                                          const Tensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, const Tensor&, const Tensor&,
-                                          const Tensor&, at::TensorList, bool, int64_t,
-                                          std::array<bool, 7>);
-
-struct LbsOps {
-  c10::TypedOperatorHandle<FusedForward> fused_forward = find<FusedForward>("lbs_fused_forward");
-  c10::TypedOperatorHandle<FusedBackward> fused_backward =
-      find<FusedBackward>("lbs_fused_backward");
-  c10::TypedOperatorHandle<FusedForward> direct_forward =
-      find<FusedForward>("lbs_direct_forward");
-  c10::TypedOperatorHandle<FusedBackward> direct_backward =
-      find<FusedBackward>("lbs_direct_backward");
-
-  template <typename Signature>
-  static c10::TypedOperatorHandle<Signature> find(const char* name) {
-    return c10::Dispatcher::singleton()
-        .findSchemaOrThrow((std::string("portrait_engine::") + name).c_str(), "")
-        .typed<Signature>();
-  }
-};
-
-const LbsOps& lbs_ops() {
-  static const LbsOps kOps;
-  return kOps;
-}
 
 constexpr size_t kInputs = 8;  // the tensors saved first: lbs's eight tensor inputs
 
@@ -76,7 +45,7 @@ class LbsFunction : public torch::autograd::Function<LbsFunction> {
                                const Tensor& lbs_weights, const Tensor& parents, bool pose2rot,
                                int64_t route, bool direct) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const auto& op = direct ? lbs_ops().direct_forward : lbs_ops().fused_forward;
+    const auto& op = direct ? ops().lbs_direct_forward : ops().lbs_fused_forward;
     auto [vertices, joints, saved] = op.call(betas, pose, v_template, shapedirs, posedirs,
                                              J_regressor, lbs_weights, parents, pose2rot, route);
     variable_list to_save = {betas,     pose,        v_template,  shapedirs,
@@ -100,7 +69,7 @@ class LbsFunction : public torch::autograd::Function<LbsFunction> {
     if (!any) return out;
     const variable_list saved = ctx->get_saved_variables();
     const bool direct = ctx->saved_data["direct"].toBool();
-    const auto& op = direct ? lbs_ops().direct_backward : lbs_ops().fused_backward;
+    const auto& op = direct ? ops().lbs_direct_backward : ops().lbs_fused_backward;
     const std::vector<Tensor> rest(saved.begin() + kInputs, saved.end());
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     std::vector<Tensor> result = op.call(
@@ -132,7 +101,7 @@ std::tuple<Tensor, Tensor> lbs_no_autograd(const Tensor& betas, const Tensor& po
                                            const Tensor& posedirs, const Tensor& J_regressor,
                                            const Tensor& lbs_weights, const Tensor& parents,
                                            bool pose2rot, int64_t route, bool direct) {
-  const auto& op = direct ? lbs_ops().direct_forward : lbs_ops().fused_forward;
+  const auto& op = direct ? ops().lbs_direct_forward : ops().lbs_fused_forward;
   auto [vertices, joints, saved] = op.call(betas, pose, v_template, shapedirs, posedirs,
                                            J_regressor, lbs_weights, parents, pose2rot, route);
   return {vertices, joints};

@@ -38,10 +38,8 @@
 #include "host.h"
 #include "skinning/checks.h"
 #include "skinning/shape_direct.h"
+#include "skinning/tile_product.h"
 
-#if PE_HAVE_ISA_CLONES
-#include <immintrin.h>
-#endif
 
 namespace portrait_engine {
 namespace skinning {
@@ -71,129 +69,6 @@ struct ShapeArgs {
   bool avx512;  // float on an AVX-512 CPU: the register-tiled products
 };
 
-// Every product of a block is a small dense one, out[r, c] = init[r, c] + Σ_k a[r, k] x[k, c]
-// over buffers in L1 (the block's data in the accumulation type): on an AVX-512 CPU, float runs
-// a register-tiled kernel (R rows x Q vectors of accumulators; loops that accumulated in memory
-// instead were bound by store-to-load forwarding, 1.6 ms for the forward at B = 32 on one core);
-// other types and CPUs run the plain loops.
-constexpr int64_t kLanes = 16;
-
-int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
-
-struct Product {
-  int64_t rows, K, width;  // out is (rows, width), the sum runs over K
-  int64_t ar, ak;          // a[r * ar + k * ak]
-  int64_t ldx, ldi, ldo;   // x[k * ldx + c], init[r * ldi + c] (ldi = 0: one row for all)
-};
-
-template <typename acc_t>
-void product_loops(const Product& p, const acc_t* a, const acc_t* x, const acc_t* init,
-                   acc_t* out) {
-  for (int64_t r = 0; r < p.rows; ++r) {
-    acc_t* o = out + r * p.ldo;
-    for (int64_t c = 0; c < p.width; ++c) o[c] = init == nullptr ? acc_t(0) : init[r * p.ldi + c];
-    for (int64_t k = 0; k < p.K; ++k) {
-      const acc_t w = a[r * p.ar + k * p.ak];
-      const acc_t* xk = x + k * p.ldx;
-      PE_SIMD
-      for (int64_t c = 0; c < p.width; ++c) o[c] += w * xk[c];
-    }
-  }
-}
-
-#if PE_HAVE_ISA_CLONES
-#define PE_UNROLL _Pragma("GCC unroll 16")
-
-// R rows from r0 and Q vectors of columns from c0, the last one masked by `last`.
-template <int R, int Q>
-__attribute__((target("avx512f"))) void product_tile_avx512(const Product& p, const float* a,
-                                                            const float* x, const float* init,
-                                                            float* out, int64_t r0, int64_t c0,
-                                                            __mmask16 last) {
-  // the tile's loops unrolled in full (PE_UNROLL) and the sizes as locals: otherwise GCC kept
-  // the accumulators in a stack array, a store per FMA (the forward ran at ~19 GFLOP/s, one core)
-  const int64_t K = p.K, ar = p.ar, ak = p.ak, ldx = p.ldx;
-  __mmask16 mask[Q];
-  PE_UNROLL
-  for (int q = 0; q < Q; ++q) mask[q] = q == Q - 1 ? last : static_cast<__mmask16>(0xffff);
-  __m512 acc[R][Q];
-  PE_UNROLL
-  for (int r = 0; r < R; ++r) {
-    PE_UNROLL
-    for (int q = 0; q < Q; ++q) {
-      acc[r][q] = init == nullptr
-                      ? _mm512_setzero_ps()
-                      : _mm512_maskz_loadu_ps(mask[q], init + (r0 + r) * p.ldi + c0 + 16 * q);
-    }
-  }
-  const float* ar0 = a + r0 * ar;
-  const float* xk = x + c0;
-  for (int64_t k = 0; k < K; ++k, xk += ldx) {
-    __m512 xv[Q];
-    PE_UNROLL
-    for (int q = 0; q < Q; ++q) xv[q] = _mm512_maskz_loadu_ps(mask[q], xk + 16 * q);
-    PE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const __m512 w = _mm512_set1_ps(ar0[r * ar + k * ak]);
-      PE_UNROLL
-      for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_fmadd_ps(w, xv[q], acc[r][q]);
-    }
-  }
-  PE_UNROLL
-  for (int r = 0; r < R; ++r) {
-    PE_UNROLL
-    for (int q = 0; q < Q; ++q) {
-      const __mmask16 m = q == Q - 1 ? last : static_cast<__mmask16>(0xffff);
-      _mm512_mask_storeu_ps(out + (r0 + r) * p.ldo + c0 + 16 * q, m, acc[r][q]);
-    }
-  }
-}
-
-template <int R>
-__attribute__((target("avx512f"))) void product_rows_avx512(const Product& p, const float* a,
-                                                            const float* x, const float* init,
-                                                            float* out, int64_t r0) {
-  constexpr __mmask16 kAll = 0xffff;
-  int64_t c0 = 0;
-  for (; c0 + 64 <= p.width; c0 += 64) product_tile_avx512<R, 4>(p, a, x, init, out, r0, c0, kAll);
-  // the last 1 to 63 columns in one tile of 1 to 4 vectors (e.g. 𝒥 S's 30 columns: one pass
-  // over K instead of two)
-  const int64_t left = p.width - c0;
-  if (left <= 0) return;
-  const int64_t tail = left % 16;
-  const __mmask16 last = tail == 0 ? kAll : static_cast<__mmask16>((1u << tail) - 1u);
-  switch ((left + 15) / 16) {
-    case 1: product_tile_avx512<R, 1>(p, a, x, init, out, r0, c0, last); break;
-    case 2: product_tile_avx512<R, 2>(p, a, x, init, out, r0, c0, last); break;
-    case 3: product_tile_avx512<R, 3>(p, a, x, init, out, r0, c0, last); break;
-    default: product_tile_avx512<R, 4>(p, a, x, init, out, r0, c0, last); break;
-  }
-}
-
-__attribute__((target("avx512f"))) void product_avx512(const Product& p, const float* a,
-                                                       const float* x, const float* init,
-                                                       float* out) {
-  int64_t r = 0;
-  for (; r + 4 <= p.rows; r += 4) product_rows_avx512<4>(p, a, x, init, out, r);
-  for (; r < p.rows; ++r) product_rows_avx512<1>(p, a, x, init, out, r);
-}
-#endif
-
-template <typename acc_t>
-void product(const Product& p, const acc_t* a, const acc_t* x, const acc_t* init, acc_t* out,
-             bool avx512) {
-#if PE_HAVE_ISA_CLONES
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (avx512) {
-      product_avx512(p, a, x, init, out);
-      return;
-    }
-  }
-#endif
-  (void)avx512;
-  product_loops(p, a, x, init, out);
-}
-
 // The blocks: kShapeBlock vertices from v0 = index * kShapeBlock, cols = 3 nv blend-shape columns.
 struct Block {
   int64_t v0, nv, cols, colsp, nvp;
@@ -202,21 +77,29 @@ struct Block {
         cols(3 * nv), colsp(padded(3 * nv)), nvp(padded(nv)) {}
 };
 
+// v_shaped rows of block k: T + β S, written in place (B rows of V * 3), through st (NB, colsp):
+// the block's blend shapes by columns, st[l, c] = S[v0 * 3 + c, l], the product's right side
+// (the one transposed copy of the forward). Returns the block's blend shapes in S.
+template <typename Args>
+const auto* shaped_block(const Args& a, const Block& k, decltype(a.v_shaped) st) {
+  const int64_t NB = a.NB;
+  const auto* s = a.dirs + k.v0 * 3 * NB;
+  for (int64_t c = 0; c < k.cols; ++c) {
+    for (int64_t l = 0; l < NB; ++l) st[l * k.colsp + c] = s[c * NB + l];
+  }
+  using acc_t = std::remove_const_t<std::remove_pointer_t<decltype(a.dirs)>>;
+  product<acc_t>({a.B, NB, k.cols, NB, 1, k.colsp, 0, a.V * 3}, a.betas, st, a.tmpl + k.v0 * 3,
+                 a.v_shaped + k.v0 * 3, a.avx512);
+  return s;
+}
+
 template <typename acc_t>
 void shape_forward_range(const ShapeArgs<acc_t>& a, int64_t begin, int64_t end) {
-  const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J, Mp = padded(3 + 3 * NB);
-  // st (NB, colsp): the block's blend shapes by columns, st[l, c] = S[v0 * 3 + c, l], the
-  // product's right side for v_shaped (the one transposed copy of the forward)
+  const int64_t NB = a.NB, V = a.V, J = a.J, Mp = padded(3 + 3 * NB);
   std::vector<acc_t> st(NB * padded(3 * kShapeBlock));
   for (int64_t index = begin; index < end; ++index) {
     const Block k(index, V);
-    const acc_t* s = a.dirs + k.v0 * 3 * NB;
-    for (int64_t c = 0; c < k.cols; ++c) {
-      for (int64_t l = 0; l < NB; ++l) st[l * k.colsp + c] = s[c * NB + l];
-    }
-    // v_shaped rows of the block: T + β S, written in place (B rows of V * 3)
-    product<acc_t>({B, NB, k.cols, NB, 1, k.colsp, 0, V * 3}, a.betas, st.data(),
-                   a.tmpl + k.v0 * 3, a.v_shaped + k.v0 * 3, a.avx512);
+    const acc_t* s = shaped_block(a, k, st.data());
     // the block's partial of regressed = 𝒥 [T | S], (J, Mp): 𝒥 T and 𝒥 S side by side
     acc_t* part = a.partial + index * J * Mp;
     const acc_t* w = a.regressor + k.v0;
@@ -383,13 +266,7 @@ void direct_forward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t end
   std::vector<acc_t> st(NB * padded(3 * kShapeBlock));
   for (int64_t index = begin; index < end; ++index) {
     const Block k(index, V);
-    const acc_t* s = a.dirs + k.v0 * 3 * NB;
-    for (int64_t c = 0; c < k.cols; ++c) {
-      for (int64_t l = 0; l < NB; ++l) st[l * k.colsp + c] = s[c * NB + l];
-    }
-    // v_shaped rows of the block: T + β S, written in place (B rows of V * 3)
-    product<acc_t>({B, NB, k.cols, NB, 1, k.colsp, 0, V * 3}, a.betas, st.data(),
-                   a.tmpl + k.v0 * 3, a.v_shaped + k.v0 * 3, a.avx512);
+    shaped_block(a, k, st.data());
     for (int64_t b = 0; b < B; ++b) {
       const acc_t* vs = a.v_shaped + b * V * 3 + k.v0 * 3;
       acc_t* col = a.columns + b * 3 * V + k.v0;
@@ -446,6 +323,20 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
 
 }  // namespace
 
+// The sizes the passes index by (lbs validated them; lbs_fused's ops are public).
+static void check_direct_sizes(const at::Tensor& v_template, const at::Tensor& betas,
+                               const at::Tensor& shapedirs, const at::Tensor& regressor,
+                               const char* name) {
+  const int64_t NB = betas.size(1), V = v_template.size(0);
+  TORCH_CHECK(v_template.size(1) == 3, name, ": v_template must be (V, 3), got ",
+              v_template.sizes());
+  TORCH_CHECK(shapedirs.dim() == 3 && shapedirs.size(0) == V && shapedirs.size(1) == 3 &&
+                  shapedirs.size(2) == NB,
+              name, ": shapedirs must be (", V, ", 3, ", NB, "), got ", shapedirs.sizes());
+  TORCH_CHECK(regressor.dim() == 2 && regressor.size(1) == V, name,
+              ": J_regressor must be (J, ", V, "), got ", regressor.sizes());
+}
+
 bool shape_direct_cpu_takes(const at::Tensor& betas, const at::Tensor& v_template,
                             const at::Tensor& shapedirs, const at::Tensor& J_regressor) {
   const auto dtype = betas.scalar_type();
@@ -464,6 +355,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shape_direct_forward_cpu(
                    shapedirs = shapedirs_in.contiguous(), regressor = regressor_in.contiguous();
   const int64_t B = betas.size(0), NB = betas.size(1), V = v_template.size(0);
   const int64_t J = regressor.size(0), blocks = shape_blocks(V);
+  check_direct_sizes(v_template, betas, shapedirs, regressor, "shape_direct_forward_cpu");
   const auto options = betas.options();
   at::Tensor v_shaped = new_output({B, V * 3}, options);
   at::Tensor columns = new_output({B, 3, V}, options);
@@ -503,6 +395,19 @@ std::array<at::Tensor, 4> shape_direct_backward_cpu(
                    shapedirs = shapedirs_in.contiguous(), regressor = regressor_in.contiguous();
   const int64_t B = betas.size(0), NB = betas.size(1), V = v_template.size(0);
   const int64_t J = regressor.size(0), blocks = shape_blocks(V), NBp = padded(NB);
+  const char* name = "shape_direct_backward_cpu";
+  check_direct_sizes(v_template, betas, shapedirs, regressor, name);
+  // the gradients and the saved columns: lbs_fused_backward's arguments, from Python
+  TORCH_CHECK(grad.numel() == B * V * 3, name, ": grad_v_shaped must have ", B * V * 3,
+              " values (B, V * 3), got ", grad_in.sizes());
+  TORCH_CHECK(grad_joints.numel() == B * J * 3, name, ": grad_joints must be (", B, ", ", J,
+              ", 3), got ", grad_joints_in.sizes());
+  TORCH_CHECK(columns.sizes() == at::IntArrayRef({B, 3, V}), name,
+              ": saved columns must be (", B, ", 3, ", V, "), got ", columns_in.sizes());
+  TORCH_CHECK(grad.scalar_type() == betas.scalar_type() &&
+                  grad_joints.scalar_type() == betas.scalar_type() &&
+                  columns.scalar_type() == betas.scalar_type(),
+              name, ": the gradients and saved columns must be ", betas.scalar_type());
   const auto options = betas.options();
   std::array<at::Tensor, 4> out;
   if (needs[1]) out[1] = new_output(v_template.sizes(), options);

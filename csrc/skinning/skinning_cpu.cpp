@@ -50,6 +50,7 @@
 #include "skinning/checks.h"
 #include "skinning/skin_reduce.h"
 #include "skinning/skinning.h"
+#include "skinning/tile_product.h"
 
 namespace portrait_engine {
 namespace skinning {
@@ -146,7 +147,6 @@ std::tuple<at::Tensor, at::Tensor> forward_kinematics_backward_cpu(
 constexpr int64_t kBlendChunk = 256;
 
 #if defined(PE_AVX512_BLEND)
-#define PE_UNROLL _Pragma("GCC unroll 16")
 
 // The AVX-512 paths (float on an AVX-512 CPU, checked at run time: the extension itself is
 // built for baseline x86-64).
@@ -155,79 +155,13 @@ bool blend_avx512(const at::Tensor& t) {
 }
 
 // The register-tiled product of the chunk blends and of the backward's reductions over a chunk
-// (blend_chunk, skin_backward_shared).
-// rows_times_matrix: out[r, c] = sum_k a[k * ak + r * ar] m[k * C + c] for the R rows from
-//   `row` and the Q vectors of columns from c0 (the last one masked by `last`): an R x Q tile of
-//   registers while the K rows of m stream by, each output value stored once, its K terms
-//   summed in increasing k (the same result whatever the tiles).
-template <int R, int Q>
-__attribute__((target("avx512f"))) void rows_times_matrix_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t K, int64_t C,
-    int64_t row, int64_t c0, __mmask16 last) {
-  __mmask16 mask[Q];
-  PE_UNROLL
-  for (int q = 0; q < Q; ++q) mask[q] = q == Q - 1 ? last : static_cast<__mmask16>(0xffff);
-  __m512 acc[R][Q];
-  PE_UNROLL
-  for (int r = 0; r < R; ++r) {
-    PE_UNROLL
-    for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ps();
-  }
-  const float* ar0 = a + row * ar;
-  for (int64_t k = 0; k < K; ++k) {
-    const float* g = m + k * C + c0;
-    __m512 gv[Q];
-    PE_UNROLL
-    for (int q = 0; q < Q; ++q) gv[q] = _mm512_maskz_loadu_ps(mask[q], g + 16 * q);
-    PE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const __m512 w = _mm512_set1_ps(ar0[k * ak + r * ar]);
-      PE_UNROLL
-      for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_fmadd_ps(w, gv[q], acc[r][q]);
-    }
-  }
-  PE_UNROLL
-  for (int r = 0; r < R; ++r) {
-    float* o = out + (row + r) * C + c0;
-    PE_UNROLL
-    for (int q = 0; q < Q; ++q) _mm512_mask_storeu_ps(o + 16 * q, mask[q], acc[r][q]);
-  }
-}
-
-// Rows [0, rows) of one column tile of Q vectors: tiles of R rows, then of one.
-template <int R, int Q>
-__attribute__((target("avx512f"))) void rows_times_matrix_column_avx512(
-    const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
-    int64_t C, int64_t c0, __mmask16 last) {
-  int64_t row = 0;
-  for (; row + R <= rows; row += R) {
-    rows_times_matrix_avx512<R, Q>(a, ak, ar, m, out, K, C, row, c0, last);
-  }
-  for (; row < rows; ++row) rows_times_matrix_avx512<1, Q>(a, ak, ar, m, out, K, C, row, c0, last);
-}
-
-// out (rows, C) = a · m over the columns [c0, c0 + width): tiles of 4 rows by 64 columns, the
-// last 1 to 63 columns in one tile of 1 to 4 vectors, of 8 rows where it is 1 or 2 vectors wide
-// (16 accumulators: the FMA latency hidden; e.g. SMPL's 24 joints, or 24 columns at B = 2).
-__attribute__((target("avx512f"))) void rows_times_matrix_all_avx512(
+// (blend_chunk, skin_backward_shared, the 16-point paths): out[r, c] = sum_k a[k * ak + r * ar]
+// m[k * C + c] for the `rows` rows and the columns [c0, c0 + width), C the row stride of m and
+// out; tile_product.h's tiles (each value's K terms summed in increasing k, stored once).
+__attribute__((target("avx512f"))) inline void rows_times_matrix_all_avx512(
     const float* a, int64_t ak, int64_t ar, const float* m, float* out, int64_t rows, int64_t K,
     int64_t C, int64_t c0, int64_t width) {
-  constexpr __mmask16 kAll = 0xffff;
-  const int64_t end = c0 + width;
-  int64_t c = c0;
-  for (; c + 64 <= end; c += 64) {
-    rows_times_matrix_column_avx512<4, 4>(a, ak, ar, m, out, rows, K, C, c, kAll);
-  }
-  const int64_t left = end - c;
-  if (left <= 0) return;
-  const int64_t tail = left % 16;
-  const __mmask16 last = tail == 0 ? kAll : static_cast<__mmask16>((1u << tail) - 1u);
-  switch ((left + 15) / 16) {
-    case 1: rows_times_matrix_column_avx512<8, 1>(a, ak, ar, m, out, rows, K, C, c, last); break;
-    case 2: rows_times_matrix_column_avx512<8, 2>(a, ak, ar, m, out, rows, K, C, c, last); break;
-    case 3: rows_times_matrix_column_avx512<4, 3>(a, ak, ar, m, out, rows, K, C, c, last); break;
-    default: rows_times_matrix_column_avx512<4, 4>(a, ak, ar, m, out, rows, K, C, c, last); break;
-  }
+  product_avx512({rows, K, width, ar, ak, C, 0, C}, a, m + c0, nullptr, out + c0);
 }
 
 // M (12 values) = sum_j w[j] A[j][:3, :]: a joint's 4x4 storage is one 16-lane vector (the
@@ -476,8 +410,20 @@ void skin_backward_shared(const at::Tensor& grad_out, const at::Tensor& points,
 // by two permutes per component. The backward writes dM component-major too (dMk, R x chunk) and
 // reduces it with the same tiles: grad_w rows = dMkᵀ At_rows, partᵀ (R, J) = dMk w_chunk.
 // With the transforms point-major ((chunk, R)) each point's 12 values were scalar work: at lbs's
-// B = 32 about a third of skin_points' time. The sums keep skin_point's order (no FMA), and
-// each chunk's partial is summed in chunk order: the same result for any thread count.
+// B = 32 about a third of skin_points' time. The per-point sums are skin_point's multiply-adds
+// in its order (GCC contracts them into FMAs, so the rounding can differ from the per-point
+// path's in the last bit), and the chunks' partials are summed in chunk order: the same result
+// for any thread count.
+
+// out (n) = Σ_p partial[p * n + i] over the `parts` partials in order (the partials' sum by a
+// loop of our own: its order does not depend on the threads or on ATen's reduction strategy).
+inline void sum_partials(const float* partial, int64_t parts, int64_t n, float* out) {
+  std::copy(partial, partial + n, out);
+  for (int64_t p = 1; p < parts; ++p) {
+    const float* part = partial + p * n;
+    for (int64_t i = 0; i < n; ++i) out[i] += part[i];
+  }
+}
 
 // lanes [0, n) of a 16-lane mask
 inline __mmask16 first_lanes(int64_t n) {
@@ -761,9 +707,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
     at::parallel_for(0, partial_t.size(0), 1, [&](int64_t begin, int64_t end) {
       skin_backward_shared_chunks(a, begin, end);
     });
+    at::Tensor summed = at::empty({B * 12, J}, acc);
+    sum_partials(partial_t.data_ptr<float>(), partial_t.size(0), B * 12 * J,
+                 summed.data_ptr<float>());
     at::Tensor grad_transforms = at::zeros(transforms.sizes(), acc);
     grad_transforms.narrow(2, 0, 3).copy_(
-        partial_t.sum(0).view({B, 12, J}).transpose(1, 2).reshape({B, J, 3, 4}));
+        summed.view({B, 12, J}).transpose(1, 2).reshape({B, J, 3, 4}));
     return {grad_points, grad_w, grad_transforms};
   }
 #endif
@@ -1488,7 +1437,9 @@ at::Tensor grad_coeffs_tiled(const at::Tensor& grad_out, const at::Tensor& dirs)
       if (width > 0) grad_coeffs_slab_avx512(g, d, part + s * B * F, B, F, C, c0, width);
     }
   });
-  return partial.sum(0);
+  at::Tensor grad_coeffs = at::empty({B, F}, grad_out.options());
+  sum_partials(part, kGradCoeffsSlabs, B * F, grad_coeffs.data_ptr<float>());
+  return grad_coeffs;
 }
 #endif
 

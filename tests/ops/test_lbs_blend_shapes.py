@@ -217,3 +217,25 @@ def test_lbs_small_batches_do_not_depend_on_threads(batch):
         torch.set_num_threads(before)
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
+
+
+@pytest.mark.usefixtures("poison_outputs")
+# from 8 rows (8 exactly, and 9): a lone partial panel (40 columns), a lone partial strip of
+# whole and partial panels (100: grad_coeffs' 8 slabs of 16 columns leave the last ones empty),
+# one whole strip (384), a strip and one column (385); 5 features (fewer than a 6-row tile)
+@pytest.mark.parametrize("columns", [40, 100, 384, 385])
+@pytest.mark.parametrize("batch", [8, 9])
+@pytest.mark.parametrize("features", [5, 13])
+def test_blend_shapes_tiles_at_edge_sizes(columns, batch, features):
+    generator = torch.Generator().manual_seed(columns + batch + features)
+    base = torch.randn(1, columns, generator=generator)
+    coeffs = torch.randn(batch, features, generator=generator)
+    dirs = torch.randn(features, columns, generator=generator)
+    grad = torch.randn(batch, columns, generator=generator)
+    ops = torch.ops.portrait_engine
+    out = ops.blend_shapes_forward(base, coeffs, dirs)
+    grad_coeffs, grad_dirs = ops.blend_shapes_backward(grad, coeffs, dirs, True)
+    b, k, d, g = base.double(), coeffs.double(), dirs.double(), grad.double()
+    assert_close(out, torch.addmm(b, k, d), torch.float32)
+    assert_close(grad_coeffs, g @ d.t(), torch.float32, scale=10)
+    assert_close(grad_dirs, k.t() @ g, torch.float32)

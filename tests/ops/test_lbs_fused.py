@@ -210,3 +210,21 @@ def test_lbs_autograd_without_autograd_gives_the_same_values():
         vertices, joints = lbs(*inputs, backend="native")
     want = lbs(*inputs, backend="native")
     assert torch.equal(vertices, want[0]) and torch.equal(joints, want[1])
+
+
+def test_direct_route_on_the_cpu_refuses_mismatched_sizes():
+    """The direct route's CPU passes index by the inputs' sizes: the public fused ops refuse a
+    mismatch (a short shapedirs, a saved tensor of the wrong shape) with an error naming it."""
+    args = list(_fused_args("plain"))
+    assert args[9] == skinning_module._ROUTE_INDEX["direct"]
+    short = list(args)
+    short[3] = args[3][..., :4].contiguous()  # 4 shape directions against 10 betas
+    with pytest.raises(RuntimeError, match="shapedirs"):
+        torch.ops.portrait_engine.lbs_fused_forward.default(*short)
+    vertices, joints, saved = torch.ops.portrait_engine.lbs_fused_forward.default(*args)
+    saved = list(saved)
+    saved[4] = saved[4][:1].contiguous()  # the columns of one row for a batch of several
+    with pytest.raises(RuntimeError, match="saved columns"):
+        torch.ops.portrait_engine.lbs_fused_backward.default(
+            torch.randn_like(vertices), None, *args[:8], saved, args[8], args[9], [True] * 7
+        )

@@ -131,6 +131,23 @@ def test_native_cpu_float_paths_match_float64_oracle(
         assert_close(g, w.to(torch.float32), torch.float32, scale=10)
 
 
+@pytest.mark.usefixtures("poison_outputs")
+# the 16-point form's edges (float, shared weights, the forward map, AVX-512): a lone partial
+# group of points (5), whole groups and a whole chunk (256), a chunk and one point (257); 40
+# joints (grad_weights in three vectors), 70 (a 64-column tile and a masked vector)
+@pytest.mark.parametrize(("count", "joints"), [(5, 7), (256, 24), (257, 40), (33, 70)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_native_cpu_shared_weights_edge_sizes_match_float64_oracle(count, joints, batch):
+    ok, reason = pe.backend_status("cpu", NATIVE_OP)["native"]
+    if not ok:
+        pytest.skip(reason)
+    inputs = make_inputs(batch=batch, count=count, joints=joints, tree="star")
+    got = run("native", *inputs)
+    want = run("oracle", *inputs)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w.to(torch.float32), torch.float32, scale=10)
+
+
 # from 8 rows the per-chunk backward on every CPU (the register tiles on AVX-512, the BLAS on
 # one thread per chunk otherwise); below it, without AVX-512, a whole-workspace BLAS product
 @pytest.mark.parametrize("batch", [8, 32])
