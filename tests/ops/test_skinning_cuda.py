@@ -392,3 +392,27 @@ def test_gpu_lbs_direct_kernels_match_the_fused_ops_at_smpl_size(monkeypatch, ba
     assert taken == [True, False]
     for name, g, w in zip(["vertices", "joints", *test_lbs_routes.NAMES], got, want, strict=True):
         assert relative_l2(g, w) < 1e-5, name
+
+
+@pytest.mark.parametrize("kind", ["plain", "more_shapes_than_betas", "single"])
+@pytest.mark.parametrize("direct", [True, False])
+def test_gpu_lbs_autograd_matches_lbs_function(monkeypatch, kind, direct):
+    """lbs_autograd (the fused path's autograd node in C++; lbs() takes it on the CPU only so
+    far) forced on a GPU: the same values and gradients as _LBS, bit for bit, through the fused
+    ops and through the direct kernels. A pass here is what enabling it on CUDA waits for."""
+    _require("native", "lbs_fused_forward")
+    from portrait_engine.ops import skinning as skinning_module
+    from tests.ops import test_lbs_routes
+
+    inputs = _cuda(test_lbs_routes._variant(kind))
+    needs = test_lbs_routes.NEEDS["all"]
+    if not direct:
+        monkeypatch.setattr(skinning_module, "_DIRECT_DEVICES", ())
+    monkeypatch.setattr(skinning_module, "_AUTOGRAD_DEVICES", ("cpu", "cuda"))
+    through_cpp = test_lbs_routes._run("native", inputs, needs)
+    monkeypatch.setattr(skinning_module, "_AUTOGRAD_DEVICES", ())
+    through_python = test_lbs_routes._run("native", inputs, needs)
+    for got, want in zip(through_cpp, through_python, strict=True):
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert torch.equal(got, want)
