@@ -8,8 +8,9 @@
 // saved tensors, `needs` from the inputs that need gradients, missing output gradients not
 // materialised. What it removes is the Python around them: the autograd.Function's apply, the
 // ctx bookkeeping, the 13 saved tensors packed and unpacked by Python, and the backward's Python
-// call. On the 2-core Zen 4 that was ~0.3 ms of native lbs's 2.1-2.5 ms step at SMPL's B = 1
-// (timed around the fused ops: 150 µs forward, 170 µs backward outside them).
+// call. On the 2-core Zen 4 the Python-level calls spent ~150 µs forward and ~170 µs backward
+// around the fused ops at SMPL's B = 1; this node saved 40-80 µs of that (2.20 -> 2.16 ms per
+// step, in one process, alternated with _LBS), and ~0.25 ms at B = 32 (11.22 -> 10.97 ms).
 //
 // Inputs as lbs validated them; lbs() chooses the route and `direct` (_shape_route,
 // _direct_takes) and calls this op only in eager mode without autocast (torch.compile traces
@@ -35,6 +36,16 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The fused forward, or the direct kernels' (same schema and saved tensors).
+std::tuple<Tensor, Tensor, std::vector<Tensor>> lbs_forward(
+    const Tensor& betas, const Tensor& pose, const Tensor& v_template, const Tensor& shapedirs,
+    const Tensor& posedirs, const Tensor& J_regressor, const Tensor& lbs_weights,
+    const Tensor& parents, bool pose2rot, int64_t route, bool direct) {
+  const auto& op = direct ? ops().lbs_direct_forward : ops().lbs_fused_forward;
+  return op.call(betas, pose, v_template, shapedirs, posedirs, J_regressor, lbs_weights, parents,
+                 pose2rot, route);
+}
+
 constexpr size_t kInputs = 8;  // the tensors saved first: lbs's eight tensor inputs
 
 class LbsFunction : public torch::autograd::Function<LbsFunction> {
@@ -45,9 +56,9 @@ class LbsFunction : public torch::autograd::Function<LbsFunction> {
                                const Tensor& lbs_weights, const Tensor& parents, bool pose2rot,
                                int64_t route, bool direct) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const auto& op = direct ? ops().lbs_direct_forward : ops().lbs_fused_forward;
-    auto [vertices, joints, saved] = op.call(betas, pose, v_template, shapedirs, posedirs,
-                                             J_regressor, lbs_weights, parents, pose2rot, route);
+    auto [vertices, joints, saved] = lbs_forward(betas, pose, v_template, shapedirs, posedirs,
+                                                 J_regressor, lbs_weights, parents, pose2rot,
+                                                 route, direct);
     variable_list to_save = {betas,     pose,        v_template,  shapedirs,
                              posedirs,  J_regressor, lbs_weights, parents};
     to_save.insert(to_save.end(), saved.begin(), saved.end());
@@ -101,9 +112,9 @@ std::tuple<Tensor, Tensor> lbs_no_autograd(const Tensor& betas, const Tensor& po
                                            const Tensor& posedirs, const Tensor& J_regressor,
                                            const Tensor& lbs_weights, const Tensor& parents,
                                            bool pose2rot, int64_t route, bool direct) {
-  const auto& op = direct ? ops().lbs_direct_forward : ops().lbs_fused_forward;
-  auto [vertices, joints, saved] = op.call(betas, pose, v_template, shapedirs, posedirs,
-                                           J_regressor, lbs_weights, parents, pose2rot, route);
+  auto [vertices, joints, saved] = lbs_forward(betas, pose, v_template, shapedirs, posedirs,
+                                               J_regressor, lbs_weights, parents, pose2rot, route,
+                                               direct);
   return {vertices, joints};
 }
 

@@ -282,9 +282,10 @@ _FUSED_NATIVE = _extension.has_op("lbs_fused_forward") and _extension.has_op("lb
 
 
 # lbs_autograd (csrc/skinning/lbs_autograd.cpp): the fused path's autograd node in C++, for
-# native lbs in eager mode without autocast, on these devices. On the CPU it saves ~0.3 ms of
-# Python per forward+backward step (2-core Zen 4, SMPL's B = 1: 2.1-2.5 ms). Not yet on CUDA:
-# not yet run on a GPU (there lbs is bound by host-side work, so it should gain as much).
+# native lbs in eager mode without autocast, on these devices. On the CPU (2-core Zen 4, in one
+# process, alternated with _LBS) lbs fwd+bwd went 2.20 -> 2.16 ms at SMPL's B = 1 and 11.22 ->
+# 10.97 ms at B = 32. Not yet on CUDA: not yet run on a GPU (there lbs is bound by host-side
+# work; tests/ops/test_skinning_cuda.py has the check that enabling it waits for).
 _AUTOGRAD_DEVICES = ("cpu",) if (_FUSED_NATIVE and _extension.has_op("lbs_autograd")) else ()
 
 # the route's number in the fused ops' schema
@@ -316,6 +317,13 @@ def _direct_takes(betas, pose, v_template, J_regressor, route_index) -> bool:
         and 2 <= J_regressor.shape[0] <= 64
         and betas.shape[1] >= 1
     )
+
+
+def _fused_choice(betas, pose, v_template, shapedirs, posedirs, J_regressor):
+    """(route index, direct): the shape part's route and whether the direct kernels take the
+    inputs, for the fused ops and lbs_autograd alike."""
+    route = _ROUTE_INDEX[_shape_route("native", betas, v_template)]
+    return route, _direct_takes(betas, pose, v_template, J_regressor, route)
 
 
 def _fused_fake_forward(
@@ -374,31 +382,10 @@ def _fused_fake_backward(
     ]
 
 
-def _autograd_fake(
-    betas,
-    pose,
-    v_template,
-    shapedirs,
-    posedirs,
-    J_regressor,
-    lbs_weights,
-    parents,
-    pose2rot,
-    route,
-    direct,
-):
-    vertices, joints, _ = _fused_fake_forward(
-        betas,
-        pose,
-        v_template,
-        shapedirs,
-        posedirs,
-        J_regressor,
-        lbs_weights,
-        parents,
-        pose2rot,
-        route,
-    )
+def _autograd_fake(*args):
+    """lbs_autograd's fake: the fused forward's outputs without the saved list (its arguments
+    are the fused forward's, then ``direct``)."""
+    vertices, joints, _ = _fused_fake_forward(*args[:-1])
     return vertices, joints
 
 
@@ -856,9 +843,8 @@ class _LBS(torch.autograd.Function):
         (csrc/skinning/lbs_fused.cpp), the same kernels, algebra and route. ``args``:
         run_forward's but the backend name, the fused ops' order (betas, pose, v_template,
         shapedirs, posedirs, J_regressor, lbs_weights, parents, pose2rot)."""
-        route = _ROUTE_INDEX[_shape_route("native", args[0], args[2])]
+        route, direct = _fused_choice(*args[:6])
         ops = torch.ops.portrait_engine
-        direct = _direct_takes(args[0], args[1], args[2], args[5], route)
         forward = ops.lbs_direct_forward if direct else ops.lbs_fused_forward
         vertices, posed_joints, saved = forward.default(*args, route)
         ctx.save_for_backward(*args[:8], *saved)
@@ -1142,21 +1128,9 @@ def lbs(
         and device_type in _AUTOGRAD_DEVICES
         and not torch.compiler.is_compiling()
     ):
-        # the fused path's autograd node in C++ (csrc/skinning/lbs_autograd.cpp)
-        route = _ROUTE_INDEX[_shape_route("native", betas, v_template)]
-        direct = _direct_takes(betas, pose, v_template, J_regressor, route)
-        vertices, joints = torch.ops.portrait_engine.lbs_autograd.default(
-            betas,
-            pose,
-            v_template,
-            shapedirs,
-            posedirs,
-            J_regressor,
-            lbs_weights,
-            parents,
-            pose2rot,
-            route,
-            direct,
+        # the fused path's autograd node in C++ (csrc/skinning/lbs_autograd.cpp); args is in
+        # the fused ops' order, the backend name last
+        return tuple(
+            torch.ops.portrait_engine.lbs_autograd.default(*args[:-1], *_fused_choice(*args[:6]))
         )
-        return vertices, joints
     return _LBS.apply(*args)
