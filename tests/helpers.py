@@ -47,6 +47,20 @@ def assert_close(
     assert int(bad.sum()) <= allowed, first_mismatches(actual, expected, rtol, atol)
 
 
+def results_on_threads(counts, fn):
+    """fn() run once with each of `counts` intra-op threads (the count restored after), for
+    tests that results do not depend on the threads."""
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in counts:
+            torch.set_num_threads(threads)
+            results.append(fn())
+    finally:
+        torch.set_num_threads(before)
+    return results
+
+
 def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
     a, e = actual.double(), expected.double()
     return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import portrait_engine as pe
-from tests.helpers import assert_close
+from tests.helpers import assert_close, results_on_threads
 from tests.ops.test_lbs import DIFFERENTIABLE, make_inputs, run
 
 _OK, _REASON = pe.backend_status("cpu", "blend_shapes_forward")["native"]
@@ -114,15 +114,12 @@ def test_blend_shapes_tiles_do_not_depend_on_threads(batch):
     dirs = torch.randn(FEATURES, 8300, generator=generator)
     grad = torch.randn(batch, 8300, generator=generator)
     ops = torch.ops.portrait_engine
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out = ops.blend_shapes_forward(base, coeffs, dirs)
-            results.append((out, *ops.blend_shapes_backward(grad, coeffs, dirs, True)))
-    finally:
-        torch.set_num_threads(before)
+
+    def both():
+        out = ops.blend_shapes_forward(base, coeffs, dirs)
+        return (out, *ops.blend_shapes_backward(grad, coeffs, dirs, True))
+
+    results = results_on_threads((1, 2), both)
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
 
@@ -207,14 +204,7 @@ def test_lbs_small_batches_do_not_depend_on_threads(batch):
     need two or more) give bit-identical values and gradients, on a mesh of several vertex
     blocks and a partial one."""
     inputs = make_inputs(batch=batch, rings=20, around=24)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (2, 3):
-            torch.set_num_threads(threads)
-            results.append(run("native", inputs))
-    finally:
-        torch.set_num_threads(before)
+    results = results_on_threads((2, 3), lambda: run("native", inputs))
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
 

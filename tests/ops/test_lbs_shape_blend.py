@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import portrait_engine as pe
-from tests.helpers import assert_close
+from tests.helpers import assert_close, results_on_threads
 
 _OK, _REASON = pe.backend_status("cpu", "shape_blend_forward")["native"]
 pytestmark = pytest.mark.skipif(not _OK, reason=_REASON)
@@ -68,16 +68,10 @@ def test_shape_blend_is_thread_count_independent():
     inputs = shape_inputs(32, 10, torch.float32, vertices=700)
     grads = (torch.randn(32, 700, 3), torch.randn(JOINTS, 33))
     ops = torch.ops.portrait_engine
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(
-                (*ops.shape_blend_forward(*inputs), *ops.shape_blend_backward(*grads, *inputs))
-            )
-    finally:
-        torch.set_num_threads(before)
+    results = results_on_threads(
+        (1, 2),
+        lambda: (*ops.shape_blend_forward(*inputs), *ops.shape_blend_backward(*grads, *inputs)),
+    )
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
 

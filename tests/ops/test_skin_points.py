@@ -9,7 +9,7 @@ import portrait_engine as pe
 from portrait_engine.ops import skin_points
 from portrait_engine.ops.reference import forward_kinematics_reference, skin_points_reference
 from portrait_engine.ops.reference.skinning import batch_rodrigues_reference
-from tests.helpers import assert_close
+from tests.helpers import assert_close, results_on_threads
 
 NATIVE_OP = "skin_points_forward"
 
@@ -158,14 +158,7 @@ def test_native_cpu_shared_weights_do_not_depend_on_threads(batch):
     if not ok:
         pytest.skip(reason)
     inputs = make_inputs(batch=batch, count=1100, joints=24, tree="star")
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(run("native", *inputs, inverse=True))
-    finally:
-        torch.set_num_threads(before)
+    results = results_on_threads((1, 2), lambda: run("native", *inputs, inverse=True))
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
 
