@@ -17,7 +17,8 @@
 // kSharedChunkMinBatch), over a (B, N, 12) workspace otherwise. No atomics; as deterministic as
 // the BLAS (fixed for a fixed thread count; the tiles' sums do not depend on it).
 // blend_shapes (lbs's pose blend shapes): below kStreamMinBlasBatch, streamed AVX-512 kernels
-// over column blocks for float (one pass over dirs each way); from it, float on an AVX-512 CPU
+// for float (one pass over dirs each way: the forward by column blocks, the backward by rows);
+// from it, float on an AVX-512 CPU
 // runs all three products on register tiles of this file (forward and grad_coeffs) and of
 // cpu_tile_gemm.h (grad_dirs; the forward too on AVX2), other CPUs and types the BLAS.
 
@@ -48,6 +49,7 @@
 #include <vector>
 
 #include "skinning/checks.h"
+#include "skinning/lanes_avx512.h"
 #include "skinning/skin_reduce.h"
 #include "skinning/skinning.h"
 #include "skinning/tile_product.h"
@@ -425,69 +427,6 @@ inline void sum_partials(const float* partial, int64_t parts, int64_t n, float* 
   }
 }
 
-// lanes [0, n) of a 16-lane mask
-inline __mmask16 first_lanes(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff)
-                 : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u);
-}
-
-// Permute indices between 16 (x, y, z) triples (48 floats in three vectors) and three vectors of
-// components: component c of point i is float 3 i + c.
-struct TripleIndices {
-  alignas(64) int32_t split_first[3][16];  // de-interleave: from (v0, v1),
-  alignas(64) int32_t split_last[3][16];   //   then from (t, v2)
-  alignas(64) int32_t join_first[3][16];   // interleave: from (x, y),
-  alignas(64) int32_t join_last[3][16];    //   then from (t, z)
-};
-
-const TripleIndices& triple_indices() {
-  static const TripleIndices indices = [] {
-    TripleIndices t{};
-    for (int c = 0; c < 3; ++c) {
-      for (int i = 0; i < 16; ++i) {
-        const int f = 3 * i + c;  // component c of point i in the 48 floats
-        t.split_first[c][i] = f < 32 ? f : 0;
-        t.split_last[c][i] = f >= 32 ? 16 + (f - 32) : i;
-      }
-    }
-    for (int q = 0; q < 3; ++q) {  // output vector q holds floats 16 q .. 16 q + 15
-      for (int i = 0; i < 16; ++i) {
-        const int f = 16 * q + i, point = f / 3, c = f % 3;
-        t.join_first[q][i] = c == 2 ? 0 : point + 16 * c;
-        t.join_last[q][i] = c == 2 ? 16 + point : i;
-      }
-    }
-    return t;
-  }();
-  return indices;
-}
-
-// n <= 16 triples from src into x, y, z (lanes past n zero)
-__attribute__((target("avx512f"))) inline void load_triples(const TripleIndices& t,
-                                                            const float* src, int64_t n,
-                                                            __m512 out[3]) {
-  const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(3 * n), src);
-  const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(3 * n - 16), src + 16);
-  const __m512 v2 = _mm512_maskz_loadu_ps(first_lanes(3 * n - 32), src + 32);
-  for (int c = 0; c < 3; ++c) {
-    const __m512i first = _mm512_load_si512(t.split_first[c]);
-    const __m512i last = _mm512_load_si512(t.split_last[c]);
-    out[c] = _mm512_permutex2var_ps(_mm512_permutex2var_ps(v0, first, v1), last, v2);
-  }
-}
-
-__attribute__((target("avx512f"))) inline void store_triples(const TripleIndices& t,
-                                                             const __m512 in[3], int64_t n,
-                                                             float* dst) {
-  for (int q = 0; q < 3; ++q) {
-    const __m512i first = _mm512_load_si512(t.join_first[q]);
-    const __m512i last = _mm512_load_si512(t.join_last[q]);
-    const __m512 v =
-        _mm512_permutex2var_ps(_mm512_permutex2var_ps(in[0], first, in[1]), last, in[2]);
-    _mm512_mask_storeu_ps(dst + 16 * q, first_lanes(3 * n - 16 * q), v);
-  }
-}
-
 // Mk (R x kBlendChunk) for the `rows` points from n0; wt_t a (J x kBlendChunk) buffer.
 __attribute__((target("avx512f"))) void blend_chunk_by_component(
     const float* w, const float* At, int64_t J, int64_t R, int64_t n0, int64_t rows,
@@ -761,17 +700,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // ------------------------------------------------------------------------------------------
 
 #if defined(PE_AVX512_BLEND)
-// The sum of a vector's 16 lanes in a fixed order. GCC 12's _mm512_reduce_add_ps, shuffles and
-// casts pass an undefined vector to their builtins (a -Wuninitialized warning in its header):
-// the masked forms below name every operand.
-__attribute__((target("avx512f"))) inline float sum_lanes(__m512 v) {
-  constexpr __mmask16 kAll = 0xffff;
-  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, kAll, v, v, 0x4E));  // the 256-bit halves
-  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, kAll, v, v, 0xB1));  // the 128-bit quarters
-  __m128 x = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xf, v, 0);
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
-}
 
 // outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
 //   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
@@ -800,12 +728,13 @@ __attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, cons
 //   bound by the passes over the 17 MB dirs and the 17 MB write of its gradient, not by
 //   arithmetic. The BLAS runs them as separate passes (the forward's and grad_coeffs' matrix-
 //   vector products on one thread: 0.85 and 1.0 ms at B = 1 with dirs out of cache, 2 threads,
-//   against 0.66 ms for a plain 17 MB read); here each pass is parallel over column blocks of
+//   against 0.66 ms for a plain 17 MB read); here the forward is parallel over column blocks of
 //   kStreamColumns, every row of dirs read as one contiguous 16 KiB run (prefetched: 4096
 //   columns and the prefetch measured 0.87-0.90 / 1.54-1.61 ms forward / backward against
-//   0.97-1.03 / 1.69-1.82 with 1024 and none, one thread, loaded machine), and the backward
-//   reads dirs and writes grad_dirs in the same pass. Templated on the batch so that the per-row
-//   accumulators live in registers.
+//   0.97-1.03 / 1.69-1.82 with 1024 and none, one thread, loaded machine; by slabs of whole
+//   rows with a partial per slab it measured the same, 2026-11-28), and the backward, parallel
+//   over rows, reads dirs and writes grad_dirs in the same pass. Templated on the batch so that
+//   the per-row accumulators live in registers.
 constexpr int64_t kStreamColumns = 4096;
 // The batch from which one BLAS call per product beats the streamed passes (measured at B = 1
 // and 32; the crossover is rough).
@@ -878,18 +807,19 @@ __attribute__((target("avx512f"))) void stream_forward_block_avx512(
   }
 }
 
-// The backward's one pass over a block: per row f of dirs, grad_coeffs' partial dots
-// part[b * F + f] = sum_c grad[b, c] dirs[f, c] over the block and, with grad_dirs,
+// The backward's pass over rows [f0, f1) of dirs and the columns [c0, c0 + width): per row f,
+// the dots sum_c grad[b, c] dirs[f, c] over those columns, stored in part[b * F + f] (added to
+// it with `accumulate`, for a row's later column chunks) and, with grad_dirs,
 // grad_dirs[f, c] = sum_b coeffs[b, f] grad[b, c] by non-temporal stores (written once, read by
-// no one here: ordinary stores would first read every line of the cold output). The NB grad rows
-// of the block (16 KiB each) stay in L1 / L2; two accumulators per batch row (the dots' FMA chains
-// would otherwise bound the read rate at B = 1).
+// no one here: ordinary stores would first read every line of the cold output; they measured
+// 1.3 against 0.9 ms for B = 1's backward). The NB grad rows of the columns stay in L1 / L2; two
+// accumulators per batch row (the dots' FMA chains would otherwise bound the read rate at B = 1).
 template <int NB>
 __attribute__((target("avx512f"))) void stream_backward_block_avx512(
     const float* grad, const float* coeffs, const float* dirs, float* grad_dirs, float* part,
-    int64_t F, int64_t C, int64_t c0, int64_t width) {
+    int64_t F, int64_t C, int64_t c0, int64_t width, int64_t f0, int64_t f1, bool accumulate) {
   const float* g = grad + c0;
-  for (int64_t f = 0; f < F; ++f) {
+  for (int64_t f = f0; f < f1; ++f) {
     const float* d = dirs + f * C + c0;
     float* o = grad_dirs == nullptr ? nullptr : grad_dirs + f * C + c0;
     // scalar columns up to o's first 64-byte boundary (rows are 4-byte aligned), then whole
@@ -948,7 +878,8 @@ __attribute__((target("avx512f"))) void stream_backward_block_avx512(
       if (o != nullptr) _mm512_mask_storeu_ps(o + c, mask, w0);
     }
     for (int b = 0; b < NB; ++b) {
-      part[b * F + f] = dot[b] + sum_lanes(_mm512_add_ps(acc[b][0], acc[b][1]));
+      const float sum = dot[b] + sum_lanes(_mm512_add_ps(acc[b][0], acc[b][1]));
+      part[b * F + f] = accumulate ? part[b * F + f] + sum : sum;
     }
   }
 }
@@ -979,8 +910,10 @@ struct StreamForward {
 template <int NB>
 struct StreamBackward {
   static void run(const float* grad, const float* coeffs, const float* dirs, float* grad_dirs,
-                  float* part, int64_t F, int64_t C, int64_t c0, int64_t width) {
-    stream_backward_block_avx512<NB>(grad, coeffs, dirs, grad_dirs, part, F, C, c0, width);
+                  float* part, int64_t F, int64_t C, int64_t c0, int64_t width, int64_t f0,
+                  int64_t f1, bool accumulate) {
+    stream_backward_block_avx512<NB>(grad, coeffs, dirs, grad_dirs, part, F, C, c0, width, f0,
+                                     f1, accumulate);
   }
 };
 
@@ -1047,22 +980,22 @@ at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
 }
 
 #if defined(PE_AVX512_BLEND)
-// The streamed backward's block width: at most kStreamColumns, the blocks a multiple of
-// kStreamBlocks in number and as even as whole vectors allow, so that 2, 4 or 8 threads get equal
-// shares; from C alone (the partials' order does not depend on the threads). 4096-column blocks
-// split SMPL's 20670 columns 3 : 2.05 between two threads (the last block 190 columns): B = 1's
-// backward took 0.95 ms where a 17 MB clone takes 0.65.
-constexpr int64_t kStreamBlocks = 8;
+// The streamed backward's column chunk: whole rows while the batch's grad rows (B x C floats)
+// stay within kStreamWholeRows floats (256 KiB, in L2 beside the streams), else kStreamColumns.
+constexpr int64_t kStreamWholeRows = 64 * 1024;
 
-int64_t stream_backward_width(int64_t C) {
-  const int64_t at_most = (C + kStreamColumns - 1) / kStreamColumns;
-  const int64_t blocks = std::max<int64_t>(
-      kStreamBlocks, (at_most + kStreamBlocks - 1) / kStreamBlocks * kStreamBlocks);
-  return std::max<int64_t>(16, (C + blocks * 16 - 1) / (blocks * 16) * 16);
+int64_t stream_backward_width(int64_t B, int64_t C) {
+  return B * C <= kStreamWholeRows ? C : kStreamColumns;
 }
 
-// The streamed backward of small batches: one pass over column blocks, grad_coeffs summed from
-// one (B, F) partial per block (in block order: fixed for any thread count; no atomics).
+// The streamed backward of small batches: one pass, parallel over rows of dirs, each task reading
+// its rows of dirs and writing its rows of grad_dirs as contiguous runs (whole rows when the grad
+// rows fit in L2, column chunks in order otherwise). Each grad_coeffs value is a row's own dot
+// product, summed by one task over the chunks in order: the same for any thread count, with no
+// partials to add. Until 2026-11-28 the pass was split by column blocks (every task visiting
+// every row, 10 KB at a time) with the dots summed from a partial per block; by rows, SMPL's
+// lbs at B = 1 (fwd+bwd, cold inputs, 2 threads) took 2.21-2.26 ms against 2.26-2.35 (medians
+// of 300 steps, alternated in one process, three runs).
 std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& grad_out,
                                                            const at::Tensor& coeffs,
                                                            const at::Tensor& dirs,
@@ -1070,23 +1003,21 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& gra
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
   at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
                                    : at::empty({0}, dirs.options());
-  const int64_t width = stream_backward_width(C);
-  const int64_t blocks = (C + width - 1) / width;
-  at::Tensor partial = at::empty({blocks, B, F}, coeffs.options());
+  at::Tensor grad_coeffs = at::empty({B, F}, coeffs.options());
+  const int64_t width = stream_backward_width(B, C);
   const float* g = grad_out.data_ptr<float>();
   const float* k = coeffs.data_ptr<float>();
   const float* d = dirs.data_ptr<float>();
   float* gd = dirs_grad ? grad_dirs.data_ptr<float>() : nullptr;
-  float* part = partial.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t c0 = block * width;
-      stream_by_batch<StreamBackward>(B, g, k, d, gd, part + block * B * F, F, C, c0,
-                                      std::min(width, C - c0));
+  float* gc = grad_coeffs.data_ptr<float>();
+  at::parallel_for(0, F, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c0 = 0; c0 < C; c0 += width) {
+      stream_by_batch<StreamBackward>(B, g, k, d, gd, gc, F, C, c0, std::min(width, C - c0),
+                                      begin, end, c0 > 0);
     }
     _mm_sfence();  // the non-temporal stores are visible before the task ends
   });
-  return {partial.sum(0), grad_dirs};
+  return {grad_coeffs, grad_dirs};
 }
 #endif
 

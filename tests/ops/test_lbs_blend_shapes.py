@@ -66,17 +66,22 @@ def test_blend_shapes_matches_addmm(dtype, batch, base_rows, dirs_grad, features
 
 
 @pytest.mark.usefixtures("poison_outputs")
-@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize(
+    "batch, columns",
+    # the forward's 4096-column blocks: two full ones and a partial one of 108; the backward
+    # takes whole rows up to 65536 grad values (B x C), chunks of 4096 columns beyond (4 x 20000:
+    # four full chunks and one of 3616, each row's dots summed over them in order)
+    [(1, 8300), (7, 8300), (4, 20000)],
+)
 @pytest.mark.parametrize("dirs_grad", [True, False])
 # one thread: the BLAS products (and B = 1's streamed outer product); two: the streamed passes
 @pytest.mark.parametrize("threads", [1, 2])
-def test_blend_shapes_streamed_over_several_blocks(batch, dirs_grad, threads):
-    # 8300 columns: two full 4096-column blocks and a partial one of 108
+def test_blend_shapes_streamed_over_several_blocks(batch, columns, dirs_grad, threads):
     generator = torch.Generator().manual_seed(3)
-    base = torch.randn(1, 8300, generator=generator)
+    base = torch.randn(1, columns, generator=generator)
     coeffs = torch.randn(batch, FEATURES, generator=generator)
-    dirs = torch.randn(FEATURES, 8300, generator=generator)
-    grad = torch.randn(batch, 8300, generator=generator)
+    dirs = torch.randn(FEATURES, columns, generator=generator)
+    grad = torch.randn(batch, columns, generator=generator)
     ops = torch.ops.portrait_engine
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -87,7 +92,8 @@ def test_blend_shapes_streamed_over_several_blocks(batch, dirs_grad, threads):
         torch.set_num_threads(before)
     b, k, d = base.double(), coeffs.double(), dirs.double()
     assert_close(out, torch.addmm(b, k, d), torch.float32)
-    # sums of 8300 products of unit normals (|sum| ~ 91): fp32 rounding as in the test above
+    # sums of 8300-20000 products of unit normals (|sum| ~ 91-141): fp32 rounding as in the test
+    # above
     assert_close(grad_coeffs, grad.double() @ d.t(), torch.float32, scale=30)
     if dirs_grad:
         assert_close(grad_dirs, k.t() @ grad.double(), torch.float32)
@@ -122,6 +128,27 @@ def test_blend_shapes_tiles_do_not_depend_on_threads(batch):
     results = results_on_threads((1, 2), both)
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="the streamed passes need AVX-512")
+@pytest.mark.parametrize("batch, columns", [(1, 20670), (3, 8300), (4, 20000)])
+def test_blend_shapes_streamed_passes_do_not_depend_on_threads(batch, columns):
+    """Below 8 rows (two threads or more) the backward splits dirs by rows, each row's dots
+    summed by one task over its column chunks in order: bit-identical on two threads and three."""
+    generator = torch.Generator().manual_seed(6)
+    base = torch.randn(1, columns, generator=generator)
+    coeffs = torch.randn(batch, FEATURES, generator=generator)
+    dirs = torch.randn(FEATURES, columns, generator=generator)
+    grad = torch.randn(batch, columns, generator=generator)
+    ops = torch.ops.portrait_engine
+
+    def both():
+        out = ops.blend_shapes_forward(base, coeffs, dirs)
+        return (out, *ops.blend_shapes_backward(grad, coeffs, dirs, True))
+
+    results = results_on_threads((2, 3), both)
+    for two, three in zip(*results, strict=True):
+        assert torch.equal(two, three)
 
 
 @pytest.mark.parametrize("dirs_grad", [True, False])

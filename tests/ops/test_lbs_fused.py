@@ -228,3 +228,69 @@ def test_direct_route_on_the_cpu_refuses_mismatched_sizes():
         torch.ops.portrait_engine.lbs_fused_backward.default(
             torch.randn_like(vertices), None, *args[:8], saved, args[8], args[9], [True] * 7
         )
+
+
+def _sized_model(batch, vertices, shapes, seed):
+    """Random lbs arguments with SMPL's 24-joint tree at any vertex and shape count."""
+    from portrait_engine.body import procedural_body_model
+
+    parents = procedural_body_model(rings=4, around=5).parents
+    joints = parents.numel()
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, shapes, generator=g),
+        0.4 * torch.randn(batch, joints * 3, generator=g),
+        0.3 * torch.randn(vertices, 3, generator=g),
+        0.1 * torch.randn(vertices, 3, shapes, generator=g),
+        0.01 * torch.randn((joints - 1) * 9, vertices * 3, generator=g),
+        torch.softmax(torch.randn(joints, vertices, generator=g), dim=1),
+        parents,
+        torch.softmax(3 * torch.randn(vertices, joints, generator=g), dim=1),
+    ]
+
+
+def _lbs_grads(args, needs, dtype):
+    leaves = [
+        a.detach().to(dtype).requires_grad_(i in needs) if a.is_floating_point() else a
+        for i, a in enumerate(args)
+    ]
+    vertices, joints = lbs(*leaves, backend="native" if dtype == torch.float32 else "torch")
+    g = torch.Generator().manual_seed(11)
+    grads = [torch.randn(vertices.shape, generator=g), torch.randn(joints.shape, generator=g)]
+    torch.autograd.backward([vertices, joints], [x.to(dtype) for x in grads])
+    return [vertices.detach(), joints.detach()] + [leaves[i].grad for i in needs]
+
+
+@pytest.mark.usefixtures("poison_outputs")
+@pytest.mark.parametrize(
+    "batch, vertices, shapes",
+    # vertices: one lone partial group of 16, 16 + 1, a block of 64 and a partial group, and
+    # more blocks than the backward's 8 slabs (130 = 8 x 16 + 2: 3 blocks; 700: 11 blocks);
+    # shapes: one, fewer than 16 (a (row, shape) vector spanning rows), and more than 16
+    [(1, 1, 1), (1, 17, 10), (2, 70, 3), (3, 130, 17), (1, 700, 10)],
+)
+@pytest.mark.parametrize(
+    "needs", [(0, 1, 2, 3, 4, 5, 7), (0, 1), (2, 3, 5), (3,)], ids=["all", "pose", "model", "S"]
+)
+def test_direct_route_on_the_cpu_matches_float64(batch, vertices, shapes, needs):
+    """The direct route's CPU passes (B <= shapes, a (V, 3) template; the backward vectorised
+    along vertices on an AVX-512 CPU) against the Python path in float64: values and the
+    gradients asked for, at vertex and shape counts around the vector and block edges."""
+    args = _sized_model(batch, vertices, shapes, seed=vertices + shapes)
+    assert skinning_module._shape_route("native", args[0], args[2]) == "direct"
+    got = _lbs_grads(args, needs, torch.float32)
+    want = _lbs_grads(args, needs, torch.float64)
+    names = ["vertices", "joints"] + [f"grad[{i}]" for i in needs]
+    for name, a, b in zip(names, got, want, strict=True):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-5 * scale, msg=name)
+
+
+def test_direct_route_on_the_cpu_does_not_depend_on_threads():
+    """Its passes sum over fixed blocks and slabs: the same bits on two threads and on three."""
+    from tests.helpers import results_on_threads
+
+    args = _sized_model(2, 700, 10, seed=4)
+    results = results_on_threads((2, 3), lambda: _lbs_grads(args, (0, 1, 2, 3, 5), torch.float32))
+    for two, three in zip(*results, strict=True):
+        assert torch.equal(two, three)
