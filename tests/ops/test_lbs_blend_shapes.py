@@ -114,20 +114,7 @@ def _cpu_has_avx512() -> bool:
 def test_blend_shapes_tiles_do_not_depend_on_threads(batch):
     """From 8 rows on an AVX-512 CPU the products run on fixed strips and slabs (grad_coeffs: a
     partial per slab, summed in order): bit-identical results on one thread and on two."""
-    generator = torch.Generator().manual_seed(5)
-    base = torch.randn(1, 8300, generator=generator)
-    coeffs = torch.randn(batch, FEATURES, generator=generator)
-    dirs = torch.randn(FEATURES, 8300, generator=generator)
-    grad = torch.randn(batch, 8300, generator=generator)
-    ops = torch.ops.portrait_engine
-
-    def both():
-        out = ops.blend_shapes_forward(base, coeffs, dirs)
-        return (out, *ops.blend_shapes_backward(grad, coeffs, dirs, True))
-
-    results = results_on_threads((1, 2), both)
-    for one, two in zip(*results, strict=True):
-        assert torch.equal(one, two)
+    _assert_same_on_threads(batch, 8300, seed=5, counts=(1, 2))
 
 
 @pytest.mark.skipif(not _cpu_has_avx512(), reason="the streamed passes need AVX-512")
@@ -135,7 +122,13 @@ def test_blend_shapes_tiles_do_not_depend_on_threads(batch):
 def test_blend_shapes_streamed_passes_do_not_depend_on_threads(batch, columns):
     """Below 8 rows (two threads or more) the backward splits dirs by rows, each row's dots
     summed by one task over its column chunks in order: bit-identical on two threads and three."""
-    generator = torch.Generator().manual_seed(6)
+    _assert_same_on_threads(batch, columns, seed=6, counts=(2, 3))
+
+
+def _assert_same_on_threads(batch, columns, seed, counts):
+    """blend_shapes forward and backward on random inputs give the same bits on each of
+    `counts` threads."""
+    generator = torch.Generator().manual_seed(seed)
     base = torch.randn(1, columns, generator=generator)
     coeffs = torch.randn(batch, FEATURES, generator=generator)
     dirs = torch.randn(FEATURES, columns, generator=generator)
@@ -146,9 +139,9 @@ def test_blend_shapes_streamed_passes_do_not_depend_on_threads(batch, columns):
         out = ops.blend_shapes_forward(base, coeffs, dirs)
         return (out, *ops.blend_shapes_backward(grad, coeffs, dirs, True))
 
-    results = results_on_threads((2, 3), both)
-    for two, three in zip(*results, strict=True):
-        assert torch.equal(two, three)
+    results = results_on_threads(counts, both)
+    for first, other in zip(results[0], results[1], strict=True):
+        assert torch.equal(first, other)
 
 
 @pytest.mark.parametrize("dirs_grad", [True, False])
