@@ -322,7 +322,6 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
   }
 }
 
-
 #if PE_HAVE_ISA_CLONES
 // The direct backward vectorised along vertices (float on an AVX-512 CPU): the same blocks, each
 // in groups of 16 vertices (the last group masked). A group's 48 values of gt (the gradient
@@ -340,8 +339,8 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
 // vectorised one (gathers for S β, or shaped_block with the joints by vertices) measured no
 // faster (its time is 𝒥's and S's first reads).
 struct ShapeLanes {
-  std::vector<int32_t> row;     // NB x 16: (16 k + i) / NB, the row of lane i of vector k
-  std::vector<int32_t> shape;   // NB x 16: (16 k + i) % NB
+  std::vector<int32_t> row;    // NB x 16: (16 k + i) / NB, the row of lane i of vector k
+  std::vector<int32_t> shape;  // NB x 16: (16 k + i) % NB
   explicit ShapeLanes(int64_t NB) : row(NB * 16), shape(NB * 16) {
     for (int64_t p = 0; p < NB * 16; ++p) {
       row[p] = static_cast<int32_t>(p / NB);
@@ -563,7 +562,8 @@ std::array<at::Tensor, 4> shape_direct_backward_cpu(
   if (needs[3]) out[3] = new_output(regressor.sizes(), options);
   at::Tensor grad_betas = at::zeros({B, NB}, options);
   if (V > 0) {
-    // each block writes the first NB values of its B rows (the padding is never read)
+    // each block (or slab: run_direct_backward) writes the first NB values of its B rows (the
+    // padding is never read)
     at::Tensor partial = at::empty({blocks, B, NBp}, options);
     AT_DISPATCH_FLOATING_TYPES(betas.scalar_type(), "shape_direct_backward_cpu", [&] {
       DirectArgs<scalar_t> a{};

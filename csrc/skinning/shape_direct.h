@@ -15,7 +15,9 @@
 // B = 1: the passes take ~120 µs forward and ~280 µs backward (timed inside lbs_fused; the
 // backward writes the 0.8 MB grad_S and 0.7 MB grad_𝒥), and lbs fwd+bwd went 2.45 -> 2.39 and
 // 2.54 -> 2.52 ms (medians; minimums 2.39 -> 2.34, 2.40 -> 2.32) against the ATen calls, in one
-// process, alternated: a small gain.
+// process, alternated: a small gain. Float on an AVX-512 CPU runs the backward vectorised along
+// vertices instead (shape_blend_cpu.cpp; grad_β's partials per fixed slab of blocks):
+// 193-218 µs against 254-278 at B = 1 (2026-11-28).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -18,9 +18,9 @@
 // the BLAS (fixed for a fixed thread count; the tiles' sums do not depend on it).
 // blend_shapes (lbs's pose blend shapes): below kStreamMinBlasBatch, streamed AVX-512 kernels
 // for float (one pass over dirs each way: the forward by column blocks, the backward by rows);
-// from it, float on an AVX-512 CPU
-// runs all three products on register tiles of this file (forward and grad_coeffs) and of
-// cpu_tile_gemm.h (grad_dirs; the forward too on AVX2), other CPUs and types the BLAS.
+// from it, float on an AVX-512 CPU runs all three products on register tiles of this file
+// (forward and grad_coeffs) and of cpu_tile_gemm.h (grad_dirs; the forward too on AVX2), other
+// CPUs and types the BLAS.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -700,7 +700,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> skin_points_backward_cpu(
 // ------------------------------------------------------------------------------------------
 
 #if defined(PE_AVX512_BLEND)
-
 // outer_stream: out[f, c] = k[f] g[c] for rows [f0, f1) with non-temporal stores. B = 1's
 //   grad_dirs is 17 MB written once and read by no one here: ordinary stores first read every
 //   line of the cold output (write-allocate), doubling the memory traffic.
