@@ -335,9 +335,14 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
 //   grad_𝒥[j, v] = Σ_c gJ[j, c] columns[c, v]. B > 1 adds each batch row's terms in order.
 // The product-based backward above made ~6 small products per block on 3-wide tiles. Measured
 // inside lbs_fused at SMPL's size, B = 1, cold inputs, 2 threads (2026-11-28, alternated in one
-// process, four runs): 193-218 µs against 254-278. The forward stays product-based: a
+// process, four runs): 193-218 µs against 254-278; with 𝒥's and grad_𝒥's rows swept once per
+// block and batch row (4 vectors, 256 bytes, per row) rather than once per 16-vertex group,
+// 171-174 µs against 176-178 (three runs; prefetching the next block's rows of 𝒥, grad_𝒥 and S
+// measured 4-13 µs slower). The forward stays product-based: a
 // vectorised one (gathers for S β, or shaped_block with the joints by vertices) measured no
 // faster (its time is 𝒥's and S's first reads).
+constexpr int kGroups = kShapeBlock / 16;  // 16-vertex groups per block
+
 struct ShapeLanes {
   std::vector<int32_t> row;    // NB x 16: (16 k + i) / NB, the row of lane i of vector k
   std::vector<int32_t> shape;  // NB x 16: (16 k + i) % NB
@@ -365,29 +370,43 @@ __attribute__((target("avx512f"))) void direct_backward_avx512(const DirectArgs<
   std::vector<float> acc(B * NB * 16);  // grad_β's partial by (row, shape) lanes
   for (int64_t index = begin; index < end; ++index) {
     const Block k(index, V);
-    for (int64_t q0 = 0; q0 < k.nv; q0 += 16) {
-      const int64_t n = std::min<int64_t>(16, k.nv - q0), v = k.v0 + q0;
-      const __mmask16 vertices = first_lanes(n);
-      for (int64_t b = 0; b < B; ++b) {
-        const float* gJ = a.grad_joints + b * J * 3;
-        __m512 gt[3], rows[3];
-        load_triples(t, a.grad_v + b * V * 3 + v * 3, n, gt);
-        for (int64_t j = 0; j < J; ++j) {
-          const __m512 w = _mm512_maskz_loadu_ps(vertices, a.regressor + j * V + v);
-          for (int c = 0; c < 3; ++c) {
-            gt[c] = _mm512_fmadd_ps(w, _mm512_set1_ps(gJ[j * 3 + c]), gt[c]);
-          }
+    // the block's 16-vertex groups (kGroups, the last ones partial or empty): 𝒥's rows and
+    // grad_𝒥's are swept once per batch row, kGroups vectors (a 256-byte run) per row
+    __mmask16 vertices[kGroups];
+    int64_t count[kGroups];
+    for (int q = 0; q < kGroups; ++q) {
+      count[q] = std::clamp<int64_t>(k.nv - 16 * q, 0, 16);
+      vertices[q] = first_lanes(count[q]);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const float* gJ = a.grad_joints + b * J * 3;
+      __m512 gt[kGroups][3];
+      for (int q = 0; q < kGroups; ++q) {
+        load_triples(t, a.grad_v + b * V * 3 + (k.v0 + 16 * q) * 3, count[q], gt[q]);
+      }
+      for (int64_t j = 0; j < J; ++j) {
+        const float* w = a.regressor + j * V + k.v0;
+        const __m512 gx = _mm512_set1_ps(gJ[j * 3]), gy = _mm512_set1_ps(gJ[j * 3 + 1]),
+                     gz = _mm512_set1_ps(gJ[j * 3 + 2]);
+        for (int q = 0; q < kGroups; ++q) {
+          const __m512 wq = _mm512_maskz_loadu_ps(vertices[q], w + 16 * q);
+          gt[q][0] = _mm512_fmadd_ps(wq, gx, gt[q][0]);
+          gt[q][1] = _mm512_fmadd_ps(wq, gy, gt[q][1]);
+          gt[q][2] = _mm512_fmadd_ps(wq, gz, gt[q][2]);
         }
-        join_triples(t, gt, rows);
-        for (int q = 0; q < 3; ++q) {
-          const int64_t valid_rows = std::min<int64_t>(16, 3 * n - 16 * q);
+      }
+      for (int q = 0; q < kGroups && count[q] > 0; ++q) {
+        __m512 rows[3];
+        join_triples(t, gt[q], rows);
+        for (int m = 0; m < 3; ++m) {
+          const int64_t valid_rows = std::min<int64_t>(16, 3 * count[q] - 16 * m);
           if (valid_rows <= 0) break;
-          const int64_t r0 = v * 3 + 16 * q;
+          const int64_t r0 = (k.v0 + 16 * q) * 3 + 16 * m;
           if (a.grad_tmpl != nullptr) {
             float* out = a.grad_tmpl + r0;
             const __mmask16 valid = first_lanes(valid_rows);
             const __m512 sum =
-                b == 0 ? rows[q] : _mm512_add_ps(_mm512_maskz_loadu_ps(valid, out), rows[q]);
+                b == 0 ? rows[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(valid, out), rows[m]);
             _mm512_mask_storeu_ps(out, valid, sum);
           }
           const float* s = a.dirs + r0 * NB;
@@ -396,7 +415,7 @@ __attribute__((target("avx512f"))) void direct_backward_avx512(const DirectArgs<
             const __mmask16 valid = first_lanes(valid_rows * NB - 16 * kk);
             if (valid == 0) break;
             const __m512i row = _mm512_loadu_si512(lanes.row.data() + kk * 16);
-            const __m512 g = _mm512_maskz_permutexvar_ps(0xffff, row, rows[q]);
+            const __m512 g = _mm512_maskz_permutexvar_ps(0xffff, row, rows[m]);
             float* lane = acc.data() + (b * NB + kk) * 16;
             _mm512_storeu_ps(lane, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, s + 16 * kk), g,
                                                    _mm512_loadu_ps(lane)));
@@ -410,18 +429,25 @@ __attribute__((target("avx512f"))) void direct_backward_avx512(const DirectArgs<
             }
           }
         }
-        if (a.grad_regressor != nullptr) {
-          const float* col = a.columns + b * 3 * V + v;
-          const __m512 x = _mm512_maskz_loadu_ps(vertices, col);
-          const __m512 y = _mm512_maskz_loadu_ps(vertices, col + V);
-          const __m512 z = _mm512_maskz_loadu_ps(vertices, col + 2 * V);
-          for (int64_t j = 0; j < J; ++j) {
-            float* out = a.grad_regressor + j * V + v;
-            __m512 value = _mm512_mul_ps(_mm512_set1_ps(gJ[j * 3]), x);
-            value = _mm512_fmadd_ps(_mm512_set1_ps(gJ[j * 3 + 1]), y, value);
-            value = _mm512_fmadd_ps(_mm512_set1_ps(gJ[j * 3 + 2]), z, value);
-            if (b > 0) value = _mm512_add_ps(_mm512_maskz_loadu_ps(vertices, out), value);
-            _mm512_mask_storeu_ps(out, vertices, value);
+      }
+      if (a.grad_regressor != nullptr) {
+        __m512 col[kGroups][3];
+        for (int q = 0; q < kGroups; ++q) {
+          const float* c = a.columns + b * 3 * V + k.v0 + 16 * q;
+          for (int m = 0; m < 3; ++m) col[q][m] = _mm512_maskz_loadu_ps(vertices[q], c + m * V);
+        }
+        for (int64_t j = 0; j < J; ++j) {
+          float* out = a.grad_regressor + j * V + k.v0;
+          const __m512 gx = _mm512_set1_ps(gJ[j * 3]), gy = _mm512_set1_ps(gJ[j * 3 + 1]),
+                       gz = _mm512_set1_ps(gJ[j * 3 + 2]);
+          for (int q = 0; q < kGroups; ++q) {
+            __m512 value = _mm512_mul_ps(gx, col[q][0]);
+            value = _mm512_fmadd_ps(gy, col[q][1], value);
+            value = _mm512_fmadd_ps(gz, col[q][2], value);
+            if (b > 0) {
+              value = _mm512_add_ps(_mm512_maskz_loadu_ps(vertices[q], out + 16 * q), value);
+            }
+            _mm512_mask_storeu_ps(out + 16 * q, vertices[q], value);
           }
         }
       }
