@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from portrait_engine import _extension
+from portrait_engine.body import procedural_body_model
 from portrait_engine.ops import lbs
 from portrait_engine.ops import skinning as skinning_module
+from tests.helpers import results_on_threads
 from tests.ops.test_lbs import rotations_of
 from tests.ops.test_lbs_routes import INDEX, KINDS, NEEDS, _variant
 
@@ -232,8 +234,6 @@ def test_direct_route_on_the_cpu_refuses_mismatched_sizes():
 
 def _sized_model(batch, vertices, shapes, seed):
     """Random lbs arguments with SMPL's 24-joint tree at any vertex and shape count."""
-    from portrait_engine.body import procedural_body_model
-
     parents = procedural_body_model(rings=4, around=5).parents
     joints = parents.numel()
     g = torch.Generator().manual_seed(seed)
@@ -264,8 +264,9 @@ def _lbs_grads(args, needs, dtype):
 @pytest.mark.usefixtures("poison_outputs")
 @pytest.mark.parametrize(
     "batch, vertices, shapes",
-    # vertices: one lone partial group of 16, 16 + 1, a block of 64 and a partial group, and
-    # more blocks than the backward's 8 slabs (130 = 8 x 16 + 2: 3 blocks; 700: 11 blocks);
+    # vertices: one lone partial group of 16, 16 + 1, a block of 64 and a partial group, 3
+    # blocks (130 = 2 x 64 + 2: a slab per block) and more blocks than the backward's 8 slabs
+    # (700: 11 blocks);
     # shapes: one, fewer than 16 (a (row, shape) vector spanning rows), and more than 16
     [(1, 1, 1), (1, 17, 10), (2, 70, 3), (3, 130, 17), (1, 700, 10)],
 )
@@ -288,8 +289,6 @@ def test_direct_route_on_the_cpu_matches_float64(batch, vertices, shapes, needs)
 
 def test_direct_route_on_the_cpu_does_not_depend_on_threads():
     """Its passes sum over fixed blocks and slabs: the same bits on two threads and on three."""
-    from tests.helpers import results_on_threads
-
     args = _sized_model(2, 700, 10, seed=4)
     results = results_on_threads((2, 3), lambda: _lbs_grads(args, (0, 1, 2, 3, 5), torch.float32))
     for two, three in zip(*results, strict=True):
