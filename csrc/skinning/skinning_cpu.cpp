@@ -727,23 +727,29 @@ __attribute__((target("avx512f"))) void outer_stream_avx512(const float* k, cons
 //   bound by the passes over the 17 MB dirs and the 17 MB write of its gradient, not by
 //   arithmetic. The BLAS runs them as separate passes (the forward's and grad_coeffs' matrix-
 //   vector products on one thread: 0.85 and 1.0 ms at B = 1 with dirs out of cache, 2 threads,
-//   against 0.66 ms for a plain 17 MB read); here the forward is parallel over column blocks of
-//   kStreamColumns, every row of dirs read as one contiguous 16 KiB run (prefetched: 4096
-//   columns and the prefetch measured 0.87-0.90 / 1.54-1.61 ms forward / backward against
-//   0.97-1.03 / 1.69-1.82 with 1024 and none, one thread, loaded machine; by slabs of whole
-//   rows with a partial per slab it measured the same, 2026-11-28), and the backward, parallel
-//   over rows, reads dirs and writes grad_dirs in the same pass. Templated on the batch so that
-//   the per-row accumulators live in registers.
-constexpr int64_t kStreamColumns = 4096;
+//   against 0.66 ms for a plain 17 MB read); here the forward gives each thread one range of
+//   columns (blend_shapes_forward_cpu), every row of dirs read as one contiguous run per thread,
+//   and the backward, parallel over rows, reads dirs and writes grad_dirs in the same pass.
+//   Templated on the batch so that the per-row accumulators live in registers.
+//   Until 2026-11-28 (third session) the forward ran column blocks of kStreamColumns with a
+//   software prefetch 1 KiB ahead in each row (chosen on one thread, where it measured
+//   0.87-0.90 ms against 0.97-1.03 without); on two threads, cold dirs, B = 1, the blocks took
+//   0.53-0.66 ms against 0.42-0.44 for one range per thread without the prefetch and 0.32-0.46
+//   for `dirs.sum()` (one process, alternated; the machine's speed moved between runs), and
+//   SMPL's lbs fwd+bwd 2.26 / 2.62 / 2.43 -> 2.12 / 2.49 / 2.34 ms (medians of 300 alternated
+//   steps, three runs; the range split and the dropped prefetch each gave part of it). Row slabs
+//   with a partial per slab, four rows at a time, measured as fast as the ranges; one row at a
+//   time, slower (0.61-0.63 ms).
+constexpr int64_t kStreamColumns = 4096;  // the backward's column chunk (stream_backward_width)
 // The batch from which one BLAS call per product beats the streamed passes (measured at B = 1
 // and 32; the crossover is rough).
 constexpr int64_t kStreamMinBlasBatch = 8;
 constexpr int64_t kStreamMaxBatch = kStreamMinBlasBatch - 1;
 constexpr int64_t kStreamPrefetch = 256;  // floats: 1 KiB ahead in each row of dirs
 
-// out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the block [c0, c0 + width):
-// the block's NB output rows (16 KiB each) stay in L1 / L2 while the F rows of dirs stream by,
-// four at a time.
+// out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the columns [c0, c0 + width):
+// their NB output rows stay in L1 / L2 (41 KB each for SMPL on two threads) while the F rows of
+// dirs stream by, four at a time (no software prefetch: above).
 template <int NB>
 __attribute__((target("avx512f"))) void stream_forward_block_avx512(
     const float* base, int64_t base_rows, const float* coeffs, const float* dirs, float* out,
@@ -764,12 +770,6 @@ __attribute__((target("avx512f"))) void stream_forward_block_avx512(
       float* o = out + b * C + c0;
       int64_t c = 0;
       for (; c < full; c += 16) {
-        // software prefetch of the four rows, kStreamPrefetch floats ahead (the hardware
-        // prefetchers restart at every 4 KiB page of each row)
-        _mm_prefetch(reinterpret_cast<const char*>(d + c + kStreamPrefetch), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(d + C + c + kStreamPrefetch), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(d + 2 * C + c + kStreamPrefetch), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(d + 3 * C + c + kStreamPrefetch), _MM_HINT_T0);
         __m512 acc = _mm512_loadu_ps(o + c);
         acc = _mm512_fmadd_ps(k0, _mm512_loadu_ps(d + c), acc);
         acc = _mm512_fmadd_ps(k1, _mm512_loadu_ps(d + C + c), acc);
@@ -945,10 +945,16 @@ at::Tensor blend_shapes_forward_cpu(const at::Tensor& base, const at::Tensor& co
     const float* d = dirs.data_ptr<float>();
     const float* base_ptr = base.data_ptr<float>();
     float* o = out.data_ptr<float>();
-    at::parallel_for(0, C, kStreamColumns, [&](int64_t begin, int64_t end) {
-      for (int64_t c0 = begin; c0 < end; c0 += kStreamColumns) {
-        stream_by_batch<StreamForward>(B, base_ptr, base.size(0), k, d, o, F, C, c0,
-                                       std::min(kStreamColumns, end - c0));
+    // one range of whole 16-column vectors per thread (each value's sum is the same for any
+    // split: base, then its F terms in increasing f)
+    const int64_t tasks = at::get_num_threads(), vectors = (C + 15) / 16;
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t c0 = std::min(C, vectors * t / tasks * 16);
+        const int64_t c1 = std::min(C, vectors * (t + 1) / tasks * 16);
+        if (c1 > c0) {
+          stream_by_batch<StreamForward>(B, base_ptr, base.size(0), k, d, o, F, C, c0, c1 - c0);
+        }
       }
     });
     return out;
