@@ -745,7 +745,6 @@ constexpr int64_t kStreamColumns = 4096;  // the backward's column chunk (stream
 // and 32; the crossover is rough).
 constexpr int64_t kStreamMinBlasBatch = 8;
 constexpr int64_t kStreamMaxBatch = kStreamMinBlasBatch - 1;
-constexpr int64_t kStreamPrefetch = 256;  // floats: 1 KiB ahead in each row of dirs
 
 // out[b, c] = base[b or 0, c] + sum_f coeffs[b, f] dirs[f, c] on the columns [c0, c0 + width):
 // their NB output rows stay in L1 / L2 (41 KB each for SMPL on two threads) while the F rows of
@@ -813,30 +812,31 @@ __attribute__((target("avx512f"))) void stream_forward_block_avx512(
 // no one here: ordinary stores would first read every line of the cold output; they measured
 // 1.3 against 0.9 ms for B = 1's backward). The NB grad rows of the columns stay in L1 / L2; two
 // accumulators per batch row (the dots' FMA chains would otherwise bound the read rate at B = 1).
+// One row's share of the backward pass (stream_backward_block_avx512 runs one or two rows at
+// once, their steps interleaved).
 template <int NB>
-__attribute__((target("avx512f"))) void stream_backward_block_avx512(
-    const float* grad, const float* coeffs, const float* dirs, float* grad_dirs, float* part,
-    int64_t F, int64_t C, int64_t c0, int64_t width, int64_t f0, int64_t f1, bool accumulate) {
-  const float* g = grad + c0;
-  for (int64_t f = f0; f < f1; ++f) {
-    const float* d = dirs + f * C + c0;
-    float* o = grad_dirs == nullptr ? nullptr : grad_dirs + f * C + c0;
+struct BackwardRow {
+  const float* g;  // the grad rows from column c0 (row b at g + b * C)
+  const float* d;  // dirs' row f from c0
+  float* o;        // grad_dirs' row f from c0, or null
+  const float* coeffs;
+  int64_t F, C, f, width, c = 0, head = 0;
+  __m512 k[NB], acc[NB][2];
+  float dot[NB];
+
+  __attribute__((target("avx512f"))) void start() {
     // scalar columns up to o's first 64-byte boundary (rows are 4-byte aligned), then whole
     // aligned vectors, then a masked tail
-    int64_t head = 0;
     if (o != nullptr) {
       const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(o) & 63) / 4;
       head = std::min<int64_t>(past == 0 ? 0 : 16 - past, width);
     }
-    __m512 k[NB], acc[NB][2];
-    float dot[NB];
     for (int b = 0; b < NB; ++b) {
       k[b] = _mm512_set1_ps(coeffs[b * F + f]);
       acc[b][0] = _mm512_setzero_ps();
       acc[b][1] = _mm512_setzero_ps();
       dot[b] = 0.f;
     }
-    int64_t c = 0;
     for (; c < head; ++c) {
       float w = 0.f;
       for (int b = 0; b < NB; ++b) {
@@ -846,24 +846,28 @@ __attribute__((target("avx512f"))) void stream_backward_block_avx512(
       }
       o[c] = w;
     }
-    for (; c + 32 <= width; c += 32) {
-      _mm_prefetch(reinterpret_cast<const char*>(d + c + kStreamPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(d + c + 16 + kStreamPrefetch), _MM_HINT_T0);
-      const __m512 d0 = _mm512_loadu_ps(d + c), d1 = _mm512_loadu_ps(d + c + 16);
-      __m512 w0 = _mm512_setzero_ps(), w1 = _mm512_setzero_ps();
-      for (int b = 0; b < NB; ++b) {
-        const __m512 g0 = _mm512_loadu_ps(g + b * C + c), g1 = _mm512_loadu_ps(g + b * C + c + 16);
-        acc[b][0] = _mm512_fmadd_ps(g0, d0, acc[b][0]);
-        acc[b][1] = _mm512_fmadd_ps(g1, d1, acc[b][1]);
-        w0 = _mm512_fmadd_ps(k[b], g0, w0);
-        w1 = _mm512_fmadd_ps(k[b], g1, w1);
-      }
-      if (o != nullptr) {
-        _mm512_stream_ps(o + c, w0);
-        _mm512_stream_ps(o + c + 16, w1);
-      }
+  }
+  bool more() const { return c + 32 <= width; }
+  // 32 columns from c
+  __attribute__((target("avx512f"))) void step() {
+    const __m512 d0 = _mm512_loadu_ps(d + c), d1 = _mm512_loadu_ps(d + c + 16);
+    __m512 w0 = _mm512_setzero_ps(), w1 = _mm512_setzero_ps();
+    for (int b = 0; b < NB; ++b) {
+      const __m512 g0 = _mm512_loadu_ps(g + b * C + c), g1 = _mm512_loadu_ps(g + b * C + c + 16);
+      acc[b][0] = _mm512_fmadd_ps(g0, d0, acc[b][0]);
+      acc[b][1] = _mm512_fmadd_ps(g1, d1, acc[b][1]);
+      w0 = _mm512_fmadd_ps(k[b], g0, w0);
+      w1 = _mm512_fmadd_ps(k[b], g1, w1);
     }
-    for (; c < width; c += 16) {  // the last 1 to 31 columns, masked (ordinary stores)
+    if (o != nullptr) {
+      _mm512_stream_ps(o + c, w0);
+      _mm512_stream_ps(o + c + 16, w1);
+    }
+    c += 32;
+  }
+  // the last 1 to 31 columns, masked (ordinary stores); the row's dots into part
+  __attribute__((target("avx512f"))) void finish(float* part, bool accumulate) {
+    for (; c < width; c += 16) {
       const int64_t left = width - c;
       const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff)
                                         : static_cast<__mmask16>((1u << left) - 1u);
@@ -880,6 +884,51 @@ __attribute__((target("avx512f"))) void stream_backward_block_avx512(
       const float sum = dot[b] + sum_lanes(_mm512_add_ps(acc[b][0], acc[b][1]));
       part[b * F + f] = accumulate ? part[b * F + f] + sum : sum;
     }
+  }
+};
+
+// The backward's pass over rows [f0, f1) of dirs and the columns [c0, c0 + width): per row f,
+// the dots sum_c grad[b, c] dirs[f, c] over those columns, stored in part[b * F + f] (added to
+// it with `accumulate`, for a row's later column chunks) and, with grad_dirs,
+// grad_dirs[f, c] = sum_b coeffs[b, f] grad[b, c] by non-temporal stores (written once, read by
+// no one here: ordinary stores would first read every line of the cold output; they measured
+// 1.3 against 0.9 ms for B = 1's backward). The NB grad rows of the columns stay in L1 / L2; two
+// accumulators per batch row (the dots' FMA chains would otherwise bound the read rate at B = 1).
+// Up to NB = 2 two rows go at once, their 32-column steps interleaved (two read streams and two
+// write streams per thread): alone, B = 1's backward 0.72 against 0.76-0.79 ms one row at a
+// time; in SMPL's lbs at B = 1, 2.082 / 2.160 / 2.095 -> 2.057 / 2.100 / 2.089 ms (medians of
+// 300-400 alternated steps, 2026-11-28). The 1 KiB software prefetch the rows had until then
+// measured the same with and without, and went.
+template <int NB>
+__attribute__((target("avx512f"))) void stream_backward_block_avx512(
+    const float* grad, const float* coeffs, const float* dirs, float* grad_dirs, float* part,
+    int64_t F, int64_t C, int64_t c0, int64_t width, int64_t f0, int64_t f1, bool accumulate) {
+  const auto row = [&](int64_t f) {
+    return BackwardRow<NB>{grad + c0, dirs + f * C + c0,
+                           grad_dirs == nullptr ? nullptr : grad_dirs + f * C + c0,
+                           coeffs, F, C, f, width};
+  };
+  int64_t f = f0;
+  if (NB <= 2) {  // two rows at once (beyond, their accumulators would not fit the registers)
+    for (; f + 2 <= f1; f += 2) {
+      BackwardRow<NB> a = row(f), b = row(f + 1);
+      a.start();
+      b.start();
+      while (a.more() && b.more()) {
+        a.step();
+        b.step();
+      }
+      while (a.more()) a.step();
+      while (b.more()) b.step();
+      a.finish(part, accumulate);
+      b.finish(part, accumulate);
+    }
+  }
+  for (; f < f1; ++f) {
+    BackwardRow<NB> a = row(f);
+    a.start();
+    while (a.more()) a.step();
+    a.finish(part, accumulate);
   }
 }
 
