@@ -35,10 +35,9 @@ inline at::ScalarType acc_dtype(const at::Tensor& t) {
 // An output tensor the kernel writes in full. When the tests ask, it is poisoned first so an
 // element the kernel forgot shows up: NaN for floating dtypes, the lowest value for integer
 // ones (never a valid index, position or "no face" -1).
-inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
+inline void poison_if_asked(at::Tensor& t) {
   if (poison_outputs()) {
-    const at::ScalarType type = options.dtype().toScalarType();
+    const at::ScalarType type = t.scalar_type();
     if (at::isFloatingType(type)) {
       t.fill_(std::numeric_limits<double>::quiet_NaN());
     } else if (type == at::kInt) {
@@ -47,6 +46,11 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
       t.fill_(std::numeric_limits<int64_t>::min());
     }
   }
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  poison_if_asked(t);
   return t;
 }
 

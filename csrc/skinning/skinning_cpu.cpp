@@ -30,6 +30,7 @@
 
 #include "cpu_math.h"
 #include "cpu_tile_gemm.h"
+#include "output_cache.h"
 
 // The AVX-512 kernels: compiled with a per-function target attribute (the rest of the
 // extension is built for baseline x86-64) and chosen at run time by cpu_math::cpu_isa(), the
@@ -1020,7 +1021,7 @@ at::Tensor blend_outer(const at::Tensor& grad_out, const at::Tensor& coeffs) {
   const int64_t F = coeffs.size(1), C = grad_out.size(1);
 #if defined(PE_AVX512_BLEND)
   if (blend_avx512(coeffs)) {
-    at::Tensor out = new_output({F, C}, coeffs.options());
+    at::Tensor out = new_cached_output({F, C}, coeffs.options());
     const float* k = coeffs.data_ptr<float>();
     const float* g = grad_out.data_ptr<float>();
     float* o = out.data_ptr<float>();
@@ -1055,7 +1056,7 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_streamed(const at::Tensor& gra
                                                            const at::Tensor& dirs,
                                                            bool dirs_grad) {
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = dirs.size(1);
-  at::Tensor grad_dirs = dirs_grad ? new_output(dirs.sizes(), dirs.options())
+  at::Tensor grad_dirs = dirs_grad ? new_cached_output(dirs.sizes(), dirs.options())
                                    : at::empty({0}, dirs.options());
   at::Tensor grad_coeffs = at::empty({B, F}, coeffs.options());
   const int64_t width = stream_backward_width(B, C);
@@ -1117,7 +1118,7 @@ bool grad_dirs_tiled(const at::Tensor& coeffs) {
 
 at::Tensor grad_dirs_of(const at::Tensor& grad_out, const at::Tensor& coeffs) {
   const int64_t B = coeffs.size(0), F = coeffs.size(1), C = grad_out.size(1);
-  at::Tensor out = new_output({F, C}, coeffs.options());
+  at::Tensor out = new_cached_output({F, C}, coeffs.options());
   const GradDirsArgs<float> a{coeffs.data_ptr<float>(), grad_out.data_ptr<float>(),
                               out.data_ptr<float>(), B, F, C};
   const auto fn = PE_ISA_PICK_WIDTH(grad_dirs_columns, float);

@@ -14,11 +14,13 @@
 | :func:`render_rays` | fused neural renderer: sample, OSG-decode and march each ray in one kernel |
 | :func:`softplus` | the OSG decoder's hidden activation (``torch.nn.Softplus()``) |
 | :func:`decoder_outputs` | the OSG decoder's output head: raw density, widened-sigmoid colours |
+| :func:`cpu_cache_info`, :func:`empty_cpu_cache` | the native CPU kernels' cache of large outputs |
 """
 
 from portrait_engine.ops.activation import decoder_outputs, softplus
 from portrait_engine.ops.attention_pool import attention_pool
 from portrait_engine.ops.importance import merge_samples, sample_importance
+from portrait_engine.ops.memory import cpu_cache_info, empty_cpu_cache
 from portrait_engine.ops.mesh_deform import mesh_deform
 from portrait_engine.ops.rays import ray_march, ray_sample, unpack_camera_label
 from portrait_engine.ops.render import render_rays
@@ -27,7 +29,9 @@ from portrait_engine.ops.triplane import triplane_sample
 
 __all__ = [
     "attention_pool",
+    "cpu_cache_info",
     "decoder_outputs",
+    "empty_cpu_cache",
     "lbs",
     "merge_samples",
     "mesh_deform",
