@@ -323,26 +323,28 @@ void direct_backward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t en
 }
 
 #if PE_HAVE_ISA_CLONES
-// The direct backward vectorised along vertices (float on an AVX-512 CPU): the same blocks, each
-// in groups of 16 vertices (the last group masked). A group's 48 values of gt (the gradient
-// reaching v_shaped) are three vectors of rows r = 3 v + c, and its blend shapes S[r, l]
-// (row-major, NB values per row) are NB whole vectors, lane i of vector k holding row
-// (16 k + i) / NB and shape (16 k + i) % NB:
-//   gt = g + 𝒥ᵀ gJ by components (J FMAs per component: 𝒥's rows are contiguous along
-//   vertices), joined into rows; grad_T the rows; grad_S's NB vectors the rows permuted to the
-//   (row, shape) lanes times β's lanes; grad_β's partial the same permuted rows times S's
-//   vectors, accumulated by lanes over a slab of blocks and summed by shape at its end;
-//   grad_𝒥[j, v] = Σ_c gJ[j, c] columns[c, v]. B > 1 adds each batch row's terms in order.
+// The direct backward vectorised along vertices (float on an AVX-512 CPU), one slab of blocks
+// (kDirectSlabs, below) per call, in groups of 16 vertices (the last group masked). Per batch
+// row, three passes over the slab:
+//   gt = g + 𝒥ᵀ gJ by components into a slab buffer (3 x the slab's vertices, ~10 KB at SMPL's
+//   size, in L1): g's triples split, then J FMAs per component, each of 𝒥's rows read as one
+//   run of the slab's width;
+//   per group, gt's components joined into rows r = 3 v + c (three vectors of 48 values);
+//   grad_T the rows; the group's blend shapes S[r, l] (row-major, NB values per row) are NB
+//   whole vectors, lane i of vector k holding row (16 k + i) / NB and shape (16 k + i) % NB:
+//   grad_S's NB vectors the rows permuted to those lanes times β's lanes; grad_β's partial the
+//   same permuted rows times S's vectors, accumulated by lanes over the slab and summed by shape
+//   at its end;
+//   grad_𝒥[j, v] = Σ_c gJ[j, c] columns[c, v], each of grad_𝒥's rows written as one run.
+// B > 1 adds each batch row's terms in order.
 // The product-based backward above made ~6 small products per block on 3-wide tiles. Measured
 // inside lbs_fused at SMPL's size, B = 1, cold inputs, 2 threads (2026-11-28, alternated in one
-// process, four runs): 193-218 µs against 254-278; with 𝒥's and grad_𝒥's rows swept once per
-// block and batch row (4 vectors, 256 bytes, per row) rather than once per 16-vertex group,
-// 171-174 µs against 176-178 (three runs; prefetching the next block's rows of 𝒥, grad_𝒥 and S
-// measured 4-13 µs slower). The forward stays product-based: a
-// vectorised one (gathers for S β, or shaped_block with the joints by vertices) measured no
-// faster (its time is 𝒥's and S's first reads).
-constexpr int kGroups = kShapeBlock / 16;  // 16-vertex groups per block
-
+// process): 193-218 µs against 254-278 (four runs) with 𝒥's and grad_𝒥's rows swept once per
+// 16-vertex group; 171-174 µs against 176-178 once per block of 64 vertices (256-byte runs;
+// prefetching the next block's rows of 𝒥, grad_𝒥 and S measured 4-13 µs slower); 136-137 µs
+// against 165-170 once per slab (~3.4 KB runs, the prefetchers' length: the same values to the
+// bit, lbs fwd+bwd medians 2.091 / 2.072 / 2.087 -> 2.056 / 2.033 / 2.053 ms, three runs).
+// The forward goes by the same slabs (direct_forward_slab_avx512).
 struct ShapeLanes {
   std::vector<int32_t> row;    // NB x 16: (16 k + i) / NB, the row of lane i of vector k
   std::vector<int32_t> shape;  // NB x 16: (16 k + i) % NB
@@ -368,87 +370,83 @@ __attribute__((target("avx512f"))) void direct_backward_avx512(const DirectArgs<
     }
   }
   std::vector<float> acc(B * NB * 16);  // grad_β's partial by (row, shape) lanes
-  for (int64_t index = begin; index < end; ++index) {
-    const Block k(index, V);
-    // the block's 16-vertex groups (kGroups, the last ones partial or empty): 𝒥's rows and
-    // grad_𝒥's are swept once per batch row, kGroups vectors (a 256-byte run) per row
-    __mmask16 vertices[kGroups];
-    int64_t count[kGroups];
-    for (int q = 0; q < kGroups; ++q) {
-      count[q] = std::clamp<int64_t>(k.nv - 16 * q, 0, 16);
-      vertices[q] = first_lanes(count[q]);
+  const int64_t v0 = begin * kShapeBlock, v1 = std::min(V, end * kShapeBlock), n = v1 - v0;
+  const int64_t np = (n + 15) / 16 * 16;
+  std::vector<float> gtc(3 * np);  // gt by components, (3, np)
+  float* gc[3] = {gtc.data(), gtc.data() + np, gtc.data() + 2 * np};
+  for (int64_t b = 0; b < B; ++b) {
+    const float* gJ = a.grad_joints + b * J * 3;
+    // gt = g + 𝒥ᵀ gJ by components over the slab: g's triples split, then 𝒥's rows as runs
+    for (int64_t g0 = 0; g0 < n; g0 += 16) {
+      __m512 gt[3];
+      load_triples(t, a.grad_v + b * V * 3 + (v0 + g0) * 3, std::min<int64_t>(16, n - g0), gt);
+      for (int c = 0; c < 3; ++c) _mm512_storeu_ps(gc[c] + g0, gt[c]);
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const float* gJ = a.grad_joints + b * J * 3;
-      __m512 gt[kGroups][3];
-      for (int q = 0; q < kGroups; ++q) {
-        load_triples(t, a.grad_v + b * V * 3 + (k.v0 + 16 * q) * 3, count[q], gt[q]);
+    for (int64_t j = 0; j < J; ++j) {
+      const float* w = a.regressor + j * V + v0;
+      const __m512 gx = _mm512_set1_ps(gJ[j * 3]), gy = _mm512_set1_ps(gJ[j * 3 + 1]),
+                   gz = _mm512_set1_ps(gJ[j * 3 + 2]);
+      for (int64_t g0 = 0; g0 < n; g0 += 16) {
+        const __m512 wq = _mm512_maskz_loadu_ps(first_lanes(n - g0), w + g0);
+        _mm512_storeu_ps(gc[0] + g0, _mm512_fmadd_ps(wq, gx, _mm512_loadu_ps(gc[0] + g0)));
+        _mm512_storeu_ps(gc[1] + g0, _mm512_fmadd_ps(wq, gy, _mm512_loadu_ps(gc[1] + g0)));
+        _mm512_storeu_ps(gc[2] + g0, _mm512_fmadd_ps(wq, gz, _mm512_loadu_ps(gc[2] + g0)));
       }
+    }
+    // per group: gt as rows, then grad_T, grad_S and grad_β's lanes
+    for (int64_t g0 = 0; g0 < n; g0 += 16) {
+      const int64_t count = std::min<int64_t>(16, n - g0);
+      const __m512 gt[3] = {_mm512_loadu_ps(gc[0] + g0), _mm512_loadu_ps(gc[1] + g0),
+                            _mm512_loadu_ps(gc[2] + g0)};
+      __m512 rows[3];
+      join_triples(t, gt, rows);
+      for (int m = 0; m < 3; ++m) {
+        const int64_t valid_rows = std::min<int64_t>(16, 3 * count - 16 * m);
+        if (valid_rows <= 0) break;
+        const int64_t r0 = (v0 + g0) * 3 + 16 * m;
+        if (a.grad_tmpl != nullptr) {
+          float* out = a.grad_tmpl + r0;
+          const __mmask16 valid = first_lanes(valid_rows);
+          const __m512 sum =
+              b == 0 ? rows[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(valid, out), rows[m]);
+          _mm512_mask_storeu_ps(out, valid, sum);
+        }
+        const float* s = a.dirs + r0 * NB;
+        float* gs = a.grad_dirs == nullptr ? nullptr : a.grad_dirs + r0 * NB;
+        for (int64_t kk = 0; kk < NB; ++kk) {
+          const __mmask16 valid = first_lanes(valid_rows * NB - 16 * kk);
+          if (valid == 0) break;
+          const __m512i row = _mm512_loadu_si512(lanes.row.data() + kk * 16);
+          const __m512 g = _mm512_maskz_permutexvar_ps(0xffff, row, rows[m]);
+          float* lane = acc.data() + (b * NB + kk) * 16;
+          _mm512_storeu_ps(lane, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, s + 16 * kk), g,
+                                                 _mm512_loadu_ps(lane)));
+          if (gs != nullptr) {
+            const __m512 value =
+                _mm512_mul_ps(g, _mm512_loadu_ps(beta_lanes.data() + (b * NB + kk) * 16));
+            _mm512_mask_storeu_ps(
+                gs + 16 * kk, valid,
+                b == 0 ? value
+                       : _mm512_add_ps(_mm512_maskz_loadu_ps(valid, gs + 16 * kk), value));
+          }
+        }
+      }
+    }
+    if (a.grad_regressor != nullptr) {
+      const float* cx = a.columns + b * 3 * V + v0;
+      const float* cy = cx + V;
+      const float* cz = cy + V;
       for (int64_t j = 0; j < J; ++j) {
-        const float* w = a.regressor + j * V + k.v0;
+        float* out = a.grad_regressor + j * V + v0;
         const __m512 gx = _mm512_set1_ps(gJ[j * 3]), gy = _mm512_set1_ps(gJ[j * 3 + 1]),
                      gz = _mm512_set1_ps(gJ[j * 3 + 2]);
-        for (int q = 0; q < kGroups; ++q) {
-          const __m512 wq = _mm512_maskz_loadu_ps(vertices[q], w + 16 * q);
-          gt[q][0] = _mm512_fmadd_ps(wq, gx, gt[q][0]);
-          gt[q][1] = _mm512_fmadd_ps(wq, gy, gt[q][1]);
-          gt[q][2] = _mm512_fmadd_ps(wq, gz, gt[q][2]);
-        }
-      }
-      for (int q = 0; q < kGroups && count[q] > 0; ++q) {
-        __m512 rows[3];
-        join_triples(t, gt[q], rows);
-        for (int m = 0; m < 3; ++m) {
-          const int64_t valid_rows = std::min<int64_t>(16, 3 * count[q] - 16 * m);
-          if (valid_rows <= 0) break;
-          const int64_t r0 = (k.v0 + 16 * q) * 3 + 16 * m;
-          if (a.grad_tmpl != nullptr) {
-            float* out = a.grad_tmpl + r0;
-            const __mmask16 valid = first_lanes(valid_rows);
-            const __m512 sum =
-                b == 0 ? rows[m] : _mm512_add_ps(_mm512_maskz_loadu_ps(valid, out), rows[m]);
-            _mm512_mask_storeu_ps(out, valid, sum);
-          }
-          const float* s = a.dirs + r0 * NB;
-          float* gs = a.grad_dirs == nullptr ? nullptr : a.grad_dirs + r0 * NB;
-          for (int64_t kk = 0; kk < NB; ++kk) {
-            const __mmask16 valid = first_lanes(valid_rows * NB - 16 * kk);
-            if (valid == 0) break;
-            const __m512i row = _mm512_loadu_si512(lanes.row.data() + kk * 16);
-            const __m512 g = _mm512_maskz_permutexvar_ps(0xffff, row, rows[m]);
-            float* lane = acc.data() + (b * NB + kk) * 16;
-            _mm512_storeu_ps(lane, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, s + 16 * kk), g,
-                                                   _mm512_loadu_ps(lane)));
-            if (gs != nullptr) {
-              const __m512 value =
-                  _mm512_mul_ps(g, _mm512_loadu_ps(beta_lanes.data() + (b * NB + kk) * 16));
-              _mm512_mask_storeu_ps(
-                  gs + 16 * kk, valid,
-                  b == 0 ? value
-                         : _mm512_add_ps(_mm512_maskz_loadu_ps(valid, gs + 16 * kk), value));
-            }
-          }
-        }
-      }
-      if (a.grad_regressor != nullptr) {
-        __m512 col[kGroups][3];
-        for (int q = 0; q < kGroups; ++q) {
-          const float* c = a.columns + b * 3 * V + k.v0 + 16 * q;
-          for (int m = 0; m < 3; ++m) col[q][m] = _mm512_maskz_loadu_ps(vertices[q], c + m * V);
-        }
-        for (int64_t j = 0; j < J; ++j) {
-          float* out = a.grad_regressor + j * V + k.v0;
-          const __m512 gx = _mm512_set1_ps(gJ[j * 3]), gy = _mm512_set1_ps(gJ[j * 3 + 1]),
-                       gz = _mm512_set1_ps(gJ[j * 3 + 2]);
-          for (int q = 0; q < kGroups; ++q) {
-            __m512 value = _mm512_mul_ps(gx, col[q][0]);
-            value = _mm512_fmadd_ps(gy, col[q][1], value);
-            value = _mm512_fmadd_ps(gz, col[q][2], value);
-            if (b > 0) {
-              value = _mm512_add_ps(_mm512_maskz_loadu_ps(vertices[q], out + 16 * q), value);
-            }
-            _mm512_mask_storeu_ps(out + 16 * q, vertices[q], value);
-          }
+        for (int64_t g0 = 0; g0 < n; g0 += 16) {
+          const __mmask16 m = first_lanes(n - g0);
+          __m512 value = _mm512_mul_ps(gx, _mm512_maskz_loadu_ps(m, cx + g0));
+          value = _mm512_fmadd_ps(gy, _mm512_maskz_loadu_ps(m, cy + g0), value);
+          value = _mm512_fmadd_ps(gz, _mm512_maskz_loadu_ps(m, cz + g0), value);
+          if (b > 0) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + g0), value);
+          _mm512_mask_storeu_ps(out + g0, m, value);
         }
       }
     }

@@ -17,8 +17,9 @@
 // 2.54 -> 2.52 ms (medians; minimums 2.39 -> 2.34, 2.40 -> 2.32) against the ATen calls, in one
 // process, alternated: a small gain. Float on an AVX-512 CPU runs the backward vectorised along
 // vertices instead (shape_blend_cpu.cpp; grad_β's partials per fixed slab of blocks):
-// 193-218 µs against 254-278 at B = 1 (2026-11-28), and the forward by 8 slabs of vertices (𝒥's
-// rows read as ~3.4 KB runs rather than 256-byte ones per block): 90-92 µs against 116-118.
+// 193-218 µs against 254-278 at B = 1 (2026-11-28); both passes by 8 slabs of vertices since
+// (𝒥's and grad_𝒥's rows as ~3.4 KB runs rather than 256-byte ones per block): forward 90-92 µs
+// against 116-118, backward 136-137 against 165-170.
 #pragma once
 
 #include <ATen/ATen.h>
