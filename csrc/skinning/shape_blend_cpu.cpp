@@ -261,19 +261,29 @@ struct DirectArgs {
   bool avx512;
 };
 
+// v_shaped rows of block k (shaped_block, st its buffer) and their copy by components into the
+// columns (B, 3, V)
+template <typename acc_t>
+void shaped_columns_block(const DirectArgs<acc_t>& a, const Block& k, acc_t* st) {
+  shaped_block(a, k, st);
+  for (int64_t b = 0; b < a.B; ++b) {
+    const acc_t* vs = a.v_shaped + b * a.V * 3 + k.v0 * 3;
+    acc_t* col = a.columns + b * 3 * a.V + k.v0;
+    for (int64_t v = 0; v < k.nv; ++v) {
+      for (int64_t c = 0; c < 3; ++c) col[c * a.V + v] = vs[v * 3 + c];
+    }
+  }
+}
+
 template <typename acc_t>
 void direct_forward_range(const DirectArgs<acc_t>& a, int64_t begin, int64_t end) {
   const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J;
   std::vector<acc_t> st(NB * padded(3 * kShapeBlock));
   for (int64_t index = begin; index < end; ++index) {
     const Block k(index, V);
-    shaped_block(a, k, st.data());
+    shaped_columns_block(a, k, st.data());
     for (int64_t b = 0; b < B; ++b) {
       const acc_t* vs = a.v_shaped + b * V * 3 + k.v0 * 3;
-      acc_t* col = a.columns + b * 3 * V + k.v0;
-      for (int64_t v = 0; v < k.nv; ++v) {
-        for (int64_t c = 0; c < 3; ++c) col[c * V + v] = vs[v * 3 + c];
-      }
       // the block's partial of the joints: 𝒥[:, block] (J, nv) x v_shaped_b (nv, 3)
       product<acc_t>({J, k.nv, 3, V, 1, 3, 0, 3}, a.regressor + k.v0, vs, nullptr,
                      a.partial + (index * B + b) * J * 3, a.avx512);
@@ -483,15 +493,7 @@ __attribute__((target("avx512f"))) void direct_forward_slab_avx512(const DirectA
   const int64_t B = a.B, NB = a.NB, V = a.V, J = a.J;
   std::vector<float> st(NB * padded(3 * kShapeBlock));
   for (int64_t index = begin; index < end; ++index) {
-    const Block k(index, V);
-    shaped_block(a, k, st.data());
-    for (int64_t b = 0; b < B; ++b) {
-      const float* vs = a.v_shaped + b * V * 3 + k.v0 * 3;
-      float* col = a.columns + b * 3 * V + k.v0;
-      for (int64_t v = 0; v < k.nv; ++v) {
-        for (int64_t c = 0; c < 3; ++c) col[c * V + v] = vs[v * 3 + c];
-      }
-    }
+    shaped_columns_block(a, Block(index, V), st.data());
   }
   const int64_t v0 = begin * kShapeBlock, v1 = std::min(V, end * kShapeBlock), n = v1 - v0;
   for (int64_t b = 0; b < B; ++b) {
@@ -517,55 +519,60 @@ __attribute__((target("avx512f"))) void direct_forward_slab_avx512(const DirectA
 }
 #endif
 
-// Runs the direct forward over the blocks in parallel: by slabs for float on an AVX-512 CPU
-// (above), per block otherwise. Returns how many partials of the joints it wrote (one per slab
-// or per block), for the caller to sum in order.
-template <typename acc_t>
-int64_t run_direct_forward(const DirectArgs<acc_t>& a, int64_t blocks) {
+// Runs one direct pass over the blocks in parallel: slab(args, slab, first block, end block) over
+// the kDirectSlabs slabs for float on an AVX-512 CPU (the vectorised passes), range(begin, end)
+// over the blocks otherwise (the product-based ones). Returns how many partials the pass wrote
+// (one per slab or per block: of the joints forward, of grad_β backward), for the caller to sum
+// in order.
+template <typename acc_t, typename Slab, typename Range>
+int64_t run_direct(const DirectArgs<acc_t>& a, int64_t blocks, const Slab& slab,
+                   const Range& range) {
 #if PE_HAVE_ISA_CLONES
   if constexpr (std::is_same_v<acc_t, float>) {
     if (a.avx512) {
       const int64_t slabs = std::min(kDirectSlabs, blocks);
       at::parallel_for(0, slabs, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t slab = begin; slab < end; ++slab) {
-          direct_forward_slab_avx512(a, slab, slab * blocks / slabs,
-                                     (slab + 1) * blocks / slabs);
+        for (int64_t s = begin; s < end; ++s) {
+          slab(a, s, s * blocks / slabs, (s + 1) * blocks / slabs);
         }
       });
       return slabs;
     }
   }
+#else
+  (void)slab;
 #endif
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    direct_forward_range(a, begin, end);
-  });
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) { range(begin, end); });
   return blocks;
 }
 
-// Runs the direct backward over the blocks in parallel: vectorised along vertices for float on
-// an AVX-512 CPU, the product-based range otherwise. Returns how many partials of grad_β it wrote
-// (one per slab or per block), for the caller to sum in order.
+template <typename acc_t>
+int64_t run_direct_forward(const DirectArgs<acc_t>& a, int64_t blocks) {
+  const auto slab = [](const auto& args, int64_t s, int64_t begin, int64_t end) {
+#if PE_HAVE_ISA_CLONES
+    direct_forward_slab_avx512(args, s, begin, end);
+#else
+    (void)args, (void)s, (void)begin, (void)end;
+#endif
+  };
+  return run_direct(a, blocks, slab,
+                    [&](int64_t begin, int64_t end) { direct_forward_range(a, begin, end); });
+}
+
 template <typename acc_t>
 int64_t run_direct_backward(const DirectArgs<acc_t>& a, int64_t blocks) {
 #if PE_HAVE_ISA_CLONES
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (a.avx512) {
-      const ShapeLanes lanes(a.NB);
-      const int64_t slabs = std::min(kDirectSlabs, blocks);
-      at::parallel_for(0, slabs, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t slab = begin; slab < end; ++slab) {
-          direct_backward_avx512(a, lanes, slab, slab * blocks / slabs,
-                                 (slab + 1) * blocks / slabs);
-        }
-      });
-      return slabs;
-    }
-  }
+  const ShapeLanes lanes(a.avx512 ? a.NB : 0);  // the (row, shape) lanes of the vectorised pass
 #endif
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    direct_backward_range(a, begin, end);
-  });
-  return blocks;
+  const auto slab = [&](const auto& args, int64_t s, int64_t begin, int64_t end) {
+#if PE_HAVE_ISA_CLONES
+    direct_backward_avx512(args, lanes, s, begin, end);
+#else
+    (void)args, (void)s, (void)begin, (void)end;
+#endif
+  };
+  return run_direct(a, blocks, slab,
+                    [&](int64_t begin, int64_t end) { direct_backward_range(a, begin, end); });
 }
 
 }  // namespace
